@@ -1,0 +1,25 @@
+"""mfscratch: fastai's biased dot-product collaborative filtering, from scratch in NumPy and Numba.
+
+The seed notebook runs with NumPy arrays where fastai has tensors::
+
+    from mfscratch import untar_data, URLs, CollabDataLoaders, collab_learner
+    path = untar_data(URLs.ML_100k)
+    ...
+    learn = collab_learner(dls, n_factors=50, y_range=(0, 5.5))
+    learn.fit_one_cycle(5, 5e-3, wd=0.1)
+
+Where things live: ``reference.py`` (the maths in NumPy), ``kernels/`` (the compiled twins),
+``model.py``, ``optim.py``, ``schedule.py``, ``data.py``, ``learner.py``, ``cli.py``.
+"""
+from .data import URLs, CollabDataLoaders, Vocab, untar_data, data_dir
+from .errors import MfscratchError
+from .learner import Learner, collab_learner
+from .model import Embedding, EmbeddingDotBias
+from .optim import SGD, Adam
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "URLs", "untar_data", "data_dir", "CollabDataLoaders", "Vocab", "collab_learner", "Learner",
+    "EmbeddingDotBias", "Embedding", "Adam", "SGD", "MfscratchError",
+]

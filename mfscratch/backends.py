@@ -1,0 +1,80 @@
+"""Where the training loop runs: one small interface, one class per backend.
+
+A backend owns the arrays it trains on (on the CPU: the model's own buffer; on a GPU: device
+copies) and exposes four calls the learner needs:
+
+* ``bind(model, state, dls)``: take the weights, optimiser state and data for a fit;
+* ``train_epoch(order, lrs, moms, opt, sparse, step0) -> losses``: one epoch of steps, returning the
+  per-step batch losses (a NaN/inf loss stops the epoch at that step: the array is cut there);
+* ``evaluate(users, items, ratings) -> mse``;
+* ``sync()``: make ``model.params`` and ``state`` on the host current (a no-op on the CPU).
+
+The learner does the orchestration (epochs, schedules, logging); the backend only runs kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError
+from .kernels import cpu
+
+__all__ = ["CpuBackend", "get_backend", "BACKENDS"]
+
+
+class CpuBackend:
+    """Numba kernels on the host, updating ``model.params`` in place."""
+
+    name = "cpu"
+
+    def __init__(self):
+        self.model = None
+
+    def bind(self, model, state, dls) -> None:
+        self.model, self.state, self.dls = model, state, dls
+        self.grads = np.zeros_like(model.params)
+        self._train = (np.ascontiguousarray(dls.train_users), np.ascontiguousarray(dls.train_items),
+                       np.ascontiguousarray(dls.train_ratings))
+
+    def train_epoch(self, order, lrs, moms, opt, sparse: bool, step0: int) -> np.ndarray:
+        m = self.model
+        users, items, ratings = self._train
+        losses = np.empty(order.shape[0] // self.dls.bs, dtype=np.float64)
+        if sparse:
+            raise ConfigError("sparse mode is not available in this build; use sparse=False (exact mode)")
+        n_done = cpu.train_epoch_dense(
+            m.params, self.grads, self.state.exp_avg, self.state.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
+            users, items, ratings, order, self.dls.bs, lrs, moms, step0,
+            opt.name == "adam", opt.uses_momentum, opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd,
+            *m.range_args, losses)
+        return losses[:n_done]
+
+    def warmup(self, dtype=np.float32) -> None:
+        """Compile (or load from the cache) every kernel a fit uses, on a tiny problem."""
+        params = np.zeros((2 + 2) * (2 + 1), dtype=dtype)  # 2 users, 2 items, k = 2
+        z = np.zeros_like(params)
+        users = np.array([0, 1], dtype=np.int32)
+        ratings = np.array([1.0, 2.0], dtype=np.float32)
+        order = np.arange(2, dtype=np.int64)
+        lrs = np.full(1, 1e-3)
+        losses = np.empty(1)
+        # Numba compiles once per argument *types*, so one call of each kernel is enough.
+        cpu.train_epoch_dense(params, z, z.copy(), z.copy(), 2, 2, 2, users, users, ratings, order, 2,
+                              lrs, lrs, 0, True, True, 0.99, 1e-5, 0.0, True, 0.0, 1.0, True, losses)
+        cpu.evaluate_mse(*cpu.split_flat(params, 2, 2, 2), users, users, ratings, 0.0, 1.0, True)
+
+    def evaluate(self, users, items, ratings) -> float:
+        m = self.model
+        return float(cpu.evaluate_mse(*m.kernel_tables(), users, items, ratings, *m.range_args))
+
+    def sync(self) -> None:
+        pass
+
+
+BACKENDS = {"cpu": CpuBackend}
+
+
+def get_backend(name: str):
+    """A fresh backend object by name (``'cpu'``)."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]()

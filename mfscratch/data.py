@@ -1,0 +1,276 @@
+"""Datasets and data loaders: MovieLens download (checksum-verified, cached) and ``CollabDataLoaders``.
+
+What ``CollabDataLoaders.from_df`` does, following fastai (see the contract in
+``shared/reference/fastai-collab-semantics.md``):
+
+* split: a random permutation of the rows; the first ``int(valid_pct * n)`` are validation;
+* encoding: each of user and item gets the vocabulary ``['#na#'] + sorted(unique values)``,
+  so code 0 means "unknown" and known values get ``1..K``;
+* targets: the rating as float32.
+
+The batches themselves are drawn by the learner (a new permutation of the training rows every
+epoch, last partial batch dropped), so the loaders only hold arrays.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+__all__ = ["URLs", "DATASETS", "Dataset", "data_dir", "untar_data", "Vocab", "CollabDataLoaders"]
+
+_BASE = "https://files.grouplens.org/datasets/movielens/"
+
+
+class URLs:
+    """Download addresses, named as in fastai (``URLs.ML_100k``)."""
+
+    ML_100k = _BASE + "ml-100k.zip"
+    ML_1m = _BASE + "ml-1m.zip"
+    ML_10m = _BASE + "ml-10m.zip"
+    ML_20m = _BASE + "ml-20m.zip"
+    ML_25m = _BASE + "ml-25m.zip"
+    ML_latest_small = _BASE + "ml-latest-small.zip"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One MovieLens archive: where it lives, its checksum, and the folder and ratings file inside."""
+
+    name: str
+    url: str
+    md5: str | None  # None where GroupLens publishes no fixed sum (ml-latest-small changes over time)
+    folder: str  # the top-level folder inside the zip
+    ratings_file: str  # path of the ratings inside that folder: its presence means "already here"
+
+
+DATASETS: dict[str, Dataset] = {
+    d.name: d
+    for d in [
+        Dataset("ml-100k", URLs.ML_100k, "0e33842e24a9c977be4e0107933c0723", "ml-100k", "u.data"),
+        Dataset("ml-1m", URLs.ML_1m, "c4d9eecfca2ab87c1945afe126590906", "ml-1m", "ratings.dat"),
+        Dataset("ml-10m", URLs.ML_10m, "ce571fd55effeba0271552578f2648bd", "ml-10M100K", "ratings.dat"),
+        Dataset("ml-20m", URLs.ML_20m, "cd245b17a1ae2cc31bb14903e1204af3", "ml-20m", "ratings.csv"),
+        Dataset("ml-25m", URLs.ML_25m, "6b51fb2759a8657d3bfcbfc42b592ada", "ml-25m", "ratings.csv"),
+        Dataset("ml-latest-small", URLs.ML_latest_small, None, "ml-latest-small", "ratings.csv"),
+    ]
+}
+
+
+def data_dir() -> Path:
+    """The cache folder: ``$MFSCRATCH_DATA`` if set, else ``$XDG_CACHE_HOME/mfscratch`` (``~/.cache/mfscratch``)."""
+    env = os.environ.get("MFSCRATCH_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "mfscratch"
+
+
+def _dataset_for(url_or_name: str) -> Dataset:
+    for d in DATASETS.values():
+        if url_or_name in (d.url, d.name):
+            return d
+    known = ", ".join(DATASETS)
+    raise DataError(f"unknown dataset {url_or_name!r}: use one of {known} (or URLs.ML_100k and friends)")
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
+    """Stream ``url`` to a temporary file beside ``dest`` and rename it into place when complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, length=1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _safe_extract(archive: Path, target: Path) -> None:
+    """Extract a zip into ``target``, refusing any member whose path would leave it."""
+    root = target.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            out = (root / member.filename).resolve()
+            if out != root and root not in out.parents:
+                raise DataError(f"refusing to extract {archive.name}: member {member.filename!r} "
+                                "would be written outside the target folder; delete the archive and retry")
+        zf.extractall(root)
+
+
+def untar_data(url: str = URLs.ML_100k, force_download: bool = False) -> Path:
+    """Return the folder of a MovieLens dataset, downloading and checking it first if needed.
+
+    The data lives under :func:`data_dir` (``$MFSCRATCH_DATA`` overrides it). When that folder
+    already holds the ratings file nothing is downloaded. Otherwise the zip is fetched from
+    GroupLens to a temporary name, its MD5 is checked against the published sum (a mismatch, for
+    instance a truncated download, is fetched once more before giving up), it is extracted into a
+    temporary folder (no member may leave it) and renamed into place, and the zip is removed.
+    """
+    ds = _dataset_for(url)
+    root = data_dir()
+    folder = root / ds.folder
+    if (folder / ds.ratings_file).is_file() and not force_download:
+        return folder
+    archive = root / f"{ds.name}.zip"
+    for attempt in range(2):
+        try:
+            if not archive.is_file() or attempt > 0:
+                _download(ds.url, archive)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise DataError(
+                f"could not download {ds.url} ({reason}); put the unzipped '{ds.folder}' folder at "
+                f"{folder} or set MFSCRATCH_DATA to a folder that holds '{ds.folder}/'") from None
+        if ds.md5 is None or _md5(archive) == ds.md5:
+            break
+        archive.unlink(missing_ok=True)
+    else:
+        raise DataError(f"{ds.url} failed its MD5 check twice (expected {ds.md5}); "
+                        "check your connection or proxy and try again")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ds.name}.", dir=root))
+    try:
+        _safe_extract(archive, tmp)
+        if not (tmp / ds.folder / ds.ratings_file).is_file():
+            raise DataError(f"{archive} does not contain {ds.folder}/{ds.ratings_file}; delete it and retry")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp / ds.folder, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    archive.unlink(missing_ok=True)
+    return folder
+
+
+class _ZeroDefault(dict):
+    """``o2i``: unknown values map to code 0 (``#na#``), as fastai's ``defaultdict(int)`` does."""
+
+    def __missing__(self, key):
+        return 0
+
+
+class Vocab(list):
+    """fastai's ``CategoryMap``: ``['#na#'] + sorted(values)``, with ``o2i`` from value to code."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.o2i = _ZeroDefault((v, i) for i, v in enumerate(self))
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(v) for v in self[:5])
+        return f"Vocab(n={len(self)}: [{head}{', ...' if len(self) > 5 else ''}])"
+
+
+def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:
+    """Codes ``1..K`` in sorted order of the values (0 for missing) and the vocabulary."""
+    try:
+        codes, uniques = pd.factorize(col, sort=True, use_na_sentinel=True)
+    except TypeError:
+        raise DataError(f"column {name!r} mixes types that cannot be sorted (e.g. numbers and text); "
+                        "convert it to one type first (for example .astype(str))") from None
+    values = uniques.tolist()
+    return (codes + 1).astype(np.int32), Vocab(["#na#"] + values)
+
+
+class CollabDataLoaders:
+    """Encoded ratings split into training and validation arrays (the ``dls`` of the fastai recipe).
+
+    Attributes: ``classes`` (``{user_name: Vocab, item_name: Vocab}``), ``n_users``, ``n_items``
+    (vocabulary sizes, ``#na#`` included), ``bs``, and the int32/float32 arrays ``train_users``,
+    ``train_items``, ``train_ratings``, ``valid_users``, ``valid_items``, ``valid_ratings``.
+    """
+
+    def __init__(self, users, items, ratings, train_idx, valid_idx, classes, user_name="user",
+                 item_name="item", rating_name="rating", bs=64, seed=None):
+        self.user_name, self.item_name, self.rating_name = user_name, item_name, rating_name
+        self.classes = classes
+        self.bs = int(bs)
+        self.seed = seed
+        self.n_users = len(classes[user_name])
+        self.n_items = len(classes[item_name])
+        self.train_users, self.train_items, self.train_ratings = users[train_idx], items[train_idx], ratings[train_idx]
+        self.valid_users, self.valid_items, self.valid_ratings = users[valid_idx], items[valid_idx], ratings[valid_idx]
+
+    @classmethod
+    def from_df(cls, ratings: pd.DataFrame, valid_pct: float = 0.2, user_name=None, item_name=None,
+                rating_name=None, seed: int | None = None, bs: int = 64, **kwargs) -> "CollabDataLoaders":
+        """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named."""
+        cols = list(ratings.columns)
+        if len(cols) < 3 and None in (user_name, item_name, rating_name):
+            raise DataError(f"ratings table has {len(cols)} columns; it needs user, item and rating columns")
+        user_name = cols[0] if user_name is None else user_name
+        item_name = cols[1] if item_name is None else item_name
+        rating_name = cols[2] if rating_name is None else rating_name
+        for role, name in (("user", user_name), ("item", item_name), ("rating", rating_name)):
+            if name not in ratings.columns:
+                raise DataError(f"{role} column {name!r} not found; the table has columns {cols}")
+        if len(ratings) == 0:
+            raise DataError("the ratings table is empty; give it at least a few rows")
+        if not 0.0 <= valid_pct < 1.0:
+            raise DataError(f"valid_pct must be in [0, 1), got {valid_pct}")
+        y = pd.to_numeric(ratings[rating_name], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(y).all():
+            bad = int((~np.isfinite(y)).sum())
+            raise DataError(f"rating column {rating_name!r} has {bad} non-numeric, NaN or infinite values; "
+                            "drop or fix those rows")
+        users, user_vocab = _encode(ratings[user_name], user_name)
+        items, item_vocab = _encode(ratings[item_name], item_name)
+        n = len(ratings)
+        perm = np.random.default_rng(seed).permutation(n)
+        n_valid = int(valid_pct * n)
+        if n - n_valid < 1:
+            raise DataError(f"valid_pct={valid_pct} leaves no training rows out of {n}; lower it")
+        classes = {user_name: user_vocab, item_name: item_vocab}
+        return cls(users, items, y.astype(np.float32), perm[n_valid:], perm[:n_valid], classes,
+                   user_name, item_name, rating_name, bs, seed)
+
+    @classmethod
+    def from_codes(cls, users, items, ratings, n_users: int, n_items: int, valid_pct: float = 0.2,
+                   seed: int | None = None, bs: int = 64) -> "CollabDataLoaders":
+        """Loaders for data that is already encoded as integer codes (synthetic data, benchmarks).
+
+        Codes are used as they are (so code 0 is an ordinary row here); the vocabularies are
+        ``range(n_users)`` and ``range(n_items)``.
+        """
+        users = np.ascontiguousarray(users, dtype=np.int32)
+        items = np.ascontiguousarray(items, dtype=np.int32)
+        ratings = np.ascontiguousarray(ratings, dtype=np.float32)
+        n = len(ratings)
+        perm = np.random.default_rng(seed).permutation(n)
+        n_valid = int(valid_pct * n)
+        classes = {"user": Vocab(range(n_users)), "item": Vocab(range(n_items))}
+        return cls(users, items, ratings, perm[n_valid:], perm[:n_valid], classes, "user", "item", "rating", bs, seed)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_ratings)
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.valid_ratings)
+
+    def __repr__(self) -> str:
+        return (f"CollabDataLoaders({self.n_train} train / {self.n_valid} valid ratings, "
+                f"{self.n_users} {self.user_name}s, {self.n_items} {self.item_name}s, bs={self.bs})")

@@ -1,0 +1,214 @@
+"""Numba CPU kernels: the fast twins of :mod:`mfscratch.reference`.
+
+Every kernel here is a pure function of arrays and scalars (no Python objects, no schedule, no
+logging): the learner computes the per-step learning rates and momenta and hands them in.
+Each kernel has a readable NumPy twin in ``reference.py`` and a test that compares the two.
+
+Argument order is the same everywhere (and in ``kernels/cuda.py``):
+tables ``u_weight, i_weight, u_bias, i_bias`` (the biases as 1-D vectors), then the batch
+``users, items, ratings``, then the output range ``lo, hi, has_range``, then outputs
+(gradients prefixed ``d``).
+
+The four tables live in one flat buffer ``params`` (``u_weight | i_weight | u_bias | i_bias``);
+gradients and optimiser moments use the same layout, so a dense optimiser update is a single
+loop over one array.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "split_flat",
+    "forward_backward",
+    "predict",
+    "evaluate_mse",
+    "adam_update_dense",
+    "sgd_update_dense",
+    "train_epoch_dense",
+]
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(x):
+    # Branch on the sign so that exp never overflows.
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    ex = math.exp(x)
+    return ex / (1.0 + ex)
+
+
+@njit(cache=True)
+def split_flat(params, n_users, n_items, n_factors):
+    """Views of the four tables inside the flat buffer: ``(u_weight, i_weight, u_bias, i_bias)``."""
+    a = n_users * n_factors
+    b = a + n_items * n_factors
+    c = b + n_users
+    u_weight = params[:a].reshape((n_users, n_factors))
+    i_weight = params[a:b].reshape((n_items, n_factors))
+    return u_weight, i_weight, params[b:c], params[c : c + n_items]
+
+
+@njit(cache=True)
+def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, hi, has_range,
+                     du_weight, di_weight, du_bias, di_bias):
+    """Mean squared error of one batch; *adds* its gradient into ``d*`` (scatter-add, so repeats add up).
+
+    ``dx = (2/B)(pred - y)(hi - lo) s (1 - s)``, then ``dP[u] += dx Q[i]``, ``dQ[i] += dx P[u]``,
+    ``db[u] += dx``, ``dc[i] += dx`` (see ``reference.py`` for the derivation).
+    The caller zeroes the gradient rows it wants fresh.
+    """
+    B = users.shape[0]
+    k = u_weight.shape[1]
+    scale = 2.0 / B
+    loss = 0.0
+    for r in range(B):
+        u = users[r]
+        i = items[r]
+        x = 0.0
+        for j in range(k):
+            x += u_weight[u, j] * i_weight[i, j]
+        x += u_bias[u] + i_bias[i]
+        if has_range:
+            s = _sigmoid(x)
+            pred = lo + (hi - lo) * s
+            err = pred - ratings[r]
+            dx = scale * err * (hi - lo) * s * (1.0 - s)
+        else:
+            err = x - ratings[r]
+            dx = scale * err
+        loss += err * err
+        for j in range(k):
+            # Read both before writing either: u and i tables are distinct, but keep the
+            # pattern safe for the case where a caller passes the same table twice.
+            pu = u_weight[u, j]
+            qi = i_weight[i, j]
+            du_weight[u, j] += dx * qi
+            di_weight[i, j] += dx * pu
+        du_bias[u] += dx
+        di_bias[i] += dx
+    return loss / B
+
+
+@njit(cache=True)
+def predict(u_weight, i_weight, u_bias, i_bias, users, items, lo, hi, has_range, out):
+    """``out[r] = lo + (hi - lo) sigmoid(P[u_r] . Q[i_r] + b[u_r] + c[i_r])`` (or the logit without range)."""
+    k = u_weight.shape[1]
+    for r in range(users.shape[0]):
+        u = users[r]
+        i = items[r]
+        x = 0.0
+        for j in range(k):
+            x += u_weight[u, j] * i_weight[i, j]
+        x += u_bias[u] + i_bias[i]
+        out[r] = lo + (hi - lo) * _sigmoid(x) if has_range else x
+    return out
+
+
+@njit(cache=True)
+def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, hi, has_range):
+    """Exact mean squared error over all rows (accumulated in float64)."""
+    k = u_weight.shape[1]
+    n = users.shape[0]
+    total = 0.0
+    for r in range(n):
+        u = users[r]
+        i = items[r]
+        x = 0.0
+        for j in range(k):
+            x += u_weight[u, j] * i_weight[i, j]
+        x += u_bias[u] + i_bias[i]
+        pred = lo + (hi - lo) * _sigmoid(x) if has_range else x
+        err = pred - ratings[r]
+        total += err * err
+    return total / max(n, 1)
+
+
+@njit(cache=True)
+def adam_update_dense(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
+    """fastai's Adam on every element of the flat buffer (see ``reference.adam_step``); ``step`` is t."""
+    step_size = lr / (1.0 - mom**step)
+    debias2 = 1.0 - sqr_mom**step
+    decay = 1.0 - lr * wd
+    for j in range(params.shape[0]):
+        g = grads[j]
+        p = params[j]
+        if decouple_wd:
+            p *= decay
+        else:
+            g += wd * p
+        m = mom * exp_avg[j] + (1.0 - mom) * g
+        v = sqr_mom * exp_avg_sq[j] + (1.0 - sqr_mom) * g * g
+        exp_avg[j] = m
+        exp_avg_sq[j] = v
+        params[j] = p - step_size * m / (math.sqrt(v / debias2) + eps)
+
+
+@njit(cache=True)
+def sgd_update_dense(params, grads, exp_avg, lr, mom, wd, decouple_wd, use_mom):
+    """fastai's SGD on every element (see ``reference.sgd_step``); ``use_mom`` is the optimiser's mom != 0."""
+    decay = 1.0 - lr * wd
+    for j in range(params.shape[0]):
+        g = grads[j]
+        p = params[j]
+        if decouple_wd:
+            p *= decay
+        else:
+            g += wd * p
+        if use_mom:
+            m = mom * exp_avg[j] + g
+            exp_avg[j] = m
+            params[j] = p - lr * m
+        else:
+            params[j] = p - lr * g
+
+
+@njit(cache=True)
+def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
+                      users, items, ratings, order, bs, lrs, moms, step0,
+                      is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
+    """One epoch of exact-mode training: every parameter is updated at every step.
+
+    ``order`` is the epoch's permutation of training rows; step ``s`` takes rows
+    ``order[s*bs:(s+1)*bs]`` (the last partial batch is dropped), uses ``lrs[s]`` and ``moms[s]``,
+    and writes its batch loss (before the update) to ``losses[s]``. ``step0`` is the number of
+    optimiser steps already taken. ``grads`` must be zero on entry and is zero on exit.
+    Returns the number of losses written: ``n_steps``, or fewer when a loss was NaN/inf (that
+    last step's update is not applied).
+    """
+    u_weight, i_weight, u_bias, i_bias = split_flat(params, n_users, n_items, n_factors)
+    du_weight, di_weight, du_bias, di_bias = split_flat(grads, n_users, n_items, n_factors)
+    bu = np.empty(bs, dtype=users.dtype)
+    bi = np.empty(bs, dtype=items.dtype)
+    br = np.empty(bs, dtype=ratings.dtype)
+    n_steps = order.shape[0] // bs
+    k = n_factors
+    for s in range(n_steps):
+        for r in range(bs):
+            row = order[s * bs + r]
+            bu[r] = users[row]
+            bi[r] = items[row]
+            br[r] = ratings[row]
+        losses[s] = forward_backward(u_weight, i_weight, u_bias, i_bias, bu, bi, br, lo, hi, has_range,
+                                     du_weight, di_weight, du_bias, di_bias)
+        if not math.isfinite(losses[s]):
+            # Diverged: stop before the update so the weights stay those that produced this loss.
+            grads[:] = 0.0
+            return s + 1
+        if is_adam:
+            adam_update_dense(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd,
+                              decouple_wd, step0 + s + 1)
+        else:
+            sgd_update_dense(params, grads, exp_avg, lrs[s], moms[s], wd, decouple_wd, use_mom)
+        # Only the rows this batch touched hold non-zero gradients: clear just those.
+        for r in range(bs):
+            u = bu[r]
+            i = bi[r]
+            for j in range(k):
+                du_weight[u, j] = 0.0
+                di_weight[i, j] = 0.0
+            du_bias[u] = 0.0
+            di_bias[i] = 0.0
+    return n_steps

@@ -1,0 +1,203 @@
+"""The learner: fastai's ``collab_learner``, ``fit`` and ``fit_one_cycle``, and the recorder.
+
+The path of a batch: ``dls`` holds the encoded arrays -> :meth:`Learner._fit` draws the epoch's
+permutation and the per-step learning rates and momenta -> the backend's ``train_epoch`` runs the
+compiled kernels (forward, backward, optimiser update) -> the model's flat parameter buffer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import schedule
+from .backends import get_backend
+from .data import CollabDataLoaders
+from .errors import ConfigError, DivergenceError
+from .model import EmbeddingDotBias
+from .optim import Adam, OptState, resolve_opt
+
+__all__ = ["Learner", "Recorder", "collab_learner", "format_time"]
+
+SMOOTH_BETA = 0.98  # fastai's AvgSmoothLoss
+
+
+@dataclass
+class Recorder:
+    """What a fit records. ``values``: one ``[train_loss, valid_loss]`` per epoch, as fastai's recorder.
+
+    ``losses`` are the raw per-step batch losses, ``lrs`` and ``moms`` the per-step learning rates
+    and momenta, ``epoch_seconds`` the wall time of each epoch (training and validation).
+    """
+
+    values: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    lrs: list = field(default_factory=list)
+    moms: list = field(default_factory=list)
+    epoch_seconds: list = field(default_factory=list)
+    train_seconds: list = field(default_factory=list)
+
+
+def format_time(seconds: float) -> str:
+    """fastai's ``mm:ss`` (``hh:mm:ss`` past an hour)."""
+    s = int(round(seconds))
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def _smooth(losses: np.ndarray, avg: float, count: int) -> tuple[float, int, float]:
+    """Advance fastai's debiased moving average over ``losses``; returns ``(avg, count, smoothed)``."""
+    for loss in losses:
+        avg = SMOOTH_BETA * avg + (1.0 - SMOOTH_BETA) * float(loss)
+        count += 1
+    smoothed = avg / (1.0 - SMOOTH_BETA**count) if count else float("nan")
+    return avg, count, smoothed
+
+
+class Learner:
+    """Trains an :class:`EmbeddingDotBias` on a :class:`CollabDataLoaders`.
+
+    ``opt_func`` is ``Adam`` or ``SGD`` (or an instance / partial); ``wd`` overrides the optimiser's
+    weight decay; ``seed`` fixes the order of the batches; ``sparse=True`` updates only the rows in
+    each batch instead of every row (not the fastai recipe; see ``optim.py``); ``backend`` picks
+    where the kernels run. ``log`` receives each line of the results table (``None``: silent).
+    """
+
+    def __init__(self, dls: CollabDataLoaders, model: EmbeddingDotBias, opt_func=Adam, lr: float = 1e-3,
+                 wd: float | None = None, seed: int | None = None, sparse: bool = False,
+                 backend: str = "cpu", log=print):
+        self.dls, self.model = dls, model
+        self.opt = resolve_opt(opt_func)
+        self.lr, self.wd = lr, wd
+        self.sparse = bool(sparse)
+        self.backend_name = backend
+        self.backend = get_backend(backend)
+        self.log = log
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1] if seed is not None else None)
+        self.opt_state = OptState.zeros_like(model.params)
+        self.recorder = Recorder()
+        self._smooth_avg, self._smooth_count = 0.0, 0
+
+    # --- public API, as in fastai --------------------------------------------------------
+    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None) -> None:
+        """Train ``n_epoch`` epochs at a constant learning rate and the optimiser's own momentum."""
+        lr = self.lr if lr is None else lr
+        total = n_epoch * self._steps_per_epoch()
+        lrs, moms = schedule.constant(total, lr, self.opt.mom)
+        self._fit(n_epoch, lrs, moms, wd)
+
+    def fit_one_cycle(self, n_epoch: int, lr_max: float | None = None, div: float = 25.0,
+                      div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None,
+                      moms=None) -> None:
+        """fastai's one-cycle: cosine warm-up of the learning rate to ``lr_max``, then annealing to
+        ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95))."""
+        lr_max = self.lr if lr_max is None else lr_max
+        moms = (0.95, 0.85, 0.95) if moms is None else moms
+        total = n_epoch * self._steps_per_epoch()
+        lrs, mom = schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms)
+        self._fit(n_epoch, lrs, mom, wd)
+
+    def validate(self) -> float:
+        """Exact mean squared error over the validation rows under the current weights."""
+        self.backend.bind(self.model, self.opt_state, self.dls)
+        return self._valid_loss()
+
+    def predict(self, users, items) -> np.ndarray:
+        """Predicted ratings for code pairs (see ``dls.classes[...].o2i`` to encode names)."""
+        return self.model.forward(users, items)
+
+    def bias(self, values, is_item: bool = True) -> np.ndarray:
+        """Learned biases for users or items given by their original names (fastai's ``learn.bias``)."""
+        table = self.model.i_bias if is_item else self.model.u_bias
+        return table.weight[self._codes(values, is_item), 0]
+
+    def weight(self, values, is_item: bool = True) -> np.ndarray:
+        """Learned embedding vectors for users or items given by name (fastai's ``learn.weight``)."""
+        table = self.model.i_weight if is_item else self.model.u_weight
+        return table.weight[self._codes(values, is_item)]
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _codes(self, values, is_item: bool) -> np.ndarray:
+        vocab = self.dls.classes[self.dls.item_name if is_item else self.dls.user_name]
+        return np.array([vocab.o2i[v] for v in values], dtype=np.int64)
+
+    def _steps_per_epoch(self) -> int:
+        steps = self.dls.n_train // self.dls.bs
+        if steps < 1:
+            raise ConfigError(f"batch size {self.dls.bs} is larger than the {self.dls.n_train} training rows "
+                              "(the last partial batch is dropped); use a smaller bs")
+        return steps
+
+    def _valid_loss(self) -> float:
+        d = self.dls
+        if d.n_valid == 0:
+            return float("nan")
+        return self.backend.evaluate(d.valid_users, d.valid_items, d.valid_ratings)
+
+    def _fit(self, n_epoch: int, lrs: np.ndarray, moms: np.ndarray, wd: float | None) -> None:
+        if int(n_epoch) != n_epoch or n_epoch < 1:
+            raise ConfigError(f"n_epoch must be a positive integer, got {n_epoch!r}")
+        wd = self.wd if wd is None else wd
+        # fastai: a fit's wd overrides the optimiser's default for that fit only.
+        opt = dataclasses.replace(self.opt) if wd is None else dataclasses.replace(self.opt, wd=float(wd))
+        steps = self._steps_per_epoch()
+        self.backend.bind(self.model, self.opt_state, self.dls)
+        self._smooth_avg, self._smooth_count = 0.0, 0  # fastai resets the smoother at each fit
+        self._log_header()
+        for epoch in range(n_epoch):
+            t0 = time.perf_counter()
+            order = self.rng.permutation(self.dls.n_train)
+            ep_lrs = np.ascontiguousarray(lrs[epoch * steps : (epoch + 1) * steps])
+            ep_moms = np.ascontiguousarray(moms[epoch * steps : (epoch + 1) * steps])
+            losses = self.backend.train_epoch(order, ep_lrs, ep_moms, opt, self.sparse, self.opt_state.step)
+            t_train = time.perf_counter() - t0
+            if len(losses) < steps or not np.isfinite(losses[-1]):
+                self.backend.sync()
+                bad = len(losses)
+                raise DivergenceError(
+                    f"training diverged at epoch {epoch}, step {bad} (loss {losses[-1] if bad else float('nan')}); "
+                    f"the learning rate ({ep_lrs[bad - 1]:.3g} at that step) is probably too high: lower it")
+            self.opt_state.step += steps
+            self._smooth_avg, self._smooth_count, train_loss = _smooth(losses, self._smooth_avg, self._smooth_count)
+            valid_loss = self._valid_loss()
+            seconds = time.perf_counter() - t0
+            rec = self.recorder
+            rec.values.append([train_loss, valid_loss])
+            rec.losses.extend(losses.tolist())
+            rec.lrs.extend(ep_lrs.tolist())
+            rec.moms.extend(ep_moms.tolist())
+            rec.epoch_seconds.append(seconds)
+            rec.train_seconds.append(t_train)
+            self._log_row(epoch, train_loss, valid_loss, seconds)
+        self.backend.sync()
+
+    def _log_header(self) -> None:
+        if self.log is not None:
+            self.log(f"{'epoch':<10}{'train_loss':<12}{'valid_loss':<12}{'time':<10}")
+
+    def _log_row(self, epoch, train_loss, valid_loss, seconds) -> None:
+        if self.log is not None:
+            self.log(f"{epoch:<10}{train_loss:<12.6f}{valid_loss:<12.6f}{format_time(seconds):<10}")
+
+
+def collab_learner(dls: CollabDataLoaders, n_factors: int = 50, use_nn: bool = False, emb_szs=None,
+                   layers=None, config=None, y_range=None, loss_func=None, opt_func=Adam, lr: float = 1e-3,
+                   wd: float | None = None, seed: int | None = None, sparse: bool = False,
+                   backend: str = "cpu", log=print, **kwargs) -> Learner:
+    """fastai's ``collab_learner`` for the dot-product model (``use_nn=False``).
+
+    ``seed`` fixes the initial weights and the batch order (the split is fixed by
+    ``CollabDataLoaders.from_df(..., seed=...)``).
+    """
+    if use_nn:
+        raise ConfigError("use_nn=True (EmbeddingNN) is not implemented; mfscratch trains the dot-product model")
+    if loss_func is not None:
+        raise ConfigError("only the mean-squared-error loss is implemented; leave loss_func=None")
+    if kwargs:
+        raise ConfigError(f"unknown argument(s) to collab_learner: {', '.join(kwargs)}")
+    init_seed = np.random.SeedSequence(seed).spawn(2)[0] if seed is not None else None
+    model = EmbeddingDotBias(n_factors, dls.n_users, dls.n_items, y_range=y_range, seed=init_seed)
+    return Learner(dls, model, opt_func=opt_func, lr=lr, wd=wd, seed=seed, sparse=sparse, backend=backend, log=log)

@@ -1,0 +1,154 @@
+"""The model: four tables in one flat buffer, fastai's init, predictions, loss and gradients, save/load.
+
+``EmbeddingDotBias`` mirrors fastai's module of the same name: ``model.u_weight.weight`` is the
+``(n_users, k)`` user table, ``model.i_bias.weight`` the ``(n_items, 1)`` item biases, and so on.
+All four tables are views into one contiguous array ``model.params`` laid out as
+``u_weight | i_weight | u_bias | i_bias``; optimiser state and gradients share that layout, which
+turns every dense optimiser step into one loop over one array.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference
+from .errors import ConfigError
+from .kernels import cpu
+
+__all__ = ["Embedding", "EmbeddingDotBias", "table_shapes", "init_params"]
+
+
+class Embedding:
+    """A table of vectors: ``weight`` is a NumPy array ``(num_embeddings, embedding_dim)``."""
+
+    def __init__(self, weight: np.ndarray):
+        self.weight = weight
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.weight.shape[1]
+
+    def __repr__(self) -> str:
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim})"
+
+
+def table_shapes(n_users: int, n_items: int, n_factors: int) -> dict[str, tuple[int, int]]:
+    """Shapes of the four tables, in storage order."""
+    return {"u_weight": (n_users, n_factors), "i_weight": (n_items, n_factors),
+            "u_bias": (n_users, 1), "i_bias": (n_items, 1)}
+
+
+def init_params(n_users: int, n_items: int, n_factors: int, rng: np.random.Generator, dtype=np.float32):
+    """fastai's ``trunc_normal_(std=0.01)``: ``fmod(N(0, 1), 2) * 0.01``, table by table, in storage order."""
+    parts = [np.fmod(rng.standard_normal(r * c), 2.0) * 0.01
+             for r, c in table_shapes(n_users, n_items, n_factors).values()]
+    return np.concatenate(parts).astype(dtype)
+
+
+class EmbeddingDotBias:
+    """``pred = lo + (hi - lo) * sigmoid(u_weight[u] . i_weight[i] + u_bias[u] + i_bias[i])``.
+
+    Parameters follow fastai: ``EmbeddingDotBias(n_factors, n_users, n_items, y_range=None)``;
+    ``seed`` fixes the initial weights, ``dtype`` is float32 for training (float64 is handy for
+    checking gradients), and ``params`` adopts an existing flat buffer instead of initialising.
+    """
+
+    def __init__(self, n_factors: int, n_users: int, n_items: int, y_range=None, seed=None,
+                 dtype=np.float32, params: np.ndarray | None = None):
+        for name, value in (("n_factors", n_factors), ("n_users", n_users), ("n_items", n_items)):
+            if int(value) != value or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if y_range is not None:
+            lo, hi = (float(v) for v in y_range)
+            if not lo < hi:
+                raise ConfigError(f"y_range must have lo < hi, got ({lo}, {hi})")
+            y_range = (lo, hi)
+        self.n_factors, self.n_users, self.n_items = int(n_factors), int(n_users), int(n_items)
+        self.y_range = y_range
+        size = self.n_params_for(self.n_users, self.n_items, self.n_factors)
+        if params is None:
+            params = init_params(self.n_users, self.n_items, self.n_factors, np.random.default_rng(seed), dtype)
+        elif params.shape != (size,):
+            raise ConfigError(f"params has shape {params.shape}, expected ({size},)")
+        self.params = np.ascontiguousarray(params)
+        self._bind_tables()
+
+    @staticmethod
+    def n_params_for(n_users: int, n_items: int, n_factors: int) -> int:
+        return (n_users + n_items) * (n_factors + 1)
+
+    def _bind_tables(self) -> None:
+        offset = 0
+        for name, (rows, cols) in table_shapes(self.n_users, self.n_items, self.n_factors).items():
+            view = self.params[offset : offset + rows * cols].reshape(rows, cols)
+            setattr(self, name, Embedding(view))
+            offset += rows * cols
+
+    # --- views for the kernels -------------------------------------------------------------
+    @property
+    def dtype(self):
+        return self.params.dtype
+
+    @property
+    def range_args(self) -> tuple[float, float, bool]:
+        """``(lo, hi, has_range)`` as the kernels take them."""
+        if self.y_range is None:
+            return 0.0, 1.0, False
+        return self.y_range[0], self.y_range[1], True
+
+    def kernel_tables(self, params: np.ndarray | None = None):
+        """``(u_weight, i_weight, u_bias, i_bias)`` with the biases as 1-D vectors (views, no copies)."""
+        p = self.params if params is None else params
+        return cpu.split_flat(p, self.n_users, self.n_items, self.n_factors)
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """The four tables by name (views into ``params``)."""
+        return {name: getattr(self, name).weight for name in reference.TABLES}
+
+    # --- maths -----------------------------------------------------------------------------
+    def _batch(self, users, items, ratings=None):
+        users = np.ascontiguousarray(users, dtype=np.int64)
+        items = np.ascontiguousarray(items, dtype=np.int64)
+        if users.shape != items.shape or users.ndim != 1:
+            raise ConfigError(f"users and items must be 1-D arrays of the same length, got {users.shape} "
+                              f"and {items.shape}")
+        for name, idx, n in (("user", users, self.n_users), ("item", items, self.n_items)):
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise ConfigError(f"{name} codes must lie in [0, {n}); got values from {idx.min()} to {idx.max()}")
+        if ratings is None:
+            return users, items
+        ratings = np.ascontiguousarray(ratings, dtype=self.dtype)
+        if ratings.shape != users.shape:
+            raise ConfigError(f"ratings has shape {ratings.shape}, expected {users.shape}")
+        return users, items, ratings
+
+    def forward(self, users, items) -> np.ndarray:
+        """Predicted ratings for the code pairs ``(users[r], items[r])``."""
+        users, items = self._batch(users, items)
+        out = np.empty(users.shape[0], dtype=self.dtype)
+        return cpu.predict(*self.kernel_tables(), users, items, *self.range_args, out)
+
+    __call__ = forward
+
+    def loss_and_grads(self, users, items, ratings):
+        """Mean squared error of these rows under the current weights, and its gradient.
+
+        Runs the hand-written backward kernel (``kernels.cpu.forward_backward``) and returns
+        ``(loss, grads)`` with ``grads[name]`` shaped like table ``name``.
+        """
+        users, items, ratings = self._batch(users, items, ratings)
+        grads = np.zeros_like(self.params)
+        loss = cpu.forward_backward(*self.kernel_tables(), users, items, ratings, *self.range_args,
+                                    *self.kernel_tables(grads))
+        out, offset = {}, 0
+        for name, (rows, cols) in table_shapes(self.n_users, self.n_items, self.n_factors).items():
+            out[name] = grads[offset : offset + rows * cols].reshape(rows, cols)
+            offset += rows * cols
+        return float(loss), out
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): {getattr(self, name)!r}" for name in reference.TABLES]
+        return "EmbeddingDotBias(\n" + "\n".join(lines) + "\n)"

@@ -1,0 +1,46 @@
+"""Learning-rate and momentum schedules, as per-step arrays the kernels consume.
+
+fastai's one-cycle (``callback/schedule.py``): with ``pos = b / total_steps`` for batch ``b``
+(0-based, counted across all epochs, set before that batch's forward pass)::
+
+    cos(start, end, pos) = start + (1 + cos(pi (1 - pos))) (end - start) / 2
+    lr(pos)  = cos(lr_max/div, lr_max, pos/pct_start)                              if pos < pct_start
+             = cos(lr_max, lr_max/div_final, (pos - pct_start)/(1 - pct_start))    otherwise
+    mom(pos) = the same two phases from moms[0] to moms[1] to moms[2]
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["sched_cos", "combined_cos", "one_cycle", "constant"]
+
+
+def sched_cos(start: float, end: float, pos: np.ndarray) -> np.ndarray:
+    """Cosine annealing from ``start`` (pos 0) to ``end`` (pos 1)."""
+    return start + (1.0 + np.cos(math.pi * (1.0 - pos))) * (end - start) / 2.0
+
+
+def combined_cos(pct: float, start: float, middle: float, end: float, pos: np.ndarray) -> np.ndarray:
+    """Two cosine phases: ``start -> middle`` over ``[0, pct)``, ``middle -> end`` over ``[pct, 1]``."""
+    pos = np.asarray(pos, dtype=np.float64)
+    out = np.empty_like(pos)
+    first = pos < pct
+    out[first] = sched_cos(start, middle, pos[first] / pct) if pct > 0 else middle
+    out[~first] = sched_cos(middle, end, (pos[~first] - pct) / (1.0 - pct))
+    return out
+
+
+def one_cycle(total_steps: int, lr_max: float, div: float = 25.0, div_final: float = 1e5,
+              pct_start: float = 0.25, moms=(0.95, 0.85, 0.95)):
+    """Per-step ``(lrs, moms)`` float64 arrays of length ``total_steps`` for ``fit_one_cycle``."""
+    pos = np.arange(total_steps, dtype=np.float64) / max(total_steps, 1)
+    lrs = combined_cos(pct_start, lr_max / div, lr_max, lr_max / div_final, pos)
+    mom = combined_cos(pct_start, moms[0], moms[1], moms[2], pos)
+    return lrs, mom
+
+
+def constant(total_steps: int, lr: float, mom: float):
+    """Per-step arrays for ``fit``: the same learning rate and momentum at every step."""
+    return np.full(total_steps, lr, dtype=np.float64), np.full(total_steps, mom, dtype=np.float64)
