@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 
 from .errors import ConfigError, MfscratchError
 
@@ -65,13 +66,15 @@ class _Parser(argparse.ArgumentParser):
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """The recipe's hyper-parameters (defaults: the fastai book's seed recipe)."""
     g = p.add_argument_group("recipe (defaults: the fastai book's seed recipe)")
-    g.add_argument("--data", default="ml-100k", help="dataset name (default ml-100k)")
+    g.add_argument("--data", default=None, metavar="NAME",
+                   help="a MovieLens set by name: ml-100k (default), ml-1m, ml-10m, ml-20m, ml-25m, ml-latest-small")
     g.add_argument("--epochs", type=_positive_int, default=5)
     g.add_argument("--lr", type=_positive_float, default=5e-3, help="peak learning rate of the one-cycle schedule")
     g.add_argument("--wd", type=_nonneg_float, default=0.1, help="weight decay (decoupled for Adam)")
     g.add_argument("--factors", type=_positive_int, default=50, help="embedding size k")
     g.add_argument("--bs", type=_positive_int, default=64, help="batch size")
-    g.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), default=(0.0, 5.5))
+    g.add_argument("--y-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="output range of the sigmoid (default: from the ratings, (0, 1.1 * max): (0, 5.5) for 1-5 stars)")
     g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     g.add_argument("--valid-pct", type=_fraction, default=0.2)
     g.add_argument("--seed", type=int, default=42, help="fixes split, init and batch order (default 42)")
@@ -93,12 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", metavar="PATH", help="write a JSON report of the run")
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_data_args(train)
+    add_usage_output_args(out)
     train.set_defaults(func=cmd_train)
+    add_usage_commands(sub)
     return parser
 
 
 # --- commands -----------------------------------------------------------------------------------
-def _check_y_range(y_range) -> tuple[float, float]:
+def _check_y_range(y_range) -> tuple[float, float] | None:
+    if y_range is None:
+        return None  # derived from the data once it is read
     lo, hi = y_range
     if not lo < hi:
         raise ConfigError(f"--y-range needs LO < HI, got {lo} {hi}")
@@ -106,19 +114,11 @@ def _check_y_range(y_range) -> tuple[float, float]:
 
 
 def load_movielens_frame(name: str):
-    """The seed recipe's table: ML-100k ratings merged with the titles from ``u.item``."""
-    import pandas as pd
+    """A MovieLens set as ``(df, user_name, item_name, rating_name)`` (ML-100k: the seed recipe's title merge)."""
+    from .readers import read_movielens
 
-    from .data import untar_data
-
-    if name != "ml-100k":
-        raise ConfigError(f"--data {name}: only ml-100k is supported by 'train' in this build")
-    path = untar_data(name)
-    ratings = pd.read_csv(path / "u.data", delimiter="\t", header=None,
-                          names=["user", "movie", "rating", "timestamp"])
-    movies = pd.read_csv(path / "u.item", delimiter="|", encoding="latin-1", usecols=(0, 1),
-                         names=("movie", "title"), header=None)
-    return ratings.merge(movies), "user", "title", "rating"
+    t = read_movielens(name)
+    return t.df, t.user, t.item, t.rating
 
 
 def cmd_train(args) -> int:
@@ -131,9 +131,10 @@ def cmd_train(args) -> int:
 
     y_range = _check_y_range(args.y_range)
     say = (lambda *a: None) if args.quiet else print
-    df, user_name, item_name, rating_name = load_movielens_frame(args.data)
-    dls = CollabDataLoaders.from_df(df, valid_pct=args.valid_pct, user_name=user_name, item_name=item_name,
-                                    rating_name=rating_name, seed=args.seed, bs=args.bs)
+    _check_plot_dir(args)
+    dls, data_label = load_training_data(args)
+    user_name, item_name = dls.user_name, dls.item_name
+    y_range = _y_range_for(args, y_range, dls, say)
     learn = collab_learner(dls, n_factors=args.factors, y_range=y_range, opt_func=args.optimizer,
                            seed=args.seed, sparse=args.mode == "sparse", backend=args.backend,
                            log=None if args.quiet else print)
@@ -155,8 +156,17 @@ def cmd_train(args) -> int:
         (near, sim), = analysis.cosine_neighbours(learn.model, vocab, SEED_TITLE, 1)
         say(f"Nearest to {SEED_TITLE!r} by cosine similarity: {near!r} ({sim:.3f})")
 
+    ranking = None
+    if args.ranking_k or args.json:
+        ranking = learn.ranking(args.ranking_k or 10, args.ranking_threshold)
+    if args.ranking_k:
+        say(_ranking_line(ranking))
+    if args.plot:
+        for path in _write_plots(learn, args.plot):
+            say(f"wrote {path}")
+
     if args.save:
-        save_model(args.save, learn.model, dls.classes, user_name, item_name)
+        save_model(args.save, learn.model, dls.classes, user_name, item_name, extra=_model_extras(dls))
         say(f"saved model to {args.save}")
     if args.json:
         report = {
@@ -168,8 +178,9 @@ def cmd_train(args) -> int:
             "n_items": dls.n_items,
             "n_train": dls.n_train,
             "n_valid": dls.n_valid,
-            "settings": {"data": args.data, "epochs": args.epochs, "lr": args.lr, "wd": args.wd,
-                         "factors": args.factors, "bs": args.bs, "y_range": list(y_range),
+            "ranking": ranking,
+            "settings": {"data": data_label, "split": args.split, "epochs": args.epochs, "lr": args.lr, "wd": args.wd,
+                         "factors": args.factors, "bs": args.bs, "y_range": list(y_range), "y_range_from_data": args.y_range is None,
                          "optimizer": args.optimizer, "valid_pct": args.valid_pct, "seed": args.seed,
                          "mode": args.mode, "backend": args.backend, "schedule": "one_cycle"},
         }
@@ -179,11 +190,245 @@ def cmd_train(args) -> int:
     return 0
 
 
+# --- any ratings data, the usage commands, cross-validation (issue 5) ----------------------------
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Where the ratings come from: a MovieLens set (``--data``, ``--split``) or any file (``--ratings``)."""
+    g = p.add_argument_group("data (default: ML-100k with titles, a random 80/20 split)")
+    g.add_argument("--split", choices=("u1", "u2", "u3", "u4", "u5", "ua", "ub"),
+                   help="ML-100k's own base/test files instead of a random split (valid = the .test file)")
+    g.add_argument("--ratings", metavar="FILE", help="a ratings file: CSV, TSV, '::'-separated or Parquet")
+    g.add_argument("--user-col", metavar="COL", help="user column of --ratings: a name or a 0-based position (default 0)")
+    g.add_argument("--item-col", metavar="COL", help="item column (default 1)")
+    g.add_argument("--rating-col", metavar="COL", help="rating column (default 2)")
+    g.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether --ratings/--items start with a header line (default: detect)")
+    g.add_argument("--items", metavar="FILE", help="an items file whose titles name the items of --ratings")
+    g.add_argument("--item-key", metavar="COL", help="column of --items matching the item column (default 0)")
+    g.add_argument("--title-col", metavar="COL", help="column of --items holding the title (default 1)")
+
+
+def add_usage_output_args(g) -> None:
+    g.add_argument("--ranking-k", type=_positive_int, metavar="K",
+                   help="print precision@K, recall@K and NDCG@K on the validation split (--json always has them, K=10 by default)")
+    g.add_argument("--ranking-threshold", type=float, default=4.0, metavar="T",
+                   help="a validation rating >= T counts as relevant for the ranking metrics (default 4)")
+    g.add_argument("--plot", metavar="DIR", help="write losses.png, schedule.png and item_pca.png to DIR (needs matplotlib)")
+
+
+def add_usage_commands(sub) -> None:
+    def model_cmd(name, help_, func):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--model", required=True, metavar="PATH", help="a model saved by 'mfscratch train --save'")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.set_defaults(func=func)
+        return p
+
+    p = model_cmd("recommend", "a user's top-N unseen items with their predicted ratings", cmd_recommend)
+    p.add_argument("--user", required=True, help="the user's id as in the ratings")
+    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
+    p = model_cmd("similar", "the items nearest to one item by cosine similarity of their embeddings", cmd_similar)
+    p.add_argument("item", metavar="TITLE", help="the item's name (MovieLens: the title with its year)")
+    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
+    p.add_argument("--min-ratings", type=int, default=0, metavar="N",
+                   help="skip items rated fewer than N times in training: their embeddings are mostly noise")
+    p = model_cmd("biases", "the items with the highest and lowest learned bias", cmd_biases)
+    p.add_argument("-n", type=_positive_int, default=10, help="how many of each (default 10)")
+    p = model_cmd("predict", "predicted ratings of one user for some items (unknown ones fall back to biases)",
+                  cmd_predict)
+    p.add_argument("--user", required=True, help="the user's id as in the ratings")
+    p.add_argument("items", nargs="+", metavar="ITEM", help="item names")
+
+    cv = sub.add_parser("cv", help="ML-100k's 5-fold protocol (u1..u5): RMSE and MAE per fold, mean and spread",
+                        description="Train on each of ML-100k's u1..u5 base files and test on its .test file.")
+    add_train_args(cv)
+    out = cv.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="write a JSON report of the folds")
+    out.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    cv.add_argument("--debug", action="store_true", help="show tracebacks")
+    cv.set_defaults(func=cmd_cv)
+
+
+def _run_with_notes(args) -> int:
+    """Run a command; fallbacks the library warns about (unknown users or items) become ``note:`` lines on stderr."""
+    from .analysis import FallbackWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FallbackWarning)
+        rc = args.func(args)
+    for w in caught:
+        if issubclass(w.category, FallbackWarning):
+            print(f"note: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return rc
+
+
+def load_training_data(args):
+    """The loaders a ``train`` run asks for, and a label for the report (dataset name or file)."""
+    from .readers import attach_titles, loaders_from_split, read_items, read_ml100k_split, read_movielens, read_ratings
+
+    file_only = [f"--{n.replace('_', '-')}" for n in ("user_col", "item_col", "rating_col", "items", "item_key",
+                                                       "title_col") if getattr(args, n, None) is not None]
+    if args.ratings is None and file_only:
+        raise ConfigError(f"{', '.join(file_only)} only apply to --ratings FILE")
+    if args.items is None and (args.item_key is not None or args.title_col is not None):
+        raise ConfigError("--item-key and --title-col describe an --items FILE; give one")
+    if args.ratings is not None:
+        if args.data is not None or args.split is not None:
+            raise ConfigError("give either --ratings FILE or --data NAME/--split, not both")
+        table = read_ratings(args.ratings, _col(args.user_col, 0), _col(args.item_col, 1), _col(args.rating_col, 2),
+                             header=args.header)
+        if args.items is not None:
+            items = read_items(args.items, _col(args.item_key, 0), _col(args.title_col, 1), header=args.header)
+            table = attach_titles(table, items, items_source=args.items)
+        return table.loaders(args.valid_pct, args.seed, args.bs), args.ratings
+    name = args.data or "ml-100k"
+    if args.split is not None:
+        if name != "ml-100k":
+            raise ConfigError(f"--split {args.split} is one of ML-100k's own splits; it does not apply to --data {name}")
+        return loaders_from_split(*read_ml100k_split(args.split), bs=args.bs), f"{name}/{args.split}"
+    return read_movielens(name).loaders(args.valid_pct, args.seed, args.bs), name
+
+
+def _col(value, default):
+    return default if value is None else value
+
+
+def _y_range_for(args, y_range, dls, say):
+    """The given ``--y-range``, or one derived from the ratings' scale (and a line saying so)."""
+    import numpy as np
+
+    from .readers import default_y_range
+
+    if y_range is not None:
+        return y_range
+    ratings = np.concatenate([dls.train_ratings, dls.valid_ratings])
+    y_range = default_y_range(ratings)
+    say(f"y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
+        "set --y-range LO HI to choose it")
+    return y_range
+
+
+def _model_extras(dls) -> dict:
+    from .metrics import SeenItems
+
+    return SeenItems.from_loaders(dls).arrays()
+
+
+def _ranking_line(r: dict) -> str:
+    k = r["k"]
+    return (f"Ranking of all unseen items for {r['n_users']} validation users (relevant: rated >= {r['threshold']:g}): "
+            f"precision@{k} {r['precision']:.4f}  recall@{k} {r['recall']:.4f}  NDCG@{k} {r['ndcg']:.4f}")
+
+
+def _check_plot_dir(args) -> None:
+    """Fail before training, not after, when plots are asked for but cannot be drawn."""
+    if getattr(args, "plot", None):
+        from .plots import _figure
+
+        _figure((1, 1))
+
+
+def _write_plots(learn, folder):
+    from .plots import write_all
+
+    return write_all(learn, folder)
+
+
+def _print_frame(df, empty: str) -> None:
+    if len(df) == 0:
+        print(empty)
+    else:
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def cmd_recommend(args) -> int:
+    from .analysis import Trained
+
+    _print_frame(Trained.load(args.model).recommend(args.user, args.n), "no unseen items left to recommend")
+    return 0
+
+
+def cmd_similar(args) -> int:
+    from .analysis import Trained
+
+    df = Trained.load(args.model).similar(args.item, args.n, args.min_ratings)
+    _print_frame(df, f"no item is rated at least {args.min_ratings} times")
+    return 0
+
+
+def cmd_biases(args) -> int:
+    from .analysis import Trained
+
+    _print_frame(Trained.load(args.model).biases(args.n), "the model has no items")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import pandas as pd
+
+    from .analysis import Trained
+
+    preds = Trained.load(args.model).predict([args.user] * len(args.items), args.items)
+    _print_frame(pd.DataFrame({"item": args.items, "predicted_rating": preds}), "")
+    return 0
+
+
+def cmd_cv(args) -> int:
+    """ML-100k u1..u5: train on each base file, test on its test file; RMSE/MAE per fold, mean and std."""
+    import numpy as np
+
+    from .io import atomic_write
+    from .learner import collab_learner
+    from .metrics import rating_errors
+    from .readers import default_y_range, loaders_from_split, read_ml100k_split
+
+    if (args.data or "ml-100k") != "ml-100k":
+        raise ConfigError(f"cv runs ML-100k's u1..u5 folds; --data {args.data} has no such folds")
+    y_range = _check_y_range(args.y_range)
+    say = (lambda *a: None) if args.quiet else print
+    folds = []
+    say(f"{'fold':<6}{'rmse':<10}{'mae':<10}{'n_test':<8}{'time':<8}")
+    for split in ("u1", "u2", "u3", "u4", "u5"):
+        t0 = time.perf_counter()
+        dls = loaders_from_split(*read_ml100k_split(split), bs=args.bs)
+        if y_range is None:
+            y_range = default_y_range(np.concatenate([dls.train_ratings, dls.valid_ratings]))
+            say(f"(y_range {y_range} derived from the ratings; set --y-range LO HI to choose it)")
+        learn = collab_learner(dls, n_factors=args.factors, y_range=y_range, opt_func=args.optimizer,
+                               seed=args.seed, sparse=args.mode == "sparse", backend=args.backend, log=None)
+        learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
+        errors = rating_errors(learn.model, dls.valid_users, dls.valid_items, dls.valid_ratings)
+        seconds = time.perf_counter() - t0
+        folds.append({"fold": split, **errors, "n_test": dls.n_valid, "seconds": seconds})
+        say(f"{split:<6}{errors['rmse']:<10.4f}{errors['mae']:<10.4f}{dls.n_valid:<8}{seconds:<8.1f}")
+    summary = {}
+    for metric in ("rmse", "mae"):
+        values = np.array([f[metric] for f in folds])
+        summary[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
+    # The five test files partition the 100,000 ratings, so the errors pooled over all of them are also defined.
+    n = sum(f["n_test"] for f in folds)
+    summary["pooled_rmse"] = float(np.sqrt(sum(f["mse"] * f["n_test"] for f in folds) / n))
+    summary["pooled_mae"] = float(sum(f["mae"] * f["n_test"] for f in folds) / n)
+    say(f"mean  rmse {summary['rmse']['mean']:.4f} +/- {summary['rmse']['std']:.4f}   "
+        f"mae {summary['mae']['mean']:.4f} +/- {summary['mae']['std']:.4f}   (std over the 5 folds, ddof=1)")
+    say(f"pooled over all 100,000 test ratings: rmse {summary['pooled_rmse']:.4f}  mae {summary['pooled_mae']:.4f}")
+    if args.json:
+        report = {"folds": folds, "summary": summary,
+                  "settings": {"data": "ml-100k", "protocol": "u1..u5", "epochs": args.epochs, "lr": args.lr,
+                               "wd": args.wd, "factors": args.factors, "bs": args.bs, "y_range": list(y_range),
+                               "optimizer": args.optimizer, "seed": args.seed, "mode": args.mode,
+                               "backend": args.backend}}
+        atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
+        say(f"wrote report to {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        return _run_with_notes(args)
     except MfscratchError as e:
         if args.debug:
             raise

@@ -7,6 +7,7 @@ compiled kernels (forward, backward, optimiser update) -> the model's flat param
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -152,7 +153,7 @@ class Learner:
             order = self.rng.permutation(self.dls.n_train)
             ep_lrs = np.ascontiguousarray(lrs[epoch * steps : (epoch + 1) * steps])
             ep_moms = np.ascontiguousarray(moms[epoch * steps : (epoch + 1) * steps])
-            losses = self.backend.train_epoch(order, ep_lrs, ep_moms, opt, self.sparse, self.opt_state.step)
+            losses = self._train_epoch(order, ep_lrs, ep_moms, opt, epoch, n_epoch)
             t_train = time.perf_counter() - t0
             if len(losses) < steps or not np.isfinite(losses[-1]):
                 self.backend.sync()
@@ -181,6 +182,96 @@ class Learner:
     def _log_row(self, epoch, train_loss, valid_loss, seconds) -> None:
         if self.log is not None:
             self.log(f"{epoch:<10}{train_loss:<12.6f}{valid_loss:<12.6f}{format_time(seconds):<10}")
+
+    # --- progress bar for long epochs ----------------------------------------------------------
+    #: ``None``: show a tqdm bar on stderr when it is a terminal, the learner logs, and an epoch has
+    #: more than ``PROGRESS_MIN_ROWS`` training rows; ``True``/``False``: always/never.
+    progress = None
+    PROGRESS_MIN_ROWS = 1_000_000
+
+    def _show_progress(self) -> bool:
+        if self.progress is not None:
+            return bool(self.progress)
+        return self.log is not None and self.dls.n_train > self.PROGRESS_MIN_ROWS and sys.stderr.isatty()
+
+    def _train_epoch(self, order, lrs, moms, opt, epoch: int, n_epoch: int) -> np.ndarray:
+        """One epoch through the backend; with a progress bar, as about 100 consecutive calls.
+
+        Step ``s`` of the epoch sees the same rows, lr, momentum and optimiser step count either way
+        (``step0`` advances with the chunks), so the bar does not change the result.
+        """
+        step0 = self.opt_state.step
+        if not self._show_progress():
+            return self.backend.train_epoch(order, lrs, moms, opt, self.sparse, step0)
+        from tqdm import tqdm
+
+        bs, steps = self.dls.bs, len(lrs)
+        chunk = max(1, steps // 100)
+        parts = []
+        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{n_epoch}", unit="step", leave=False, file=sys.stderr) as bar:
+            for s in range(0, steps, chunk):
+                e = min(s + chunk, steps)
+                part = self.backend.train_epoch(order[s * bs : e * bs], lrs[s:e], moms[s:e], opt, self.sparse, step0 + s)
+                parts.append(part)
+                bar.update(len(part))
+                if len(part) < e - s or (len(part) and not np.isfinite(part[-1])):
+                    break  # diverged: the caller reports it
+        return np.concatenate(parts)
+
+    # --- using the trained model (the work is in analysis.py, metrics.py and plots.py) -----------
+    def trained(self):
+        """This learner's model, vocabularies and training pairs as an :class:`analysis.Trained`."""
+        from .analysis import Trained
+
+        if getattr(self, "_trained", None) is None or self._trained.model is not self.model:
+            self._trained = Trained.from_learner(self)
+        return self._trained
+
+    def recommend(self, user, n: int = 10):
+        """The user's ``n`` best unseen items (DataFrame ``item, predicted_rating, n_ratings``)."""
+        return self.trained().recommend(user, n)
+
+    def similar(self, item, n: int = 10, min_ratings: int = 0):
+        """The ``n`` items nearest ``item`` by cosine similarity, rated at least ``min_ratings`` times."""
+        return self.trained().similar(item, n, min_ratings)
+
+    def biases(self, n: int = 10):
+        """The ``n`` highest and ``n`` lowest item biases (DataFrame ``side, item, bias, n_ratings``)."""
+        return self.trained().biases(n)
+
+    def predict_named(self, users, items) -> np.ndarray:
+        """Predicted ratings for users and items given by name; unknown names fall back to the known biases."""
+        return self.trained().predict(users, items)
+
+    def ranking(self, k: int = 10, threshold: float = 4.0) -> dict:
+        """Precision@k, recall@k and NDCG@k over the validation rows (see ``metrics.ranking_metrics``)."""
+        from .metrics import ranking_metrics
+
+        d, t = self.dls, self.trained()
+        first_item = 1 if len(t.item_vocab) and t.item_vocab[0] == "#na#" else 0
+        return ranking_metrics(self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold,
+                               first_item)
+
+    def plot_losses(self, path):
+        """PNG of the batch losses and the per-epoch train/valid losses."""
+        from .plots import plot_losses
+
+        return plot_losses(self.recorder, path)
+
+    def plot_schedule(self, path):
+        """PNG of the learning rate and momentum at every step."""
+        from .plots import plot_schedule
+
+        return plot_schedule(self.recorder, path)
+
+    def plot_item_pca(self, path, n: int = 50):
+        """PNG of fastbook's 2-D PCA map of the most-rated items' embeddings, ``n`` of them labelled."""
+        from .analysis import item_pca
+        from .plots import plot_item_pca
+
+        t = self.trained()
+        names, coords = item_pca(self.model, t.item_vocab, t.item_counts)
+        return plot_item_pca(names, coords, path, n)
 
 
 def collab_learner(dls: CollabDataLoaders, n_factors: int = 50, use_nn: bool = False, emb_szs=None,

@@ -1,0 +1,141 @@
+"""Rating and ranking metrics on held-out ratings: RMSE/MAE, and precision@k, recall@k, NDCG@k.
+
+Ranking protocol (``ranking_metrics``). For each user ``u``:
+
+* candidates: every item except ``#na#`` and the items ``u`` rated in training (``seen``);
+* ``L``: the ``k`` candidates with the highest predicted rating (``kernels.ranking.topk_items``);
+* relevant ``R``: the items ``u`` rated at or above ``threshold`` in the validation rows, minus seen ones;
+* users with an empty ``R`` are skipped (nothing to find); the metrics are means over the others:
+
+  ``precision@k = |L ∩ R| / k``,  ``recall@k = |L ∩ R| / |R|``,
+  ``NDCG@k = DCG / IDCG`` with ``DCG = sum_{j<k} [L_j in R] / log2(j + 2)`` and
+  ``IDCG = sum_{j < min(|R|, k)} 1 / log2(j + 2)`` (binary relevance, ``j`` 0-based).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import ConfigError
+from .kernels.ranking import topk_items
+
+__all__ = ["SeenItems", "rating_errors", "topk", "ranking_from_topk", "ranking_metrics"]
+
+
+class SeenItems:
+    """The items each user rated in training, as a CSR matrix: user ``u``'s items are
+    ``indices[indptr[u]:indptr[u + 1]]`` (sorted, unique). ``item_counts[i]``: training ratings of item ``i``.
+    """
+
+    def __init__(self, indptr, indices, item_counts=None):
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int64)
+        self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.int64)
+
+    @classmethod
+    def from_pairs(cls, users, items, n_users: int, n_items: int) -> "SeenItems":
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        counts = np.bincount(items, minlength=n_items)
+        keys = np.unique(users * n_items + items)  # sorted by user, then item; duplicates dropped
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(keys // n_items, minlength=n_users), out=indptr[1:])
+        return cls(indptr, keys % n_items, counts)
+
+    @classmethod
+    def from_loaders(cls, dls) -> "SeenItems":
+        return cls.from_pairs(dls.train_users, dls.train_items, dls.n_users, dls.n_items)
+
+    def items_of(self, user: int) -> np.ndarray:
+        return self.indices[self.indptr[user] : self.indptr[user + 1]]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a model file carries (see ``io.py``)."""
+        return {"seen_indptr": self.indptr, "seen_indices": self.indices, "item_counts": self.item_counts}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "SeenItems | None":
+        if "seen_indptr" not in meta or "seen_indices" not in meta:
+            return None
+        return cls(meta["seen_indptr"], meta["seen_indices"], meta.get("item_counts"))
+
+
+def rating_errors(model, users, items, ratings) -> dict[str, float]:
+    """``mse``, ``rmse`` and ``mae`` of the model's predictions on these code triples."""
+    ratings = np.asarray(ratings, dtype=np.float64)
+    if ratings.size == 0:
+        return {"mse": float("nan"), "rmse": float("nan"), "mae": float("nan")}
+    err = model.forward(users, items).astype(np.float64) - ratings
+    mse = float(np.mean(err**2))
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err)))}
+
+
+def topk(model, users, seen: SeenItems | None, k: int, first_item: int = 1, u_weight=None, u_bias=None):
+    """``(items, scores)``: each user's ``k`` best unseen items and their scores ``x`` (pre-sigmoid).
+
+    ``u_weight``/``u_bias`` replace the model's user tables (the fallback for an unknown user).
+    """
+    if int(k) != k or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    uw, iw, ub, ib = model.kernel_tables()
+    uw = uw if u_weight is None else np.ascontiguousarray(u_weight, dtype=uw.dtype)
+    ub = ub if u_bias is None else np.ascontiguousarray(u_bias, dtype=ub.dtype)
+    if seen is None:
+        seen = SeenItems(np.zeros(uw.shape[0] + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    users = np.ascontiguousarray(users, dtype=np.int64)
+    out_items = np.empty((len(users), int(k)), dtype=np.int64)
+    out_scores = np.empty((len(users), int(k)), dtype=np.float64)
+    topk_items(uw, iw, ub, ib, users, seen.indptr, seen.indices, int(first_item), int(k), out_items, out_scores)
+    return out_items, out_scores
+
+
+def ranking_from_topk(top_items, users, rel_users, rel_items, n_items: int) -> dict[str, float]:
+    """Mean precision@k, recall@k and NDCG@k of ranked lists ``top_items[r]`` for ``users[r]``.
+
+    ``(rel_users, rel_items)`` are the relevant pairs; users without any are not scored (pass only
+    those with at least one). ``-1`` entries in ``top_items`` are empty slots (never a hit).
+    """
+    top_items = np.asarray(top_items, dtype=np.int64)
+    users = np.asarray(users, dtype=np.int64)
+    k = top_items.shape[1]
+    rel_keys = np.unique(np.asarray(rel_users, dtype=np.int64) * n_items + np.asarray(rel_items, dtype=np.int64))
+    n_rel = np.bincount(rel_keys // n_items, minlength=int(users.max(initial=-1)) + 1)[users]
+    if len(users) == 0 or (n_rel == 0).any():
+        raise ConfigError("ranking_from_topk needs users that each have at least one relevant item")
+    hits = np.isin(users[:, None] * n_items + top_items, rel_keys) & (top_items >= 0)
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)
+    dcg = hits @ discount
+    idcg = np.cumsum(discount)[np.minimum(n_rel, k) - 1]
+    n_hits = hits.sum(axis=1)
+    return {"precision": float(np.mean(n_hits / k)), "recall": float(np.mean(n_hits / n_rel)),
+            "ndcg": float(np.mean(dcg / idcg))}
+
+
+def ranking_metrics(model, seen: SeenItems, valid_users, valid_items, valid_ratings, k: int = 10,
+                    threshold: float = 4.0, first_item: int = 1) -> dict:
+    """Precision@k, recall@k and NDCG@k over the validation rows (protocol in the module docstring).
+
+    Returns ``{"k", "threshold", "precision", "recall", "ndcg", "n_users", "seconds"}``;
+    ``n_users`` is the number of users scored (0, with NaN metrics, when nobody has a relevant item).
+    """
+    t0 = time.perf_counter()
+    n_items = model.n_items
+    vu = np.asarray(valid_users, dtype=np.int64)
+    vi = np.asarray(valid_items, dtype=np.int64)
+    keep = (np.asarray(valid_ratings) >= threshold) & (vi >= first_item)
+    vu, vi = vu[keep], vi[keep]
+    if len(vu):
+        # A validation item the user also rated in training can never be recommended: not relevant.
+        seen_keys = np.repeat(np.arange(len(seen.indptr) - 1), np.diff(seen.indptr)) * n_items + seen.indices
+        unseen = ~np.isin(vu * n_items + vi, seen_keys)
+        vu, vi = vu[unseen], vi[unseen]
+    users = np.unique(vu)
+    result = {"k": int(k), "threshold": float(threshold)}
+    if len(users) == 0:
+        result.update(precision=float("nan"), recall=float("nan"), ndcg=float("nan"), n_users=0)
+    else:
+        top_items, _ = topk(model, users, seen, k, first_item)
+        result.update(ranking_from_topk(top_items, users, vu, vi, n_items), n_users=int(len(users)))
+    result["seconds"] = time.perf_counter() - t0
+    return result

@@ -1,0 +1,351 @@
+"""Reading ratings: any CSV/TSV/Parquet file, the MovieLens sets by name, and ML-100k's own splits.
+
+Every reader returns a :class:`RatingsTable`: a DataFrame plus the names of its user, item and
+rating columns, ready for ``CollabDataLoaders.from_df``. Problems with the *file* (missing, no
+such column, no rows) raise :class:`~mfscratch.errors.DataError` naming the file and the column;
+problems with the *values* are ``from_df``'s to report.
+
+Item names. When titles are joined (``--items``, or a MovieLens set by name) the item column
+becomes the title, as the fastai book's recipe does, so every analysis speaks in titles. Two
+keys that share a title are, for ML-100k, merged into one item (that *is* the seed recipe: 1682
+movie ids become 1664 titles); everywhere else they are kept apart by appending the key,
+``"Emma (1996) [id 838]"``, so two different films never share one embedding by accident.
+
+``default_y_range``: when no ``y_range`` is given the model's output range comes from the
+ratings: ``(0, 1.1 * max)`` for non-negative ratings (fastai's habit: ``(0, 5.5)`` for 1-5 stars,
+so the sigmoid can reach the top rating), and ``(min - m, max + m)`` with ``m = 0.1 * (max - min)``
+when some ratings are negative.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import DATASETS, CollabDataLoaders, untar_data
+from .errors import ConfigError, DataError
+
+__all__ = ["RatingsTable", "read_ratings", "read_items", "attach_titles", "read_movielens",
+           "read_ml100k_split", "ML100K_SPLITS", "MOVIELENS", "default_y_range", "loaders_from_split"]
+
+ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+MOVIELENS = tuple(DATASETS)
+_TEXT_SEPARATORS = ("::", "\t", ",", ";", "|")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass
+class RatingsTable:
+    """A ratings DataFrame and the names of its user, item and rating columns."""
+
+    df: pd.DataFrame
+    user: str
+    item: str
+    rating: str
+    source: str = ""
+
+    def loaders(self, valid_pct: float = 0.2, seed: int | None = None, bs: int = 64) -> CollabDataLoaders:
+        """``CollabDataLoaders.from_df`` on this table with its column names."""
+        return CollabDataLoaders.from_df(self.df, valid_pct=valid_pct, user_name=self.user, item_name=self.item,
+                                         rating_name=self.rating, seed=seed, bs=bs)
+
+
+# --- y_range -------------------------------------------------------------------------------------
+def default_y_range(ratings) -> tuple[float, float]:
+    """The output range for ratings on this scale (see the module docstring for the rule)."""
+    values = pd.to_numeric(pd.Series(np.asarray(ratings).ravel()), errors="coerce").to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise DataError("cannot derive y_range: the ratings hold no finite numbers; give --y-range LO HI")
+    r_min, r_max = float(values.min()), float(values.max())
+    if r_min >= 0:
+        lo, hi = 0.0, round(1.1 * r_max, 6)
+    else:
+        margin = 0.1 * (r_max - r_min)
+        lo, hi = round(r_min - margin, 6), round(r_max + margin, 6)
+    if not lo < hi:  # every rating equal (and zero): any range around it will do
+        lo, hi = lo - 1.0, hi + 1.0
+    return lo, hi
+
+
+# --- generic files -------------------------------------------------------------------------------
+def _check_file(path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file {path} does not exist; check the path")
+    return path
+
+
+def _sniff_separator(first_line: str, path: Path) -> str:
+    for sep in _TEXT_SEPARATORS:
+        if sep in first_line:
+            return sep
+    if len(first_line.split()) >= 2:
+        return r"\s+"
+    raise DataError(f"{path}: cannot tell the column separator from its first line {first_line[:60]!r}; "
+                    "use a CSV, TSV or '::'-separated file (or Parquet)")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _split_line(line: str, sep: str) -> list[str]:
+    return line.split() if sep == r"\s+" else [f.strip().strip('"') for f in line.split(sep)]
+
+
+def _head_lines(path: Path, encoding: str, n: int = 2) -> list[str]:
+    with open(path, encoding=encoding, errors="replace") as f:
+        lines = []
+        for line in f:
+            if line.strip():
+                lines.append(line.rstrip("\r\n"))
+            if len(lines) == n:
+                break
+    return lines
+
+
+def _sniff_header(lines: list[str], sep: str, columns) -> bool:
+    """A header is present when a column named by text, or the rating column's first field, is not a number.
+
+    Named columns need a header; with positions only, the first line is a header when one of its
+    fields is text where the second line holds a number (``userId,movieId,rating`` over ``1,31,2.5``).
+    """
+    if any(isinstance(c, str) for c in columns if c is not None):
+        return True
+    first = _split_line(lines[0], sep)
+    second = _split_line(lines[1], sep) if len(lines) > 1 else None
+    if second is None:
+        return not all(_is_number(f) for f in first)
+    return any(not _is_number(a) and _is_number(b) for a, b in zip(first, second))
+
+
+def _column_spec(value):
+    """A column given on the command line: a 0-based position (``"2"``) or a name."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value)
+    return int(text) if text.isdigit() else text
+
+
+def _resolve_column(df: pd.DataFrame, spec, role: str, path: Path) -> str:
+    cols = list(df.columns)
+    if isinstance(spec, int):
+        if not 0 <= spec < len(cols):
+            raise DataError(f"{path}: {role} column position {spec} is out of range; the file has {len(cols)} "
+                            f"columns (0-based positions 0..{len(cols) - 1})")
+        return cols[spec]
+    if spec in df.columns:
+        return spec
+    raise DataError(f"{path}: {role} column {spec!r} not found; its columns are {[str(c) for c in cols]}")
+
+
+def read_table(path, columns=(), header: bool | None = None, encoding: str = "utf-8",
+               what: str = "ratings") -> pd.DataFrame:
+    """A CSV, TSV, ``::``-separated or Parquet file as a DataFrame (all columns).
+
+    The format follows the suffix (``.parquet``/``.pq``) or, for text, the separator found on the
+    first line. ``header=None`` sniffs it (see :func:`_sniff_header`); ``columns`` are the column
+    specs the caller will ask for (names imply a header). Files without a header get integer
+    column names ``0, 1, 2, ...``.
+    """
+    path = _check_file(path, what)
+    if path.suffix.lower() in _PARQUET_SUFFIXES:
+        try:
+            df = pd.read_parquet(path)
+        except ImportError:
+            raise ConfigError("reading Parquet needs pyarrow: pip install 'mfscratch[parquet]'") from None
+        except Exception as e:  # pyarrow raises its own error types for damaged files
+            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    else:
+        lines = _head_lines(path, encoding)
+        if not lines:
+            raise DataError(f"{what} file {path} is empty; it needs at least one row")
+        sep = _sniff_separator(lines[0], path)
+        has_header = _sniff_header(lines, sep, columns) if header is None else bool(header)
+        df = _read_text(path, sep, has_header, encoding)
+    if len(df) == 0:
+        raise DataError(f"{what} file {path} has no rows")
+    return df
+
+
+def _read_text(path: Path, sep: str, has_header: bool, encoding: str) -> pd.DataFrame:
+    hdr = 0 if has_header else None
+    try:
+        if sep == "::":
+            # pandas' C parser takes one-character separators only: "a::b" read with ":" gives an empty
+            # field between the two, which we drop. Much faster than the Python engine on millions of
+            # rows; it assumes no field holds a ":" (true of ratings; MovieLens titles are read apart).
+            raw = pd.read_csv(path, sep=":", header=None, skiprows=1 if has_header else 0, encoding=encoding)
+            raw = raw.iloc[:, ::2]
+            names = _head_lines(path, encoding, 1)[0].split("::") if has_header else list(range(raw.shape[1]))
+            if len(names) != raw.shape[1]:
+                raise DataError(f"{path}: its header names {len(names)} columns but the rows have {raw.shape[1]}")
+            raw.columns = names
+            return raw
+        return pd.read_csv(path, sep=sep, header=hdr, encoding=encoding,
+                           engine="python" if sep == r"\s+" else "c")
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: cannot parse it as a table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def read_ratings(path, user_col=0, item_col=1, rating_col=2, header: bool | None = None,
+                 encoding: str = "utf-8") -> RatingsTable:
+    """Ratings from a CSV, TSV, ``::`` or Parquet file.
+
+    ``user_col``, ``item_col``, ``rating_col``: a column name, or a 0-based position (``2`` or
+    ``"2"``). With or without a header line (``header=None`` sniffs it).
+    """
+    path = Path(path)
+    specs = [_column_spec(c) for c in (user_col, item_col, rating_col)]
+    df = read_table(path, specs, header, encoding)
+    names = [_resolve_column(df, spec, role, path) for spec, role in zip(specs, ("user", "item", "rating"))]
+    if len(set(names)) < 3:
+        raise DataError(f"{path}: user, item and rating must be three different columns, got {names}")
+    df = df[names]
+    df.columns = [str(c) if not isinstance(c, str) else c for c in df.columns]
+    if not isinstance(names[0], str):  # a file without a header: give the columns the usual names
+        df.columns = ["user", "item", "rating"]
+    user, item, rating = df.columns
+    return RatingsTable(df.reset_index(drop=True), user, item, rating, str(path))
+
+
+def read_items(path, key_col=0, title_col=1, header: bool | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """An items file as a two-column DataFrame ``key, title`` (names or 0-based positions)."""
+    path = Path(path)
+    specs = [_column_spec(key_col), _column_spec(title_col)]
+    df = read_table(path, specs, header, encoding, what="items")
+    key, title = (_resolve_column(df, spec, role, path) for spec, role in zip(specs, ("item key", "title")))
+    out = df[[key, title]].copy()
+    out.columns = ["key", "title"]
+    return out
+
+
+def attach_titles(table: RatingsTable, items: pd.DataFrame, merge_duplicates: bool = False,
+                  items_source: str = "items") -> RatingsTable:
+    """Replace the item column by the item's title (``items``: columns ``key, title``).
+
+    Ratings whose item has no title keep their key as a name. Titles shared by different keys
+    are merged when ``merge_duplicates`` (the ML-100k recipe), else suffixed with ``[id KEY]``.
+    """
+    items = items.drop_duplicates("key")
+    keys = table.df[table.item]
+    if keys.dtype != items["key"].dtype:
+        # "1" in one file and 1 in the other: compare as text.
+        keys, items = keys.astype(str), items.assign(key=items["key"].astype(str))
+    titles = items["title"].astype(str)
+    if not merge_duplicates:
+        shared = titles.duplicated(keep=False)
+        titles = titles.where(~shared, titles + " [id " + items["key"].astype(str) + "]")
+    mapping = pd.Series(titles.to_numpy(), index=items["key"].to_numpy())
+    named = keys.map(mapping)
+    matched = int(named.notna().sum())
+    if matched == 0:
+        raise DataError(f"{items_source}: none of its keys match the ratings' {table.item!r} values "
+                        f"(e.g. {keys.iloc[0]!r}); check --item-key")
+    named = named.where(named.notna(), keys.astype(str))
+    df = table.df.copy()
+    df["title"] = named.to_numpy()
+    return RatingsTable(df[[table.user, "title", table.rating]], table.user, "title", table.rating, table.source)
+
+
+# --- MovieLens -----------------------------------------------------------------------------------
+def _decode(raw: bytes) -> str:
+    """MovieLens titles: UTF-8 in the newer sets, latin-1 in ML-100k and ML-1M."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _movies_dat(path: Path) -> pd.DataFrame:
+    """``MovieID::Title::Genres`` (titles may themselves contain ``:``, so split at ``::`` twice only)."""
+    rows = [line.split("::", 2)[:2] for line in _decode(path.read_bytes()).splitlines() if line.strip()]
+    return pd.DataFrame({"key": [int(r[0]) for r in rows], "title": [r[1] for r in rows]})
+
+
+def _ratings_dat(path: Path) -> RatingsTable:
+    df = read_table(path, header=False)
+    df = df.iloc[:, :3]
+    df.columns = ["user", "movie", "rating"]
+    return RatingsTable(df, "user", "movie", "rating", str(path))
+
+
+def _ml100k_ratings(folder: Path, file: str) -> pd.DataFrame:
+    path = _check_file(folder / file, "ratings")
+    return pd.read_csv(path, delimiter="\t", header=None, names=["user", "movie", "rating", "timestamp"])
+
+
+def _ml100k_titled(folder: Path, file: str) -> RatingsTable:
+    """The seed recipe's table: ratings merged with the titles of ``u.item`` (latin-1, ``|``)."""
+    ratings = _ml100k_ratings(folder, file)
+    movies = pd.read_csv(_check_file(folder / "u.item", "items"), delimiter="|", encoding="latin-1",
+                         usecols=(0, 1), names=("movie", "title"), header=None)
+    return RatingsTable(ratings.merge(movies), "user", "title", "rating", str(folder / file))
+
+
+def read_movielens(name: str = "ml-100k", titles: bool = True) -> RatingsTable:
+    """A MovieLens set by name (downloaded and checked by ``untar_data``), each in its own format.
+
+    ``titles=True`` names the items by title (see the module docstring on duplicates).
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"--data {name!r}: use one of {', '.join(DATASETS)}")
+    ds = DATASETS[name]
+    folder = untar_data(name)
+    ratings_path = folder / ds.ratings_file
+    if name == "ml-100k":
+        if titles:
+            return _ml100k_titled(folder, ds.ratings_file)
+        return RatingsTable(_ml100k_ratings(folder, ds.ratings_file).iloc[:, :3], "user", "movie", "rating",
+                            str(ratings_path))
+    if ratings_path.suffix == ".dat":  # ml-1m, ml-10m: UserID::MovieID::Rating::Timestamp, no header
+        table = _ratings_dat(ratings_path)
+        movies = folder / "movies.dat"
+        items = _movies_dat(movies) if titles and movies.is_file() else None
+    else:  # ml-20m, ml-25m, ml-latest-small: CSV with header userId,movieId,rating,timestamp
+        table = read_ratings(ratings_path, "userId", "movieId", "rating", header=True)
+        movies = folder / "movies.csv"
+        items = read_items(movies, "movieId", "title", header=True) if titles and movies.is_file() else None
+    if items is None:
+        return table
+    return attach_titles(table, items, merge_duplicates=False, items_source=str(movies))
+
+
+def read_ml100k_split(split: str, titles: bool = True) -> tuple[RatingsTable, RatingsTable]:
+    """ML-100k's own ``<split>.base`` / ``<split>.test`` pair (u1..u5: 5-fold, ua/ub: 10 per user)."""
+    if split not in ML100K_SPLITS:
+        raise ConfigError(f"--split {split!r}: use one of {', '.join(ML100K_SPLITS)}")
+    folder = untar_data("ml-100k")
+    read = _ml100k_titled if titles else (lambda f, n: RatingsTable(_ml100k_ratings(f, n).iloc[:, :3], "user",
+                                                                   "movie", "rating", str(f / n)))
+    return read(folder, f"{split}.base"), read(folder, f"{split}.test")
+
+
+def loaders_from_split(train: RatingsTable, valid: RatingsTable, bs: int = 64) -> CollabDataLoaders:
+    """Loaders whose validation rows are exactly ``valid``'s (a published split, not a random one).
+
+    The vocabularies come from both tables together (as ``from_df`` builds them from all rows),
+    so every validation user and item has an embedding, trained or not.
+    """
+    cols = [train.user, train.item, train.rating]
+    valid_df = valid.df[[valid.user, valid.item, valid.rating]].set_axis(cols, axis=1)
+    full = pd.concat([train.df[cols], valid_df], ignore_index=True)
+    # from_df checks and encodes the values; its random split is then replaced by the given one.
+    enc = CollabDataLoaders.from_df(full, valid_pct=0.0, user_name=train.user, item_name=train.item,
+                                    rating_name=train.rating, seed=0, bs=bs)
+    codes = {}
+    for col in (train.user, train.item):
+        vocab = enc.classes[col]
+        codes[col] = (pd.Categorical(full[col], categories=list(vocab[1:])).codes + 1).astype(np.int32)
+    ratings = pd.to_numeric(full[train.rating]).to_numpy(dtype=np.float32)
+    n_train = len(train.df)
+    return CollabDataLoaders(codes[train.user], codes[train.item], ratings, np.arange(n_train),
+                             np.arange(n_train, len(full)), enc.classes, train.user, train.item, train.rating, bs)
+
