@@ -37,22 +37,27 @@ def _need_fit(recorder) -> int:
 
 
 def plot_losses(recorder, path) -> Path:
-    """Batch losses per step (light), and fastai's train_loss and the valid_loss at each epoch's end."""
+    """Batch losses per step (light; dark: their moving average over a twentieth of an epoch), and
+    fastai's train_loss and the valid_loss at each epoch's end."""
     steps_per_epoch = _need_fit(recorder)
     fig = _figure((8, 5))
     ax = fig.add_subplot()
     epochs = np.arange(1, len(recorder.values) + 1)
     values = np.asarray(recorder.values, dtype=np.float64)
+    top = np.nanmax(values) if np.isfinite(values).any() else 1.0
     if recorder.losses:
-        x = np.arange(1, len(recorder.losses) + 1) / steps_per_epoch
-        ax.plot(x, recorder.losses, color="0.75", linewidth=0.5, label="batch loss")
-    ax.plot(epochs, values[:, 0], "o-", label="train_loss (smoothed)")
+        losses = np.asarray(recorder.losses, dtype=np.float64)
+        x = np.arange(1, len(losses) + 1) / steps_per_epoch
+        ax.plot(x, losses, color="0.85", linewidth=0.5, label="batch loss")
+        window = max(1, min(len(losses), steps_per_epoch // 20))
+        moving = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(x[window - 1 :], moving, color="0.4", linewidth=1, label=f"batch loss, mean of {window} steps")
+        top = max(top, float(np.nanpercentile(moving, 99)))
+    ax.plot(epochs, values[:, 0], "o-", label="train_loss (fastai's smoothed)")
     ax.plot(epochs, values[:, 1], "s-", label="valid_loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean squared error")
-    top = np.nanmax(values) * 1.5 if np.isfinite(values).any() else None
-    if top:
-        ax.set_ylim(0, top)
+    ax.set_ylim(0, 1.2 * top)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Training and validation loss")

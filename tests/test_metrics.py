@@ -1,0 +1,140 @@
+"""Ranking metrics and the top-k kernel, checked against hand-worked values and plain NumPy."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mfscratch.errors import ConfigError
+from mfscratch.metrics import SeenItems, ranking_from_topk, ranking_metrics, rating_errors, topk
+from mfscratch.model import EmbeddingDotBias
+
+
+def random_model(n_users=7, n_items=12, k=4, seed=0, y_range=(0.0, 5.5)):
+    m = EmbeddingDotBias(k, n_users, n_items, y_range=y_range, seed=seed)
+    m.params[:] = np.random.default_rng(seed).normal(size=m.params.shape).astype(np.float32)
+    return m
+
+
+def test_seen_items_csr_drops_duplicates_and_counts_ratings():
+    seen = SeenItems.from_pairs([2, 0, 2, 2], [3, 1, 1, 3], n_users=3, n_items=5)
+    assert seen.indptr.tolist() == [0, 1, 1, 3]
+    assert seen.items_of(2).tolist() == [1, 3]
+    assert seen.items_of(1).tolist() == []
+    assert seen.item_counts.tolist() == [0, 2, 0, 2, 0]  # ratings, duplicates included
+
+
+def test_hand_checked_metrics_one_user():
+    # Ranked list [2, 5, 3], relevant {3, 4}: one hit, at rank 3.
+    r = ranking_from_topk([[2, 5, 3]], [1], [1, 1], [3, 4], n_items=6)
+    assert r["precision"] == pytest.approx(1 / 3)
+    assert r["recall"] == pytest.approx(1 / 2)
+    # DCG = 1/log2(4) = 0.5; IDCG = 1/log2(2) + 1/log2(3) = 1.63093; NDCG = 0.30657.
+    assert r["ndcg"] == pytest.approx(0.5 / (1 + 1 / math.log2(3)))
+    assert r["ndcg"] == pytest.approx(0.306574, abs=1e-6)
+
+
+def test_hand_checked_metrics_two_users_and_empty_slots():
+    # user 0: list [1, 2], relevant {1, 2, 3}: 2 hits at ranks 1, 2 -> p=1, r=2/3, ndcg=1 (IDCG over min(3, 2)=2 ranks)
+    # user 1: list [4, -1] (only one candidate), relevant {0}: nothing found.
+    r = ranking_from_topk([[1, 2], [4, -1]], [0, 1], [0, 0, 0, 1], [1, 2, 3, 0], n_items=5)
+    assert r["precision"] == pytest.approx((1.0 + 0.0) / 2)
+    assert r["recall"] == pytest.approx((2 / 3 + 0.0) / 2)
+    assert r["ndcg"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_users_without_relevant_items_are_refused():
+    with pytest.raises(ConfigError):
+        ranking_from_topk([[1]], [0], [1], [1], n_items=3)
+
+
+def numpy_topk(model, user, seen_items, k, first_item):
+    """The obvious way: score every item, drop the excluded ones, stable sort by score descending."""
+    uw, iw, ub, ib = (t.astype(np.float64) for t in model.kernel_tables())
+    x = iw @ uw[user] + ub[user] + ib
+    allowed = np.ones(len(x), bool)
+    allowed[:first_item] = False
+    allowed[list(seen_items)] = False
+    cands = np.flatnonzero(allowed)
+    order = cands[np.lexsort((cands, -x[cands]))][:k]
+    return order, x[order]
+
+
+@pytest.mark.parametrize("k", [1, 3, 11, 15])
+def test_topk_kernel_matches_numpy(k):
+    m = random_model()
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 7, 30), rng.integers(0, 12, 30)
+    seen = SeenItems.from_pairs(users, items, 7, 12)
+    got_items, got_scores = topk(m, np.arange(7), seen, k, first_item=1)
+    for u in range(7):
+        want_items, want_scores = numpy_topk(m, u, set(seen.items_of(u)), k, 1)
+        n = len(want_items)
+        assert got_items[u, :n].tolist() == want_items.tolist()
+        np.testing.assert_allclose(got_scores[u, :n], want_scores, rtol=1e-6)
+        assert (got_items[u, n:] == -1).all() and np.isneginf(got_scores[u, n:]).all()
+
+
+def test_topk_ties_go_to_the_lower_item():
+    m = random_model(n_users=2, n_items=6)
+    m.i_weight.weight[:] = 0.0
+    m.i_bias.weight[:] = 0.0
+    m.i_bias.weight[4, 0] = 1.0
+    items, _ = topk(m, [0, 1], None, 4, first_item=1)
+    assert items.tolist() == [[4, 1, 2, 3], [4, 1, 2, 3]]
+
+
+def plain_ranking(model, train, valid, k, threshold):
+    """Per-user sets and loops: the definitions written out directly."""
+    seen = {}
+    for u, i in train:
+        seen.setdefault(u, set()).add(i)
+    rel = {}
+    for u, i, r in valid:
+        if r >= threshold and i >= 1 and i not in seen.get(u, set()):
+            rel.setdefault(u, set()).add(i)
+    p, rc, nd = [], [], []
+    for u, R in sorted(rel.items()):
+        L, _ = numpy_topk(model, u, seen.get(u, set()), k, 1)
+        hits = [1.0 if i in R else 0.0 for i in L]
+        dcg = sum(h / math.log2(j + 2) for j, h in enumerate(hits))
+        idcg = sum(1 / math.log2(j + 2) for j in range(min(len(R), k)))
+        p.append(sum(hits) / k)
+        rc.append(sum(hits) / len(R))
+        nd.append(dcg / idcg)
+    return np.mean(p), np.mean(rc), np.mean(nd), len(rel)
+
+
+@pytest.mark.parametrize("k,threshold", [(3, 4.0), (5, 3.0)])
+def test_ranking_metrics_match_plain_implementation(k, threshold):
+    n_users, n_items = 9, 15
+    m = random_model(n_users, n_items, seed=3)
+    rng = np.random.default_rng(4)
+    tu, ti = rng.integers(1, n_users, 40), rng.integers(0, n_items, 40)
+    vu, vi, vr = rng.integers(1, n_users, 40), rng.integers(0, n_items, 40), rng.integers(1, 6, 40).astype(float)
+    seen = SeenItems.from_pairs(tu, ti, n_users, n_items)
+    got = ranking_metrics(m, seen, vu, vi, vr, k=k, threshold=threshold, first_item=1)
+    p, r, nd, n = plain_ranking(m, list(zip(tu, ti)), list(zip(vu, vi, vr)), k, threshold)
+    assert got["n_users"] == n > 0
+    assert got["precision"] == pytest.approx(p)
+    assert got["recall"] == pytest.approx(r)
+    assert got["ndcg"] == pytest.approx(nd)
+
+
+def test_ranking_metrics_with_no_relevant_items_is_nan():
+    m = random_model()
+    seen = SeenItems.from_pairs([1], [1], 7, 12)
+    r = ranking_metrics(m, seen, [2], [3], [1.0], k=5)
+    assert r["n_users"] == 0 and math.isnan(r["precision"])
+
+
+def test_rating_errors():
+    m = random_model()
+    users, items = np.array([1, 2, 3]), np.array([4, 5, 6])
+    truth = np.array([1.0, 2.0, 3.0])
+    err = m.forward(users, items).astype(np.float64) - truth
+    e = rating_errors(m, users, items, truth)
+    assert e["mse"] == pytest.approx(np.mean(err**2))
+    assert e["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
+    assert e["mae"] == pytest.approx(np.mean(np.abs(err)))
