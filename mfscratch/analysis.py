@@ -25,7 +25,7 @@ from .metrics import SeenItems, topk
 from .model import EmbeddingDotBias
 
 __all__ = ["top_biases", "cosine_neighbours", "FallbackWarning", "lookup", "predict_named", "recommend",
-           "similar", "biases", "item_pca", "Trained"]
+           "similar", "biases", "item_pca", "first_item", "Trained"]
 
 
 class FallbackWarning(UserWarning):
@@ -34,6 +34,11 @@ class FallbackWarning(UserWarning):
 
 def _has_na(vocab) -> bool:
     return len(vocab) > 0 and vocab[0] == "#na#"
+
+
+def first_item(vocab) -> int:
+    """The first code that names a real item: 1 when code 0 is ``#na#``, else 0."""
+    return 1 if _has_na(vocab) else 0
 
 
 def _to_output(model: EmbeddingDotBias, x: np.ndarray) -> np.ndarray:
@@ -176,17 +181,17 @@ def recommend(model: EmbeddingDotBias, user_vocab, item_vocab, seen: SeenItems |
     :class:`FallbackWarning`; so does a model without the training pairs (seen items kept).
     """
     code = lookup(user_vocab, user)
-    first_item = 1 if _has_na(item_vocab) else 0
+    first = first_item(item_vocab)
     if code is None:
         warnings.warn(f"user {user!r} is not in the training data: ranking items by their learned bias alone "
                       "(the model's popularity baseline)", FallbackWarning, stacklevel=2)
         zeros_w = np.zeros((1, model.n_factors), dtype=model.dtype)
-        items, scores = topk(model, [0], None, n, first_item, u_weight=zeros_w, u_bias=np.zeros(1, model.dtype))
+        items, scores = topk(model, [0], None, n, first, u_weight=zeros_w, u_bias=np.zeros(1, model.dtype))
     else:
         if seen is None:
             warnings.warn("this model does not carry its training pairs, so items the user already rated "
                           "may be recommended; retrain and save it with this version", FallbackWarning, stacklevel=2)
-        items, scores = topk(model, [code], seen, n, first_item)
+        items, scores = topk(model, [code], seen, n, first)
     items, scores = items[0], scores[0]
     found = items >= 0
     items, scores = items[found], scores[found]

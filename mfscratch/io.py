@@ -9,6 +9,9 @@ File format (``FORMAT_VERSION`` 1), all plain arrays:
   (unicode or int64 arrays), ``vocab_has_na``: whether ``#na#`` heads them;
   ``user_name``, ``item_name``: the column names;
 * ``item_counts``: training ratings per item code (for popularity floors), optional.
+* ``seen_indptr``, ``seen_indices``: the items each user rated in training as CSR rows (user ``u``'s
+  are ``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``), so recommendations skip them; optional
+  (``metrics.SeenItems`` writes and reads these three).
 """
 from __future__ import annotations
 

@@ -245,12 +245,12 @@ class Learner:
 
     def ranking(self, k: int = 10, threshold: float = 4.0) -> dict:
         """Precision@k, recall@k and NDCG@k over the validation rows (see ``metrics.ranking_metrics``)."""
+        from .analysis import first_item
         from .metrics import ranking_metrics
 
         d, t = self.dls, self.trained()
-        first_item = 1 if len(t.item_vocab) and t.item_vocab[0] == "#na#" else 0
         return ranking_metrics(self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold,
-                               first_item)
+                               first_item(t.item_vocab))
 
     def plot_losses(self, path):
         """PNG of the batch losses and the per-epoch train/valid losses."""
