@@ -61,6 +61,13 @@ class SeenItems:
         return cls(meta["seen_indptr"], meta["seen_indices"], meta.get("item_counts"))
 
 
+def _isin_sorted(queries: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """``np.isin(queries, sorted_keys)`` for sorted keys, by binary search (no hashing or re-sorting)."""
+    pos = np.searchsorted(sorted_keys, queries)
+    return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == queries if len(sorted_keys) else \
+        np.zeros(np.shape(queries), dtype=bool)
+
+
 def rating_errors(model, users, items, ratings) -> dict[str, float]:
     """``mse``, ``rmse`` and ``mae`` of the model's predictions on these code triples."""
     ratings = np.asarray(ratings, dtype=np.float64)
@@ -103,7 +110,7 @@ def ranking_from_topk(top_items, users, rel_users, rel_items, n_items: int) -> d
     n_rel = np.bincount(rel_keys // n_items, minlength=int(users.max(initial=-1)) + 1)[users]
     if len(users) == 0 or (n_rel == 0).any():
         raise ConfigError("ranking_from_topk needs users that each have at least one relevant item")
-    hits = np.isin(users[:, None] * n_items + top_items, rel_keys) & (top_items >= 0)
+    hits = _isin_sorted(users[:, None] * n_items + top_items, rel_keys) & (top_items >= 0)
     discount = 1.0 / np.log2(np.arange(k) + 2.0)
     dcg = hits @ discount
     idcg = np.cumsum(discount)[np.minimum(n_rel, k) - 1]
@@ -127,8 +134,9 @@ def ranking_metrics(model, seen: SeenItems, valid_users, valid_items, valid_rati
     vu, vi = vu[keep], vi[keep]
     if len(vu):
         # A validation item the user also rated in training can never be recommended: not relevant.
+        # The CSR rows are sorted by user, then item, so these keys come out sorted.
         seen_keys = np.repeat(np.arange(len(seen.indptr) - 1), np.diff(seen.indptr)) * n_items + seen.indices
-        unseen = ~np.isin(vu * n_items + vi, seen_keys)
+        unseen = ~_isin_sorted(vu * n_items + vi, seen_keys)
         vu, vi = vu[unseen], vi[unseen]
     users = np.unique(vu)
     result = {"k": int(k), "threshold": float(threshold)}
