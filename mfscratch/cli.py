@@ -125,7 +125,6 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from . import analysis
-    from .data import CollabDataLoaders
     from .io import atomic_write, save_model
     from .learner import collab_learner
 
@@ -159,8 +158,10 @@ def cmd_train(args) -> int:
     ranking = None
     if args.ranking_k or args.json:
         ranking = learn.ranking(args.ranking_k or 10, args.ranking_threshold)
+        ranking = {k: None if v != v else v for k, v in ranking.items()}  # NaN (no relevant item) is not JSON
     if args.ranking_k:
-        say(_ranking_line(ranking))
+        say(_ranking_line(ranking) if ranking["n_users"] else
+            f"Ranking: no validation rating is >= {args.ranking_threshold:g}, so there is nothing to find")
     if args.plot:
         for path in _write_plots(learn, args.plot):
             say(f"wrote {path}")
