@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
     from .learner import collab_learner
 
     y_range = _check_y_range(args.y_range)
-    say = (lambda *a: None) if args.quiet else print
+    say = (lambda *a, **k: None) if args.quiet else print
     _check_plot_dir(args)
     dls, data_label = load_training_data(args)
     user_name, item_name = dls.user_name, dls.item_name
@@ -305,8 +305,9 @@ def _y_range_for(args, y_range, dls, say):
         return y_range
     ratings = np.concatenate([dls.train_ratings, dls.valid_ratings])
     y_range = default_y_range(ratings)
-    say(f"y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
-        "set --y-range LO HI to choose it")
+    # On stderr, like the other notes: stdout keeps the seed recipe's shape (the table comes first).
+    say(f"note: y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
+        "set --y-range LO HI to choose it", file=sys.stderr)
     return y_range
 
 
@@ -387,7 +388,7 @@ def cmd_cv(args) -> int:
     if (args.data or "ml-100k") != "ml-100k":
         raise ConfigError(f"cv runs ML-100k's u1..u5 folds; --data {args.data} has no such folds")
     y_range = _check_y_range(args.y_range)
-    say = (lambda *a: None) if args.quiet else print
+    say = (lambda *a, **k: None) if args.quiet else print
     folds = []
     say(f"{'fold':<6}{'rmse':<10}{'mae':<10}{'n_test':<8}{'time':<8}")
     for split in ("u1", "u2", "u3", "u4", "u5"):
@@ -395,7 +396,7 @@ def cmd_cv(args) -> int:
         dls = loaders_from_split(*read_ml100k_split(split), bs=args.bs)
         if y_range is None:
             y_range = default_y_range(np.concatenate([dls.train_ratings, dls.valid_ratings]))
-            say(f"(y_range {y_range} derived from the ratings; set --y-range LO HI to choose it)")
+            say(f"note: y_range {y_range} derived from the ratings; set --y-range LO HI to choose it", file=sys.stderr)
         learn = collab_learner(dls, n_factors=args.factors, y_range=y_range, opt_func=args.optimizer,
                                seed=args.seed, sparse=args.mode == "sparse", backend=args.backend, log=None)
         learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)

@@ -85,8 +85,10 @@ def test_missing_column_names_it(tmp_path, capsys):
 @pytest.mark.realdata
 def test_train_on_ml100k_keeps_its_output(ml100k, capsys):
     assert main(["train", "--epochs", "1", "--split", "u1"]) == 0
-    out = capsys.readouterr().out
-    assert "y_range (0.0, 5.5) derived from the ratings" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "note: y_range (0.0, 5.5) derived from the ratings" in captured.err
+    assert out.splitlines()[0].split() == ["epoch", "train_loss", "valid_loss", "time"]
     for expected in ("epoch     train_loss  valid_loss", "EmbeddingDotBias(", "Highest learned item biases:",
                      "Nearest to 'Silence of the Lambs, The (1991)'"):
         assert expected in out
