@@ -129,11 +129,11 @@ def cmd_train(args) -> int:
     from .learner import collab_learner
 
     y_range = _check_y_range(args.y_range)
-    say = (lambda *a, **k: None) if args.quiet else print
+    say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
     dls, data_label = load_training_data(args)
     user_name, item_name = dls.user_name, dls.item_name
-    y_range = _y_range_for(args, y_range, dls, say)
+    y_range = _y_range_for(args, y_range, dls)
     learn = collab_learner(dls, n_factors=args.factors, y_range=y_range, opt_func=args.optimizer,
                            seed=args.seed, sparse=args.mode == "sparse", backend=args.backend,
                            log=None if args.quiet else print)
@@ -220,7 +220,8 @@ def add_usage_commands(sub) -> None:
     def model_cmd(name, help_, func):
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--model", required=True, metavar="PATH", help="a model saved by 'mfscratch train --save'")
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        # SUPPRESS: a default here would override 'mfscratch --debug CMD'.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         p.set_defaults(func=func)
         return p
 
@@ -245,7 +246,7 @@ def add_usage_commands(sub) -> None:
     out = cv.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write a JSON report of the folds")
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    cv.add_argument("--debug", action="store_true", help="show tracebacks")
+    cv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     cv.set_defaults(func=cmd_cv)
 
 
@@ -295,7 +296,7 @@ def _col(value, default):
     return default if value is None else value
 
 
-def _y_range_for(args, y_range, dls, say):
+def _y_range_for(args, y_range, dls):
     """The given ``--y-range``, or one derived from the ratings' scale (and a line saying so)."""
     import numpy as np
 
@@ -305,9 +306,9 @@ def _y_range_for(args, y_range, dls, say):
         return y_range
     ratings = np.concatenate([dls.train_ratings, dls.valid_ratings])
     y_range = default_y_range(ratings)
-    # On stderr, like the other notes: stdout keeps the seed recipe's shape (the table comes first).
-    say(f"note: y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
-        "set --y-range LO HI to choose it", file=sys.stderr)
+    if not args.quiet:  # on stderr, like the other notes: stdout keeps the seed recipe's shape (table first)
+        print(f"note: y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
+              "set --y-range LO HI to choose it", file=sys.stderr)
     return y_range
 
 
