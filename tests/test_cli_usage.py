@@ -105,3 +105,11 @@ def test_cv_on_ml100k(ml100k, tmp_path, capsys):
     assert r["summary"]["rmse"]["mean"] == pytest.approx(rmse.mean())
     assert 0.85 < rmse.mean() < 1.1  # one epoch of the recipe
     assert "mean  rmse" in capsys.readouterr().out
+
+
+def test_train_plot_writes_pngs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    make_ratings(n_ratings=200).to_csv(tmp_path / "r.csv", index=False)
+    assert main(["train", "--ratings", str(tmp_path / "r.csv"), *SMALL, "--plot", str(tmp_path / "plots")]) == 0
+    for name in ("losses.png", "schedule.png", "item_pca.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
