@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 
 from .errors import ConfigError, MfscratchError
 
@@ -92,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save", metavar="PATH", help="write the weights and vocabularies to a .npz")
     out.add_argument("--json", metavar="PATH", help="write a JSON report of the run")
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    train.add_argument("--debug", action="store_true", help="show tracebacks")
+    out.add_argument("--checkpoint", metavar="DIR", help="save the full training state to DIR after each epoch")
+    out.add_argument("--resume", action="store_true",
+                     help="continue from the checkpoint in --checkpoint DIR (same settings; starts afresh if none)")
+    # SUPPRESS: without it the subcommand's default (False) would override 'mfscratch --debug train'.
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     train.set_defaults(func=cmd_train)
     return parser
 
@@ -100,9 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands -----------------------------------------------------------------------------------
 def _check_y_range(y_range) -> tuple[float, float]:
     lo, hi = y_range
-    if not lo < hi:
-        raise ConfigError(f"--y-range needs LO < HI, got {lo} {hi}")
+    if not lo < hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+        raise ConfigError(f"--y-range needs finite LO < HI, got {lo} {hi}")
     return lo, hi
+
+
+def _check_train_settings(args) -> None:
+    """What argparse's types cannot see, checked before any data is read."""
+    from .backends import BACKENDS
+
+    if args.backend not in BACKENDS:
+        raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
+    if args.resume and not args.checkpoint:
+        raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
 
 
 def load_movielens_frame(name: str):
@@ -121,6 +136,25 @@ def load_movielens_frame(name: str):
     return ratings.merge(movies), "user", "title", "rating"
 
 
+def _checkpointing(args, learn, say) -> int:
+    """Restore ``--checkpoint DIR`` when ``--resume`` is given, and save there after each epoch."""
+    if not args.checkpoint:
+        return 0
+    from . import checkpoint
+
+    start_epoch = 0
+    if args.resume:
+        expect = {"method": "fit_one_cycle", "n_epoch": args.epochs, "lr_max": args.lr, "wd": args.wd}
+        start_epoch = checkpoint.restore(learn, args.checkpoint, expect)
+        if start_epoch is None:
+            print(f"note: no checkpoint in {args.checkpoint} yet; starting at epoch 0", file=sys.stderr)
+            start_epoch = 0
+        else:
+            say(f"resuming from {args.checkpoint} at epoch {start_epoch} of {args.epochs}")
+    learn.after_epoch.append(checkpoint.Checkpoint(args.checkpoint))
+    return start_epoch
+
+
 def cmd_train(args) -> int:
     import numpy as np
 
@@ -130,6 +164,7 @@ def cmd_train(args) -> int:
     from .learner import collab_learner
 
     y_range = _check_y_range(args.y_range)
+    _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     df, user_name, item_name, rating_name = load_movielens_frame(args.data)
     dls = CollabDataLoaders.from_df(df, valid_pct=args.valid_pct, user_name=user_name, item_name=item_name,
@@ -140,8 +175,9 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     learn.backend.warmup(learn.model.dtype)
     compile_seconds = time.perf_counter() - t0
+    start_epoch = _checkpointing(args, learn, say)
     t0 = time.perf_counter()
-    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
+    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch)
     train_seconds = time.perf_counter() - t0
 
     vocab = dls.classes[item_name]
@@ -179,11 +215,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad arguments (2) or --help (0): return the code instead of raising
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _one_line_warning
+            return args.func(args)
     except MfscratchError as e:
         if args.debug:
             raise
