@@ -118,6 +118,15 @@ def _read_arrays(path: Path) -> dict:
         raise ModelFileError(f"model file {path} does not exist; train one with 'mfscratch train --save {path}'")
     if not path.is_file():
         raise ModelFileError(f"{path} is not a file; give the path of a model saved by 'mfscratch train --save'")
+    # np.load falls back to unpickling whatever is neither .npz nor .npy; sniff the header first so
+    # that a text file or a pickle gets a message saying what it is.
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head[:1] == b"\x80":
+        raise _damaged(path, "is a Python pickle, which mfscratch never loads (pickles can run code)")
+    if not (head.startswith(b"PK") or head.startswith(b"\x93NUMPY")):
+        raise _damaged(path, f"cannot be read as a .npz archive (it starts with {head!r}); it may be truncated "
+                             "or not a model file")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - whatever np.load trips on, the file is not ours
