@@ -118,6 +118,12 @@ def _check_train_settings(args) -> None:
         raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
+    from .validate import check_output_path
+
+    for flag, path, folder in (("--save", args.save, False), ("--json", args.json, False),
+                               ("--checkpoint", args.checkpoint, True)):
+        if path:
+            check_output_path(flag, path, folder)
 
 
 def load_movielens_frame(name: str):

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,7 @@ from .errors import ConfigError, DataError
 
 __all__ = [
     "DataWarning", "resolve_columns", "check_ratings", "check_valid_pct", "check_split", "warn_ratings_outside_range",
-    "positive_int", "positive_float", "nonneg_float", "check_y_range", "check_fit", "check_one_cycle",
+    "check_output_path", "positive_int", "positive_float", "nonneg_float", "check_y_range", "check_fit", "check_one_cycle",
 ]
 
 
@@ -104,6 +106,25 @@ def check_one_cycle(div, div_final, pct_start, moms) -> None:
             _is_number(m) and 0 <= m < 1 for m in moms)
         if not ok:
             raise ConfigError(f"moms must be three momenta in [0, 1) such as (0.95, 0.85, 0.95), got {moms!r}")
+
+
+def check_output_path(flag: str, path, folder: bool = False) -> None:
+    """An output path the run will write at its end: refuse it now, not after an hour of training.
+
+    The nearest existing ancestor must be a writable folder, and ``path`` itself must not be a
+    folder (or, with ``folder=True``, must not be a file).
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        want = "a folder" if folder else "a file path, not a folder"
+        raise ConfigError(f"{flag} {path}: expected {want}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, so the path cannot be created; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
 
 
 # --- data --------------------------------------------------------------------------------------

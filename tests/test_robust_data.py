@@ -227,12 +227,16 @@ BAD_ARGS = [
     (["--wd", "-1"], "--wd"), (["--valid-pct", "1"], "--valid-pct"), (["--y-range", "5", "1"], "LO < HI"),
     (["--y-range", "1", "1"], "LO < HI"), (["--y-range", "0", "inf"], "LO < HI"), (["--y-range", "nan", "5"], "LO < HI"),
     (["--optimizer", "rmsprop"], "--optimizer"), (["--mode", "fast"], "--mode"), (["--backend", "tpu"], "--backend"),
-    (["--resume"], "--checkpoint"),
+    (["--resume"], "--checkpoint"), (["--save", "{tmp}"], "not a folder"), (["--save", "{tmp}/file.txt/m.npz"], "is a file"),
+    (["--json", "{tmp}/file.txt/r.json"], "is a file"), (["--checkpoint", "{tmp}/file.txt"], "expected a folder"),
 ]
 
 
 @pytest.mark.parametrize("args, fragment", BAD_ARGS)
-def test_cli_bad_settings_exit_2_before_reading_data(monkeypatch, capsys, args, fragment):
+def test_cli_bad_settings_exit_2_before_reading_data(monkeypatch, capsys, tmp_path, args, fragment):
+    (tmp_path / "file.txt").write_text("not a folder")
+    args = [a.format(tmp=tmp_path) for a in args]
+
     def no_data(*a, **k):
         raise AssertionError("settings must be rejected before the data is read")
 
