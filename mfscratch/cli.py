@@ -242,7 +242,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        hint = f" (resume from the last finished epoch with --checkpoint {args.checkpoint} --resume)" \
+            if getattr(args, "checkpoint", None) else ""
+        print(f"error: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import schedule, validate
+from . import schedule
+from . import validate as checks  # not "validate": Learner has a validate() method
 from .backends import get_backend
 from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
@@ -75,8 +76,8 @@ class Learner:
                  backend: str = "cpu", log=print):
         self.dls, self.model = dls, model
         self.opt = resolve_opt(opt_func)
-        self.lr = validate.positive_float("lr", lr)
-        self.wd = None if wd is None else validate.nonneg_float("wd", wd)
+        self.lr = checks.positive_float("lr", lr)
+        self.wd = None if wd is None else checks.nonneg_float("wd", wd)
         self.sparse = bool(sparse)
         self.backend_name = backend
         self.backend = get_backend(backend)
@@ -87,7 +88,7 @@ class Learner:
         self._smooth_avg, self._smooth_count = 0.0, 0
         self.after_epoch: list = []
         self.fit_args: dict | None = None
-        validate.warn_ratings_outside_range(dls, model.y_range)
+        checks.warn_ratings_outside_range(dls, model.y_range)
 
     # --- public API, as in fastai --------------------------------------------------------
     def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, start_epoch: int = 0) -> None:
@@ -96,7 +97,7 @@ class Learner:
         ``start_epoch`` skips the epochs a restored checkpoint already trained (see ``checkpoint.py``).
         """
         lr = self.lr if lr is None else lr
-        validate.check_fit(n_epoch, lr, wd, start_epoch)
+        checks.check_fit(n_epoch, lr, wd, start_epoch)
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
         lrs, moms = schedule.constant(total, lr, self.opt.mom)
@@ -108,8 +109,8 @@ class Learner:
         """fastai's one-cycle: cosine warm-up of the learning rate to ``lr_max``, then annealing to
         ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95))."""
         lr_max = self.lr if lr_max is None else lr_max
-        validate.check_fit(n_epoch, lr_max, wd, start_epoch)
-        validate.check_one_cycle(div, div_final, pct_start, moms)
+        checks.check_fit(n_epoch, lr_max, wd, start_epoch)
+        checks.check_one_cycle(div, div_final, pct_start, moms)
         moms = (0.95, 0.85, 0.95) if moms is None else moms
         self.fit_args = dict(method="fit_one_cycle", n_epoch=n_epoch, lr_max=lr_max, div=div, div_final=div_final,
                              pct_start=pct_start, wd=wd, moms=list(moms))
@@ -219,8 +220,8 @@ def collab_learner(dls: CollabDataLoaders, n_factors: int = 50, use_nn: bool = F
         raise ConfigError("only the mean-squared-error loss is implemented; leave loss_func=None")
     if kwargs:
         raise ConfigError(f"unknown argument(s) to collab_learner: {', '.join(kwargs)}")
-    n_factors = validate.positive_int("n_factors", n_factors)
-    y_range = validate.check_y_range(y_range)
+    n_factors = checks.positive_int("n_factors", n_factors)
+    y_range = checks.check_y_range(y_range)
     init_seed = np.random.SeedSequence(seed).spawn(2)[0] if seed is not None else None
     model = EmbeddingDotBias(n_factors, dls.n_users, dls.n_items, y_range=y_range, seed=init_seed)
     return Learner(dls, model, opt_func=opt_func, lr=lr, wd=wd, seed=seed, sparse=sparse, backend=backend, log=log)
