@@ -289,6 +289,17 @@ class CollabDataLoaders:
         classes = {"user": Vocab(range(n_users)), "item": Vocab(range(n_items))}
         return cls(users, items, ratings, perm[n_valid:], perm[:n_valid], classes, "user", "item", "rating", bs, seed)
 
+    def show_batch(self, max_n: int = 10, seed: int | None = None) -> pd.DataFrame:
+        """A few training rows decoded back to their names, like fastai's ``dls.show_batch()``."""
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(self.n_train, size=min(max_n, self.n_train), replace=False)
+        users, items = self.classes[self.user_name], self.classes[self.item_name]
+        df = pd.DataFrame({self.user_name: [users[c] for c in self.train_users[rows]],
+                           self.item_name: [items[c] for c in self.train_items[rows]],
+                           self.rating_name: self.train_ratings[rows]})
+        print(df.to_string(index=False))
+        return df
+
     @property
     def n_train(self) -> int:
         return len(self.train_ratings)

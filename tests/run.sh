@@ -8,7 +8,7 @@
 # Real-data tests run when MFSCRATCH_DATA points at a folder holding ml-100k/ (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[test,cuda]'
+python -m pip install -q --root-user-action=ignore torch==2.13.0
+python -m pip install -q --root-user-action=ignore -e '.[test,cuda]'
 python -m pytest -q -m "not cudasim" "$@"
 NUMBA_ENABLE_CUDASIM=1 python -m pytest -q -m cudasim "$@" || { rc=$?; [ "$rc" -eq 5 ] || exit "$rc"; }  # 5: none collected

@@ -76,3 +76,11 @@ def test_untar_data_offline_says_where_to_put_files(monkeypatch, tmp_path):
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(DataError, match=str(tmp_path / "ml-100k")):
         untar_data(URLs.ML_100k)
+
+
+def test_show_batch_decodes_names(ratings_df, capsys):
+    dls = CollabDataLoaders.from_df(ratings_df, seed=0)
+    df = dls.show_batch(max_n=4, seed=1)
+    assert list(df.columns) == ["user", "item", "rating"] and len(df) == 4
+    assert set(df["item"]) <= set(ratings_df["item"])
+    assert "item" in capsys.readouterr().out
