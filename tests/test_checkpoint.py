@@ -130,6 +130,7 @@ def test_cli_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ck.Checkpoint, "__call__", interrupt_after_epoch_1)
     rc, _, err = run_cli(capsys, *ARGS, "--checkpoint", tmp_path / "ckpt", "--save", tmp_path / "resumed.npz")
     assert rc == 130 and not (tmp_path / "resumed.npz").exists()
+    assert err.strip().splitlines()[-1].startswith("error: interrupted") and "--resume" in err
     monkeypatch.undo()
     monkeypatch.setenv("MFSCRATCH_DATA", str(tmp_path / "data"))
 

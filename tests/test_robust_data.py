@@ -237,10 +237,13 @@ def test_cli_bad_settings_exit_2_before_reading_data(monkeypatch, capsys, tmp_pa
     (tmp_path / "file.txt").write_text("not a folder")
     args = [a.format(tmp=tmp_path) for a in args]
 
+    # An empty data folder and no network: reading the data would fail the test with an AssertionError.
+    monkeypatch.setenv("MFSCRATCH_DATA", str(tmp_path / "empty"))
+
     def no_data(*a, **k):
         raise AssertionError("settings must be rejected before the data is read")
 
-    monkeypatch.setattr("mfscratch.cli.load_movielens_frame", no_data)
+    monkeypatch.setattr("urllib.request.urlopen", no_data)
     rc, out, err = run_cli(capsys, "train", "--quiet", *args)
     assert rc == 2
     assert_one_line_error(err, fragment)
