@@ -171,7 +171,8 @@ def _check_ids(df: pd.DataFrame, name: str, role: str) -> None:
         first = col.index[missing.to_numpy()][0]
         raise DataError(f"{where}{role} column {name!r} has {int(missing.sum())} missing value(s) (first at row "
                         f"{first!r}); drop those rows (df.dropna(subset=[{name!r}])) or fill them")
-    if col.dtype == object:
+    # infer_dtype runs in C; the per-value kinds are only counted for the message.
+    if col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in ("mixed", "mixed-integer"):
         kinds = col.map(_value_kind)
         if kinds.nunique() > 1:
             counts = ", ".join(f"{n} {k}" for k, n in kinds.value_counts().sort_index().items())
