@@ -1,6 +1,7 @@
 """Checkpoints: a run stopped after an epoch and resumed ends with exactly the weights (bit for bit)
 and the recorder of an uninterrupted run, in the library and through ``mfscratch train``."""
 import numpy as np
+import pandas as pd
 import pytest
 from robust_helpers import assert_one_line_error, run_cli, write_fake_ml100k
 
@@ -26,8 +27,6 @@ def stop_after(epoch):
 def frame():
     rng = np.random.default_rng(0)
     pairs = rng.choice(30 * 40, 900, replace=False)
-    import pandas as pd
-
     return pd.DataFrame({"user": pairs // 40, "item": pairs % 40, "rating": rng.integers(1, 6, 900).astype(float)})
 
 
