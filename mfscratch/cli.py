@@ -95,9 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save", metavar="PATH", help="write the weights and vocabularies to a .npz")
     out.add_argument("--json", metavar="PATH", help="write a JSON report of the run")
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    train.add_argument("--debug", action="store_true", help="show tracebacks")
     add_data_args(train)
     add_usage_output_args(out)
+    out.add_argument("--checkpoint", metavar="DIR", help="save the full training state to DIR after each epoch")
+    out.add_argument("--resume", action="store_true",
+                     help="continue from the checkpoint in --checkpoint DIR (same settings; starts afresh if none)")
+    # SUPPRESS: without it the subcommand's default (False) would override 'mfscratch --debug train'.
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     train.set_defaults(func=cmd_train)
     add_usage_commands(sub)
     return parser
@@ -108,9 +112,25 @@ def _check_y_range(y_range) -> tuple[float, float] | None:
     if y_range is None:
         return None  # derived from the data once it is read
     lo, hi = y_range
-    if not lo < hi:
-        raise ConfigError(f"--y-range needs LO < HI, got {lo} {hi}")
+    if not lo < hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+        raise ConfigError(f"--y-range needs finite LO < HI, got {lo} {hi}")
     return lo, hi
+
+
+def _check_train_settings(args) -> None:
+    """What argparse's types cannot see, checked before any data is read."""
+    from .backends import BACKENDS
+
+    if args.backend not in BACKENDS:
+        raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
+    if args.resume and not args.checkpoint:
+        raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
+    from .validate import check_output_path
+
+    for flag, path, folder in (("--save", args.save, False), ("--json", args.json, False),
+                               ("--checkpoint", args.checkpoint, True)):
+        if path:
+            check_output_path(flag, path, folder)
 
 
 def load_movielens_frame(name: str):
@@ -121,6 +141,25 @@ def load_movielens_frame(name: str):
     return t.df, t.user, t.item, t.rating
 
 
+def _checkpointing(args, learn, say) -> int:
+    """Restore ``--checkpoint DIR`` when ``--resume`` is given, and save there after each epoch."""
+    if not args.checkpoint:
+        return 0
+    from . import checkpoint
+
+    start_epoch = 0
+    if args.resume:
+        expect = {"method": "fit_one_cycle", "n_epoch": args.epochs, "lr_max": args.lr, "wd": args.wd}
+        start_epoch = checkpoint.restore(learn, args.checkpoint, expect)
+        if start_epoch is None:
+            print(f"note: no checkpoint in {args.checkpoint} yet; starting at epoch 0", file=sys.stderr)
+            start_epoch = 0
+        else:
+            say(f"resuming from {args.checkpoint} at epoch {start_epoch} of {args.epochs}")
+    learn.after_epoch.append(checkpoint.Checkpoint(args.checkpoint))
+    return start_epoch
+
+
 def cmd_train(args) -> int:
     import numpy as np
 
@@ -129,6 +168,7 @@ def cmd_train(args) -> int:
     from .learner import collab_learner
 
     y_range = _check_y_range(args.y_range)
+    _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
     dls, data_label = load_training_data(args)
@@ -140,8 +180,9 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     learn.backend.warmup(learn.model.dtype)
     compile_seconds = time.perf_counter() - t0
+    start_epoch = _checkpointing(args, learn, say)
     t0 = time.perf_counter()
-    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
+    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch)
     train_seconds = time.perf_counter() - t0
 
     vocab = dls.classes[item_name]
@@ -427,18 +468,30 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return _run_with_notes(args)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad arguments (2) or --help (0): return the code instead of raising
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _one_line_warning
+            return _run_with_notes(args)
     except MfscratchError as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        hint = f" (resume from the last finished epoch with --checkpoint {args.checkpoint} --resume)" \
+            if getattr(args, "checkpoint", None) else ""
+        print(f"error: interrupted{hint}", file=sys.stderr)
         return 130
 
 

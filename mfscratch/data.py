@@ -14,6 +14,7 @@ epoch, last partial batch dropped), so the loaders only hold arrays.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import validate
 from .errors import DataError
 
 __all__ = ["URLs", "DATASETS", "Dataset", "data_dir", "untar_data", "Vocab", "CollabDataLoaders"]
@@ -93,19 +95,48 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+class _PartialDownload(Exception):
+    """The connection opened but the transfer broke off or came up short: worth fetching again."""
+
+
 def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
-    """Stream ``url`` to a temporary file beside ``dest`` and rename it into place when complete."""
+    """Stream ``url`` to a temporary file beside ``dest`` and rename it into place when complete.
+
+    Failing to connect raises the ``urllib`` error as it is; a transfer that breaks off, or delivers
+    fewer bytes than its ``Content-Length``, raises :class:`_PartialDownload`. Either way no file
+    is left behind.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, length=1 << 20)
+            try:
+                shutil.copyfileobj(resp, out, length=1 << 20)
+            except (http.client.HTTPException, OSError) as e:
+                raise _PartialDownload(f"transfer broke off: {type(e).__name__}") from e
+            expected = resp.headers.get("Content-Length") if getattr(resp, "headers", None) else None
+            if expected is not None and expected.isdigit() and out.tell() != int(expected):
+                raise _PartialDownload(f"got {out.tell()} of {expected} bytes")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _archive_problem(archive: Path, md5: str | None) -> str | None:
+    """Why ``archive`` cannot be used (wrong MD5, not a zip, a corrupted member), or ``None``."""
+    if md5 is not None:
+        got = _md5(archive)
+        if got != md5:
+            return f"MD5 {got}, expected {md5}"
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()  # reads every member and checks its CRC
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"not a readable zip ({e})"
+    return f"corrupted member {bad!r}" if bad is not None else None
 
 
 def _safe_extract(archive: Path, target: Path) -> None:
@@ -115,8 +146,10 @@ def _safe_extract(archive: Path, target: Path) -> None:
         for member in zf.infolist():
             out = (root / member.filename).resolve()
             if out != root and root not in out.parents:
-                raise DataError(f"refusing to extract {archive.name}: member {member.filename!r} "
-                                "would be written outside the target folder; delete the archive and retry")
+                archive.unlink(missing_ok=True)  # never reuse it: a refetch must come from the source
+                raise DataError(f"refusing to extract {archive.name}: member {member.filename!r} would be "
+                                "written outside the target folder; the archive was deleted: check where "
+                                "it comes from before retrying")
         zf.extractall(root)
 
 
@@ -125,9 +158,10 @@ def untar_data(url: str = URLs.ML_100k, force_download: bool = False) -> Path:
 
     The data lives under :func:`data_dir` (``$MFSCRATCH_DATA`` overrides it). When that folder
     already holds the ratings file nothing is downloaded. Otherwise the zip is fetched from
-    GroupLens to a temporary name, its MD5 is checked against the published sum (a mismatch, for
-    instance a truncated download, is fetched once more before giving up), it is extracted into a
-    temporary folder (no member may leave it) and renamed into place, and the zip is removed.
+    GroupLens to a temporary name, its MD5 is checked against the published sum and every member's
+    CRC is checked (a transfer that broke off, a mismatch or a corrupted zip is fetched once more
+    before giving up), it is extracted into a temporary folder (no member may leave it) and renamed
+    into place, and the zip is removed.
     """
     ds = _dataset_for(url)
     root = data_dir()
@@ -135,21 +169,26 @@ def untar_data(url: str = URLs.ML_100k, force_download: bool = False) -> Path:
     if (folder / ds.ratings_file).is_file() and not force_download:
         return folder
     archive = root / f"{ds.name}.zip"
-    for attempt in range(2):
-        try:
-            if not archive.is_file() or attempt > 0:
+    problem = None
+    for attempt in range(2):  # a cached or fresh archive that fails its checks is fetched once more
+        if attempt > 0 or not archive.is_file():
+            try:
                 _download(ds.url, archive)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            reason = getattr(e, "reason", e)
-            raise DataError(
-                f"could not download {ds.url} ({reason}); put the unzipped '{ds.folder}' folder at "
-                f"{folder} or set MFSCRATCH_DATA to a folder that holds '{ds.folder}/'") from None
-        if ds.md5 is None or _md5(archive) == ds.md5:
+            except _PartialDownload as e:
+                problem = str(e)
+                continue
+            except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
+                reason = getattr(e, "reason", e)
+                raise DataError(
+                    f"could not download {ds.url} ({reason}); put the unzipped '{ds.folder}' folder at "
+                    f"{folder} or set MFSCRATCH_DATA to a folder that holds '{ds.folder}/'") from None
+        problem = _archive_problem(archive, ds.md5)
+        if problem is None:
             break
         archive.unlink(missing_ok=True)
     else:
-        raise DataError(f"{ds.url} failed its MD5 check twice (expected {ds.md5}); "
-                        "check your connection or proxy and try again")
+        raise DataError(f"{ds.url} was fetched twice and is still unusable ({problem}); check your connection "
+                        f"or proxy and try again, or put the unzipped '{ds.folder}' folder at {folder}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{ds.name}.", dir=root))
     try:
         _safe_extract(archive, tmp)
@@ -217,31 +256,16 @@ class CollabDataLoaders:
     def from_df(cls, ratings: pd.DataFrame, valid_pct: float = 0.2, user_name=None, item_name=None,
                 rating_name=None, seed: int | None = None, bs: int = 64, **kwargs) -> "CollabDataLoaders":
         """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named."""
-        cols = list(ratings.columns)
-        if len(cols) < 3 and None in (user_name, item_name, rating_name):
-            raise DataError(f"ratings table has {len(cols)} columns; it needs user, item and rating columns")
-        user_name = cols[0] if user_name is None else user_name
-        item_name = cols[1] if item_name is None else item_name
-        rating_name = cols[2] if rating_name is None else rating_name
-        for role, name in (("user", user_name), ("item", item_name), ("rating", rating_name)):
-            if name not in ratings.columns:
-                raise DataError(f"{role} column {name!r} not found; the table has columns {cols}")
-        if len(ratings) == 0:
-            raise DataError("the ratings table is empty; give it at least a few rows")
-        if not 0.0 <= valid_pct < 1.0:
-            raise DataError(f"valid_pct must be in [0, 1), got {valid_pct}")
-        y = pd.to_numeric(ratings[rating_name], errors="coerce").to_numpy(dtype=np.float64)
-        if not np.isfinite(y).all():
-            bad = int((~np.isfinite(y)).sum())
-            raise DataError(f"rating column {rating_name!r} has {bad} non-numeric, NaN or infinite values; "
-                            "drop or fix those rows")
+        user_name, item_name, rating_name = validate.resolve_columns(ratings, user_name, item_name, rating_name)
+        validate.check_valid_pct(valid_pct)
+        bs = validate.positive_int("bs", bs)
+        y = validate.check_ratings(ratings, user_name, item_name, rating_name)
         users, user_vocab = _encode(ratings[user_name], user_name)
         items, item_vocab = _encode(ratings[item_name], item_name)
         n = len(ratings)
         perm = np.random.default_rng(seed).permutation(n)
         n_valid = int(valid_pct * n)
-        if n - n_valid < 1:
-            raise DataError(f"valid_pct={valid_pct} leaves no training rows out of {n}; lower it")
+        validate.check_split(n, n_valid, valid_pct)
         classes = {user_name: user_vocab, item_name: item_vocab}
         return cls(users, items, y.astype(np.float32), perm[n_valid:], perm[:n_valid], classes,
                    user_name, item_name, rating_name, bs, seed)
@@ -254,6 +278,8 @@ class CollabDataLoaders:
         Codes are used as they are (so code 0 is an ordinary row here); the vocabularies are
         ``range(n_users)`` and ``range(n_items)``.
         """
+        validate.check_valid_pct(valid_pct)
+        bs = validate.positive_int("bs", bs)
         users = np.ascontiguousarray(users, dtype=np.int32)
         items = np.ascontiguousarray(items, dtype=np.int32)
         ratings = np.ascontiguousarray(ratings, dtype=np.float32)

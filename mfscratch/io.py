@@ -6,7 +6,9 @@ File format (``FORMAT_VERSION`` 1), all plain arrays:
 * ``u_weight``, ``i_weight``, ``u_bias``, ``i_bias``: the four tables;
 * ``y_range``: ``[lo, hi]`` (or empty for no range);
 * ``user_vocab``, ``item_vocab``: the vocabularies without the leading ``#na#``
-  (unicode or int64 arrays), ``vocab_has_na``: whether ``#na#`` heads them;
+  (unicode, int64, uint64, float64 or bool arrays; integers beyond 64 bits are stored as decimal
+  text with ``user_vocab_kind``/``item_vocab_kind`` = ``"bigint"``), ``vocab_has_na``: whether
+  ``#na#`` heads them;
   ``user_name``, ``item_name``: the column names;
 * ``item_counts``: training ratings per item code (for popularity floors), optional.
 * ``seen_indptr``, ``seen_indices``: the items each user rated in training as CSR rows (user ``u``'s
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,28 +36,60 @@ _MAGIC = "mfscratch-model"
 def atomic_write(path, write) -> Path:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, and rename it into place.
 
-    An interrupted run leaves either the old file or the new one, never half of one.
+    An interrupted run leaves either the old file or the new one, never half of one. The new file
+    keeps the permissions of the one it replaces (``0o644`` for a new file, not ``mkstemp``'s
+    ``0o600``), and the folder is fsynced after the rename so that the rename itself is durable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
-def _vocab_array(vocab) -> np.ndarray:
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _vocab_array(vocab) -> tuple[np.ndarray, str]:
+    """The vocabulary (without ``#na#``) as a plain array, and its kind: ``"bigint"`` or ``"plain"``.
+
+    Integers are kept as int64 (or uint64 when they need it); integers beyond 64 bits are stored as
+    decimal text and turned back into ints on loading. Anything else becomes text.
+    """
     values = list(vocab)[1:] if len(vocab) and vocab[0] == "#na#" else list(vocab)
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
-    return np.asarray([str(v) for v in values], dtype=np.str_)
+    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+        return np.asarray(values, dtype=bool), "plain"
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        ints = [int(v) for v in values]
+        for dtype in (np.int64, np.uint64):
+            info = np.iinfo(dtype)
+            if all(info.min <= v <= info.max for v in ints):
+                return np.asarray(ints, dtype=dtype), "plain"
+        return np.asarray([str(v) for v in ints], dtype=np.str_), "bigint"
+    if all(isinstance(v, (float, np.floating)) for v in values):
+        return np.asarray(values, dtype=np.float64), "plain"
+    return np.asarray([str(v) for v in values], dtype=np.str_), "plain"
 
 
 def save_model(path, model: EmbeddingDotBias, classes: dict | None = None, user_name: str = "user",
@@ -67,60 +100,127 @@ def save_model(path, model: EmbeddingDotBias, classes: dict | None = None, user_
     arrays["y_range"] = np.asarray(model.y_range if model.y_range is not None else [], dtype=np.float64)
     arrays["user_name"], arrays["item_name"] = np.array(str(user_name)), np.array(str(item_name))
     if classes is not None:
-        arrays["user_vocab"] = _vocab_array(classes[user_name])
-        arrays["item_vocab"] = _vocab_array(classes[item_name])
+        for role, name in (("user", user_name), ("item", item_name)):
+            arrays[f"{role}_vocab"], kind = _vocab_array(classes[name])
+            if kind != "plain":
+                arrays[f"{role}_vocab_kind"] = np.array(kind)
         arrays["vocab_has_na"] = np.array(len(classes[user_name]) > 0 and classes[user_name][0] == "#na#")
     for k, v in (extra or {}).items():
         arrays[k] = np.asarray(v)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def _damaged(path, what: str) -> ModelFileError:
+    return ModelFileError(f"{path} {what}; it is not a usable mfscratch model: train and save it again "
+                          "('mfscratch train --save PATH')")
+
+
+def _read_arrays(path: Path) -> dict:
+    """Every array of the ``.npz`` at ``path``, read without unpickling anything."""
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist; train one with 'mfscratch train --save {path}'")
+    if not path.is_file():
+        raise ModelFileError(f"{path} is not a file; give the path of a model saved by 'mfscratch train --save'")
+    # np.load falls back to unpickling whatever is neither .npz nor .npy; sniff the header first so
+    # that a text file or a pickle gets a message saying what it is.
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head[:1] == b"\x80":
+        raise _damaged(path, "is a Python pickle, which mfscratch never loads (pickles can run code)")
+    if not (head.startswith(b"PK") or head.startswith(b"\x93NUMPY")):
+        raise _damaged(path, f"cannot be read as a .npz archive (it starts with {head!r}); it may be truncated "
+                             "or not a model file")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - whatever np.load trips on, the file is not ours
+        if "pickle" in str(e):
+            raise _damaged(path, "holds pickled Python objects, which mfscratch never loads (they can run code)") from None
+        raise _damaged(path, f"cannot be read as a .npz archive ({type(e).__name__}); it may be truncated "
+                             "or not a model file") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise _damaged(path, "is a single .npy array, not an .npz model archive")
+    try:
+        with z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - a damaged member: bad CRC, short read, bad header, pickle
+        if "pickle" in str(e):
+            raise _damaged(path, "holds pickled Python objects, which mfscratch never loads (they can run code)") from None
+        raise _damaged(path, f"is damaged or truncated ({type(e).__name__}: {e})") from None
+
+
+def _scalar(data: dict, key: str, kind: type, default):
+    """A 0-d array's value as ``kind``, or ``None`` when it is not one."""
+    if key not in data:
+        return default
+    value = data[key]
+    if value.shape != () or (kind is int and value.dtype.kind not in "iu") or (kind is str and value.dtype.kind != "U"):
+        return None
+    return kind(value.item()) if kind is not bool else bool(value.item())
+
+
+def _vocab_from(data: dict, role: str, head: list) -> Vocab:
+    values = data[f"{role}_vocab"]
+    if values.ndim != 1 or values.dtype.kind not in "biufU":
+        raise ModelFileError(f"bad {role} vocabulary (shape {values.shape}, dtype {values.dtype})")
+    values = values.tolist()
+    if _scalar(data, f"{role}_vocab_kind", str, "plain") == "bigint":
+        values = [int(v) for v in values]
+    return Vocab(head + values)
+
+
 def load_model(path):
     """Read a file written by :func:`save_model`: returns ``(model, classes, meta)``.
 
     ``classes`` is ``{user_name: Vocab, item_name: Vocab}`` (empty when none was saved);
-    ``meta`` holds any extra arrays. Never unpickles; checks the format, version and shapes.
+    ``meta`` holds any extra arrays. Never unpickles (``allow_pickle=False``); checks the format
+    marker, the version, the tables' shapes, dtypes and finiteness, the range and the vocabularies,
+    and raises :class:`ModelFileError` (one line) on anything that does not match.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist; train one with 'mfscratch train --save {path}'")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ModelFileError(f"{path} is not a readable mfscratch model ({type(e).__name__}: {e}); "
-                             "it may be truncated: train and save it again") from None
-    if str(data.get("format", "")) != _MAGIC:
+    data = _read_arrays(path)
+    if _scalar(data, "format", str, None) != _MAGIC:
         raise ModelFileError(f"{path} is not an mfscratch model file (no 'format' marker); "
                              "give a file written by 'mfscratch train --save'")
-    version = int(data.get("version", -1))
+    version = _scalar(data, "version", int, None)
     if version != FORMAT_VERSION:
         raise ModelFileError(f"{path} has format version {version}, this mfscratch reads version "
                              f"{FORMAT_VERSION}; retrain or use a matching mfscratch")
-    try:
-        uw, iw, ub, ib = (data[k] for k in ("u_weight", "i_weight", "u_bias", "i_bias"))
-    except KeyError as e:
-        raise ModelFileError(f"{path} lacks the table {e.args[0]!r}; it is damaged: train and save it again") from None
+    missing = [k for k in ("u_weight", "i_weight", "u_bias", "i_bias", "y_range") if k not in data]
+    if missing:
+        raise _damaged(path, f"lacks the array(s) {missing}")
+    uw, iw, ub, ib = (data[k] for k in ("u_weight", "i_weight", "u_bias", "i_bias"))
+    if any(t.dtype.kind != "f" for t in (uw, iw, ub, ib)):
+        raise _damaged(path, f"has tables of dtypes {uw.dtype}, {iw.dtype}, {ub.dtype}, {ib.dtype}, not floats")
     n_users, k = uw.shape if uw.ndim == 2 else (-1, -1)
     n_items = iw.shape[0] if iw.ndim == 2 else -1
-    if not (uw.ndim == 2 and iw.shape == (n_items, k) and ub.shape == (n_users, 1) and ib.shape == (n_items, 1)):
-        raise ModelFileError(f"{path} has inconsistent table shapes {uw.shape}, {iw.shape}, {ub.shape}, "
-                             f"{ib.shape}; it is damaged: train and save it again")
+    if not (min(n_users, n_items, k) >= 1 and iw.shape == (n_items, k) and ub.shape == (n_users, 1)
+            and ib.shape == (n_items, 1)):
+        raise _damaged(path, f"has inconsistent table shapes {uw.shape}, {iw.shape}, {ub.shape}, {ib.shape}")
+    if not all(np.isfinite(t).all() for t in (uw, iw, ub, ib)):
+        raise _damaged(path, "holds NaN or infinite weights")
     yr = data["y_range"]
+    if not (yr.shape in ((0,), (2,)) and yr.dtype.kind in "iuf" and np.isfinite(yr).all()
+            and (yr.size == 0 or yr[0] < yr[1])):
+        raise _damaged(path, f"has a bad y_range {yr.tolist()!r} (want [] or [lo, hi] with lo < hi)")
     y_range = tuple(float(v) for v in yr) if yr.size == 2 else None
     params = np.concatenate([uw.ravel(), iw.ravel(), ub.ravel(), ib.ravel()]).astype(uw.dtype)
     model = EmbeddingDotBias(k, n_users, n_items, y_range=y_range, params=params)
-    user_name, item_name = str(data.get("user_name", "user")), str(data.get("item_name", "item"))
+    user_name, item_name = _scalar(data, "user_name", str, "user"), _scalar(data, "item_name", str, "item")
+    if user_name is None or item_name is None:
+        raise _damaged(path, "has bad column names")
     classes = {}
     if "user_vocab" in data and "item_vocab" in data:
-        head = ["#na#"] if bool(data.get("vocab_has_na", True)) else []
-        uv, iv = Vocab(head + data["user_vocab"].tolist()), Vocab(head + data["item_vocab"].tolist())
+        head = ["#na#"] if _scalar(data, "vocab_has_na", bool, True) else []
+        try:
+            uv, iv = _vocab_from(data, "user", head), _vocab_from(data, "item", head)
+        except ModelFileError as e:
+            raise _damaged(path, str(e)) from None
         if len(uv) != n_users or len(iv) != n_items:
-            raise ModelFileError(f"{path}: vocabularies ({len(uv)} users, {len(iv)} items) do not match the "
-                                 f"tables ({n_users}, {n_items}); it is damaged: train and save it again")
+            raise _damaged(path, f"has vocabularies ({len(uv)} users, {len(iv)} items) that do not match the "
+                                 f"tables ({n_users}, {n_items})")
         classes = {user_name: uv, item_name: iv}
     known = {"format", "version", "u_weight", "i_weight", "u_bias", "i_bias", "y_range", "user_name",
-             "item_name", "user_vocab", "item_vocab", "vocab_has_na"}
+             "item_name", "user_vocab", "item_vocab", "vocab_has_na", "user_vocab_kind", "item_vocab_kind"}
     meta = {k: v for k, v in data.items() if k not in known}
     meta.update(user_name=user_name, item_name=item_name)
     return model, classes, meta

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import schedule
+from . import validate as checks  # not "validate": Learner has a validate() method
 from .backends import get_backend
 from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
@@ -65,6 +66,10 @@ class Learner:
     weight decay; ``seed`` fixes the order of the batches; ``sparse=True`` updates only the rows in
     each batch instead of every row (not the fastai recipe; see ``optim.py``); ``backend`` picks
     where the kernels run. ``log`` receives each line of the results table (``None``: silent).
+
+    ``after_epoch`` is a list of callables ``cb(learner, epoch)`` run after each finished epoch
+    (``mfscratch.checkpoint.Checkpoint`` is one); ``fit_args`` holds the arguments of the current
+    fit, so that a checkpoint can resume it (``fit(..., start_epoch=...)``, as in fastai).
     """
 
     def __init__(self, dls: CollabDataLoaders, model: EmbeddingDotBias, opt_func=Adam, lr: float = 1e-3,
@@ -72,7 +77,8 @@ class Learner:
                  backend: str = "cpu", log=print):
         self.dls, self.model = dls, model
         self.opt = resolve_opt(opt_func)
-        self.lr, self.wd = lr, wd
+        self.lr = checks.positive_float("lr", lr)
+        self.wd = None if wd is None else checks.nonneg_float("wd", wd)
         self.sparse = bool(sparse)
         self.backend_name = backend
         self.backend = get_backend(backend)
@@ -81,25 +87,37 @@ class Learner:
         self.opt_state = OptState.zeros_like(model.params)
         self.recorder = Recorder()
         self._smooth_avg, self._smooth_count = 0.0, 0
+        self.after_epoch: list = []
+        self.fit_args: dict | None = None
+        checks.warn_ratings_outside_range(dls, model.y_range)
 
     # --- public API, as in fastai --------------------------------------------------------
-    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None) -> None:
-        """Train ``n_epoch`` epochs at a constant learning rate and the optimiser's own momentum."""
+    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, start_epoch: int = 0) -> None:
+        """Train ``n_epoch`` epochs at a constant learning rate and the optimiser's own momentum.
+
+        ``start_epoch`` skips the epochs a restored checkpoint already trained (see ``checkpoint.py``).
+        """
         lr = self.lr if lr is None else lr
+        checks.check_fit(n_epoch, lr, wd, start_epoch)
+        self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
         lrs, moms = schedule.constant(total, lr, self.opt.mom)
-        self._fit(n_epoch, lrs, moms, wd)
+        self._fit(n_epoch, lrs, moms, wd, start_epoch)
 
     def fit_one_cycle(self, n_epoch: int, lr_max: float | None = None, div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None,
-                      moms=None) -> None:
+                      moms=None, start_epoch: int = 0) -> None:
         """fastai's one-cycle: cosine warm-up of the learning rate to ``lr_max``, then annealing to
         ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95))."""
         lr_max = self.lr if lr_max is None else lr_max
+        checks.check_fit(n_epoch, lr_max, wd, start_epoch)
+        checks.check_one_cycle(div, div_final, pct_start, moms)
         moms = (0.95, 0.85, 0.95) if moms is None else moms
+        self.fit_args = dict(method="fit_one_cycle", n_epoch=n_epoch, lr_max=lr_max, div=div, div_final=div_final,
+                             pct_start=pct_start, wd=wd, moms=list(moms))
         total = n_epoch * self._steps_per_epoch()
         lrs, mom = schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms)
-        self._fit(n_epoch, lrs, mom, wd)
+        self._fit(n_epoch, lrs, mom, wd, start_epoch)
 
     def validate(self) -> float:
         """Exact mean squared error over the validation rows under the current weights."""
@@ -138,7 +156,7 @@ class Learner:
             return float("nan")
         return self.backend.evaluate(d.valid_users, d.valid_items, d.valid_ratings)
 
-    def _fit(self, n_epoch: int, lrs: np.ndarray, moms: np.ndarray, wd: float | None) -> None:
+    def _fit(self, n_epoch: int, lrs: np.ndarray, moms: np.ndarray, wd: float | None, start_epoch: int = 0) -> None:
         if int(n_epoch) != n_epoch or n_epoch < 1:
             raise ConfigError(f"n_epoch must be a positive integer, got {n_epoch!r}")
         wd = self.wd if wd is None else wd
@@ -146,9 +164,11 @@ class Learner:
         opt = dataclasses.replace(self.opt) if wd is None else dataclasses.replace(self.opt, wd=float(wd))
         steps = self._steps_per_epoch()
         self.backend.bind(self.model, self.opt_state, self.dls)
-        self._smooth_avg, self._smooth_count = 0.0, 0  # fastai resets the smoother at each fit
-        self._log_header()
-        for epoch in range(n_epoch):
+        if start_epoch == 0:  # fastai resets the smoother at each fit; a resumed fit keeps the restored one
+            self._smooth_avg, self._smooth_count = 0.0, 0
+        if start_epoch < n_epoch:
+            self._log_header()
+        for epoch in range(start_epoch, n_epoch):
             t0 = time.perf_counter()
             order = self.rng.permutation(self.dls.n_train)
             ep_lrs = np.ascontiguousarray(lrs[epoch * steps : (epoch + 1) * steps])
@@ -173,6 +193,8 @@ class Learner:
             rec.epoch_seconds.append(seconds)
             rec.train_seconds.append(t_train)
             self._log_row(epoch, train_loss, valid_loss, seconds)
+            for callback in self.after_epoch:
+                callback(self, epoch)
         self.backend.sync()
 
     def _log_header(self) -> None:
@@ -289,6 +311,8 @@ def collab_learner(dls: CollabDataLoaders, n_factors: int = 50, use_nn: bool = F
         raise ConfigError("only the mean-squared-error loss is implemented; leave loss_func=None")
     if kwargs:
         raise ConfigError(f"unknown argument(s) to collab_learner: {', '.join(kwargs)}")
+    n_factors = checks.positive_int("n_factors", n_factors)
+    y_range = checks.check_y_range(y_range)
     init_seed = np.random.SeedSequence(seed).spawn(2)[0] if seed is not None else None
     model = EmbeddingDotBias(n_factors, dls.n_users, dls.n_items, y_range=y_range, seed=init_seed)
     return Learner(dls, model, opt_func=opt_func, lr=lr, wd=wd, seed=seed, sparse=sparse, backend=backend, log=log)
