@@ -210,14 +210,17 @@ def _sgd_element(params, grads, exp_avg, j, lr, mom, decay, wd, decouple_wd, use
 
 
 @_device
+def _step_constants(lr, mom, sqr_mom, wd, step):
+    """Per-step scalars of the update, computed once per thread rather than once per element:
+    ``(step_size, debias2, decay) = (lr / (1 - mom^t), 1 - sqr_mom^t, 1 - lr wd)``."""
+    return lr / (1.0 - mom**step), 1.0 - sqr_mom**step, 1.0 - lr * wd
+
+
+@_device
 def _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lr, mom, sqr_mom, eps, wd,
-                    decouple_wd, step):
-    """One optimiser step on element ``j`` (Adam or SGD); the per-step constants are recomputed
-    here because they are a handful of flops and the caller's loop then stays branch-free."""
-    decay = 1.0 - lr * wd
+                    decouple_wd, step_size, debias2, decay):
+    """One optimiser step on element ``j``: Adam or SGD, chosen at run time by ``is_adam``."""
     if is_adam:
-        step_size = lr / (1.0 - mom**step)
-        debias2 = 1.0 - sqr_mom**step
         _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd,
                       decouple_wd)
     else:
@@ -311,9 +314,7 @@ def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, 
 @_kernel
 def adam_update_dense(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
     """fastai's Adam on every element of the flat buffer; ``step`` is t. Zeroes ``grads`` as it goes."""
-    step_size = lr / (1.0 - mom**step)
-    debias2 = 1.0 - sqr_mom**step
-    decay = 1.0 - lr * wd
+    step_size, debias2, decay = _step_constants(lr, mom, sqr_mom, wd, step)
     for j in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
         _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd,
                       decouple_wd)
@@ -353,8 +354,9 @@ def adam_update_sparse(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_f
         side, r, c = _lazy_slot(n_factors, users.shape[0], idx)
         j = _lazy_index(n_users, n_items, n_factors, users[r], items[r], user_owner, item_owner, side, r, c)
         if j >= 0:
-            _update_element(params, grads, exp_avg, exp_avg_sq, j, True, True, lr, mom, sqr_mom, eps, wd,
-                            decouple_wd, step)
+            step_size, debias2, decay = _step_constants(lr, mom, sqr_mom, wd, step)
+            _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd,
+                          decouple_wd)
 
 
 @_kernel
@@ -400,9 +402,13 @@ def _step_forward_backward(params, grads, n_users, n_items, n_factors, users, it
         item_owner[i] = r
         value += _rating_forward_backward(u_weight, i_weight, u_bias, i_bias, u, i, ratings[row], lo, hi,
                                           has_range, scale, du_weight, di_weight, du_bias, di_bias)
-    total = _block_sum(value)
-    if cuda.threadIdx.x == 0:
-        cuda.atomic.add(losses, s, total / bs)
+    # Blocks whose threads hold no row of this batch skip the reduction and the atomic: with a
+    # grid sized for the update phase they are most blocks. (The test is uniform within a block,
+    # so the barriers inside _block_sum stay safe.)
+    if cuda.blockIdx.x * cuda.blockDim.x < bs:
+        total = _block_sum(value)
+        if cuda.threadIdx.x == 0:
+            cuda.atomic.add(losses, s, total / bs)
 
 
 @_kernel
@@ -440,6 +446,9 @@ def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, user
         grid.sync()
         # Every thread reads the same finished loss, so all of them leave together (no barrier deadlock).
         diverged = not math.isfinite(losses[s])
+        lr = lrs[s]
+        mom = moms[s]
+        step_size, debias2, decay = _step_constants(lr, mom, sqr_mom, wd, step0 + s + 1)
         if sparse:
             for idx in range(thread, n_sparse, n_threads):
                 side, r, c = _lazy_slot(n_factors, bs, idx)
@@ -450,15 +459,15 @@ def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, user
                     if diverged:
                         grads[j] = 0.0
                     else:
-                        _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lrs[s], moms[s],
-                                        sqr_mom, eps, wd, decouple_wd, step0 + s + 1)
+                        _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lr, mom, sqr_mom,
+                                        eps, wd, decouple_wd, step_size, debias2, decay)
         else:
             for j in range(thread, n, n_threads):
                 if diverged:
                     grads[j] = 0.0
                 else:
-                    _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lrs[s], moms[s],
-                                    sqr_mom, eps, wd, decouple_wd, step0 + s + 1)
+                    _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lr, mom, sqr_mom,
+                                    eps, wd, decouple_wd, step_size, debias2, decay)
         if diverged:
             # Stop before the update, as the CPU kernel does; the host cuts the losses after step s.
             return
