@@ -266,6 +266,22 @@ def test_divergence_stops_the_epoch_where_the_cpu_does():
 
 
 @cudasim
+def test_a_refused_cooperative_launch_falls_back_to_the_host_loop(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cooperative launch not supported")
+
+    monkeypatch.setattr(ck, "cooperative_blocks", refuse)
+    dls, opt = _dls(), Adam()
+    cpu_b, gpu_b = CpuBackend(), CudaBackend("device")
+    (m_cpu, _), (m_gpu, _) = _bound(cpu_b, dls), _bound(gpu_b, dls)
+    order, lrs, moms = _epoch_inputs(dls)
+    with pytest.warns(UserWarning, match="host loop"):
+        got = gpu_b.train_epoch(order, lrs, moms, opt, False, 0)
+    assert gpu_b.loop == "host"
+    np.testing.assert_allclose(got, cpu_b.train_epoch(order, lrs, moms, opt, False, 0), rtol=1e-5)
+
+
+@cudasim
 def test_short_fit_through_the_learner_api():
     dls = _dls(bs=8)
     learn = collab_learner(dls, n_factors=K, y_range=(0.5, 5.5), seed=11, backend="cuda", log=None)

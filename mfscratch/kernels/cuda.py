@@ -68,22 +68,21 @@ __all__ = [
 THREADS = 32 if SIMULATOR else 128
 
 
-def _unavailable(*args, **kwargs):
-    """Stand-in for ``cuda.jit`` when numba-cuda is missing: kernels exist but refuse to run."""
+class _Unavailable:
+    """Stand-in for a kernel when numba-cuda is missing: it exists, documents itself, and refuses to run."""
 
-    def wrap(fn):
-        def refuse(*a, **k):
-            raise RuntimeError("numba-cuda is not installed: pip install 'mfscratch[cuda]'")
+    def __init__(self, fn):
+        self.py_func, self.__name__, self.__doc__ = fn, fn.__name__, fn.__doc__
 
-        refuse.__name__, refuse.__doc__ = fn.__name__, fn.__doc__
-        refuse.__getitem__ = lambda config: refuse
-        return refuse
+    def __getitem__(self, launch_config):
+        return self
 
-    return wrap(args[0]) if args and callable(args[0]) else wrap
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("numba-cuda is not installed: pip install 'mfscratch[cuda]'")
 
 
-_kernel = cuda.jit(cache=True) if cuda is not None else _unavailable
-_device = cuda.jit(device=True, cache=True) if cuda is not None else _unavailable
+_kernel = cuda.jit(cache=True) if cuda is not None else _Unavailable
+_device = cuda.jit(device=True, cache=True) if cuda is not None else _Unavailable
 
 
 def blocks_for(n: int, threads: int = THREADS) -> int:
