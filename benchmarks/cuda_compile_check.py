@@ -36,7 +36,7 @@ def main() -> int:
     rng = (0.0, 5.5, True)
     adam = (1e-3, 0.9, 0.99, 1e-5, 0.01, True, 3)
     epoch = (params, params, params, params, n_users, n_items, k, idx32, idx32, ratings, idx64, bs,
-             np.zeros(1), np.zeros(1), 0, True, True, 0.99, 1e-5, 0.01, True, *rng, np.zeros(1), idx32, idx32)
+             np.zeros(1), np.zeros(1), 0, True, True, 0.99, 1e-5, 0.01, True, *rng, np.zeros(1), idx32, idx32, 32)
     calls = {
         "forward_backward": (*tables, idx32, idx32, ratings, *rng, *tables, loss),
         "predict": (*tables, idx32, idx32, *rng, ratings),

@@ -81,14 +81,15 @@ class CudaBackend:
     and copies back only its losses, and ``sync`` brings weights and moments home.
     ``loop='device'`` (default) runs each epoch as one cooperative kernel launch; ``loop='host'``
     launches two kernels per step from Python (three in sparse mode; the fallback, also picked by
-    ``MFSCRATCH_CUDA_LOOP=host``). On a NaN/inf loss the device loop stops before that step's update,
+    ``MFSCRATCH_CUDA_LOOP=host``). ``group`` (``MFSCRATCH_CUDA_GROUP``) sets the threads per rating of
+    the device loop's forward phase (default: a warp, fewer when k < 32). On a NaN/inf loss the device loop stops before that step's update,
     as the CPU does; the host loop finishes the epoch (the learner raises either way).
     """
 
     name = "cuda"
     LOOPS = ("device", "host")
 
-    def __init__(self, loop: str | None = None):
+    def __init__(self, loop: str | None = None, group: int | None = None):
         from .kernels import cuda as ck
 
         if ck.cuda is None:
@@ -100,7 +101,11 @@ class CudaBackend:
         loop = loop or os.environ.get("MFSCRATCH_CUDA_LOOP") or "device"
         if loop not in self.LOOPS:
             raise ConfigError(f"unknown CUDA loop {loop!r} (MFSCRATCH_CUDA_LOOP): use 'device' or 'host'")
-        self.ck, self.loop = ck, loop
+        group = group or int(os.environ.get("MFSCRATCH_CUDA_GROUP", 0)) or None
+        if group is not None and (group < 1 or group & (group - 1) or ck.THREADS % group):
+            raise ConfigError(f"threads per rating {group} (MFSCRATCH_CUDA_GROUP) must be a power of two "
+                              f"dividing {ck.THREADS}")
+        self.ck, self.loop, self.group = ck, loop, group
         self.model = None
         self.dls = None
         self._coop = {}  # (kernel name) -> most blocks a cooperative launch may use
@@ -160,7 +165,7 @@ class CudaBackend:
         kernel = ck.train_epoch_sparse if sparse else ck.train_epoch_dense
         args = (self.params, self.grads, self.exp_avg, self.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
                 *self._train, d_order, bs, d_lrs, d_moms, int(step0), *hyper, *m.range_args, losses,
-                self.user_owner, self.item_owner)
+                self.user_owner, self.item_owner, self._group())
         key = "sparse" if sparse else "dense"
         if key not in self._coop:
             self._coop[key] = ck.cooperative_blocks(kernel, args)
@@ -168,6 +173,16 @@ class CudaBackend:
         work = 2 * bs * (m.n_factors + 1) if sparse else m.params.shape[0]
         kernel[min(self._coop[key], ck.blocks_for(work)), ck.THREADS](*args)
         return losses.copy_to_host()
+
+    def _group(self) -> int:
+        """Threads per rating in the epoch kernels' forward phase: enough lanes for the k columns,
+        at most a warp (and a block)."""
+        if self.group is not None:
+            return self.group
+        g = 1
+        while g < min(self.model.n_factors, 32, self.ck.THREADS):
+            g *= 2
+        return g
 
     def _epoch_from_host(self, d_order, lrs, moms, n_steps, hyper, sparse, step0):
         ck, cuda, m, bs = self.ck, self.ck.cuda, self.model, self.dls.bs
@@ -244,7 +259,7 @@ class CudaBackend:
         ratings = np.array([0.5, 1.0], dtype=np.float32)
         dls = SimpleNamespace(bs=2, train_users=codes, train_items=codes, train_ratings=ratings,
                               valid_users=codes, valid_items=codes, valid_ratings=ratings)
-        scratch = CudaBackend(self.loop)
+        scratch = CudaBackend(self.loop, self.group)
         scratch.bind(model, OptState.zeros_like(model.params), dls)
         one = np.full(1, 1e-3)
         for sparse in (False, True):

@@ -206,11 +206,12 @@ def _epoch_inputs(dls, seed=10):
 
 
 @cudasim
-@pytest.mark.parametrize("loop", CudaBackend.LOOPS)
+@pytest.mark.parametrize("loop, group", [("device", None), ("device", 1), ("device", 2), ("device", 8),
+                                         ("host", None)])
 @pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.05, decouple_wd=False)], ids=["adam", "sgd"])
-def test_exact_epochs_on_cuda_equal_cpu(loop, opt):
+def test_exact_epochs_on_cuda_equal_cpu(loop, group, opt):
     dls = _dls()
-    cpu_b, gpu_b = CpuBackend(), CudaBackend(loop)
+    cpu_b, gpu_b = CpuBackend(), CudaBackend(loop, group)  # 2: two columns per lane; 8: idle lanes, two rounds
     (m_cpu, s_cpu), (m_gpu, s_gpu) = _bound(cpu_b, dls), _bound(gpu_b, dls)
     for epoch, step0 in ((0, 0), (1, 5)):  # two epochs: the global step carries over
         order, lrs, moms = _epoch_inputs(dls, seed=epoch)

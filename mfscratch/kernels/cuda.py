@@ -129,20 +129,24 @@ def _prediction(x, lo, hi, has_range):
 
 
 @_device
+def _error_and_dx(x, y, lo, hi, has_range, scale):
+    """``(pred - y, dL/dx)`` for logit ``x``: ``dx = scale (pred - y)(hi - lo) s (1 - s)``, ``scale = 2/B``."""
+    if has_range:
+        s = _sigmoid(x)
+        err = lo + (hi - lo) * s - y
+        return err, scale * err * (hi - lo) * s * (1.0 - s)
+    err = x - y
+    return err, scale * err
+
+
+@_device
 def _rating_forward_backward(u_weight, i_weight, u_bias, i_bias, u, i, y, lo, hi, has_range, scale,
                              du_weight, di_weight, du_bias, di_bias):
     """Squared error of one rating; atomically adds its gradient ``dx_r`` terms into the ``d*`` tables.
 
     ``dx = scale (pred - y)(hi - lo) s (1 - s)`` with ``scale = 2/B`` (``dx = scale (x - y)`` without range).
     """
-    x = _logit(u_weight, i_weight, u_bias, i_bias, u, i)
-    if has_range:
-        s = _sigmoid(x)
-        err = lo + (hi - lo) * s - y
-        dx = scale * err * (hi - lo) * s * (1.0 - s)
-    else:
-        err = x - y
-        dx = scale * err
+    err, dx = _error_and_dx(_logit(u_weight, i_weight, u_bias, i_bias, u, i), y, lo, hi, has_range, scale)
     for j in range(u_weight.shape[1]):
         cuda.atomic.add(du_weight, (u, j), dx * i_weight[i, j])
         cuda.atomic.add(di_weight, (i, j), dx * u_weight[u, j])
@@ -383,31 +387,65 @@ def _split_flat(params, n_users, n_items, n_factors):
 
 @_device
 def _step_forward_backward(params, grads, n_users, n_items, n_factors, users, items, ratings, order, bs, s,
-                           lo, hi, has_range, user_owner, item_owner, losses, thread, n_threads):
+                           lo, hi, has_range, user_owner, item_owner, losses, group, thread, n_threads):
     """Forward/backward of step ``s`` (rows ``order[s bs : (s+1) bs]``): loss into ``losses[s]``.
 
-    Also records which batch position owns each user and item row (for the lazy update). Every
-    thread of the launch must call it (block reduction inside).
+    ``group`` threads work on one rating (a power of two dividing ``THREADS``; 32 = a warp): lane
+    ``l`` takes columns ``l, l + group, ...``, so a warp reads a row of ``P`` and ``Q`` in one
+    coalesced sweep instead of 32 threads each walking their own row. The partial dot products
+    meet in a shared-memory tree; every lane then has ``x`` and scatter-adds its own columns.
+    ``group = 1`` is plain one-thread-per-rating. Also records which batch position owns each user
+    and item row (for the lazy update). Every thread of the launch must call it (barriers inside).
     """
     u_weight, i_weight, u_bias, i_bias = _split_flat(params, n_users, n_items, n_factors)
     du_weight, di_weight, du_bias, di_bias = _split_flat(grads, n_users, n_items, n_factors)
+    # A block none of whose threads gets a rating (with a grid sized for the update phase, most
+    # blocks) skips the phase. The test is uniform within a block, so the barriers stay safe.
+    if cuda.blockIdx.x * cuda.blockDim.x >= bs * group:
+        return
+    buf = cuda.shared.array(THREADS, float64)
+    t = cuda.threadIdx.x
+    lane = t % group
+    per_round = n_threads // group
     scale = 2.0 / bs
     value = 0.0
-    for r in range(thread, bs, n_threads):
-        row = order[s * bs + r]
-        u = users[row]
-        i = items[row]
-        user_owner[u] = r
-        item_owner[i] = r
-        value += _rating_forward_backward(u_weight, i_weight, u_bias, i_bias, u, i, ratings[row], lo, hi,
-                                          has_range, scale, du_weight, di_weight, du_bias, di_bias)
-    # Blocks whose threads hold no row of this batch skip the reduction and the atomic: with a
-    # grid sized for the update phase they are most blocks. (The test is uniform within a block,
-    # so the barriers inside _block_sum stay safe.)
-    if cuda.blockIdx.x * cuda.blockDim.x < bs:
-        total = _block_sum(value)
-        if cuda.threadIdx.x == 0:
-            cuda.atomic.add(losses, s, total / bs)
+    # Every thread of the grid makes the same number of rounds, so all of them reach every barrier.
+    for rnd in range((bs + per_round - 1) // per_round):
+        r = (rnd * n_threads + thread) // group
+        active = r < bs
+        u = 0
+        i = 0
+        row = 0
+        partial = 0.0
+        if active:
+            row = order[s * bs + r]
+            u = users[row]
+            i = items[row]
+            for j in range(lane, n_factors, group):
+                partial += u_weight[u, j] * i_weight[i, j]
+        buf[t] = partial
+        cuda.syncthreads()
+        half = group // 2
+        while half > 0:
+            if lane < half:
+                buf[t] += buf[t + half]
+            cuda.syncthreads()
+            half //= 2
+        if active:
+            err, dx = _error_and_dx(buf[t - lane] + u_bias[u] + i_bias[i], ratings[row], lo, hi, has_range, scale)
+            for j in range(lane, n_factors, group):
+                cuda.atomic.add(du_weight, (u, j), dx * i_weight[i, j])
+                cuda.atomic.add(di_weight, (i, j), dx * u_weight[u, j])
+            if lane == 0:
+                cuda.atomic.add(du_bias, u, dx)
+                cuda.atomic.add(di_bias, i, dx)
+                user_owner[u] = r
+                item_owner[i] = r
+                value += err * err
+        cuda.syncthreads()  # everyone has read buf before the next round overwrites it
+    total = _block_sum(value)
+    if t == 0:
+        cuda.atomic.add(losses, s, total / bs)
 
 
 @_kernel
@@ -428,7 +466,7 @@ def gather_rows(users, items, ratings, order, out_users, out_items, out_ratings)
 @_device
 def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, users, items, ratings, order, bs,
            lrs, moms, step0, is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-           sparse, user_owner, item_owner):
+           sparse, user_owner, item_owner, group):
     """The body of both epoch kernels: per step, forward/backward, barrier, update (+ zero grads), barrier."""
     grid = cuda.cg.this_grid()
     thread = cuda.grid(1)
@@ -441,7 +479,7 @@ def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, user
     n_sparse = 2 * bs * (n_factors + 1)
     for s in range(n_steps):
         _step_forward_backward(params, grads, n_users, n_items, n_factors, users, items, ratings, order, bs, s,
-                               lo, hi, has_range, user_owner, item_owner, losses, thread, n_threads)
+                               lo, hi, has_range, user_owner, item_owner, losses, group, thread, n_threads)
         grid.sync()
         # Every thread reads the same finished loss, so all of them leave together (no barrier deadlock).
         diverged = not math.isfinite(losses[s])
@@ -477,11 +515,12 @@ def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, user
 def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
                       users, items, ratings, order, bs, lrs, moms, step0,
                       is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-                      user_owner, item_owner):
+                      user_owner, item_owner, group):
     """One epoch of exact-mode training in one cooperative launch (twin of ``cpu.train_epoch_dense``).
 
     Same arguments as the CPU kernel, plus ``user_owner``/``item_owner`` (int32, one slot per user
-    and item: scratch for the row bookkeeping the forward phase shares with the sparse kernel).
+    and item: scratch for the row bookkeeping the forward phase shares with the sparse kernel) and
+    ``group``, the threads per rating in the forward phase (see ``_step_forward_backward``).
     ``losses[s]`` gets step ``s``'s batch loss; on a NaN/inf loss the epoch stops before that
     step's update and the later entries stay 0 (the host cuts the array after the first
     non-finite one). ``grads`` must be zero on entry and is zero on exit. Launch with at most
@@ -489,14 +528,14 @@ def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_fa
     """
     _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, users, items, ratings, order, bs,
            lrs, moms, step0, is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-           False, user_owner, item_owner)
+           False, user_owner, item_owner, group)
 
 
 @_kernel
 def train_epoch_sparse(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
                        users, items, ratings, order, bs, lrs, moms, step0,
                        is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-                       user_owner, item_owner):
+                       user_owner, item_owner, group):
     """One epoch of sparse (lazy) training in one cooperative launch.
 
     Per step: accumulate the batch gradient, then update only the users and items of the batch,
@@ -505,4 +544,4 @@ def train_epoch_sparse(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_f
     """
     _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, users, items, ratings, order, bs,
            lrs, moms, step0, is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-           True, user_owner, item_owner)
+           True, user_owner, item_owner, group)
