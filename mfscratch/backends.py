@@ -81,9 +81,10 @@ class CudaBackend:
     and copies back only its losses, and ``sync`` brings weights and moments home.
     ``loop='device'`` (default) runs each epoch as one cooperative kernel launch; ``loop='host'``
     launches two kernels per step from Python (three in sparse mode; the fallback, also picked by
-    ``MFSCRATCH_CUDA_LOOP=host``). ``group`` (``MFSCRATCH_CUDA_GROUP``) sets the threads per rating of
-    the device loop's forward phase (default: a warp, fewer when k < 32). On a NaN/inf loss the device loop stops before that step's update,
-    as the CPU does; the host loop finishes the epoch (the learner raises either way).
+    ``MFSCRATCH_CUDA_LOOP=host``). ``group`` (``MFSCRATCH_CUDA_GROUP``) sets the threads per rating
+    of the device loop's forward phase (default: a warp, fewer when k < 32). On a NaN/inf loss the
+    device loop stops before that step's update, as the CPU does; the host loop finishes the epoch
+    (the learner raises either way).
     """
 
     name = "cuda"
