@@ -52,7 +52,7 @@ def run(args) -> dict:
     data_seconds = time.perf_counter() - t0
     learn = collab_learner(dls, n_factors=args.factors, y_range=(0.0, 5.5), seed=42, sparse=args.mode == "sparse",
                            backend="cuda", log=None)
-    learn.backend = CudaBackend(args.loop)
+    learn.backend = CudaBackend(args.loop, args.group, args.max_blocks)
     t0 = time.perf_counter()
     learn.backend.warmup(learn.model.dtype)
     compile_seconds = time.perf_counter() - t0
@@ -78,7 +78,8 @@ def run(args) -> dict:
     name = name.decode() if isinstance(name, bytes) else str(name)
     rec = learn.recorder
     return {
-        "card": name, "data": args.data, "mode": args.mode, "loop": loop_used, "n_train": dls.n_train,
+        "card": name, "data": args.data, "mode": args.mode, "loop": loop_used, "group": backend._group() if loop_used == "device" else None,
+        "blocks": backend.blocks, "threads_per_block": backend.ck.THREADS, "n_train": dls.n_train,
         "n_users": dls.n_users, "n_items": dls.n_items, "factors": args.factors, "bs": dls.bs, "steps": steps,
         "epochs": args.epochs, "data_seconds": round(data_seconds, 3), "compile_seconds": round(compile_seconds, 3),
         "epoch_train_seconds": [round(s, 5) for s in rec.train_seconds],
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--mode", choices=("exact", "sparse"), default="exact")
     p.add_argument("--loop", choices=("device", "host"), default="device")
+    p.add_argument("--group", type=int, help="threads per rating in the forward phase (default: the backend's)")
+    p.add_argument("--max-blocks", type=int, help="cap on the cooperative grid (default: as many as fit)")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--json-lines", metavar="PATH", help="append the result as one JSON line to PATH")

@@ -99,6 +99,8 @@ fi
 
 # --- 5. extras while time is left: the host-loop fallback, sparse ML-100k, the batch-size sweep ------------
 timing 45 "${ML100K[@]}" --mode exact --bs 64 --epochs 1 --loop host       # launch cost per step, for contrast
+timing 40 "${ML100K[@]}" --mode exact --bs 64 --epochs 1 --group 1         # one thread per rating, for contrast
+timing 40 "${ML100K[@]}" --mode exact --bs 64 --epochs 1 --max-blocks 264  # a smaller grid: cheaper barriers
 timing 40 "${ML100K[@]}" --mode sparse --bs 64 --epochs 2 --loop device
 timing 45 "${ML25M[@]}" --mode sparse --bs 8192 --epochs 1 --loop device
 timing 60 "${ML25M[@]}" --mode sparse --bs 1024 --epochs 1 --loop device
@@ -110,7 +112,8 @@ print("results (kernel_seconds_estimate = one epoch through backend.train_epoch 
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if "kernel_seconds_estimate" in r:
-        print(f"  {r['card']}: {r['data']} {r['n_train']} train ratings, {r['mode']}, bs {r['bs']}, loop {r['loop']}: "
+        print(f"  {r['card']}: {r['data']} {r['n_train']} train ratings, {r['mode']}, bs {r['bs']}, loop {r['loop']}, "
+              f"group {r['group']}, {r['blocks']} blocks of {r['threads_per_block']}: "
               f"epoch {1e3 * r['kernel_seconds_estimate']:.1f} ms kernels ({r['us_per_step']} us/step, "
               f"{r['ratings_per_second'] / 1e6:.1f} M ratings/s); learner epoch {r['epoch_train_seconds']} s; "
               f"valid {[round(v, 4) for v in r['valid_loss']]}")

@@ -90,7 +90,7 @@ class CudaBackend:
     name = "cuda"
     LOOPS = ("device", "host")
 
-    def __init__(self, loop: str | None = None, group: int | None = None):
+    def __init__(self, loop: str | None = None, group: int | None = None, max_blocks: int | None = None):
         from .kernels import cuda as ck
 
         if ck.cuda is None:
@@ -107,6 +107,10 @@ class CudaBackend:
             raise ConfigError(f"threads per rating {group} (MFSCRATCH_CUDA_GROUP) must be a power of two "
                               f"dividing {ck.THREADS}")
         self.ck, self.loop, self.group = ck, loop, group
+        # A cap on the cooperative grid (MFSCRATCH_CUDA_BLOCKS): fewer blocks make each grid barrier
+        # cheaper and give each thread more elements to update; a knob for tuning on a real GPU.
+        self.max_blocks = max_blocks or int(os.environ.get("MFSCRATCH_CUDA_BLOCKS", 0)) or None
+        self.blocks = None  # the grid size of the last epoch launch, for reports
         self.model = None
         self.dls = None
         self._coop = {}  # (kernel name) -> most blocks a cooperative launch may use
@@ -172,7 +176,8 @@ class CudaBackend:
             self._coop[key] = ck.cooperative_blocks(kernel, args)
         # Enough threads for the update phase's elements, never more than can be resident at once.
         work = 2 * bs * (m.n_factors + 1) if sparse else m.params.shape[0]
-        kernel[min(self._coop[key], ck.blocks_for(work)), ck.THREADS](*args)
+        self.blocks = min(self._coop[key], ck.blocks_for(work), self.max_blocks or self._coop[key])
+        kernel[self.blocks, ck.THREADS](*args)
         return losses.copy_to_host()
 
     def _group(self) -> int:
@@ -260,7 +265,7 @@ class CudaBackend:
         ratings = np.array([0.5, 1.0], dtype=np.float32)
         dls = SimpleNamespace(bs=2, train_users=codes, train_items=codes, train_ratings=ratings,
                               valid_users=codes, valid_items=codes, valid_ratings=ratings)
-        scratch = CudaBackend(self.loop, self.group)
+        scratch = CudaBackend(self.loop, self.group, self.max_blocks)
         scratch.bind(model, OptState.zeros_like(model.params), dls)
         one = np.full(1, 1e-3)
         for sparse in (False, True):
