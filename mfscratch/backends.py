@@ -13,12 +13,15 @@ The learner does the orchestration (epochs, schedules, logging); the backend onl
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
 from .errors import ConfigError
 from .kernels import cpu
 
-__all__ = ["CpuBackend", "get_backend", "BACKENDS"]
+__all__ = ["CpuBackend", "CudaBackend", "get_backend", "BACKENDS"]
 
 
 class CpuBackend:
@@ -70,11 +73,212 @@ class CpuBackend:
         pass
 
 
-BACKENDS = {"cpu": CpuBackend}
+class CudaBackend:
+    """numba.cuda kernels on an NVIDIA GPU (``kernels/cuda.py``); see ``docs/cuda.md``.
+
+    For a whole fit the weights, optimiser moments, gradients and the train/valid arrays live on the
+    device: ``bind`` uploads them once, each epoch uploads only its ``order``, ``lrs`` and ``moms``
+    and copies back only its losses, and ``sync`` brings weights and moments home.
+    ``loop='device'`` (default) runs each epoch as one cooperative kernel launch; ``loop='host'``
+    launches two kernels per step from Python (three in sparse mode; the fallback, also picked by
+    ``MFSCRATCH_CUDA_LOOP=host``). ``group`` (``MFSCRATCH_CUDA_GROUP``) sets the threads per rating
+    of the device loop's forward phase (default: a warp, fewer when k < 32). On a NaN/inf loss the
+    device loop stops before that step's update, as the CPU does; the host loop finishes the epoch
+    (the learner raises either way).
+    """
+
+    name = "cuda"
+    LOOPS = ("device", "host")
+
+    def __init__(self, loop: str | None = None, group: int | None = None, max_blocks: int | None = None):
+        from .kernels import cuda as ck
+
+        if ck.cuda is None:
+            raise ConfigError("backend 'cuda' needs numba-cuda, which is not installed: "
+                              "pip install 'mfscratch[cuda]' (or use --backend cpu)")
+        if not ck.HAS_CUDA:
+            raise ConfigError("backend 'cuda' needs an NVIDIA GPU and none was found "
+                              "(numba.cuda.is_available() is False); use --backend cpu")
+        loop = loop or os.environ.get("MFSCRATCH_CUDA_LOOP") or "device"
+        if loop not in self.LOOPS:
+            raise ConfigError(f"unknown CUDA loop {loop!r} (MFSCRATCH_CUDA_LOOP): use 'device' or 'host'")
+        group = group or int(os.environ.get("MFSCRATCH_CUDA_GROUP", 0)) or None
+        if group is not None and (group < 1 or group & (group - 1) or ck.THREADS % group):
+            raise ConfigError(f"threads per rating {group} (MFSCRATCH_CUDA_GROUP) must be a power of two "
+                              f"dividing {ck.THREADS}")
+        self.ck, self.loop, self.group = ck, loop, group
+        # A cap on the cooperative grid (MFSCRATCH_CUDA_BLOCKS): fewer blocks make each grid barrier
+        # cheaper and give each thread more elements to update; a knob for tuning on a real GPU.
+        self.max_blocks = max_blocks or int(os.environ.get("MFSCRATCH_CUDA_BLOCKS", 0)) or None
+        self.blocks = None  # the grid size of the last epoch launch, for reports
+        self.model = None
+        self.dls = None
+        self._coop = {}  # (kernel name) -> most blocks a cooperative launch may use
+
+    # --- placement --------------------------------------------------------------------------
+    def _tables(self, flat):
+        """Device views of the four tables in a flat device buffer (biases 1-D), like ``cpu.split_flat``."""
+        m = self.model
+        a = m.n_users * m.n_factors
+        b = a + m.n_items * m.n_factors
+        c = b + m.n_users
+        return (flat[:a].reshape(m.n_users, m.n_factors), flat[a:b].reshape(m.n_items, m.n_factors),
+                flat[b:c], flat[c:c + m.n_items])
+
+    def bind(self, model, state, dls) -> None:
+        cuda = self.ck.cuda
+        self.model, self.state = model, state
+        self.params = cuda.to_device(model.params)
+        self.grads = cuda.to_device(np.zeros_like(model.params))
+        self.exp_avg = cuda.to_device(state.exp_avg)
+        self.exp_avg_sq = cuda.to_device(state.exp_avg_sq)
+        self.user_owner = cuda.to_device(np.zeros(model.n_users, dtype=np.int32))
+        self.item_owner = cuda.to_device(np.zeros(model.n_items, dtype=np.int32))
+        if dls is not self.dls:  # the data stays put across fits on the same loaders
+            self.dls = dls
+            self._train = tuple(cuda.to_device(np.ascontiguousarray(a))
+                                for a in (dls.train_users, dls.train_items, dls.train_ratings))
+            self._valid_host = (dls.valid_users, dls.valid_items, dls.valid_ratings)
+            self._valid = tuple(cuda.to_device(np.ascontiguousarray(a)) for a in self._valid_host)
+
+    # --- training ---------------------------------------------------------------------------
+    def train_epoch(self, order, lrs, moms, opt, sparse: bool, step0: int) -> np.ndarray:
+        from numba.core.errors import TypingError
+
+        cuda = self.ck.cuda
+        bs = self.dls.bs
+        n_steps = order.shape[0] // bs
+        d_order, d_lrs, d_moms = (cuda.to_device(np.ascontiguousarray(a)) for a in (order, lrs, moms))
+        hyper = (opt.name == "adam", opt.uses_momentum, float(opt.sqr_mom), float(opt.eps), float(opt.wd),
+                 bool(opt.decouple_wd))
+        if self.loop == "device":
+            try:
+                losses = self._epoch_on_device(d_order, d_lrs, d_moms, n_steps, hyper, sparse, step0)
+            except TypingError:  # a bug in the kernels, not a property of this GPU
+                raise
+            except Exception as e:  # a cooperative launch this GPU/driver refuses: fall back, say so once
+                warnings.warn(f"CUDA cooperative epoch kernel unavailable ({e}); using the host loop")
+                self.loop = "host"
+        if self.loop == "host":
+            losses = self._epoch_from_host(d_order, lrs, moms, n_steps, hyper, sparse, step0)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        return losses[: bad[0] + 1] if bad.size else losses
+
+    def _epoch_on_device(self, d_order, d_lrs, d_moms, n_steps, hyper, sparse, step0):
+        ck, m, bs = self.ck, self.model, self.dls.bs
+        losses = ck.cuda.device_array(n_steps, dtype=np.float64)
+        kernel = ck.train_epoch_sparse if sparse else ck.train_epoch_dense
+        args = (self.params, self.grads, self.exp_avg, self.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
+                *self._train, d_order, bs, d_lrs, d_moms, int(step0), *hyper, *m.range_args, losses,
+                self.user_owner, self.item_owner, self._group())
+        key = "sparse" if sparse else "dense"
+        if key not in self._coop:
+            self._coop[key] = ck.cooperative_blocks(kernel, args)
+        # Enough threads for the update phase's elements, never more than can be resident at once.
+        work = 2 * bs * (m.n_factors + 1) if sparse else m.params.shape[0]
+        self.blocks = min(self._coop[key], ck.blocks_for(work), self.max_blocks or self._coop[key])
+        kernel[self.blocks, ck.THREADS](*args)
+        return losses.copy_to_host()
+
+    def _group(self) -> int:
+        """Threads per rating in the epoch kernels' forward phase: enough lanes for the k columns,
+        at most a warp (and a block)."""
+        if self.group is not None:
+            return self.group
+        g = 1
+        while g < min(self.model.n_factors, 32, self.ck.THREADS):
+            g *= 2
+        return g
+
+    def _epoch_from_host(self, d_order, lrs, moms, n_steps, hyper, sparse, step0):
+        ck, cuda, m, bs = self.ck, self.ck.cuda, self.model, self.dls.bs
+        is_adam, use_mom, sqr_mom, eps, wd, decouple_wd = hyper
+        n = n_steps * bs
+        ep = (cuda.device_array(n, np.int32), cuda.device_array(n, np.int32),
+              cuda.device_array(n, self._train[2].dtype))
+        T = ck.THREADS
+        ck.gather_rows[ck.blocks_for(n), T](*self._train, d_order, *ep)
+        losses = cuda.to_device(np.zeros(n_steps))
+        P, G = self._tables(self.params), self._tables(self.grads)
+        lo, hi, has_range = m.range_args
+        fb_blocks, upd_blocks = ck.blocks_for(bs), ck.blocks_for(self.params.shape[0])
+        lazy_blocks = ck.blocks_for(2 * bs * (m.n_factors + 1))
+        for s in range(n_steps):
+            bu, bi, br = (a[s * bs:(s + 1) * bs] for a in ep)
+            ck.forward_backward[fb_blocks, T](*P, bu, bi, br, lo, hi, has_range, *G, losses[s:s + 1])
+            lr, mom, step = float(lrs[s]), float(moms[s]), int(step0) + s + 1
+            if sparse:
+                ck.mark_rows[fb_blocks, T](bu, bi, self.user_owner, self.item_owner)
+                if is_adam:
+                    ck.adam_update_sparse[lazy_blocks, T](
+                        self.params, self.grads, self.exp_avg, self.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
+                        bu, bi, self.user_owner, self.item_owner, lr, mom, sqr_mom, eps, wd, decouple_wd, step)
+                else:
+                    ck.sgd_update_sparse[lazy_blocks, T](
+                        self.params, self.grads, self.exp_avg, m.n_users, m.n_items, m.n_factors,
+                        bu, bi, self.user_owner, self.item_owner, lr, mom, wd, decouple_wd, use_mom)
+            elif is_adam:
+                ck.adam_update_dense[upd_blocks, T](self.params, self.grads, self.exp_avg, self.exp_avg_sq,
+                                                    lr, mom, sqr_mom, eps, wd, decouple_wd, step)
+            else:
+                ck.sgd_update_dense[upd_blocks, T](self.params, self.grads, self.exp_avg, lr, mom, wd,
+                                                   decouple_wd, use_mom)
+        return losses.copy_to_host()
+
+    # --- evaluation and scoring ---------------------------------------------------------------
+    def evaluate(self, users, items, ratings) -> float:
+        ck, cuda = self.ck, self.ck.cuda
+        if all(a is b for a, b in zip((users, items, ratings), self._valid_host)):
+            d = self._valid  # the loaders' validation rows: already on the device
+        else:
+            d = tuple(cuda.to_device(np.ascontiguousarray(a)) for a in (users, items, ratings))
+        out = cuda.to_device(np.zeros(1))
+        # Grid-stride kernel: a bounded grid keeps the per-block atomics few on big validation sets.
+        blocks = min(ck.blocks_for(d[0].shape[0]), 1024)
+        ck.evaluate_mse[blocks, ck.THREADS](*self._tables(self.params), *d, *self.model.range_args, out)
+        return float(out.copy_to_host()[0])
+
+    def score_items(self, user: int) -> np.ndarray:
+        """Predictions for ``user`` (a code) against every item, computed on the device (for top-N)."""
+        ck, m = self.ck, self.model
+        out = ck.cuda.device_array(m.n_items, dtype=m.params.dtype)
+        ck.score_items[ck.blocks_for(m.n_items), ck.THREADS](*self._tables(self.params), int(user),
+                                                              *m.range_args, out)
+        return out.copy_to_host()
+
+    def sync(self) -> None:
+        if self.model is None:
+            return
+        self.params.copy_to_host(self.model.params)
+        self.exp_avg.copy_to_host(self.state.exp_avg)
+        self.exp_avg_sq.copy_to_host(self.state.exp_avg_sq)
+
+    def warmup(self, dtype=np.float32) -> None:
+        """Compile (or load from the cache) every kernel a fit uses, on a tiny problem."""
+        from types import SimpleNamespace
+
+        from .model import EmbeddingDotBias
+        from .optim import Adam, OptState
+
+        model = EmbeddingDotBias(2, 2, 2, y_range=(0.0, 1.0), seed=0, dtype=dtype)
+        codes = np.array([0, 1], dtype=np.int32)
+        ratings = np.array([0.5, 1.0], dtype=np.float32)
+        dls = SimpleNamespace(bs=2, train_users=codes, train_items=codes, train_ratings=ratings,
+                              valid_users=codes, valid_items=codes, valid_ratings=ratings)
+        scratch = CudaBackend(self.loop, self.group, self.max_blocks)
+        scratch.bind(model, OptState.zeros_like(model.params), dls)
+        one = np.full(1, 1e-3)
+        for sparse in (False, True):
+            scratch.train_epoch(np.arange(2, dtype=np.int64), one, one, Adam(), sparse, 0)
+        scratch.evaluate(*scratch._valid_host)
+        self.loop = scratch.loop  # a fallback found here holds for the real fit too
+
+
+BACKENDS = {"cpu": CpuBackend, "cuda": CudaBackend}
 
 
 def get_backend(name: str):
-    """A fresh backend object by name (``'cpu'``)."""
+    """A fresh backend object by name (``'cpu'``, ``'cuda'``)."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
     return BACKENDS[name]()

@@ -80,7 +80,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=42, help="fixes split, init and batch order (default 42)")
     g.add_argument("--mode", choices=("exact", "sparse"), default="exact",
                    help="exact: every row updated each step (the fastai recipe); sparse: only the batch's rows")
-    g.add_argument("--backend", default="cpu", help="where the kernels run (default cpu)")
+    g.add_argument("--backend", default="cpu",
+                   help="where the kernels run: cpu, or cuda (an NVIDIA GPU; needs the cuda extra) (default cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
