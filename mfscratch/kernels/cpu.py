@@ -16,9 +16,10 @@ loop over one array.
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 __all__ = [
     "split_flat",
@@ -126,89 +127,140 @@ def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, 
     return total / max(n, 1)
 
 
-@njit(cache=True)
-def adam_update_dense(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
-    """fastai's Adam on every element of the flat buffer (see ``reference.adam_step``); ``step`` is t."""
-    step_size = lr / (1.0 - mom**step)
-    debias2 = 1.0 - sqr_mom**step
-    decay = 1.0 - lr * wd
-    for j in range(params.shape[0]):
-        g = grads[j]
+# Options for the hot kernels. error_model="numpy" makes float division follow IEEE (x/0 -> inf)
+# instead of raising ZeroDivisionError: without it every division carries a branch and LLVM
+# will not vectorise the loop. It changes no finite result. No fastmath anywhere: the updates
+# must round exactly as the NumPy reference does.
+_HOT = dict(cache=True, error_model="numpy")
+
+
+def _adam_update_dense_body(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
+    """fastai's Adam on every element of the flat buffer (see ``reference.adam_step``); ``step`` is t.
+
+    The per-step scalars are rounded to the dtype of ``params`` first (``T = params.dtype.type``),
+    so a float32 buffer is updated entirely in float32 (16 lanes per AVX-512 instruction) and
+    rounds exactly as NumPy does with Python-float scalars. The two weight-decay variants share
+    one branch-free loop: decoupled decay multiplies ``p`` by ``decay = 1 - lr wd`` and adds
+    ``l2 = 0`` times ``p`` to ``g``; L2 decay uses ``decay = 1`` and ``l2 = wd`` (both exact no-ops
+    where unused). Compiled twice: serial, and with ``prange`` over elements (deterministic:
+    every element is independent).
+    """
+    T = params.dtype.type
+    if decouple_wd:
+        decay, l2 = T(1.0 - lr * wd), T(0.0)
+    else:
+        decay, l2 = T(1.0), T(wd)
+    beta1, one_minus_beta1 = T(mom), T(1.0 - mom)
+    beta2, one_minus_beta2 = T(sqr_mom), T(1.0 - sqr_mom)
+    step_size = T(lr / (1.0 - mom**step))
+    debias2 = T(1.0 - sqr_mom**step)
+    eps_ = T(eps)
+    for j in prange(params.shape[0]):
         p = params[j]
-        if decouple_wd:
-            p *= decay
-        else:
-            g += wd * p
-        m = mom * exp_avg[j] + (1.0 - mom) * g
-        v = sqr_mom * exp_avg_sq[j] + (1.0 - sqr_mom) * g * g
+        g = grads[j] + l2 * p
+        p = p * decay
+        m = beta1 * exp_avg[j] + one_minus_beta1 * g
+        v = beta2 * exp_avg_sq[j] + one_minus_beta2 * g * g
         exp_avg[j] = m
         exp_avg_sq[j] = v
-        params[j] = p - step_size * m / (math.sqrt(v / debias2) + eps)
+        params[j] = p - step_size * m / (math.sqrt(v / debias2) + eps_)
 
 
-@njit(cache=True)
-def sgd_update_dense(params, grads, exp_avg, lr, mom, wd, decouple_wd, use_mom):
-    """fastai's SGD on every element (see ``reference.sgd_step``); ``use_mom`` is the optimiser's mom != 0."""
-    decay = 1.0 - lr * wd
-    for j in range(params.shape[0]):
-        g = grads[j]
-        p = params[j]
-        if decouple_wd:
-            p *= decay
-        else:
-            g += wd * p
-        if use_mom:
-            m = mom * exp_avg[j] + g
-            exp_avg[j] = m
-            params[j] = p - lr * m
-        else:
-            params[j] = p - lr * g
+def _sgd_update_dense_body(params, grads, exp_avg, lr, mom, wd, decouple_wd, use_mom):
+    """fastai's SGD on every element (see ``reference.sgd_step``); ``use_mom`` is the optimiser's mom != 0.
 
-
-@njit(cache=True)
-def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                      users, items, ratings, order, bs, lrs, moms, step0,
-                      is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
-    """One epoch of exact-mode training: every parameter is updated at every step.
-
-    ``order`` is the epoch's permutation of training rows; step ``s`` takes rows
-    ``order[s*bs:(s+1)*bs]`` (the last partial batch is dropped), uses ``lrs[s]`` and ``moms[s]``,
-    and writes its batch loss (before the update) to ``losses[s]``. ``step0`` is the number of
-    optimiser steps already taken. ``grads`` must be zero on entry and is zero on exit.
-    Returns the number of losses written: ``n_steps``, or fewer when a loss was NaN/inf (that
-    last step's update is not applied).
+    Scalars rounded to the params dtype and decay folded in as in the Adam body.
     """
-    u_weight, i_weight, u_bias, i_bias = split_flat(params, n_users, n_items, n_factors)
-    du_weight, di_weight, du_bias, di_bias = split_flat(grads, n_users, n_items, n_factors)
-    bu = np.empty(bs, dtype=users.dtype)
-    bi = np.empty(bs, dtype=items.dtype)
-    br = np.empty(bs, dtype=ratings.dtype)
-    n_steps = order.shape[0] // bs
-    k = n_factors
-    for s in range(n_steps):
-        for r in range(bs):
-            row = order[s * bs + r]
-            bu[r] = users[row]
-            bi[r] = items[row]
-            br[r] = ratings[row]
-        losses[s] = forward_backward(u_weight, i_weight, u_bias, i_bias, bu, bi, br, lo, hi, has_range,
-                                     du_weight, di_weight, du_bias, di_bias)
-        if not math.isfinite(losses[s]):
-            # Diverged: stop before the update so the weights stay those that produced this loss.
-            grads[:] = 0.0
-            return s + 1
-        if is_adam:
-            adam_update_dense(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd,
-                              decouple_wd, step0 + s + 1)
-        else:
-            sgd_update_dense(params, grads, exp_avg, lrs[s], moms[s], wd, decouple_wd, use_mom)
-        # Only the rows this batch touched hold non-zero gradients: clear just those.
-        for r in range(bs):
-            u = bu[r]
-            i = bi[r]
-            for j in range(k):
-                du_weight[u, j] = 0.0
-                di_weight[i, j] = 0.0
-            du_bias[u] = 0.0
-            di_bias[i] = 0.0
-    return n_steps
+    T = params.dtype.type
+    if decouple_wd:
+        decay, l2 = T(1.0 - lr * wd), T(0.0)
+    else:
+        decay, l2 = T(1.0), T(wd)
+    lr_, beta = T(lr), T(mom)
+    if use_mom:
+        for j in prange(params.shape[0]):
+            p = params[j]
+            m = beta * exp_avg[j] + (grads[j] + l2 * p)
+            exp_avg[j] = m
+            params[j] = p * decay - lr_ * m
+    else:
+        for j in prange(params.shape[0]):
+            p = params[j]
+            params[j] = p * decay - lr_ * (grads[j] + l2 * p)
+
+
+def _twin(fn, suffix="_parallel"):
+    """A copy of ``fn`` under another name, for its ``parallel=True`` compilation.
+
+    Numba's on-disk cache keys a function by its qualified name and bytecode, not by the compile
+    flags, so the serial and the parallel build of one body must carry different names or the
+    second would silently load the first from the cache.
+    """
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__doc__ = fn.__doc__
+    return twin
+
+
+adam_update_dense = njit(**_HOT)(_adam_update_dense_body)
+sgd_update_dense = njit(**_HOT)(_sgd_update_dense_body)
+adam_update_dense_parallel = njit(parallel=True, **_HOT)(_twin(_adam_update_dense_body))
+sgd_update_dense_parallel = njit(parallel=True, **_HOT)(_twin(_sgd_update_dense_body))
+
+
+def _make_train_epoch_dense(adam_update, sgd_update, suffix=""):
+    """The exact-mode epoch loop around the given dense update kernels (serial or parallel twins)."""
+
+    def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
+                          users, items, ratings, order, bs, lrs, moms, step0,
+                          is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
+        """One epoch of exact-mode training: every parameter is updated at every step.
+
+        ``order`` is the epoch's permutation of training rows; step ``s`` takes rows
+        ``order[s*bs:(s+1)*bs]`` (the last partial batch is dropped), uses ``lrs[s]`` and ``moms[s]``,
+        and writes its batch loss (before the update) to ``losses[s]``. ``step0`` is the number of
+        optimiser steps already taken. ``grads`` must be zero on entry and is zero on exit.
+        Returns the number of losses written: ``n_steps``, or fewer when a loss was NaN/inf (that
+        last step's update is not applied).
+        """
+        u_weight, i_weight, u_bias, i_bias = split_flat(params, n_users, n_items, n_factors)
+        du_weight, di_weight, du_bias, di_bias = split_flat(grads, n_users, n_items, n_factors)
+        bu = np.empty(bs, dtype=users.dtype)
+        bi = np.empty(bs, dtype=items.dtype)
+        br = np.empty(bs, dtype=ratings.dtype)
+        n_steps = order.shape[0] // bs
+        k = n_factors
+        for s in range(n_steps):
+            for r in range(bs):
+                row = order[s * bs + r]
+                bu[r] = users[row]
+                bi[r] = items[row]
+                br[r] = ratings[row]
+            losses[s] = forward_backward(u_weight, i_weight, u_bias, i_bias, bu, bi, br, lo, hi, has_range,
+                                         du_weight, di_weight, du_bias, di_bias)
+            if not math.isfinite(losses[s]):
+                # Diverged: stop before the update so the weights stay those that produced this loss.
+                grads[:] = 0.0
+                return s + 1
+            if is_adam:
+                adam_update_dense(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd,
+                                  decouple_wd, step0 + s + 1)
+            else:
+                sgd_update(params, grads, exp_avg, lrs[s], moms[s], wd, decouple_wd, use_mom)
+            # Only the rows this batch touched hold non-zero gradients: clear just those.
+            for r in range(bs):
+                u = bu[r]
+                i = bi[r]
+                for j in range(k):
+                    du_weight[u, j] = 0.0
+                    di_weight[i, j] = 0.0
+                du_bias[u] = 0.0
+                di_bias[i] = 0.0
+        return n_steps
+
+    return njit(**_HOT)(_twin(train_epoch_dense, suffix) if suffix else train_epoch_dense)
+
+
+train_epoch_dense = _make_train_epoch_dense(adam_update_dense, sgd_update_dense)
+train_epoch_dense_parallel = _make_train_epoch_dense(adam_update_dense_parallel, sgd_update_dense_parallel,
+                                                     "_parallel")
