@@ -206,9 +206,14 @@ adam_update_dense = njit(**_HOT)(_adam_update_dense_body)
 sgd_update_dense = njit(**_HOT)(_sgd_update_dense_body)
 adam_update_dense_parallel = njit(parallel=True, **_HOT)(_twin(_adam_update_dense_body))
 sgd_update_dense_parallel = njit(parallel=True, **_HOT)(_twin(_sgd_update_dense_body))
+# A parallel dispatcher called from compiled code runs serially; the parallel epoch loop must
+# therefore inline the update bodies (Numba IR inlining) so that their prange loops become part
+# of its own parallel=True compilation.
+_adam_update_dense_inline = njit(inline="always", **_HOT)(_twin(_adam_update_dense_body, "_inline"))
+_sgd_update_dense_inline = njit(inline="always", **_HOT)(_twin(_sgd_update_dense_body, "_inline"))
 
 
-def _make_train_epoch_dense(adam_update, sgd_update, suffix=""):
+def _make_train_epoch_dense(adam_update, sgd_update, suffix="", parallel=False):
     """The exact-mode epoch loop around the given dense update kernels (serial or parallel twins)."""
 
     def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
@@ -243,8 +248,8 @@ def _make_train_epoch_dense(adam_update, sgd_update, suffix=""):
                 grads[:] = 0.0
                 return s + 1
             if is_adam:
-                adam_update_dense(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd,
-                                  decouple_wd, step0 + s + 1)
+                adam_update(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd, decouple_wd,
+                            step0 + s + 1)
             else:
                 sgd_update(params, grads, exp_avg, lrs[s], moms[s], wd, decouple_wd, use_mom)
             # Only the rows this batch touched hold non-zero gradients: clear just those.
@@ -258,9 +263,180 @@ def _make_train_epoch_dense(adam_update, sgd_update, suffix=""):
                 di_bias[i] = 0.0
         return n_steps
 
-    return njit(**_HOT)(_twin(train_epoch_dense, suffix) if suffix else train_epoch_dense)
+    return njit(parallel=parallel, **_HOT)(_twin(train_epoch_dense, suffix) if suffix else train_epoch_dense)
 
 
 train_epoch_dense = _make_train_epoch_dense(adam_update_dense, sgd_update_dense)
-train_epoch_dense_parallel = _make_train_epoch_dense(adam_update_dense_parallel, sgd_update_dense_parallel,
-                                                     "_parallel")
+train_epoch_dense_parallel = _make_train_epoch_dense(_adam_update_dense_inline, _sgd_update_dense_inline,
+                                                     "_parallel", parallel=True)
+
+
+# --- sparse (lazy) mode ---------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _adam_row(w, m, v, g, row, slot, decay, l2, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+              debias2, eps):
+    """Adam on one row ``w[row]`` with its gradient ``g[slot]`` (same arithmetic as the dense update)."""
+    for j in range(w.shape[1]):
+        p = w[row, j]
+        gj = g[slot, j] + l2 * p
+        p = p * decay
+        mj = beta1 * m[row, j] + one_minus_beta1 * gj
+        vj = beta2 * v[row, j] + one_minus_beta2 * gj * gj
+        m[row, j] = mj
+        v[row, j] = vj
+        w[row, j] = p - step_size * mj / (math.sqrt(vj / debias2) + eps)
+
+
+@njit(cache=True, inline="always")
+def _sgd_row(w, m, g, row, slot, decay, l2, lr, beta, use_mom):
+    """SGD (with or without momentum) on one row ``w[row]`` with its gradient ``g[slot]``."""
+    for j in range(w.shape[1]):
+        p = w[row, j]
+        gj = g[slot, j] + l2 * p
+        if use_mom:
+            mj = beta * m[row, j] + gj
+            m[row, j] = mj
+            w[row, j] = p * decay - lr * mj
+        else:
+            w[row, j] = p * decay - lr * gj
+
+
+@njit(cache=True, inline="always")
+def _tables2d(flat, n_users, n_items, n_factors):
+    """The four tables of a flat buffer as 2-D views (biases as ``(n, 1)``), so one row kernel serves all."""
+    u_weight, i_weight, u_bias, i_bias = split_flat(flat, n_users, n_items, n_factors)
+    return u_weight, i_weight, u_bias.reshape((n_users, 1)), i_bias.reshape((n_items, 1))
+
+
+def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
+                             users, items, ratings, order, bs, lrs, moms, step0,
+                             is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses, n_chunks):
+    r"""One epoch of sparse (lazy) training: each step updates only the rows its batch touches.
+
+    Per step ``s`` (rows ``order[s*bs:(s+1)*bs]``, learning rate ``lrs[s]``, momentum ``moms[s]``):
+
+    1. forward and backward over the batch, the gradient of each touched row accumulated in a
+       compact buffer (one slot per distinct user and item, so a row that repeats in the batch
+       gets the sum of its contributions, exactly as the dense gradient);
+    2. the optimiser step on those rows only, with the dense update's arithmetic: decay, moments
+       and parameter move for a touched row; untouched rows, their moments included, stay as
+       they are (like ``torch.optim.SparseAdam``; not the fastai recipe). Adam's bias correction
+       uses the global step count ``t = step0 + s + 1``, as in exact mode.
+
+    The NumPy twin is :func:`mfscratch.reference.sparse_adam_step` / ``sparse_sgd_step``.
+    No gradient buffer of the tables' size exists: memory is the tables, the moments and
+    ``O(n_users + n_items)`` slot indices per chunk.
+
+    ``n_chunks`` splits the epoch's steps into contiguous chunks run by ``prange``. Serially
+    (``n_chunks = 1``) this is the deterministic algorithm above. In the ``parallel=True`` twin
+    the chunks run at once on shared tables without locks: **Hogwild!** (Recht et al., 2011).
+    Two threads may then read a row while another writes it, so results vary from run to run
+    (each update still reads and writes whole floats; lost updates are rare on sparse data).
+
+    Returns the number of valid losses: ``n_steps``, or (the first non-finite step) + 1.
+    """
+    u_weight, i_weight, u_bias, i_bias = _tables2d(params, n_users, n_items, n_factors)
+    m_tables = _tables2d(exp_avg, n_users, n_items, n_factors)
+    v_tables = _tables2d(exp_avg_sq, n_users, n_items, n_factors)
+    T = params.dtype.type
+    k = n_factors
+    n_steps = order.shape[0] // bs
+    first_bad = np.full(n_chunks, n_steps, dtype=np.int64)
+    for c in prange(n_chunks):
+        # Per-chunk scratch, allocated once per epoch: slot_u[u] is u's slot in this batch's
+        # compact gradient (-1: not in the batch); rows_u[slot] maps back.
+        slot_u = np.full(n_users, -1, dtype=np.int64)
+        slot_i = np.full(n_items, -1, dtype=np.int64)
+        rows_u = np.empty(bs, dtype=np.int64)
+        rows_i = np.empty(bs, dtype=np.int64)
+        gu = np.empty((bs, k), dtype=params.dtype)
+        gi = np.empty((bs, k), dtype=params.dtype)
+        gub = np.empty((bs, 1), dtype=params.dtype)
+        gib = np.empty((bs, 1), dtype=params.dtype)
+        scale = 2.0 / bs
+        for s in range(c * n_steps // n_chunks, (c + 1) * n_steps // n_chunks):
+            nu = 0
+            ni = 0
+            loss = 0.0
+            for r in range(bs):
+                row = order[s * bs + r]
+                u = users[row]
+                i = items[row]
+                su = slot_u[u]
+                if su < 0:
+                    su = nu
+                    slot_u[u] = su
+                    rows_u[su] = u
+                    nu += 1
+                    gu[su, :] = 0.0
+                    gub[su, 0] = 0.0
+                si = slot_i[i]
+                if si < 0:
+                    si = ni
+                    slot_i[i] = si
+                    rows_i[si] = i
+                    ni += 1
+                    gi[si, :] = 0.0
+                    gib[si, 0] = 0.0
+                x = 0.0
+                for j in range(k):
+                    x += u_weight[u, j] * i_weight[i, j]
+                x += u_bias[u, 0] + i_bias[i, 0]
+                if has_range:
+                    sg = _sigmoid(x)
+                    err = lo + (hi - lo) * sg - ratings[row]
+                    dx = scale * err * (hi - lo) * sg * (1.0 - sg)
+                else:
+                    err = x - ratings[row]
+                    dx = scale * err
+                loss += err * err
+                for j in range(k):
+                    pu = u_weight[u, j]
+                    qi = i_weight[i, j]
+                    gu[su, j] += dx * qi
+                    gi[si, j] += dx * pu
+                gub[su, 0] += dx
+                gib[si, 0] += dx
+            losses[s] = loss / bs
+            finite = math.isfinite(losses[s])
+            lr = lrs[s]
+            mom = moms[s]
+            if decouple_wd:
+                decay, l2 = T(1.0 - lr * wd), T(0.0)
+            else:
+                decay, l2 = T(1.0), T(wd)
+            t = step0 + s + 1
+            b1, omb1, b2, omb2 = T(mom), T(1.0 - mom), T(sqr_mom), T(1.0 - sqr_mom)
+            step_size = T(lr / (1.0 - mom**t)) if is_adam else T(0.0)
+            debias2 = T(1.0 - sqr_mom**t) if is_adam else T(1.0)
+            eps_ = T(eps)
+            lr_ = T(lr)
+            for table in range(4):
+                if table == 0:
+                    w, m, v, g, rows, slots, n = u_weight, m_tables[0], v_tables[0], gu, rows_u, slot_u, nu
+                elif table == 1:
+                    w, m, v, g, rows, slots, n = i_weight, m_tables[1], v_tables[1], gi, rows_i, slot_i, ni
+                elif table == 2:
+                    w, m, v, g, rows, slots, n = u_bias, m_tables[2], v_tables[2], gub, rows_u, slot_u, nu
+                else:
+                    w, m, v, g, rows, slots, n = i_bias, m_tables[3], v_tables[3], gib, rows_i, slot_i, ni
+                for slot in range(n):
+                    row = rows[slot]
+                    if table >= 2:
+                        slots[row] = -1  # the last table of each side clears the slot map
+                    if not finite:
+                        continue
+                    if is_adam:
+                        _adam_row(w, m, v, g, row, slot, decay, l2, b1, omb1, b2, omb2, step_size, debias2, eps_)
+                    else:
+                        _sgd_row(w, m, g, row, slot, decay, l2, lr_, b1, use_mom)
+            if not finite:
+                # Diverged: stop this chunk before its update, as the dense loop does.
+                first_bad[c] = s
+                break
+    bad = first_bad.min()
+    return n_steps if bad == n_steps else bad + 1
+
+
+train_epoch_sparse = njit(**_HOT)(_train_epoch_sparse_body)
+train_epoch_sparse_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_sparse_body))
