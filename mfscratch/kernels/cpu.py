@@ -203,14 +203,18 @@ def _sgd_update_dense_body(params, grads, exp_avg, lr, mom, wd, decouple_wd, use
             params[j] = p * decay - lr_ * (grads[j] + l2 * p)
 
 
-def _twin(fn, suffix="_parallel"):
-    """A copy of ``fn`` under another name, for its ``parallel=True`` compilation.
+def _twin(fn, suffix="_parallel", **globals_):
+    """A copy of ``fn`` under another name (and with some global names rebound), for a second compilation.
 
     Numba's on-disk cache keys a function by its qualified name and bytecode, not by the compile
     flags, so the serial and the parallel build of one body must carry different names or the
-    second would silently load the first from the cache.
+    second would silently load the first from the cache. ``globals_`` rebinds the kernels the
+    body calls (the parallel epoch loop calls the inlined prange updates). A copied globals
+    dict, rather than a closure, keeps the twin cacheable across processes (a closure over a
+    dispatcher hashes differently in every process, so it would recompile every time).
     """
-    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    env = fn.__globals__ if not globals_ else {**fn.__globals__, **globals_}
+    twin = types.FunctionType(fn.__code__, env, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + suffix
     twin.__doc__ = fn.__doc__
     return twin
@@ -227,62 +231,59 @@ _adam_update_dense_inline = njit(inline="always", **_HOT)(_twin(_adam_update_den
 _sgd_update_dense_inline = njit(inline="always", **_HOT)(_twin(_sgd_update_dense_body, "_inline"))
 
 
-def _make_train_epoch_dense(adam_update, sgd_update, suffix="", parallel=False):
-    """The exact-mode epoch loop around the given dense update kernels (serial or parallel twins)."""
+def _train_epoch_dense_body(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
+                            users, items, ratings, order, bs, lrs, moms, step0,
+                            is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
+    """One epoch of exact-mode training: every parameter is updated at every step.
 
-    def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                          users, items, ratings, order, bs, lrs, moms, step0,
-                          is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
-        """One epoch of exact-mode training: every parameter is updated at every step.
-
-        ``order`` is the epoch's permutation of training rows; step ``s`` takes rows
-        ``order[s*bs:(s+1)*bs]`` (the last partial batch is dropped), uses ``lrs[s]`` and ``moms[s]``,
-        and writes its batch loss (before the update) to ``losses[s]``. ``step0`` is the number of
-        optimiser steps already taken. ``grads`` must be zero on entry and is zero on exit.
-        Returns the number of losses written: ``n_steps``, or fewer when a loss was NaN/inf (that
-        last step's update is not applied).
-        """
-        u_weight, i_weight, u_bias, i_bias = split_flat(params, n_users, n_items, n_factors)
-        du_weight, di_weight, du_bias, di_bias = split_flat(grads, n_users, n_items, n_factors)
-        bu = np.empty(bs, dtype=users.dtype)
-        bi = np.empty(bs, dtype=items.dtype)
-        br = np.empty(bs, dtype=ratings.dtype)
-        n_steps = order.shape[0] // bs
-        k = n_factors
-        for s in range(n_steps):
-            for r in range(bs):
-                row = order[s * bs + r]
-                bu[r] = users[row]
-                bi[r] = items[row]
-                br[r] = ratings[row]
-            losses[s] = forward_backward(u_weight, i_weight, u_bias, i_bias, bu, bi, br, lo, hi, has_range,
-                                         du_weight, di_weight, du_bias, di_bias)
-            if not math.isfinite(losses[s]):
-                # Diverged: stop before the update so the weights stay those that produced this loss.
-                grads[:] = 0.0
-                return s + 1
-            if is_adam:
-                adam_update(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd, decouple_wd,
-                            step0 + s + 1)
-            else:
-                sgd_update(params, grads, exp_avg, lrs[s], moms[s], wd, decouple_wd, use_mom)
-            # Only the rows this batch touched hold non-zero gradients: clear just those.
-            for r in range(bs):
-                u = bu[r]
-                i = bi[r]
-                for j in range(k):
-                    du_weight[u, j] = 0.0
-                    di_weight[i, j] = 0.0
-                du_bias[u] = 0.0
-                di_bias[i] = 0.0
-        return n_steps
-
-    return njit(parallel=parallel, **_HOT)(_twin(train_epoch_dense, suffix) if suffix else train_epoch_dense)
+    ``order`` is the epoch's permutation of training rows; step ``s`` takes rows
+    ``order[s*bs:(s+1)*bs]`` (the last partial batch is dropped), uses ``lrs[s]`` and ``moms[s]``,
+    and writes its batch loss (before the update) to ``losses[s]``. ``step0`` is the number of
+    optimiser steps already taken. ``grads`` must be zero on entry and is zero on exit.
+    Returns the number of losses written: ``n_steps``, or fewer when a loss was NaN/inf (that
+    last step's update is not applied).
+    """
+    u_weight, i_weight, u_bias, i_bias = split_flat(params, n_users, n_items, n_factors)
+    du_weight, di_weight, du_bias, di_bias = split_flat(grads, n_users, n_items, n_factors)
+    bu = np.empty(bs, dtype=users.dtype)
+    bi = np.empty(bs, dtype=items.dtype)
+    br = np.empty(bs, dtype=ratings.dtype)
+    n_steps = order.shape[0] // bs
+    k = n_factors
+    for s in range(n_steps):
+        for r in range(bs):
+            row = order[s * bs + r]
+            bu[r] = users[row]
+            bi[r] = items[row]
+            br[r] = ratings[row]
+        losses[s] = forward_backward(u_weight, i_weight, u_bias, i_bias, bu, bi, br, lo, hi, has_range,
+                                     du_weight, di_weight, du_bias, di_bias)
+        if not math.isfinite(losses[s]):
+            # Diverged: stop before the update so the weights stay those that produced this loss.
+            grads[:] = 0.0
+            return s + 1
+        if is_adam:
+            adam_update_dense(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd,
+                              decouple_wd, step0 + s + 1)
+        else:
+            sgd_update_dense(params, grads, exp_avg, lrs[s], moms[s], wd, decouple_wd, use_mom)
+        # Only the rows this batch touched hold non-zero gradients: clear just those.
+        for r in range(bs):
+            u = bu[r]
+            i = bi[r]
+            for j in range(k):
+                du_weight[u, j] = 0.0
+                di_weight[i, j] = 0.0
+            du_bias[u] = 0.0
+            di_bias[i] = 0.0
+    return n_steps
 
 
-train_epoch_dense = _make_train_epoch_dense(adam_update_dense, sgd_update_dense)
-train_epoch_dense_parallel = _make_train_epoch_dense(_adam_update_dense_inline, _sgd_update_dense_inline,
-                                                     "_parallel", parallel=True)
+train_epoch_dense = njit(**_HOT)(_train_epoch_dense_body)
+# The parallel twin calls the inlined prange updates (see above); its own loops stay serial.
+train_epoch_dense_parallel = njit(parallel=True, **_HOT)(
+    _twin(_train_epoch_dense_body, adam_update_dense=_adam_update_dense_inline,
+          sgd_update_dense=_sgd_update_dense_inline))
 
 
 # --- sparse (lazy) mode ---------------------------------------------------------------------------
