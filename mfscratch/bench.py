@@ -49,22 +49,23 @@ def _row(backend, mode, seconds, n_train, valid_mse):
             "ratings_per_second": float(n_train / seconds), "speedup_vs_torch": None, "valid_mse": float(valid_mse)}
 
 
-def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed):
-    import numba
-
+def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed, threads=1):
     total = epochs * (dls.n_train // dls.bs)
     lrs, moms = schedule.one_cycle(total, lr)
     stats, _ = torch_loop.fit_one_cycle(dls, tables, y_range, epochs, lrs, moms, wd, seed=seed,
-                                        threads=numba.get_num_threads())
+                                        threads=threads)
     return _row("torch", "exact", min(s["seconds"] for s in stats), dls.n_train, stats[-1]["valid_mse"])
 
 
 def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int = 50, lr: float = 5e-3,
-               wd: float = 0.1, y_range=(0.0, 5.5), seed: int = 42, torch: bool = True, log=print) -> list[dict]:
+               wd: float = 0.1, y_range=(0.0, 5.5), seed: int = 42, torch: bool = True, log=print, torch_threads: int = 1) -> list[dict]:
     """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
 
     ``backends`` defaults to every registered backend; ``'torch'`` in it (or ``torch=True`` with
-    ``backends=None``) adds the PyTorch row.
+    ``backends=None``) adds the PyTorch row, run with ``torch_threads`` threads. The default is
+    one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two
+    cores, and when another process holds a core each op waits for it (measured: 0.9 s per
+    ML-100k epoch with one thread, 15 to 100 s with two on a loaded 2-core machine).
     """
     log = log or (lambda *a: None)
     names = list(BACKENDS) + ["torch"] if backends is None else list(backends)
@@ -96,7 +97,7 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
             if start_tables is None:
                 start_tables = collab_learner(dls, n_factors=n_factors, y_range=y_range, seed=seed,
                                               log=None).model.tables()
-            rows.append(_torch_row(torch_loop, dls, start_tables, y_range, epochs, lr, wd, seed))
+            rows.append(_torch_row(torch_loop, dls, start_tables, y_range, epochs, lr, wd, seed, torch_threads))
             log(f"  torch    exact  {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
             base = rows[-1]["seconds_per_epoch"]
             for row in rows:

@@ -117,6 +117,8 @@ def add_bench_parser(sub) -> None:
                        help="only this mode (repeatable; default both)")
     bench.add_argument("--backend", action="append",
                        help="only this backend (repeatable; 'torch' is the PyTorch row; default all)")
+    bench.add_argument("--torch-threads", type=_positive_int, default=1,
+                       help="threads for the PyTorch row (default 1: faster than 2 for batches of 64)")
     bench.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     bench.add_argument("--plot", metavar="PATH",
                        help="also time synthetic data of --sizes and plot seconds/epoch against size (matplotlib)")
@@ -240,7 +242,8 @@ def cmd_bench(args) -> int:
           f"{numba.get_num_threads()} threads on {platform.machine()} ({numba.config.NUMBA_NUM_THREADS} cores seen)")
     modes = tuple(dict.fromkeys(args.mode)) if args.mode else bench.MODES
     backends = list(dict.fromkeys(args.backend)) if args.backend else None
-    rows = bench.bench_rows(dls, backends, modes, args.epochs, args.factors, args.lr, args.wd, y_range, args.seed)
+    rows = bench.bench_rows(dls, backends, modes, args.epochs, args.factors, args.lr, args.wd, y_range, args.seed,
+                            torch_threads=args.torch_threads)
     print()
     print(bench.format_table(rows))
     if args.json:
