@@ -214,7 +214,12 @@ def test_sparse_divergence_raises_through_the_learner():
         learn.fit(1, lr=1e6)
 
 
-def test_parallel_backend_exact_fit_matches_cpu():
+@pytest.mark.parametrize("min_parallel_params", [0, 10**9])
+def test_parallel_backend_exact_fit_matches_cpu(min_parallel_params, monkeypatch):
+    """Both kernels the parallel backend picks from (split update, or serial for small models)."""
+    from mfscratch.backends import ParallelBackend
+
+    monkeypatch.setattr(ParallelBackend, "min_parallel_params", min_parallel_params)
     dls = synthetic_dataloaders(4000, 40, 50, bs=32, seed=4)
     runs = []
     for backend in ("cpu", "parallel"):
