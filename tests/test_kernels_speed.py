@@ -247,3 +247,31 @@ def test_synthetic_dataloaders_are_views():
     dls = synthetic_dataloaders(1000, 20, 30, valid_pct=0.2, seed=0)
     assert (dls.n_train, dls.n_valid, dls.n_users, dls.n_items) == (800, 200, 20, 30)
     assert dls.train_users.base is not None  # a view of the generated array, not a copy
+
+
+def test_sparse_prefetch_path_changes_nothing():
+    """Tables above PREFETCH_MIN_BYTES take the prefetching path: embed the small problem's rows in
+    a big user table and check the touched rows come out exactly as without prefetching."""
+    users, items, ratings, model = _problem(np.float64)
+    order = np.random.default_rng(9).permutation(len(ratings))
+    want, _, _, want_losses = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True,
+                                         sparse=True)
+    n_big = cpu.PREFETCH_MIN_BYTES // (8 * (K + 1)) + 1000
+    small = _tables(model.params)
+    big = EmbeddingDotBias(K, n_big, N_ITEMS, y_range=(0.0, 5.5), dtype=np.float64)
+    assert big.params.nbytes > cpu.PREFETCH_MIN_BYTES
+    uw, iw, ub, ib = cpu.split_flat(big.params, n_big, N_ITEMS, K)
+    uw[:N_USERS], iw[:], ub[:N_USERS], ib[:] = small["u_weight"], small["i_weight"], small["u_bias"][:, 0], small["i_bias"][:, 0]
+    params = big.params.copy()
+    m, v = np.zeros_like(params), np.zeros_like(params)
+    n_steps = len(order) // 16
+    losses = np.empty(n_steps)
+    cpu.train_epoch_sparse(params, m, v, n_big, N_ITEMS, K, users, items, ratings, order, 16,
+                           np.linspace(1e-2, 1e-2 / 3, n_steps), np.linspace(0.95, 0.85, n_steps), 3, True, True, 0.99,
+                           1e-5, 0.1, True, 0.0, 5.5, True, losses, 1)
+    got_uw, got_iw, got_ub, got_ib = cpu.split_flat(params, n_big, N_ITEMS, K)
+    w = _tables(want)
+    np.testing.assert_array_equal(got_uw[:N_USERS], w["u_weight"])
+    np.testing.assert_array_equal(got_iw, w["i_weight"])
+    np.testing.assert_array_equal(got_ub[:N_USERS], w["u_bias"][:, 0])
+    np.testing.assert_array_equal(losses, want_losses)

@@ -146,6 +146,8 @@ def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, 
 _HOT = dict(cache=True, error_model="numpy")
 #: How many ratings ahead the sparse kernel prefetches table rows (see _train_epoch_sparse_body).
 PREFETCH_AHEAD = 4
+#: Tables smaller than this (bytes) are not prefetched: they live in cache anyway.
+PREFETCH_MIN_BYTES = 1 << 23
 
 
 def _adam_update_dense_body(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
@@ -385,6 +387,8 @@ def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_fa
     n_steps = order.shape[0] // bs
     n_rows = n_steps * bs
     i_start = n_users * k
+    # Tables that fit in cache gain nothing from prefetching (it costs ~8% on ML-100k).
+    prefetch = params.size * params.itemsize > PREFETCH_MIN_BYTES
     first_bad = np.full(n_chunks, n_steps, dtype=np.int64)
     for c in prange(n_chunks):
         # Per-chunk scratch, allocated once per epoch: slot_u[u] is u's slot in this batch's
@@ -408,12 +412,12 @@ def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_fa
                 # positions ahead, and the table rows (weights, moments) of the one
                 # PREFETCH_AHEAD ahead, whose codes are by then in cache.
                 pos = s * bs + r
-                if pos + 2 * PREFETCH_AHEAD < n_rows:
+                if prefetch and pos + 2 * PREFETCH_AHEAD < n_rows:
                     ahead = order[pos + 2 * PREFETCH_AHEAD]
                     _prefetch(users, ahead)
                     _prefetch(items, ahead)
                     _prefetch(ratings, ahead)
-                if pos + PREFETCH_AHEAD < n_rows:
+                if prefetch and pos + PREFETCH_AHEAD < n_rows:
                     ahead = order[pos + PREFETCH_AHEAD]
                     u_off = users[ahead] * k
                     i_off = i_start + items[ahead] * k
