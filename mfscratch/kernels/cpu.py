@@ -12,6 +12,12 @@ tables ``u_weight, i_weight, u_bias, i_bias`` (the biases as 1-D vectors), then 
 The four tables live in one flat buffer ``params`` (``u_weight | i_weight | u_bias | i_bias``);
 gradients and optimiser moments use the same layout, so a dense optimiser update is a single
 loop over one array.
+
+Kernels with a ``prange`` loop are compiled twice from one body: serially (``prange`` acts as
+``range``) and with ``parallel=True`` (the ``*_parallel`` names, used by the parallel backend).
+Sparse mode (``train_epoch_sparse``) updates only the rows each batch touches; its parallel twin
+is Hogwild!. Why the kernels look the way they do (float32 scalars, ``error_model``, one
+``reassoc`` flag, prefetching): ``docs/speed.md``.
 """
 from __future__ import annotations
 
@@ -32,6 +38,11 @@ __all__ = [
     "adam_update_dense",
     "sgd_update_dense",
     "train_epoch_dense",
+    "adam_update_dense_parallel",
+    "sgd_update_dense_parallel",
+    "train_epoch_dense_parallel",
+    "train_epoch_sparse",
+    "train_epoch_sparse_parallel",
 ]
 
 
