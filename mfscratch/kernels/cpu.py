@@ -123,7 +123,6 @@ def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, 
 @njit(cache=True)
 def predict(u_weight, i_weight, u_bias, i_bias, users, items, lo, hi, has_range, out):
     """``out[r] = lo + (hi - lo) sigmoid(P[u_r] . Q[i_r] + b[u_r] + c[i_r])`` (or the logit without range)."""
-    k = u_weight.shape[1]
     for r in range(users.shape[0]):
         u = users[r]
         i = items[r]
@@ -136,7 +135,6 @@ def predict(u_weight, i_weight, u_bias, i_bias, users, items, lo, hi, has_range,
 @njit(cache=True)
 def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, hi, has_range):
     """Exact mean squared error over all rows (accumulated in float64)."""
-    k = u_weight.shape[1]
     n = users.shape[0]
     total = 0.0
     for r in range(n):
@@ -152,8 +150,8 @@ def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, 
 
 # Options for the hot kernels. error_model="numpy" makes float division follow IEEE (x/0 -> inf)
 # instead of raising ZeroDivisionError: without it every division carries a branch and LLVM
-# will not vectorise the loop. It changes no finite result. No fastmath anywhere: the updates
-# must round exactly as the NumPy reference does.
+# will not vectorise the loop. It changes no finite result. No fastmath in the updates: they
+# must round exactly as the NumPy reference does (the one exception, _dot, says why it may).
 _HOT = dict(cache=True, error_model="numpy")
 #: How many ratings ahead the sparse kernel prefetches table rows (see _train_epoch_sparse_body).
 PREFETCH_AHEAD = 4
