@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sigmoid", "forward", "backward", "loss_and_grads", "adam_step", "sgd_step", "TABLES"]
+__all__ = ["sigmoid", "forward", "backward", "loss_and_grads", "adam_step", "sgd_step", "sparse_adam_step",
+           "sparse_sgd_step", "TABLES"]
 
 #: The four parameter tables, in the order they are stored and initialised.
 TABLES = ("u_weight", "i_weight", "u_bias", "i_bias")
@@ -145,4 +146,31 @@ def sgd_step(p, g, exp_avg, lr, mom=0.0, wd=0.0, decouple_wd=True):
         p -= lr * exp_avg
     else:
         p -= lr * g
+    return p
+
+
+def sparse_adam_step(p, g, exp_avg, exp_avg_sq, rows, step, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.0,
+                     decouple_wd=True):
+    r"""Lazy ("sparse") Adam on one table, in place: :func:`adam_step` applied to ``p[rows]`` only.
+
+    ``rows`` are the distinct rows the batch touched (a row that appears twice in a batch is
+    updated once, with the sum of its gradients). Every other row, and its moments, is left as it
+    is: no decay, no moment decay. ``step`` is the global step count ``t`` used for the bias
+    correction, as in exact mode. This is sparse mode's rule (like ``torch.optim.SparseAdam``),
+    not the fastai recipe.
+    """
+    rows = np.unique(rows)
+    sub_p, sub_m, sub_v = p[rows], exp_avg[rows], exp_avg_sq[rows]
+    adam_step(sub_p, g[rows], sub_m, sub_v, step, lr, mom, sqr_mom, eps, wd, decouple_wd)
+    p[rows], exp_avg[rows], exp_avg_sq[rows] = sub_p, sub_m, sub_v
+    return p
+
+
+def sparse_sgd_step(p, g, exp_avg, rows, lr, mom=0.0, wd=0.0, decouple_wd=True):
+    r"""Lazy SGD on one table, in place: :func:`sgd_step` applied to ``p[rows]`` only (see
+    :func:`sparse_adam_step`); the momentum buffer of an untouched row does not decay."""
+    rows = np.unique(rows)
+    sub_p, sub_m = p[rows], exp_avg[rows]
+    sgd_step(sub_p, g[rows], sub_m, lr, mom, wd, decouple_wd)
+    p[rows], exp_avg[rows] = sub_p, sub_m
     return p

@@ -12,13 +12,23 @@ tables ``u_weight, i_weight, u_bias, i_bias`` (the biases as 1-D vectors), then 
 The four tables live in one flat buffer ``params`` (``u_weight | i_weight | u_bias | i_bias``);
 gradients and optimiser moments use the same layout, so a dense optimiser update is a single
 loop over one array.
+
+Kernels with a ``prange`` loop are compiled twice from one body: serially (``prange`` acts as
+``range``) and with ``parallel=True`` (the ``*_parallel`` names, used by the parallel backend).
+Sparse mode (``train_epoch_sparse``) updates only the rows each batch touches; its parallel twin
+is Hogwild!. Why the kernels look the way they do (float32 scalars, ``error_model``, one
+``reassoc`` flag, prefetching): ``docs/speed.md``.
 """
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, prange, types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = [
     "split_flat",
@@ -28,6 +38,11 @@ __all__ = [
     "adam_update_dense",
     "sgd_update_dense",
     "train_epoch_dense",
+    "adam_update_dense_parallel",
+    "sgd_update_dense_parallel",
+    "train_epoch_dense_parallel",
+    "train_epoch_sparse",
+    "train_epoch_sparse_parallel",
 ]
 
 
@@ -38,6 +53,21 @@ def _sigmoid(x):
         return 1.0 / (1.0 + math.exp(-x))
     ex = math.exp(x)
     return ex / (1.0 + ex)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _dot(u_weight, i_weight, u, i):
+    """``u_weight[u] . i_weight[i]``, summed in float64.
+
+    ``reassoc`` lets LLVM split the sum into vector lanes (a strict left-to-right sum cannot
+    vectorise). The products are float32 and the sum float64, so the order changes the result
+    by about 1e-16 relative: far below float32 rounding. This is the only fastmath flag in the
+    kernels; LLVM inlines the function, keeping the flag on these instructions only.
+    """
+    x = 0.0
+    for j in range(u_weight.shape[1]):
+        x += u_weight[u, j] * i_weight[i, j]
+    return x
 
 
 @njit(cache=True)
@@ -67,9 +97,7 @@ def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, 
     for r in range(B):
         u = users[r]
         i = items[r]
-        x = 0.0
-        for j in range(k):
-            x += u_weight[u, j] * i_weight[i, j]
+        x = _dot(u_weight, i_weight, u, i)
         x += u_bias[u] + i_bias[i]
         if has_range:
             s = _sigmoid(x)
@@ -95,13 +123,10 @@ def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, 
 @njit(cache=True)
 def predict(u_weight, i_weight, u_bias, i_bias, users, items, lo, hi, has_range, out):
     """``out[r] = lo + (hi - lo) sigmoid(P[u_r] . Q[i_r] + b[u_r] + c[i_r])`` (or the logit without range)."""
-    k = u_weight.shape[1]
     for r in range(users.shape[0]):
         u = users[r]
         i = items[r]
-        x = 0.0
-        for j in range(k):
-            x += u_weight[u, j] * i_weight[i, j]
+        x = _dot(u_weight, i_weight, u, i)
         x += u_bias[u] + i_bias[i]
         out[r] = lo + (hi - lo) * _sigmoid(x) if has_range else x
     return out
@@ -110,15 +135,12 @@ def predict(u_weight, i_weight, u_bias, i_bias, users, items, lo, hi, has_range,
 @njit(cache=True)
 def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, hi, has_range):
     """Exact mean squared error over all rows (accumulated in float64)."""
-    k = u_weight.shape[1]
     n = users.shape[0]
     total = 0.0
     for r in range(n):
         u = users[r]
         i = items[r]
-        x = 0.0
-        for j in range(k):
-            x += u_weight[u, j] * i_weight[i, j]
+        x = _dot(u_weight, i_weight, u, i)
         x += u_bias[u] + i_bias[i]
         pred = lo + (hi - lo) * _sigmoid(x) if has_range else x
         err = pred - ratings[r]
@@ -126,49 +148,103 @@ def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, 
     return total / max(n, 1)
 
 
-@njit(cache=True)
-def adam_update_dense(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
-    """fastai's Adam on every element of the flat buffer (see ``reference.adam_step``); ``step`` is t."""
-    step_size = lr / (1.0 - mom**step)
-    debias2 = 1.0 - sqr_mom**step
-    decay = 1.0 - lr * wd
-    for j in range(params.shape[0]):
-        g = grads[j]
+# Options for the hot kernels. error_model="numpy" makes float division follow IEEE (x/0 -> inf)
+# instead of raising ZeroDivisionError: without it every division carries a branch and LLVM
+# will not vectorise the loop. It changes no finite result. No fastmath in the updates: they
+# must round exactly as the NumPy reference does (the one exception, _dot, says why it may).
+_HOT = dict(cache=True, error_model="numpy")
+#: How many ratings ahead the sparse kernel prefetches table rows (see _train_epoch_sparse_body).
+PREFETCH_AHEAD = 4
+#: Tables smaller than this (bytes) are not prefetched: they live in cache anyway.
+PREFETCH_MIN_BYTES = 1 << 23
+
+
+def _adam_update_dense_body(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
+    """fastai's Adam on every element of the flat buffer (see ``reference.adam_step``); ``step`` is t.
+
+    The per-step scalars are rounded to the dtype of ``params`` first (``T = params.dtype.type``),
+    so a float32 buffer is updated entirely in float32 (16 lanes per AVX-512 instruction) and
+    rounds exactly as NumPy does with Python-float scalars. The two weight-decay variants share
+    one branch-free loop: decoupled decay multiplies ``p`` by ``decay = 1 - lr wd`` and adds
+    ``l2 = 0`` times ``p`` to ``g``; L2 decay uses ``decay = 1`` and ``l2 = wd`` (both exact no-ops
+    where unused). Compiled twice: serial, and with ``prange`` over elements (deterministic:
+    every element is independent).
+    """
+    T = params.dtype.type
+    if decouple_wd:
+        decay, l2 = T(1.0 - lr * wd), T(0.0)
+    else:
+        decay, l2 = T(1.0), T(wd)
+    beta1, one_minus_beta1 = T(mom), T(1.0 - mom)
+    beta2, one_minus_beta2 = T(sqr_mom), T(1.0 - sqr_mom)
+    step_size = T(lr / (1.0 - mom**step))
+    debias2 = T(1.0 - sqr_mom**step)
+    eps_ = T(eps)
+    for j in prange(params.shape[0]):
         p = params[j]
-        if decouple_wd:
-            p *= decay
-        else:
-            g += wd * p
-        m = mom * exp_avg[j] + (1.0 - mom) * g
-        v = sqr_mom * exp_avg_sq[j] + (1.0 - sqr_mom) * g * g
+        g = grads[j] + l2 * p
+        p = p * decay
+        m = beta1 * exp_avg[j] + one_minus_beta1 * g
+        v = beta2 * exp_avg_sq[j] + one_minus_beta2 * g * g
         exp_avg[j] = m
         exp_avg_sq[j] = v
-        params[j] = p - step_size * m / (math.sqrt(v / debias2) + eps)
+        params[j] = p - step_size * m / (math.sqrt(v / debias2) + eps_)
 
 
-@njit(cache=True)
-def sgd_update_dense(params, grads, exp_avg, lr, mom, wd, decouple_wd, use_mom):
-    """fastai's SGD on every element (see ``reference.sgd_step``); ``use_mom`` is the optimiser's mom != 0."""
-    decay = 1.0 - lr * wd
-    for j in range(params.shape[0]):
-        g = grads[j]
-        p = params[j]
-        if decouple_wd:
-            p *= decay
-        else:
-            g += wd * p
-        if use_mom:
-            m = mom * exp_avg[j] + g
+def _sgd_update_dense_body(params, grads, exp_avg, lr, mom, wd, decouple_wd, use_mom):
+    """fastai's SGD on every element (see ``reference.sgd_step``); ``use_mom`` is the optimiser's mom != 0.
+
+    Scalars rounded to the params dtype and decay folded in as in the Adam body.
+    """
+    T = params.dtype.type
+    if decouple_wd:
+        decay, l2 = T(1.0 - lr * wd), T(0.0)
+    else:
+        decay, l2 = T(1.0), T(wd)
+    lr_, beta = T(lr), T(mom)
+    if use_mom:
+        for j in prange(params.shape[0]):
+            p = params[j]
+            m = beta * exp_avg[j] + (grads[j] + l2 * p)
             exp_avg[j] = m
-            params[j] = p - lr * m
-        else:
-            params[j] = p - lr * g
+            params[j] = p * decay - lr_ * m
+    else:
+        for j in prange(params.shape[0]):
+            p = params[j]
+            params[j] = p * decay - lr_ * (grads[j] + l2 * p)
 
 
-@njit(cache=True)
-def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                      users, items, ratings, order, bs, lrs, moms, step0,
-                      is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
+def _twin(fn, suffix="_parallel", **globals_):
+    """A copy of ``fn`` under another name (and with some global names rebound), for a second compilation.
+
+    Numba's on-disk cache keys a function by its qualified name and bytecode, not by the compile
+    flags, so the serial and the parallel build of one body must carry different names or the
+    second would silently load the first from the cache. ``globals_`` rebinds the kernels the
+    body calls (the parallel epoch loop calls the inlined prange updates). A copied globals
+    dict, rather than a closure, keeps the twin cacheable across processes (a closure over a
+    dispatcher hashes differently in every process, so it would recompile every time).
+    """
+    env = fn.__globals__ if not globals_ else {**fn.__globals__, **globals_}
+    twin = types.FunctionType(fn.__code__, env, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__doc__ = fn.__doc__
+    return twin
+
+
+adam_update_dense = njit(**_HOT)(_adam_update_dense_body)
+sgd_update_dense = njit(**_HOT)(_sgd_update_dense_body)
+adam_update_dense_parallel = njit(parallel=True, **_HOT)(_twin(_adam_update_dense_body))
+sgd_update_dense_parallel = njit(parallel=True, **_HOT)(_twin(_sgd_update_dense_body))
+# A parallel dispatcher called from compiled code runs serially; the parallel epoch loop must
+# therefore inline the update bodies (Numba IR inlining) so that their prange loops become part
+# of its own parallel=True compilation.
+_adam_update_dense_inline = njit(inline="always", **_HOT)(_twin(_adam_update_dense_body, "_inline"))
+_sgd_update_dense_inline = njit(inline="always", **_HOT)(_twin(_sgd_update_dense_body, "_inline"))
+
+
+def _train_epoch_dense_body(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
+                            users, items, ratings, order, bs, lrs, moms, step0,
+                            is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
     """One epoch of exact-mode training: every parameter is updated at every step.
 
     ``order`` is the epoch's permutation of training rows; step ``s`` takes rows
@@ -212,3 +288,232 @@ def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_fa
             du_bias[u] = 0.0
             di_bias[i] = 0.0
     return n_steps
+
+
+train_epoch_dense = njit(**_HOT)(_train_epoch_dense_body)
+# The parallel twin calls the inlined prange updates (see above); its own loops stay serial.
+train_epoch_dense_parallel = njit(parallel=True, **_HOT)(
+    _twin(_train_epoch_dense_body, adam_update_dense=_adam_update_dense_inline,
+          sgd_update_dense=_sgd_update_dense_inline))
+
+
+# --- sparse (lazy) mode ---------------------------------------------------------------------------
+@intrinsic
+def _prefetch(typingctx, flat, index):
+    """Hint the CPU to start loading ``flat[index]``'s cache line (``llvm.prefetch``; no effect on results)."""
+    sig = nbtypes.void(flat, index)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]], wraparound=False)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        # read (0), high temporal locality (3), data cache (1)
+        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(flat, start, length):
+    """Prefetch every 64-byte line of ``flat[start:start+length]``."""
+    per_line = 64 // flat.itemsize
+    for off in range(0, length, per_line):
+        _prefetch(flat, start + off)
+
+
+@njit(cache=True, inline="always")
+def _adam_row(w, m, v, g, row, slot, decay, l2, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+              debias2, eps):
+    """Adam on one row ``w[row]`` with its gradient ``g[slot]`` (same arithmetic as the dense update)."""
+    for j in range(w.shape[1]):
+        p = w[row, j]
+        gj = g[slot, j] + l2 * p
+        p = p * decay
+        mj = beta1 * m[row, j] + one_minus_beta1 * gj
+        vj = beta2 * v[row, j] + one_minus_beta2 * gj * gj
+        m[row, j] = mj
+        v[row, j] = vj
+        w[row, j] = p - step_size * mj / (math.sqrt(vj / debias2) + eps)
+
+
+@njit(cache=True, inline="always")
+def _sgd_row(w, m, g, row, slot, decay, l2, lr, beta, use_mom):
+    """SGD (with or without momentum) on one row ``w[row]`` with its gradient ``g[slot]``."""
+    for j in range(w.shape[1]):
+        p = w[row, j]
+        gj = g[slot, j] + l2 * p
+        if use_mom:
+            mj = beta * m[row, j] + gj
+            m[row, j] = mj
+            w[row, j] = p * decay - lr * mj
+        else:
+            w[row, j] = p * decay - lr * gj
+
+
+@njit(cache=True, inline="always")
+def _tables2d(flat, n_users, n_items, n_factors):
+    """The four tables of a flat buffer as 2-D views (biases as ``(n, 1)``), so one row kernel serves all."""
+    u_weight, i_weight, u_bias, i_bias = split_flat(flat, n_users, n_items, n_factors)
+    return u_weight, i_weight, u_bias.reshape((n_users, 1)), i_bias.reshape((n_items, 1))
+
+
+def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
+                             users, items, ratings, order, bs, lrs, moms, step0,
+                             is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses, n_chunks):
+    r"""One epoch of sparse (lazy) training: each step updates only the rows its batch touches.
+
+    Per step ``s`` (rows ``order[s*bs:(s+1)*bs]``, learning rate ``lrs[s]``, momentum ``moms[s]``):
+
+    1. forward and backward over the batch, the gradient of each touched row accumulated in a
+       compact buffer (one slot per distinct user and item, so a row that repeats in the batch
+       gets the sum of its contributions, exactly as the dense gradient);
+    2. the optimiser step on those rows only, with the dense update's arithmetic: decay, moments
+       and parameter move for a touched row; untouched rows, their moments included, stay as
+       they are (like ``torch.optim.SparseAdam``; not the fastai recipe). Adam's bias correction
+       uses the global step count ``t = step0 + s + 1``, as in exact mode.
+
+    The NumPy twin is :func:`mfscratch.reference.sparse_adam_step` / ``sparse_sgd_step``.
+    No gradient buffer of the tables' size exists: memory is the tables, the moments and
+    ``O(n_users + n_items)`` slot indices per chunk.
+
+    ``n_chunks`` splits the epoch's steps into contiguous chunks run by ``prange``. Serially
+    (``n_chunks = 1``) this is the deterministic algorithm above. In the ``parallel=True`` twin
+    the chunks run at once on shared tables without locks: **Hogwild!** (Recht et al., 2011).
+    Two threads may then read a row while another writes it, so results vary from run to run
+    (each update still reads and writes whole floats; lost updates are rare on sparse data).
+
+    Returns the number of valid losses: ``n_steps``, or (the first non-finite step) + 1.
+    """
+    u_weight, i_weight, u_bias, i_bias = _tables2d(params, n_users, n_items, n_factors)
+    m_tables = _tables2d(exp_avg, n_users, n_items, n_factors)
+    v_tables = _tables2d(exp_avg_sq, n_users, n_items, n_factors)
+    T = params.dtype.type
+    k = n_factors
+    n_steps = order.shape[0] // bs
+    n_rows = n_steps * bs
+    i_start = n_users * k
+    # Tables that fit in cache gain nothing from prefetching (it costs ~8% on ML-100k).
+    prefetch = params.size * params.itemsize > PREFETCH_MIN_BYTES
+    first_bad = np.full(n_chunks, n_steps, dtype=np.int64)
+    for c in prange(n_chunks):
+        # Per-chunk scratch, allocated once per epoch: slot_u[u] is u's slot in this batch's
+        # compact gradient (-1: not in the batch); rows_u[slot] maps back.
+        slot_u = np.full(n_users, -1, dtype=np.int64)
+        slot_i = np.full(n_items, -1, dtype=np.int64)
+        rows_u = np.empty(bs, dtype=np.int64)
+        rows_i = np.empty(bs, dtype=np.int64)
+        gu = np.empty((bs, k), dtype=params.dtype)
+        gi = np.empty((bs, k), dtype=params.dtype)
+        gub = np.empty((bs, 1), dtype=params.dtype)
+        gib = np.empty((bs, 1), dtype=params.dtype)
+        scale = 2.0 / bs
+        for s in range(c * n_steps // n_chunks, (c + 1) * n_steps // n_chunks):
+            nu = 0
+            ni = 0
+            loss = 0.0
+            for r in range(bs):
+                # The tables outgrow the caches on large data, and then each rating waits on
+                # memory. Prefetch in two stages: the codes of the rating PREFETCH_AHEAD * 2
+                # positions ahead, and the table rows (weights, moments) of the one
+                # PREFETCH_AHEAD ahead, whose codes are by then in cache.
+                pos = s * bs + r
+                if prefetch and pos + 2 * PREFETCH_AHEAD < n_rows:
+                    ahead = order[pos + 2 * PREFETCH_AHEAD]
+                    _prefetch(users, ahead)
+                    _prefetch(items, ahead)
+                    _prefetch(ratings, ahead)
+                if prefetch and pos + PREFETCH_AHEAD < n_rows:
+                    ahead = order[pos + PREFETCH_AHEAD]
+                    u_off = users[ahead] * k
+                    i_off = i_start + items[ahead] * k
+                    _prefetch_row(params, u_off, k)
+                    _prefetch_row(params, i_off, k)
+                    _prefetch_row(exp_avg, u_off, k)
+                    _prefetch_row(exp_avg, i_off, k)
+                    if is_adam:
+                        _prefetch_row(exp_avg_sq, u_off, k)
+                        _prefetch_row(exp_avg_sq, i_off, k)
+                row = order[pos]
+                u = users[row]
+                i = items[row]
+                su = slot_u[u]
+                if su < 0:
+                    su = nu
+                    slot_u[u] = su
+                    rows_u[su] = u
+                    nu += 1
+                    gu[su, :] = 0.0
+                    gub[su, 0] = 0.0
+                si = slot_i[i]
+                if si < 0:
+                    si = ni
+                    slot_i[i] = si
+                    rows_i[si] = i
+                    ni += 1
+                    gi[si, :] = 0.0
+                    gib[si, 0] = 0.0
+                x = _dot(u_weight, i_weight, u, i)
+                x += u_bias[u, 0] + i_bias[i, 0]
+                if has_range:
+                    sg = _sigmoid(x)
+                    err = lo + (hi - lo) * sg - ratings[row]
+                    dx = scale * err * (hi - lo) * sg * (1.0 - sg)
+                else:
+                    err = x - ratings[row]
+                    dx = scale * err
+                loss += err * err
+                dx_ = T(dx)  # in the tables' dtype, so the row loops below stay in float32 lanes
+                for j in range(k):
+                    pu = u_weight[u, j]
+                    qi = i_weight[i, j]
+                    gu[su, j] += dx_ * qi
+                    gi[si, j] += dx_ * pu
+                gub[su, 0] += dx
+                gib[si, 0] += dx
+            losses[s] = loss / bs
+            finite = math.isfinite(losses[s])
+            lr = lrs[s]
+            mom = moms[s]
+            if decouple_wd:
+                decay, l2 = T(1.0 - lr * wd), T(0.0)
+            else:
+                decay, l2 = T(1.0), T(wd)
+            t = step0 + s + 1
+            b1, omb1, b2, omb2 = T(mom), T(1.0 - mom), T(sqr_mom), T(1.0 - sqr_mom)
+            step_size = T(lr / (1.0 - mom**t)) if is_adam else T(0.0)
+            debias2 = T(1.0 - sqr_mom**t) if is_adam else T(1.0)
+            eps_ = T(eps)
+            lr_ = T(lr)
+            for table in range(4):
+                if table == 0:
+                    w, m, v, g, rows, slots, n = u_weight, m_tables[0], v_tables[0], gu, rows_u, slot_u, nu
+                elif table == 1:
+                    w, m, v, g, rows, slots, n = i_weight, m_tables[1], v_tables[1], gi, rows_i, slot_i, ni
+                elif table == 2:
+                    w, m, v, g, rows, slots, n = u_bias, m_tables[2], v_tables[2], gub, rows_u, slot_u, nu
+                else:
+                    w, m, v, g, rows, slots, n = i_bias, m_tables[3], v_tables[3], gib, rows_i, slot_i, ni
+                for slot in range(n):
+                    row = rows[slot]
+                    if table >= 2:
+                        slots[row] = -1  # the last table of each side clears the slot map
+                    if not finite:
+                        continue
+                    if is_adam:
+                        _adam_row(w, m, v, g, row, slot, decay, l2, b1, omb1, b2, omb2, step_size, debias2, eps_)
+                    else:
+                        _sgd_row(w, m, g, row, slot, decay, l2, lr_, b1, use_mom)
+            if not finite:
+                # Diverged: stop this chunk before its update, as the dense loop does.
+                first_bad[c] = s
+                break
+    bad = first_bad.min()
+    return n_steps if bad == n_steps else bad + 1
+
+
+train_epoch_sparse = njit(**_HOT)(_train_epoch_sparse_body)
+train_epoch_sparse_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_sparse_body))

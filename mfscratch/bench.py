@@ -1,0 +1,166 @@
+"""``mfscratch bench``: the backends side by side, and the PyTorch reference loop, on one dataset.
+
+Every row trains the same model from the same initial weights with the same one-cycle schedule
+(the seed recipe's hyper-parameters unless told otherwise) and reports:
+
+* ``seconds_per_epoch``: the *best* training epoch (no validation), since the machine may be
+  shared; compile time is excluded (``backend.warmup()`` runs first);
+* ``ratings_per_second``: training ratings / ``seconds_per_epoch``;
+* ``speedup_vs_torch``: the PyTorch row's seconds per epoch / this row's (``None`` without torch);
+* ``valid_mse``: after the last epoch.
+
+The PyTorch row runs ``benchmarks/torch_loop.py`` from the repository (exact mode only). torch is
+imported only here, only when that row is asked for, and only through that file: the library
+never imports torch. Without torch or without the file the row is skipped and the reason logged.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from . import schedule
+from .backends import BACKENDS
+from .errors import ConfigError
+from .learner import collab_learner
+
+__all__ = ["MODES", "KEYS", "load_torch_loop", "bench_rows", "size_sweep", "format_table", "write_json", "plot_sweep"]
+
+MODES = ("exact", "sparse")
+#: The keys of one result row, in table order.
+KEYS = ("backend", "mode", "seconds_per_epoch", "ratings_per_second", "speedup_vs_torch", "valid_mse")
+
+
+def load_torch_loop():
+    """``benchmarks/torch_loop.py`` as a module, or ``(None, reason)`` when torch or the file is missing."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_loop.py"
+    if not path.is_file():
+        return None, f"{path} not found (it ships with the source repository, not the package)"
+    if importlib.util.find_spec("torch") is None:
+        return None, "torch is not installed (pip install torch)"
+    spec = importlib.util.spec_from_file_location("_mfscratch_torch_loop", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, ""
+
+
+def _row(backend, mode, seconds, n_train, valid_mse):
+    return {"backend": backend, "mode": mode, "seconds_per_epoch": float(seconds),
+            "ratings_per_second": float(n_train / seconds), "speedup_vs_torch": None, "valid_mse": float(valid_mse)}
+
+
+def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed, threads=1):
+    total = epochs * (dls.n_train // dls.bs)
+    lrs, moms = schedule.one_cycle(total, lr)
+    stats, _ = torch_loop.fit_one_cycle(dls, tables, y_range, epochs, lrs, moms, wd, seed=seed,
+                                        threads=threads)
+    return _row("torch", "exact", min(s["seconds"] for s in stats), dls.n_train, stats[-1]["valid_mse"])
+
+
+def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int = 50, lr: float = 5e-3,
+               wd: float = 0.1, y_range=(0.0, 5.5), seed: int = 42, torch: bool = True, log=print, torch_threads: int = 1) -> list[dict]:
+    """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
+
+    ``backends`` defaults to every registered backend; ``'torch'`` in it (or ``torch=True`` with
+    ``backends=None``) adds the PyTorch row, run with ``torch_threads`` threads. The default is
+    one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two
+    cores, and when another process holds a core each op waits for it (measured: 0.9 s per
+    ML-100k epoch with one thread, 15 to 100 s with two on a loaded 2-core machine).
+    """
+    log = log or (lambda *a: None)
+    names = list(BACKENDS) + ["torch"] if backends is None else list(backends)
+    for name in names:
+        if name != "torch" and name not in BACKENDS:
+            raise ConfigError(f"unknown backend {name!r}: use one of {', '.join([*BACKENDS, 'torch'])}")
+    for mode in modes:
+        if mode not in MODES:
+            raise ConfigError(f"unknown mode {mode!r}: use exact or sparse")
+    rows, start_tables = [], None
+    for name in names:
+        if name == "torch":
+            continue
+        for mode in modes:
+            learn = collab_learner(dls, n_factors=n_factors, y_range=y_range, seed=seed, sparse=mode == "sparse",
+                                   backend=name, log=None)
+            if start_tables is None:
+                start_tables = {k: v.copy() for k, v in learn.model.tables().items()}
+            learn.backend.warmup(learn.model.dtype)  # compile (or load from the cache) outside the timing
+            learn.fit_one_cycle(epochs, lr, wd=wd)
+            rows.append(_row(name, mode, min(learn.recorder.train_seconds), dls.n_train,
+                             learn.recorder.values[-1][1]))
+            log(f"  {name:<9}{mode:<7}{rows[-1]['seconds_per_epoch']:.4f} s/epoch")
+    if "torch" in names and torch:
+        torch_loop, why = load_torch_loop()
+        if torch_loop is None:
+            log(f"  skipping the PyTorch row: {why}")
+        else:
+            if start_tables is None:
+                start_tables = collab_learner(dls, n_factors=n_factors, y_range=y_range, seed=seed,
+                                              log=None).model.tables()
+            rows.append(_torch_row(torch_loop, dls, start_tables, y_range, epochs, lr, wd, seed, torch_threads))
+            log(f"  torch    exact  {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
+            base = rows[-1]["seconds_per_epoch"]
+            for row in rows:
+                row["speedup_vs_torch"] = base / row["seconds_per_epoch"]
+    return rows
+
+
+def format_table(rows) -> str:
+    """The rows as a fixed-width text table."""
+    head = f"{'backend':<10}{'mode':<8}{'s/epoch':>10}{'ratings/s':>13}{'vs torch':>10}{'valid MSE':>11}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        speed = "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.1f}x"
+        lines.append(f"{r['backend']:<10}{r['mode']:<8}{r['seconds_per_epoch']:>10.4f}"
+                     f"{r['ratings_per_second']:>13,.0f}{speed:>10}{r['valid_mse']:>11.4f}")
+    return "\n".join(lines)
+
+
+def write_json(path, rows) -> None:
+    from .io import atomic_write
+
+    text = json.dumps([{k: r[k] for k in KEYS} for r in rows], indent=2)
+    atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
+
+
+def size_sweep(sizes, n_factors: int = 50, epochs: int = 1, backends=None, modes=MODES, seed: int = 0,
+               log=print) -> list[dict]:
+    """Seconds per epoch on synthetic data of each size (users and items in ML-25M's proportions).
+
+    Returns the rows of :func:`bench_rows` with ``n_ratings`` added to each.
+    """
+    from .synthetic import ML_25M_SHAPE, synthetic_dataloaders
+
+    n25, u25, i25 = ML_25M_SHAPE
+    out = []
+    for n in sizes:
+        n_users, n_items = max(50, round(n * u25 / n25)), max(50, round(n * i25 / n25))
+        log(f"{n:,} ratings, {n_users:,} users, {n_items:,} items")
+        dls = synthetic_dataloaders(int(n), n_users, n_items, seed=seed)
+        for row in bench_rows(dls, backends, modes, epochs, n_factors, lr=5e-3, wd=0.1, y_range=(0.5, 5.5),
+                              seed=seed, log=log):
+            out.append({**row, "n_ratings": int(n)})
+    return out
+
+
+def plot_sweep(rows, path) -> None:
+    """Seconds per epoch against the number of ratings, one line per (backend, mode), log-log."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'mfscratch[plot]' (or leave out --plot)") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in dict.fromkeys((r["backend"], r["mode"]) for r in rows):
+        pts = sorted((r["n_ratings"], r["seconds_per_epoch"]) for r in rows if (r["backend"], r["mode"]) == key)
+        ax.plot(*zip(*pts), marker="o", label=f"{key[0]} {key[1]}")
+    ax.set(xscale="log", yscale="log", xlabel="ratings", ylabel="seconds per epoch",
+           title="mfscratch: cost of one epoch against data size")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+

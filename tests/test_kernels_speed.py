@@ -1,0 +1,292 @@
+"""The fast kernels against the NumPy reference: float32 dense updates, sparse (lazy) mode, the
+parallel twins, and the synthetic data generator. Correctness only; timings live in benchmarks/."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from mfscratch import SGD, Adam, collab_learner, reference
+from mfscratch.backends import BACKENDS, get_backend
+from mfscratch.errors import DivergenceError
+from mfscratch.kernels import cpu
+from mfscratch.model import EmbeddingDotBias
+from mfscratch.synthetic import synthetic_dataloaders, synthetic_ratings
+
+N_USERS, N_ITEMS, K = 13, 17, 5
+
+
+def _state(dtype, seed=0, n=200):
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * (rng.random(n) < 0.3)).astype(dtype)  # mostly zero, like a batch
+    m = (rng.standard_normal(n) * 0.1).astype(dtype)
+    v = (rng.random(n) * 0.1).astype(dtype)
+    return p, g, m, v
+
+
+# --- dense updates in float32 ---------------------------------------------------------------------
+@pytest.mark.parametrize("decouple_wd", [True, False])
+@pytest.mark.parametrize("kernel", [cpu.adam_update_dense, cpu.adam_update_dense_parallel])
+def test_float32_adam_rounds_as_numpy(kernel, decouple_wd):
+    """Same operations in the same order on float32: the kernel equals NumPy bit for bit."""
+    p, g, m, v = _state(np.float32)
+    want = [a.copy() for a in (p, m, v)]
+    for t in (1, 2, 7):
+        reference.adam_step(want[0], g, want[1], want[2], t, 3e-3, 0.87, 0.99, 1e-5, 0.1, decouple_wd)
+        kernel(p, g, m, v, 3e-3, 0.87, 0.99, 1e-5, 0.1, decouple_wd, t)
+    assert p.dtype == np.float32
+    for got, ref in zip((p, m, v), want):
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("decouple_wd", [True, False])
+@pytest.mark.parametrize("mom", [0.0, 0.9])
+@pytest.mark.parametrize("kernel", [cpu.sgd_update_dense, cpu.sgd_update_dense_parallel])
+def test_float32_sgd_rounds_as_numpy(kernel, mom, decouple_wd):
+    p, g, m, _ = _state(np.float32, seed=1)
+    want_p, want_m = p.copy(), m.copy()
+    for _ in range(3):
+        reference.sgd_step(want_p, g, want_m, 5e-2, mom, 0.1, decouple_wd)
+        kernel(p, g, m, 5e-2, mom, 0.1, decouple_wd, mom != 0.0)
+    np.testing.assert_array_equal(p, want_p)
+    np.testing.assert_array_equal(m, want_m)
+
+
+# --- whole epochs: a small problem driven straight through the kernels ------------------------------
+def _problem(dtype=np.float32, n_ratings=400, seed=0):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, N_USERS, n_ratings).astype(np.int32)
+    items = rng.integers(0, N_ITEMS, n_ratings).astype(np.int32)
+    ratings = rng.integers(1, 6, n_ratings).astype(np.float32)
+    model = EmbeddingDotBias(K, N_USERS, N_ITEMS, y_range=(0.0, 5.5), seed=seed, dtype=dtype)
+    model.params[:] = rng.standard_normal(model.params.size) * 0.3  # far from zero, so rows differ
+    return users, items, ratings, model
+
+
+def _run_epoch(kernel, model, users, items, ratings, order, bs, is_adam, use_mom=True, wd=0.1, decouple_wd=True,
+               sparse=False, n_chunks=1, lr=1e-2, has_range=True):
+    params = model.params.copy()
+    m, v = np.zeros_like(params), np.zeros_like(params)
+    n_steps = len(order) // bs
+    lrs = np.linspace(lr, lr / 3, n_steps)
+    moms = np.linspace(0.95, 0.85, n_steps)
+    losses = np.empty(n_steps)
+    common = (N_USERS, N_ITEMS, K, users, items, ratings, order, bs, lrs, moms, 3, is_adam, use_mom, 0.99, 1e-5,
+              wd, decouple_wd, 0.0, 5.5 if has_range else 1.0, has_range, losses)
+    if sparse:
+        n = kernel(params, m, v, *common, n_chunks)
+    else:
+        n = kernel(params, np.zeros_like(params), m, v, *common)
+    return params, m, v, losses[:n]
+
+
+def _tables(flat):
+    """The four tables of a flat buffer, biases as (n, 1) (the reference's shapes)."""
+    uw, iw, ub, ib = cpu.split_flat(flat, N_USERS, N_ITEMS, K)
+    return {"u_weight": uw, "i_weight": iw, "u_bias": ub[:, None], "i_bias": ib[:, None]}
+
+
+def _sparse_reference_epoch(model, users, items, ratings, order, bs, is_adam, use_mom=True, wd=0.1,
+                            decouple_wd=True, lr=1e-2, has_range=True):
+    """Sparse mode written with the NumPy reference: loss_and_grads, then lazy steps on the touched rows."""
+    params = model.params.copy()
+    m, v = np.zeros_like(params), np.zeros_like(params)
+    P, M, V = _tables(params), _tables(m), _tables(v)
+    n_steps = len(order) // bs
+    lrs = np.linspace(lr, lr / 3, n_steps)
+    moms = np.linspace(0.95, 0.85, n_steps)
+    losses = []
+    for s in range(n_steps):
+        idx = order[s * bs : (s + 1) * bs]
+        u, i = users[idx].astype(np.int64), items[idx].astype(np.int64)
+        loss, grads = reference.loss_and_grads(*(P[n] for n in reference.TABLES), u, i, ratings[idx],
+                                               (0.0, 5.5) if has_range else None)
+        losses.append(loss)
+        for name in reference.TABLES:
+            rows = u if name.startswith("u_") else i
+            if is_adam:
+                reference.sparse_adam_step(P[name], grads[name], M[name], V[name], rows, 3 + s + 1, lrs[s], moms[s],
+                                           0.99, 1e-5, wd, decouple_wd)
+            else:
+                reference.sparse_sgd_step(P[name], grads[name], M[name], rows, lrs[s], moms[s] if use_mom else 0.0,
+                                          wd, decouple_wd)
+    return params, m, v, np.array(losses)
+
+
+@pytest.mark.parametrize("opt", ["adam", "adam_l2", "sgd_mom", "sgd", "adam_no_range"])
+def test_sparse_epoch_matches_numpy_lazy_reference(opt):
+    """float64 tables, so kernel and reference agree to ~1e-12 and any rule difference would show."""
+    users, items, ratings, model = _problem(np.float64)
+    order = np.random.default_rng(3).permutation(len(ratings))
+    kw = dict(is_adam=opt.startswith("adam"), use_mom=opt != "sgd", decouple_wd=opt != "adam_l2",
+              lr=1e-2 if opt.startswith("adam") else 0.3, has_range=opt != "adam_no_range")
+    if not kw["has_range"]:
+        model.params[:] *= 0.3  # keep the raw logits near the ratings' scale
+    got = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, sparse=True, **kw)
+    want = _sparse_reference_epoch(model, users, items, ratings, order, 16, **kw)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    assert np.abs(got[0] - model.params).max() > 1e-3  # it trained
+
+
+def test_sparse_leaves_untouched_rows_alone():
+    users, items, ratings, model = _problem()
+    order = np.arange(32)  # two batches of 16 rows
+    params, m, v, _ = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True, sparse=True)
+    untouched_users = np.setdiff1d(np.arange(N_USERS), users[:32])
+    assert untouched_users.size
+    before, after = _tables(model.params), _tables(params)
+    np.testing.assert_array_equal(after["u_weight"][untouched_users], before["u_weight"][untouched_users])
+    assert not _tables(m)["u_weight"][untouched_users].any()
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_serial_is_bit_reproducible(sparse):
+    users, items, ratings, model = _problem()
+    order = np.random.default_rng(5).permutation(len(ratings))
+    kernel = cpu.train_epoch_sparse if sparse else cpu.train_epoch_dense
+    a = _run_epoch(kernel, model, users, items, ratings, order, 16, True, sparse=sparse)
+    b = _run_epoch(kernel, model, users, items, ratings, order, 16, True, sparse=sparse)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("is_adam", [True, False])
+def test_parallel_exact_equals_serial(is_adam):
+    """The parallel dense update splits independent elements across threads: same floats, same result."""
+    users, items, ratings, model = _problem()
+    order = np.random.default_rng(6).permutation(len(ratings))
+    serial = _run_epoch(cpu.train_epoch_dense, model, users, items, ratings, order, 16, is_adam)
+    parallel = _run_epoch(cpu.train_epoch_dense_parallel, model, users, items, ratings, order, 16, is_adam)
+    for s, p in zip(serial, parallel):
+        np.testing.assert_allclose(p, s, rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_one_chunk_parallel_equals_serial():
+    users, items, ratings, model = _problem()
+    order = np.random.default_rng(7).permutation(len(ratings))
+    serial = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True, sparse=True)
+    one = _run_epoch(cpu.train_epoch_sparse_parallel, model, users, items, ratings, order, 16, True, sparse=True)
+    for s, p in zip(serial, one):
+        np.testing.assert_array_equal(p, s)
+
+
+def test_hogwild_chunks_train():
+    """Hogwild! is not reproducible, but every step runs and the loss goes down."""
+    users, items, ratings, model = _problem(n_ratings=2000)
+    order = np.random.default_rng(8).permutation(len(ratings))
+    params, _, _, losses = _run_epoch(cpu.train_epoch_sparse_parallel, model, users, items, ratings, order, 16,
+                                      True, sparse=True, n_chunks=max(2, numba.get_num_threads()), lr=3e-2)
+    assert len(losses) == len(order) // 16 and np.isfinite(params).all()
+    assert losses[-20:].mean() < losses[:20].mean()
+
+
+def test_sparse_divergence_stops_before_the_update():
+    users, items, ratings, model = _problem()
+    model.params[0] = np.nan  # user 0's first factor
+    first = int(np.flatnonzero(users == 0)[0]) // 16
+    order = np.arange(len(ratings))
+    params, _, _, losses = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True,
+                                      sparse=True)
+    assert len(losses) == first + 1 and not np.isfinite(losses[-1])
+
+
+# --- through the learner ---------------------------------------------------------------------------
+def test_backends_are_registered():
+    assert {"cpu", "parallel"} <= set(BACKENDS)
+    for name in ("cpu", "parallel"):
+        get_backend(name).warmup()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "parallel"])
+@pytest.mark.parametrize("opt", [Adam, SGD])
+def test_sparse_fit_on_synthetic_data_improves(backend, opt):
+    dls = synthetic_dataloaders(6000, 60, 80, bs=32, seed=2)
+    learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, backend=backend, log=None,
+                           opt_func=opt if opt is Adam else SGD(mom=0.9))
+    start = learn.validate()
+    learn.fit_one_cycle(3, 3e-2 if opt is Adam else 0.5, wd=0.01)
+    assert learn.recorder.values[-1][1] < 0.8 * start
+
+
+def test_sparse_divergence_raises_through_the_learner():
+    dls = synthetic_dataloaders(3000, 30, 40, bs=32, seed=3)
+    learn = collab_learner(dls, n_factors=4, seed=0, sparse=True, opt_func=SGD, log=None)
+    with pytest.raises(DivergenceError):
+        learn.fit(1, lr=1e6)
+
+
+@pytest.mark.parametrize("min_parallel_params", [0, 10**9])
+def test_parallel_backend_exact_fit_matches_cpu(min_parallel_params, monkeypatch):
+    """Both kernels the parallel backend picks from (split update, or serial for small models)."""
+    from mfscratch.backends import ParallelBackend
+
+    monkeypatch.setattr(ParallelBackend, "min_parallel_params", min_parallel_params)
+    dls = synthetic_dataloaders(4000, 40, 50, bs=32, seed=4)
+    runs = []
+    for backend in ("cpu", "parallel"):
+        learn = collab_learner(dls, n_factors=6, y_range=(0.5, 5.5), seed=1, backend=backend, log=None)
+        learn.fit_one_cycle(2, 1e-2, wd=0.1)
+        runs.append(learn.model.params.copy())
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-6)
+
+
+# --- synthetic data ------------------------------------------------------------------------------
+def test_synthetic_ratings_shape_scale_and_skew():
+    users, items, ratings = synthetic_ratings(50_000, 2000, 500, rating_range=(0.5, 5.0), rating_step=0.5, seed=1)
+    assert (users.dtype, items.dtype, ratings.dtype) == (np.int32, np.int32, np.float32)
+    assert users.min() >= 0 and users.max() < 2000 and items.min() >= 0 and items.max() < 500
+    assert set(np.unique(ratings)) <= set(np.arange(0.5, 5.01, 0.5, dtype=np.float32))
+    assert 3.0 < ratings.mean() < 4.0 and 0.7 < ratings.std() < 1.3
+    counts = np.sort(np.bincount(items, minlength=500))[::-1]
+    assert counts[:50].sum() > 0.25 * len(items)  # the top 10% of items: well over 10% of ratings
+    again = synthetic_ratings(50_000, 2000, 500, rating_range=(0.5, 5.0), rating_step=0.5, seed=1)
+    for a, b in zip((users, items, ratings), again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_synthetic_dataloaders_are_views():
+    dls = synthetic_dataloaders(1000, 20, 30, valid_pct=0.2, seed=0)
+    assert (dls.n_train, dls.n_valid, dls.n_users, dls.n_items) == (800, 200, 20, 30)
+    assert dls.train_users.base is not None  # a view of the generated array, not a copy
+
+
+def test_sparse_prefetch_path_changes_nothing():
+    """Tables above PREFETCH_MIN_BYTES take the prefetching path: embed the small problem's rows in
+    a big user table and check the touched rows come out exactly as without prefetching."""
+    users, items, ratings, model = _problem(np.float64)
+    order = np.random.default_rng(9).permutation(len(ratings))
+    want, _, _, want_losses = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True,
+                                         sparse=True)
+    n_big = cpu.PREFETCH_MIN_BYTES // (8 * (K + 1)) + 1000
+    small = _tables(model.params)
+    big = EmbeddingDotBias(K, n_big, N_ITEMS, y_range=(0.0, 5.5), dtype=np.float64)
+    assert big.params.nbytes > cpu.PREFETCH_MIN_BYTES
+    uw, iw, ub, ib = cpu.split_flat(big.params, n_big, N_ITEMS, K)
+    uw[:N_USERS], iw[:], ub[:N_USERS], ib[:] = small["u_weight"], small["i_weight"], small["u_bias"][:, 0], small["i_bias"][:, 0]
+    params = big.params.copy()
+    m, v = np.zeros_like(params), np.zeros_like(params)
+    n_steps = len(order) // 16
+    losses = np.empty(n_steps)
+    cpu.train_epoch_sparse(params, m, v, n_big, N_ITEMS, K, users, items, ratings, order, 16,
+                           np.linspace(1e-2, 1e-2 / 3, n_steps), np.linspace(0.95, 0.85, n_steps), 3, True, True, 0.99,
+                           1e-5, 0.1, True, 0.0, 5.5, True, losses, 1)
+    got_uw, got_iw, got_ub, got_ib = cpu.split_flat(params, n_big, N_ITEMS, K)
+    w = _tables(want)
+    np.testing.assert_array_equal(got_uw[:N_USERS], w["u_weight"])
+    np.testing.assert_array_equal(got_iw, w["i_weight"])
+    np.testing.assert_array_equal(got_ub[:N_USERS], w["u_bias"][:, 0])
+    np.testing.assert_array_equal(losses, want_losses)
+
+
+@pytest.mark.realdata
+def test_documented_sparse_setting_on_ml100k(ml100k, tmp_path):
+    """docs/speed.md: `mfscratch train --mode sparse` (the seed recipe otherwise) reaches <= 0.82."""
+    import json
+
+    from mfscratch import cli
+
+    out = tmp_path / "run.json"
+    assert cli.main(["train", "--mode", "sparse", "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["epochs"][-1]["valid_loss"] <= 0.82
