@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import cpu
 
-__all__ = ["CpuBackend", "ParallelBackend", "CudaBackend", "get_backend", "BACKENDS"]
+__all__ = ["CpuBackend", "ParallelBackend", "CudaBackend", "get_backend", "available_backends", "BACKENDS"]
 
 
 class CpuBackend:
@@ -326,6 +326,13 @@ class CudaBackend:
 
 
 BACKENDS = {"cpu": CpuBackend, "parallel": ParallelBackend, "cuda": CudaBackend}
+
+
+def available_backends() -> list[str]:
+    """The registered backends that can run on this machine (``cuda`` needs numba-cuda and a GPU)."""
+    from .kernels import cuda as ck
+
+    return [name for name in BACKENDS if name != "cuda" or (ck.cuda is not None and ck.HAS_CUDA)]
 
 
 def get_backend(name: str):

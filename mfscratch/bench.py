@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from . import schedule
-from .backends import BACKENDS
+from .backends import BACKENDS, available_backends
 from .errors import ConfigError
 from .learner import collab_learner
 
@@ -61,14 +61,14 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
                wd: float = 0.1, y_range=(0.0, 5.5), seed: int = 42, torch: bool = True, log=print, torch_threads: int = 1) -> list[dict]:
     """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
 
-    ``backends`` defaults to every registered backend; ``'torch'`` in it (or ``torch=True`` with
+    ``backends`` defaults to every backend that can run here (cuda only with a GPU); ``'torch'`` in it (or ``torch=True`` with
     ``backends=None``) adds the PyTorch row, run with ``torch_threads`` threads. The default is
     one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two
     cores, and when another process holds a core each op waits for it (measured: 0.9 s per
     ML-100k epoch with one thread, 15 to 100 s with two on a loaded 2-core machine).
     """
     log = log or (lambda *a: None)
-    names = list(BACKENDS) + ["torch"] if backends is None else list(backends)
+    names = available_backends() + ["torch"] if backends is None else list(backends)
     for name in names:
         if name != "torch" and name not in BACKENDS:
             raise ConfigError(f"unknown backend {name!r}: use one of {', '.join([*BACKENDS, 'torch'])}")
