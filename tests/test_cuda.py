@@ -227,6 +227,24 @@ def test_exact_epochs_on_cuda_equal_cpu(loop, group, opt):
 
 @cudasim
 @pytest.mark.parametrize("loop", CudaBackend.LOOPS)
+@pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.05)], ids=["adam", "sgd"])
+def test_sparse_epochs_on_cuda_equal_cpu(loop, opt):
+    """The CUDA lazy update against the CPU's ``train_epoch_sparse``: a row repeated in a batch moves once."""
+    dls = _dls()
+    cpu_b, gpu_b = CpuBackend(), CudaBackend(loop)
+    (m_cpu, s_cpu), (m_gpu, s_gpu) = _bound(cpu_b, dls), _bound(gpu_b, dls)
+    for epoch, step0 in ((0, 0), (1, 5)):
+        order, lrs, moms = _epoch_inputs(dls, seed=epoch)
+        want = cpu_b.train_epoch(order, lrs, moms, opt, True, step0)
+        got = gpu_b.train_epoch(order, lrs, moms, opt, True, step0)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    gpu_b.sync()
+    np.testing.assert_allclose(m_gpu.params, m_cpu.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s_gpu.exp_avg, s_cpu.exp_avg, rtol=1e-4, atol=1e-7)
+
+
+@cudasim
+@pytest.mark.parametrize("loop", CudaBackend.LOOPS)
 def test_sparse_epoch_on_cuda_equals_numpy_lazy_reference(loop):
     dls, opt = _dls(), Adam(wd=0.1)
     backend = CudaBackend(loop)
