@@ -12,14 +12,18 @@ Where things live: ``reference.py`` (the maths in NumPy), ``kernels/`` (the comp
 ``model.py``, ``optim.py``, ``schedule.py``, ``data.py``, ``learner.py``, ``cli.py``.
 """
 from .data import URLs, CollabDataLoaders, Vocab, untar_data, data_dir
-from .errors import MfscratchError
+from .errors import ConfigError, DataError, DivergenceError, MfscratchError, ModelFileError
+from .io import load_model, save_model
 from .learner import Learner, collab_learner
 from .model import Embedding, EmbeddingDotBias
 from .optim import SGD, Adam
+from .readers import read_movielens, read_ratings
+from .validate import DataWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "URLs", "untar_data", "data_dir", "CollabDataLoaders", "Vocab", "collab_learner", "Learner",
-    "EmbeddingDotBias", "Embedding", "Adam", "SGD", "MfscratchError",
+    "EmbeddingDotBias", "Embedding", "Adam", "SGD", "read_ratings", "read_movielens", "save_model",
+    "load_model", "MfscratchError", "DataError", "ConfigError", "ModelFileError", "DivergenceError", "DataWarning",
 ]
