@@ -316,21 +316,6 @@ def add_usage_commands(sub) -> None:
     cv.set_defaults(func=cmd_cv)
 
 
-def _run_with_notes(args) -> int:
-    """Run a command; fallbacks the library warns about (unknown users or items) become ``note:`` lines on stderr."""
-    from .analysis import FallbackWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FallbackWarning)
-        rc = args.func(args)
-    for w in caught:
-        if issubclass(w.category, FallbackWarning):
-            print(f"note: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    return rc
-
-
 def load_training_data(args):
     """The loaders a ``train`` run asks for, and a label for the report (dataset name or file)."""
     from .readers import attach_titles, loaders_from_split, read_items, read_ml100k_split, read_movielens, read_ratings
@@ -494,7 +479,12 @@ def cmd_cv(args) -> int:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+    """Warnings as one stderr line, printed when they happen: ``note:`` for a fallback the user asked
+    for (an unknown user or item), ``warning:`` for everything else."""
+    from .analysis import FallbackWarning
+
+    kind = "note" if issubclass(category, FallbackWarning) else "warning"
+    print(f"{kind}: {message}", file=sys.stderr)
 
 
 def cmd_bench(args) -> int:
@@ -551,9 +541,12 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         with warnings.catch_warnings():
+            from .analysis import FallbackWarning
+
+            warnings.simplefilter("always", FallbackWarning)  # one note per unknown name, not one per place
             if not args.debug:
                 warnings.showwarning = _one_line_warning
-            return _run_with_notes(args)
+            return args.func(args)
     except MfscratchError as e:
         if args.debug:
             raise
