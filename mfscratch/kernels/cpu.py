@@ -571,8 +571,10 @@ def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users,
     and item group ``(c + t) % g``, in the order of ``order``. The ``g`` blocks of a stratum share no
     row, so the threads never touch the same row, and the result is deterministic (the same for
     any thread timing) but the ratings run in a **different order** from the serial kernel's:
-    stratum by stratum. Each rating still uses ``lrs[s]`` and writes ``losses[s]`` for its position
-    ``s`` in ``order``. ``g = 1`` is the plain serial epoch.
+    stratum by stratum, each block in the order of ``order``. Step ``s`` (``lrs[s]``, ``losses[s]``)
+    is then the ``s``-th rating of that layout (strata one after another, blocks of a stratum one
+    after another), so the learning rates still fall across the epoch. ``g = 1`` is the plain
+    serial epoch over ``order``.
 
     Returns the number of valid losses: ``n_steps``, or (the position of a non-finite loss) + 1
     (training stops at the first one, before its update; with ``g > 1`` other losses may then be unset).
@@ -587,40 +589,36 @@ def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users,
     prefetch = g == 1 and params.size * params.itemsize > PREFETCH_MIN_BYTES
     first_bad = np.full(g, n_steps, dtype=np.int64)
     span, lo_, two = T(hi - lo), T(lo), T(2.0)
-    # With g > 1: the positions s of the epoch grouped by block (a stable counting sort, so each
-    # block keeps the order's order): block b = (u % g) g + (i % g) is positions[start[b]:start[b + 1]].
+    # With g > 1: the epoch's rows grouped by block (a stable counting sort, so each block keeps
+    # the order's order): block b = (u % g) g + (i % g) is blocked[start[b]:start[b + 1]], and
+    # blocks are laid out stratum by stratum, so that step s (lrs[s], losses[s]) is blocked[s].
     mask = g - 1  # g is a power of two: code % g == code & mask
     start = np.zeros(g * g + 1, dtype=np.int64)
-    positions = np.empty(n_steps if g > 1 else 0, dtype=np.int64)
+    blocked = order
     if g > 1:
+        rank = np.empty(g * g, dtype=np.int64)  # block (c, (c + t) % g) is the (t g + c)-th in the layout
+        for t in range(g):
+            for c in range(g):
+                rank[c * g + (c + t) % g] = t * g + c
         for s in range(n_steps):
             row = order[s]
-            start[(users[row] & mask) * g + (items[row] & mask) + 1] += 1
+            start[rank[(users[row] & mask) * g + (items[row] & mask)] + 1] += 1
         for b in range(g * g):
             start[b + 1] += start[b]
         fill = start[:-1].copy()
+        blocked = np.empty_like(order)
         for s in range(n_steps):
             row = order[s]
-            b = (users[row] & mask) * g + (items[row] & mask)
-            positions[fill[b]] = s
+            b = rank[(users[row] & mask) * g + (items[row] & mask)]
+            blocked[fill[b]] = row
             fill[b] += 1
     for t in range(g):
         for c in prange(g):
-            b = c * g + (c + t) % g
+            b = t * g + c
             first = start[b] if g > 1 else 0
             last = start[b + 1] if g > 1 else n_steps
-            for idx in range(first, last):
-                s = positions[idx] if g > 1 else idx
-                if prefetch and s + 2 * PREFETCH_AHEAD < n_steps:
-                    # As in the general sparse kernel: codes 8 ratings ahead, table rows 4 ahead.
-                    ahead = order[s + 2 * PREFETCH_AHEAD]
-                    _prefetch(users, ahead)
-                    _prefetch(items, ahead)
-                    _prefetch(ratings, ahead)
-                    ahead = order[s + PREFETCH_AHEAD]
-                    _prefetch_row(params, users[ahead] * k, k)
-                    _prefetch_row(params, i_start + items[ahead] * k, k)
-                row = order[s]
+            for s in range(first, last):
+                row = blocked[s]
                 u = users[row]
                 i = items[row]
                 p = u_weight[u]
