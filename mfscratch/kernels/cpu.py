@@ -585,8 +585,10 @@ def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users,
     g = n_blocks
     n_steps = order.shape[0]
     i_start = n_users * k
-    # Prefetch only the serial walk: with g > 1 the rating ahead may belong to another thread's block.
-    prefetch = g == 1 and params.size * params.itemsize > PREFETCH_MIN_BYTES
+    # In a shuffled order every rating also reads users/items/ratings at a random row: once those
+    # arrays or the tables outgrow the caches, prefetch (codes 8 ratings ahead, rows 4 ahead).
+    data_bytes = users.size * users.itemsize + items.size * items.itemsize + ratings.size * ratings.itemsize
+    prefetch = params.size * params.itemsize + data_bytes > PREFETCH_MIN_BYTES
     first_bad = np.full(g, n_steps, dtype=np.int64)
     span, lo_, two = T(hi - lo), T(lo), T(2.0)
     # With g > 1: the epoch's rows grouped by block (a stable counting sort, so each block keeps
@@ -618,6 +620,14 @@ def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users,
             first = start[b] if g > 1 else 0
             last = start[b + 1] if g > 1 else n_steps
             for s in range(first, last):
+                if prefetch and s + 2 * PREFETCH_AHEAD < last:
+                    ahead = blocked[s + 2 * PREFETCH_AHEAD]
+                    _prefetch(users, ahead)
+                    _prefetch(items, ahead)
+                    _prefetch(ratings, ahead)
+                    ahead = blocked[s + PREFETCH_AHEAD]
+                    _prefetch_row(params, users[ahead] * k, k)
+                    _prefetch_row(params, i_start + items[ahead] * k, k)
                 row = blocked[s]
                 u = users[row]
                 i = items[row]
