@@ -34,7 +34,8 @@ from .errors import ConfigError
 from .learner import collab_learner
 from .optim import SGD, Adam
 
-__all__ = ["MODES", "KEYS", "PER_RATING_RECIPE", "cornac_row", "load_torch_loop", "bench_rows", "size_sweep", "format_table", "write_json", "plot_sweep"]
+__all__ = ["MODES", "KEYS", "PER_RATING_RECIPE", "cornac_row", "load_torch_loop", "bench_rows", "size_sweep",
+           "format_table", "write_json", "plot_sweep"]
 
 MODES = ("exact", "sparse", "sparse-sgd1")
 #: The documented per-rating SGD setting (``sparse-sgd1``; seed split 42: valid MSE 0.813 on ML-100k).

@@ -16,7 +16,9 @@ loop over one array.
 Kernels with a ``prange`` loop are compiled twice from one body: serially (``prange`` acts as
 ``range``) and with ``parallel=True`` (the ``*_parallel`` names, used by the parallel backend).
 Sparse mode (``train_epoch_sparse``) updates only the rows each batch touches; its parallel twin
-is Hogwild!. Why the kernels look the way they do (float32 scalars, ``error_model``, one
+is Hogwild!. Sparse plain SGD with batches of one rating has its own fused kernel
+(``train_epoch_sgd_per_rating``), whose parallel twin trains conflict-free stratified blocks.
+Why the kernels look the way they do (float32 scalars, ``error_model``, one
 ``reassoc`` flag, prefetching): ``docs/speed.md``.
 """
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = [
     "train_epoch_dense_parallel",
     "train_epoch_sparse",
     "train_epoch_sparse_parallel",
+    "train_epoch_sgd_per_rating",
+    "train_epoch_sgd_per_rating_parallel",
 ]
 
 
@@ -61,8 +65,8 @@ def _dot(u_weight, i_weight, u, i):
 
     ``reassoc`` lets LLVM split the sum into vector lanes (a strict left-to-right sum cannot
     vectorise). The products are float32 and the sum float64, so the order changes the result
-    by about 1e-16 relative: far below float32 rounding. This is the only fastmath flag in the
-    kernels; LLVM inlines the function, keeping the flag on these instructions only.
+    by about 1e-16 relative: far below float32 rounding. This and ``_dot32`` carry the only fastmath
+    flag in the kernels; LLVM inlines them, keeping the flag on these instructions only.
     """
     x = 0.0
     for j in range(u_weight.shape[1]):
@@ -522,7 +526,7 @@ train_epoch_sparse_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_spa
 # --- sparse SGD one rating at a time (bs = 1): the fused fast path ----------------------------------
 @njit(cache=True, fastmath={"reassoc"}, inline="always")
 def _dot32(p, q):
-    """``p . q`` for two float32 rows, summed in float32 with eight running sums.
+    """``p . q`` for two rows, summed in their dtype (float32 for float32 tables) with eight running sums.
 
     One running sum is a chain of dependent adds (4 cycles each); for k = 50 LLVM's vector loop
     (64 lanes a trip once unrolled) never runs, so the chain is the whole cost. Eight
@@ -549,7 +553,7 @@ def _dot32(p, q):
 
 def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users, items, ratings, order, lrs,
                                      wd, decouple_wd, lo, hi, has_range, losses, n_blocks):
-    r"""One epoch of sparse-mode plain SGD with batches of one rating, fused: step ``s`` is rating ``order[s]``.
+    r"""One epoch of sparse-mode plain SGD with batches of one rating, fused (serially: step ``s`` is ``order[s]``).
 
     The same algorithm as :func:`train_epoch_sparse` with ``bs = 1``, SGD and no momentum
     (``reference.sparse_sgd_step`` on a batch of one), written as one pass per rating with no
