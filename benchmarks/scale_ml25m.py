@@ -2,6 +2,14 @@
 
     python benchmarks/scale_ml25m.py --backend parallel --optimizer sgd --epochs 1
     python benchmarks/scale_ml25m.py --backend cpu --optimizer adam --epochs 1 --ratings 5000000
+    python benchmarks/scale_ml25m.py --per-rating --blocks 16 --epochs 2
+
+``--per-rating`` times the per-rating SGD kernel (sparse mode, SGD, bs 1) directly, not through the
+learner: at bs 1 the learner keeps per-step arrays (learning rates, momenta, losses: 8 bytes each a
+rating, plus its Python recorder lists), too big at 25M steps. The kernel gets an int32 permutation
+made once (its cost, and the learner's int64 one, are printed apart), a constant learning rate
+(float32) and float32 losses; ``--blocks g`` splits users and items into ``g`` groups (a power of
+two) and trains the ``g`` blocks of each stratum on the Numba threads (``g = 1``: serial order).
 
 Generates MovieLens-like ratings (``mfscratch.synthetic``: 25,000,095 ratings, 162,541 users,
 59,047 items by default, 2% held out), trains ``--epochs`` epochs of one-cycle in sparse mode
@@ -35,9 +43,13 @@ def main() -> None:
     p.add_argument("--wd", type=float, default=0.01)
     p.add_argument("--backend", default="parallel")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--per-rating", action="store_true", help="time the per-rating SGD kernel directly (see above)")
+    p.add_argument("--blocks", type=int, default=None, help="--per-rating: user/item groups g (default: threads)")
     args = p.parse_args()
     if args.threads:
         numba.set_num_threads(args.threads)
+    if args.per_rating:
+        return per_rating(args)
 
     t0 = time.perf_counter()
     dls = synthetic_dataloaders(args.ratings, args.users, args.items, valid_pct=0.02, bs=args.bs, seed=0,
@@ -61,6 +73,57 @@ def main() -> None:
         "peak_rss_mb": round(peak / 2**20), "ratings_mb": round(ratings_bytes / 2**20),
         "params_and_state_mb": round(state_bytes / 2**20),
         "epoch_seconds": [round(s, 3) for s in learn.recorder.train_seconds],
+    }))
+
+
+def per_rating(args) -> None:
+    import numpy as np
+
+    from mfscratch.kernels import cpu
+    from mfscratch.model import EmbeddingDotBias
+
+    t0 = time.perf_counter()
+    dls = synthetic_dataloaders(args.ratings, args.users, args.items, valid_pct=0.02, bs=1, seed=0,
+                                rating_range=(0.5, 5.0), rating_step=0.5)
+    gen_seconds = time.perf_counter() - t0
+    n = dls.n_train
+    users, items, ratings = dls.train_users, dls.train_items, dls.train_ratings
+    model = EmbeddingDotBias(args.factors, dls.n_users, dls.n_items, y_range=(0.0, 5.5), seed=0)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    rng.permutation(n)  # what the learner does each epoch (int64), timed for comparison only
+    perm64_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    order = np.arange(n, dtype=np.int32)
+    rng.shuffle(order)
+    perm32_seconds = time.perf_counter() - t0
+    lr = args.lr or 0.02
+    lrs = np.full(n, lr, dtype=np.float32)
+    losses = np.empty(n, dtype=np.float32)
+    blocks = args.blocks or 1 << (numba.get_num_threads().bit_length() - 1)
+    kernel = cpu.train_epoch_sgd_per_rating if blocks == 1 else cpu.train_epoch_sgd_per_rating_parallel
+    kernel(model.params, model.n_users, model.n_items, model.n_factors, users[:64], items[:64], ratings[:64],
+           order[:64] % 64, lrs, args.wd, True, 0.0, 5.5, True, losses, blocks)  # compile outside the timing
+    model = EmbeddingDotBias(args.factors, dls.n_users, dls.n_items, y_range=(0.0, 5.5), seed=0)
+    seconds = []
+    for _ in range(args.epochs):
+        t0 = time.perf_counter()
+        done = kernel(model.params, model.n_users, model.n_items, model.n_factors, users, items, ratings, order, lrs,
+                      args.wd, True, 0.0, 5.5, True, losses, blocks)
+        seconds.append(time.perf_counter() - t0)
+        assert done == n, "diverged"
+    mse = cpu.evaluate_mse(*model.kernel_tables(), dls.valid_users, dls.valid_items, dls.valid_ratings,
+                           *model.range_args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ratings_bytes = sum(a.nbytes for a in (users.base, items.base, ratings.base))
+    print(json.dumps({
+        "ratings": args.ratings, "users": args.users, "items": args.items, "k": args.factors, "per_rating": True,
+        "blocks": blocks, "threads": numba.get_num_threads(), "lr": lr, "wd": args.wd,
+        "generate_seconds": round(gen_seconds, 2), "learner_int64_permutation_seconds": round(perm64_seconds, 3),
+        "int32_shuffle_seconds": round(perm32_seconds, 3), "seconds_per_epoch": round(min(seconds), 3),
+        "ratings_per_second": round(n / min(seconds)), "valid_mse": round(float(mse), 4),
+        "peak_rss_mb": round(peak / 2**20), "ratings_mb": round(ratings_bytes / 2**20),
+        "params_mb": round(model.params.nbytes / 2**20), "epoch_seconds": [round(x, 3) for x in seconds],
     }))
 
 

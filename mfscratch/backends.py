@@ -21,7 +21,18 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import cpu
 
-__all__ = ["CpuBackend", "ParallelBackend", "CudaBackend", "get_backend", "available_backends", "BACKENDS"]
+__all__ = ["per_rating_sgd", "CpuBackend", "ParallelBackend", "CudaBackend", "get_backend", "available_backends",
+           "BACKENDS"]
+
+
+def per_rating_sgd(opt, bs: int) -> bool:
+    """Whether a sparse-mode epoch runs the fused one-rating-at-a-time SGD kernel.
+
+    Sparse mode with plain SGD (no momentum) and ``bs = 1`` is per-rating SGD, as cornac and
+    LIBMF train: ``cpu.train_epoch_sgd_per_rating`` does it in one pass per rating, with no
+    gradient buffer (the same algorithm as the general sparse kernel, float32 dot products).
+    """
+    return bs == 1 and opt.name == "sgd" and not opt.uses_momentum
 
 
 class CpuBackend:
@@ -31,6 +42,7 @@ class CpuBackend:
     #: The compiled kernels this backend runs (the parallel backend swaps in their prange twins).
     _dense_epoch = staticmethod(cpu.train_epoch_dense)
     _sparse_epoch = staticmethod(cpu.train_epoch_sparse)
+    _per_rating_epoch = staticmethod(cpu.train_epoch_sgd_per_rating)
 
     def _n_chunks(self) -> int:
         """How many chunks of steps the sparse kernel runs at once: 1 here (serial, deterministic)."""
@@ -56,7 +68,11 @@ class CpuBackend:
         common = (m.n_users, m.n_items, m.n_factors, users, items, ratings, order, self.dls.bs, lrs, moms, step0,
                   opt.name == "adam", opt.uses_momentum, opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd,
                   *m.range_args, losses)
-        if sparse:
+        if sparse and per_rating_sgd(opt, self.dls.bs):
+            n_done = self._per_rating_epoch(m.params, m.n_users, m.n_items, m.n_factors, users, items, ratings, order,
+                                            lrs, opt.wd, opt.decouple_wd, *m.range_args, losses,
+                                            1 << (self._n_chunks().bit_length() - 1))  # blocks: a power of two
+        elif sparse:
             n_done = self._sparse_epoch(m.params, self.state.exp_avg, self.state.exp_avg_sq, *common,
                                         self._n_chunks())
         else:
@@ -82,6 +98,9 @@ class CpuBackend:
         for dense_epoch in {self._dense_kernel(0), self._dense_epoch}:  # small- and large-model kernels
             dense_epoch(params, z, z.copy(), z.copy(), *common)
         self._sparse_epoch(params, z.copy(), z.copy(), *common, 1)
+        two = np.full(2, 1e-3)  # the per-rating kernel takes one lr and one loss per rating
+        self._per_rating_epoch(params, 2, 2, 2, users, users, ratings, order, two, 0.0, True, 0.0, 1.0, True,
+                               np.empty(2), 1)
         cpu.evaluate_mse(*cpu.split_flat(params, 2, 2, 2), users, users, ratings, 0.0, 1.0, True)
 
     def evaluate(self, users, items, ratings) -> float:
@@ -101,6 +120,11 @@ class ParallelBackend(CpuBackend):
       Models under ``min_parallel_params`` parameters use the serial kernel (see there).
     * sparse mode: **Hogwild!**: the epoch's steps are cut into one contiguous chunk per thread and
       the chunks run at once on the shared tables without locks. Not reproducible run to run.
+    * sparse per-rating SGD (``bs = 1``, SGD without momentum; see :func:`per_rating_sgd`):
+      stratified blocks, no Hogwild: users and items are split into ``g`` groups (``g`` the largest
+      power of two up to the thread count) and the threads train blocks that share no row, so the
+      result is deterministic, but the ratings run block by block rather than in the serial order
+      (``cpu.train_epoch_sgd_per_rating``).
 
     ``numba.set_num_threads`` (or ``NUMBA_NUM_THREADS``) sets the number of threads.
     """
@@ -108,6 +132,7 @@ class ParallelBackend(CpuBackend):
     name = "parallel"
     _dense_epoch = staticmethod(cpu.train_epoch_dense_parallel)
     _sparse_epoch = staticmethod(cpu.train_epoch_sparse_parallel)
+    _per_rating_epoch = staticmethod(cpu.train_epoch_sgd_per_rating_parallel)
     #: Exact mode opens one parallel region per step. Below this many parameters a step's update
     #: takes tens of microseconds, and on a shared machine the wait for a descheduled thread at
     #: each region's end costs more than the second core saves (measured on ML-100k's 133k

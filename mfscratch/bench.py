@@ -9,12 +9,21 @@ Every row trains the same model from the same initial weights with the same one-
 * ``speedup_vs_torch``: the PyTorch row's seconds per epoch / this row's (``None`` without torch);
 * ``valid_mse``: after the last epoch.
 
+The modes are ``exact`` and ``sparse`` (the seed recipe's hyper-parameters) and ``sparse-sgd1``:
+sparse mode with plain SGD and batches of one rating (per-rating SGD, the fused kernel), run with
+its own documented setting :data:`PER_RATING_RECIPE` (the ``lr``/``wd``/``epochs`` given apply to
+the other modes only).
+
 The PyTorch row runs ``benchmarks/torch_loop.py`` from the repository (exact mode only). torch is
 imported only here, only when that row is asked for, and only through that file: the library
 never imports torch. Without torch or without the file the row is skipped and the reason logged.
+The ``cornac`` row (asked for with ``--backend cornac``, with the ``sparse-sgd1`` mode) trains
+cornac's biased MF (Cython per-rating SGD) on the same training rows, for the per-rating
+comparison: seconds per epoch = the best of three 25-epoch fits / 25 (its setup included).
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -23,10 +32,16 @@ from . import schedule
 from .backends import BACKENDS, available_backends
 from .errors import ConfigError
 from .learner import collab_learner
+from .optim import SGD, Adam
 
-__all__ = ["MODES", "KEYS", "load_torch_loop", "bench_rows", "size_sweep", "format_table", "write_json", "plot_sweep"]
+__all__ = ["MODES", "KEYS", "PER_RATING_RECIPE", "cornac_row", "load_torch_loop", "bench_rows", "size_sweep",
+           "format_table", "write_json", "plot_sweep"]
 
-MODES = ("exact", "sparse")
+MODES = ("exact", "sparse", "sparse-sgd1")
+#: The documented per-rating SGD setting (``sparse-sgd1``; seed split 42: valid MSE 0.813 on ML-100k).
+PER_RATING_RECIPE = {"lr": 0.02, "wd": 0.08, "epochs": 12}
+#: cornac's biased MF as compared in docs/speed.md (its defaults but k = 50 and 25 epochs).
+CORNAC_SETTINGS = {"k": 50, "max_iter": 25, "learning_rate": 0.01, "lambda_reg": 0.02}
 #: The keys of one result row, in table order.
 KEYS = ("backend", "mode", "seconds_per_epoch", "ratings_per_second", "speedup_vs_torch", "valid_mse")
 
@@ -62,33 +77,44 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
     """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
 
     ``backends`` defaults to every backend that can run here (cuda only with a GPU); ``'torch'`` in it (or ``torch=True`` with
-    ``backends=None``) adds the PyTorch row, run with ``torch_threads`` threads. The default is
+    ``backends=None``) adds the PyTorch row, run with ``torch_threads`` threads; ``'cornac'`` (also in
+    the default) adds cornac's row when ``sparse-sgd1`` is among the modes and cornac is installed. The default is
     one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two
     cores, and when another process holds a core each op waits for it (measured: 0.9 s per
     ML-100k epoch with one thread, 15 to 100 s with two on a loaded 2-core machine).
     """
     log = log or (lambda *a: None)
-    names = available_backends() + ["torch"] if backends is None else list(backends)
+    names = available_backends() + ["torch", "cornac"] if backends is None else list(backends)
     for name in names:
-        if name != "torch" and name not in BACKENDS:
-            raise ConfigError(f"unknown backend {name!r}: use one of {', '.join([*BACKENDS, 'torch'])}")
+        if name not in ("torch", "cornac") and name not in BACKENDS:
+            raise ConfigError(f"unknown backend {name!r}: use one of {', '.join([*BACKENDS, 'torch', 'cornac'])}")
     for mode in modes:
         if mode not in MODES:
-            raise ConfigError(f"unknown mode {mode!r}: use exact or sparse")
+            raise ConfigError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     rows, start_tables = [], None
     for name in names:
-        if name == "torch":
+        if name in ("torch", "cornac"):
             continue
         for mode in modes:
-            learn = collab_learner(dls, n_factors=n_factors, y_range=y_range, seed=seed, sparse=mode == "sparse",
-                                   backend=name, log=None)
+            run_dls, opt, run = dls, Adam, {"lr": lr, "wd": wd, "epochs": epochs}
+            if mode == "sparse-sgd1":  # per-rating SGD: batches of one rating, its own recipe
+                run_dls, opt, run = copy.copy(dls), SGD, PER_RATING_RECIPE
+                run_dls.bs = 1
+            learn = collab_learner(run_dls, n_factors=n_factors, y_range=y_range, seed=seed, sparse=mode != "exact",
+                                   opt_func=opt, backend=name, log=None)
             if start_tables is None:
                 start_tables = {k: v.copy() for k, v in learn.model.tables().items()}
             learn.backend.warmup(learn.model.dtype)  # compile (or load from the cache) outside the timing
-            learn.fit_one_cycle(epochs, lr, wd=wd)
+            learn.fit_one_cycle(run["epochs"], run["lr"], wd=run["wd"])
             rows.append(_row(name, mode, min(learn.recorder.train_seconds), dls.n_train,
                              learn.recorder.values[-1][1]))
-            log(f"  {name:<9}{mode:<7}{rows[-1]['seconds_per_epoch']:.4f} s/epoch")
+            log(f"  {name:<9}{mode:<12}{rows[-1]['seconds_per_epoch']:.4f} s/epoch")
+    if "cornac" in names and "sparse-sgd1" in modes:
+        if importlib.util.find_spec("cornac") is None:
+            log("  skipping the cornac row: cornac is not installed (pip install cornac)")
+        else:
+            rows.append(cornac_row(dls, seed))
+            log(f"  cornac   sparse-sgd1 {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
     if "torch" in names and torch:
         torch_loop, why = load_torch_loop()
         if torch_loop is None:
@@ -98,20 +124,53 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
                 start_tables = collab_learner(dls, n_factors=n_factors, y_range=y_range, seed=seed,
                                               log=None).model.tables()
             rows.append(_torch_row(torch_loop, dls, start_tables, y_range, epochs, lr, wd, seed, torch_threads))
-            log(f"  torch    exact  {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
+            log(f"  torch    exact       {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
             base = rows[-1]["seconds_per_epoch"]
             for row in rows:
                 row["speedup_vs_torch"] = base / row["seconds_per_epoch"]
     return rows
 
 
+def cornac_row(dls, seed: int = 42, repeats: int = 3) -> dict:
+    """cornac's biased MF (:data:`CORNAC_SETTINGS`) on ``dls``'s training rows; valid MSE on its valid rows.
+
+    Timed as cornac is used: ``fit`` on a prepared ``cornac.data.Dataset`` (best of ``repeats``),
+    divided by its epochs. Its prediction is ``global_mean + b_u + b_i + u . v`` (no sigmoid);
+    users or items absent from training fall back to the means, as cornac does.
+    """
+    import time
+
+    import numpy as np
+    from cornac.data import Dataset
+    from cornac.models import MF
+
+    train = list(zip(dls.train_users.tolist(), dls.train_items.tolist(), dls.train_ratings.astype(float).tolist()))
+    data = Dataset.from_uir(train, seed=seed)
+    best = float("inf")
+    for _ in range(repeats):
+        model = MF(**CORNAC_SETTINGS, use_bias=True, early_stop=False, verbose=False, seed=seed)
+        t0 = time.perf_counter()
+        model.fit(data)
+        best = min(best, time.perf_counter() - t0)
+    uidx = np.array([data.uid_map.get(u, -1) for u in dls.valid_users.tolist()])
+    iidx = np.array([data.iid_map.get(i, -1) for i in dls.valid_items.tolist()])
+    pred = np.full(len(uidx), float(model.global_mean))
+    ok_u, ok_i = uidx >= 0, iidx >= 0
+    pred[ok_u] += model.u_biases[uidx[ok_u]]
+    pred[ok_i] += model.i_biases[iidx[ok_i]]
+    both = ok_u & ok_i
+    pred[both] += (model.u_factors[uidx[both]] * model.i_factors[iidx[both]]).sum(axis=1)
+    mse = float(np.mean((pred - dls.valid_ratings) ** 2))
+    return _row("cornac", "sparse-sgd1", best / CORNAC_SETTINGS["max_iter"], dls.n_train, mse)
+
+
 def format_table(rows) -> str:
     """The rows as a fixed-width text table."""
-    head = f"{'backend':<10}{'mode':<8}{'s/epoch':>10}{'ratings/s':>13}{'vs torch':>10}{'valid MSE':>11}"
+    head = f"{'backend':<10}{'mode':<13}{'s/epoch':>10}{'ratings/s':>13}{'vs torch':>10}{'valid MSE':>11}"
     lines = [head, "-" * len(head)]
     for r in rows:
         speed = "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.1f}x"
-        lines.append(f"{r['backend']:<10}{r['mode']:<8}{r['seconds_per_epoch']:>10.4f}"
+        lines.append(f"{r['backend']:<10}{r['mode']:<13}{r['seconds_per_epoch']:>10.4f}"
                      f"{r['ratings_per_second']:>13,.0f}{speed:>10}{r['valid_mse']:>11.4f}")
     return "\n".join(lines)
 
@@ -132,6 +191,8 @@ def size_sweep(sizes, n_factors: int = 50, epochs: int = 1, backends=None, modes
     from .synthetic import ML_25M_SHAPE, synthetic_dataloaders
 
     n25, u25, i25 = ML_25M_SHAPE
+    # The per-rating mode records one loss per rating for 12 epochs: too much at the sweep's sizes.
+    modes = [m for m in modes if m != "sparse-sgd1"]
     out = []
     for n in sizes:
         n_users, n_items = max(50, round(n * u25 / n25)), max(50, round(n * i25 / n25))

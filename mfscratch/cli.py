@@ -72,7 +72,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--valid-pct", type=_fraction, default=0.2)
     g.add_argument("--seed", type=int, default=42, help="fixes split, init and batch order (default 42)")
     g.add_argument("--mode", choices=("exact", "sparse"), default="exact",
-                   help="exact: every row updated each step (the fastai recipe); sparse: only the batch's rows")
+                   help="exact: every row updated each step (the fastai recipe); sparse: only the batch's rows. "
+                        "Sparse with --optimizer sgd --bs 1 is per-rating SGD (a fused kernel, the fastest "
+                        "setting); documented: --mode sparse --optimizer sgd --bs 1 --lr 0.02 --wd 0.08 "
+                        "--epochs 12 (valid MSE 0.813 on ML-100k, seed 42)")
     g.add_argument("--backend", default="cpu",
                    help="where the kernels run: cpu, or cuda (an NVIDIA GPU; needs the cuda extra) (default cpu)")
 
@@ -117,10 +120,12 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--lr", type=_positive_float, default=5e-3)
     bench.add_argument("--wd", type=_nonneg_float, default=0.1)
     bench.add_argument("--seed", type=int, default=42)
-    bench.add_argument("--mode", choices=("exact", "sparse"), action="append",
-                       help="only this mode (repeatable; default both)")
+    bench.add_argument("--mode", choices=("exact", "sparse", "sparse-sgd1"), action="append",
+                       help="only this mode (repeatable; default all three; sparse-sgd1: sparse per-rating SGD, "
+                            "bs 1, lr 0.02, wd 0.08, 12 epochs, whatever --bs/--lr/--wd/--epochs say)")
     bench.add_argument("--backend", action="append",
-                       help="only this backend (repeatable; 'torch' is the PyTorch row; default all)")
+                       help="only this backend (repeatable; 'torch' is the PyTorch row, 'cornac' cornac's biased "
+                            "MF next to sparse-sgd1; default all)")
     bench.add_argument("--torch-threads", type=_positive_int, default=1,
                        help="threads for the PyTorch row (default 1: faster than 2 for batches of 64)")
     bench.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")

@@ -17,7 +17,8 @@ def test_bench_rows_json_and_torch_speedup(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert cli.main(["bench", *TINY, "--backend", "cpu", "--backend", "torch", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [(r["backend"], r["mode"]) for r in rows] == [("cpu", "exact"), ("cpu", "sparse"), ("torch", "exact")]
+    assert [(r["backend"], r["mode"]) for r in rows] == [("cpu", "exact"), ("cpu", "sparse"), ("cpu", "sparse-sgd1"),
+                                                         ("torch", "exact")]
     for r in rows:
         assert list(r) == list(bench.KEYS)
         assert r["seconds_per_epoch"] > 0 and r["ratings_per_second"] > 0 and r["valid_mse"] > 0
@@ -33,6 +34,17 @@ def test_bench_mode_restriction_without_torch(monkeypatch):
     assert {r["mode"] for r in rows} == {"sparse"} and {r["backend"] for r in rows} == {"cpu", "parallel"}
     assert all(r["speedup_vs_torch"] is None for r in rows)
     assert any("skipping the PyTorch row" in line for line in logged)
+
+
+def test_bench_per_rating_row_and_cornac():
+    """sparse-sgd1 runs per-rating SGD with its own recipe; cornac's row sits next to it."""
+    pytest.importorskip("cornac")
+    dls = synthetic_dataloaders(2000, 20, 30, bs=32, seed=0)
+    rows = bench.bench_rows(dls, ["cpu", "cornac"], ("sparse-sgd1",), epochs=1, n_factors=4, log=None)
+    assert [(r["backend"], r["mode"]) for r in rows] == [("cpu", "sparse-sgd1"), ("cornac", "sparse-sgd1")]
+    assert dls.bs == 32  # the row trained on a copy of the loaders with bs 1
+    for r in rows:
+        assert 0 < r["valid_mse"] < 5 and r["seconds_per_epoch"] > 0
 
 
 def test_library_does_not_import_torch():

@@ -16,7 +16,9 @@ loop over one array.
 Kernels with a ``prange`` loop are compiled twice from one body: serially (``prange`` acts as
 ``range``) and with ``parallel=True`` (the ``*_parallel`` names, used by the parallel backend).
 Sparse mode (``train_epoch_sparse``) updates only the rows each batch touches; its parallel twin
-is Hogwild!. Why the kernels look the way they do (float32 scalars, ``error_model``, one
+is Hogwild!. Sparse plain SGD with batches of one rating has its own fused kernel
+(``train_epoch_sgd_per_rating``), whose parallel twin trains conflict-free stratified blocks.
+Why the kernels look the way they do (float32 scalars, ``error_model``, one
 ``reassoc`` flag, prefetching): ``docs/speed.md``.
 """
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = [
     "train_epoch_dense_parallel",
     "train_epoch_sparse",
     "train_epoch_sparse_parallel",
+    "train_epoch_sgd_per_rating",
+    "train_epoch_sgd_per_rating_parallel",
 ]
 
 
@@ -61,8 +65,8 @@ def _dot(u_weight, i_weight, u, i):
 
     ``reassoc`` lets LLVM split the sum into vector lanes (a strict left-to-right sum cannot
     vectorise). The products are float32 and the sum float64, so the order changes the result
-    by about 1e-16 relative: far below float32 rounding. This is the only fastmath flag in the
-    kernels; LLVM inlines the function, keeping the flag on these instructions only.
+    by about 1e-16 relative: far below float32 rounding. This and ``_dot32`` carry the only fastmath
+    flag in the kernels; LLVM inlines them, keeping the flag on these instructions only.
     """
     x = 0.0
     for j in range(u_weight.shape[1]):
@@ -517,3 +521,150 @@ def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_fa
 
 train_epoch_sparse = njit(**_HOT)(_train_epoch_sparse_body)
 train_epoch_sparse_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_sparse_body))
+
+
+# --- sparse SGD one rating at a time (bs = 1): the fused fast path ----------------------------------
+@njit(cache=True, fastmath={"reassoc"}, inline="always")
+def _dot32(p, q):
+    """``p . q`` for two rows, summed in their dtype (float32 for float32 tables) with eight running sums.
+
+    One running sum is a chain of dependent adds (4 cycles each); for k = 50 LLVM's vector loop
+    (64 lanes a trip once unrolled) never runs, so the chain is the whole cost. Eight
+    independent sums cut it eightfold and need no vector loop. The order of the sum differs from
+    :func:`_dot`'s (float32 rounding, ~1e-7 relative).
+    """
+    T = p.dtype.type
+    x0 = x1 = x2 = x3 = x4 = x5 = x6 = x7 = T(0.0)
+    k = p.shape[0]
+    k8 = k - k % 8
+    for j in range(0, k8, 8):
+        x0 += p[j] * q[j]
+        x1 += p[j + 1] * q[j + 1]
+        x2 += p[j + 2] * q[j + 2]
+        x3 += p[j + 3] * q[j + 3]
+        x4 += p[j + 4] * q[j + 4]
+        x5 += p[j + 5] * q[j + 5]
+        x6 += p[j + 6] * q[j + 6]
+        x7 += p[j + 7] * q[j + 7]
+    for j in range(k8, k):
+        x0 += p[j] * q[j]
+    return ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+
+
+def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users, items, ratings, order, lrs,
+                                     wd, decouple_wd, lo, hi, has_range, losses, n_blocks):
+    r"""One epoch of sparse-mode plain SGD with batches of one rating, fused (serially: step ``s`` is ``order[s]``).
+
+    The same algorithm as :func:`train_epoch_sparse` with ``bs = 1``, SGD and no momentum
+    (``reference.sparse_sgd_step`` on a batch of one), written as one pass per rating with no
+    gradient buffer and no slot maps. With ``err = pred - y``, ``dx = 2 err (hi - lo) s (1 - s)``
+    (``dx = 2 err`` without a range) and ``lr = lrs[s]``, both rows move at once from their old values:
+
+    ``P[u] <- P[u] shrink - lr dx Q[i]``,   ``Q[i] <- Q[i] shrink - lr dx P[u]``,
+    ``b[u] <- b[u] shrink - lr dx``,        ``c[i] <- c[i] shrink - lr dx``,   ``shrink = 1 - lr wd``.
+
+    For plain SGD decoupled and L2 weight decay are the same update (``p (1 - lr wd) - lr g`` either
+    way), so ``decouple_wd`` changes nothing here. This is cornac's / LIBMF's per-rating SGD on
+    fastai's sigmoid model. It differs from the general kernel by float32 rounding only: the dot
+    product is summed in the tables' dtype with eight running sums (``_dot32``) and the decay is
+    folded into one multiply. ``losses[s]`` is rating ``s``'s squared error.
+
+    ``n_blocks = g > 1``, a power of two (the parallel backend: one block per thread), trains without
+    conflicts, the stratified SGD of DSGD/LIBMF: users and items are split into ``g`` groups by ``code % g``, and
+    the epoch runs ``g`` strata; in stratum ``t`` thread ``c`` takes the ratings of user group ``c``
+    and item group ``(c + t) % g``, in the order of ``order``. The ``g`` blocks of a stratum share no
+    row, so the threads never touch the same row, and the result is deterministic (the same for
+    any thread timing) but the ratings run in a **different order** from the serial kernel's:
+    stratum by stratum, each block in the order of ``order``. Step ``s`` (``lrs[s]``, ``losses[s]``)
+    is then the ``s``-th rating of that layout (strata one after another, blocks of a stratum one
+    after another), so the learning rates still fall across the epoch. ``g = 1`` is the plain
+    serial epoch over ``order``.
+
+    Returns the number of valid losses: ``n_steps``, or (the position of a non-finite loss) + 1
+    (training stops at the first one, before its update; with ``g > 1`` other losses may then be unset).
+    """
+    u_weight, i_weight, u_bias, i_bias = split_flat(params, n_users, n_items, n_factors)
+    T = params.dtype.type
+    k = n_factors
+    g = n_blocks
+    n_steps = order.shape[0]
+    i_start = n_users * k
+    # In a shuffled order every rating also reads users/items/ratings at a random row: once those
+    # arrays or the tables outgrow the caches, prefetch (codes 8 ratings ahead, rows 4 ahead).
+    data_bytes = users.size * users.itemsize + items.size * items.itemsize + ratings.size * ratings.itemsize
+    prefetch = params.size * params.itemsize + data_bytes > PREFETCH_MIN_BYTES
+    first_bad = np.full(g, n_steps, dtype=np.int64)
+    span, lo_, two = T(hi - lo), T(lo), T(2.0)
+    # With g > 1: the epoch's rows grouped by block (a stable counting sort, so each block keeps
+    # the order's order): block b = (u % g) g + (i % g) is blocked[start[b]:start[b + 1]], and
+    # blocks are laid out stratum by stratum, so that step s (lrs[s], losses[s]) is blocked[s].
+    mask = g - 1  # g is a power of two: code % g == code & mask
+    start = np.zeros(g * g + 1, dtype=np.int64)
+    blocked = order
+    if g > 1:
+        rank = np.empty(g * g, dtype=np.int64)  # block (c, (c + t) % g) is the (t g + c)-th in the layout
+        for t in range(g):
+            for c in range(g):
+                rank[c * g + (c + t) % g] = t * g + c
+        for s in range(n_steps):
+            row = order[s]
+            start[rank[(users[row] & mask) * g + (items[row] & mask)] + 1] += 1
+        for b in range(g * g):
+            start[b + 1] += start[b]
+        fill = start[:-1].copy()
+        blocked = np.empty_like(order)
+        for s in range(n_steps):
+            row = order[s]
+            b = rank[(users[row] & mask) * g + (items[row] & mask)]
+            blocked[fill[b]] = row
+            fill[b] += 1
+    for t in range(g):
+        for c in prange(g):
+            b = t * g + c
+            first = start[b] if g > 1 else 0
+            last = start[b + 1] if g > 1 else n_steps
+            for s in range(first, last):
+                if prefetch and s + 2 * PREFETCH_AHEAD < last:
+                    ahead = blocked[s + 2 * PREFETCH_AHEAD]
+                    _prefetch(users, ahead)
+                    _prefetch(items, ahead)
+                    _prefetch(ratings, ahead)
+                    ahead = blocked[s + PREFETCH_AHEAD]
+                    _prefetch_row(params, users[ahead] * k, k)
+                    _prefetch_row(params, i_start + items[ahead] * k, k)
+                row = blocked[s]
+                u = users[row]
+                i = items[row]
+                p = u_weight[u]
+                q = i_weight[i]
+                x = _dot32(p, q) + u_bias[u] + i_bias[i]
+                if has_range:
+                    # Branch-free: for x below about -88, exp(-x) is inf in float32 and sg is exactly 0.
+                    sg = T(1.0) / (T(1.0) + math.exp(-x))
+                    err = lo_ + span * sg - ratings[row]
+                    dx = two * err * span * sg * (T(1.0) - sg)
+                else:
+                    err = x - ratings[row]
+                    dx = two * err
+                losses[s] = err * err
+                if not math.isfinite(losses[s]):
+                    first_bad[c] = s  # diverged: stop before this rating's update
+                    break
+                lr = lrs[s]
+                shrink = T(1.0 - lr * wd)
+                step = T(lr) * dx
+                for j in range(k):
+                    pu = p[j]
+                    qi = q[j]
+                    p[j] = pu * shrink - step * qi
+                    q[j] = qi * shrink - step * pu
+                u_bias[u] = u_bias[u] * shrink - step
+                i_bias[i] = i_bias[i] * shrink - step
+        if first_bad.min() < n_steps:
+            break
+    bad = first_bad.min()
+    return n_steps if bad == n_steps else bad + 1
+
+
+train_epoch_sgd_per_rating = njit(**_HOT)(_train_epoch_sgd_per_rating_body)
+train_epoch_sgd_per_rating_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_sgd_per_rating_body))
