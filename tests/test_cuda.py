@@ -210,19 +210,27 @@ def _epoch_inputs(dls, seed=10):
                                          ("host", None)])
 @pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.05, decouple_wd=False)], ids=["adam", "sgd"])
 def test_exact_epochs_on_cuda_equal_cpu(loop, group, opt):
+    # group 2: two columns per lane; 8: idle lanes, two rounds
+    (cpu_b, gpu_b), dls = _two_epochs_cpu_and_cuda(CudaBackend(loop, group), opt, sparse=False)
+    np.testing.assert_allclose(gpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings),
+                               cpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings), rtol=1e-5)
+
+
+def _two_epochs_cpu_and_cuda(gpu_b, opt, sparse):
+    """Two epochs (the global step carries over) on the CPU and on ``gpu_b`` from the same weights;
+    asserts equal losses, weights and moments, and returns ``((cpu, gpu), dls)``."""
     dls = _dls()
-    cpu_b, gpu_b = CpuBackend(), CudaBackend(loop, group)  # 2: two columns per lane; 8: idle lanes, two rounds
+    cpu_b = CpuBackend()
     (m_cpu, s_cpu), (m_gpu, s_gpu) = _bound(cpu_b, dls), _bound(gpu_b, dls)
-    for epoch, step0 in ((0, 0), (1, 5)):  # two epochs: the global step carries over
+    for epoch, step0 in ((0, 0), (1, 5)):
         order, lrs, moms = _epoch_inputs(dls, seed=epoch)
-        want = cpu_b.train_epoch(order, lrs, moms, opt, False, step0)
-        got = gpu_b.train_epoch(order, lrs, moms, opt, False, step0)
+        want = cpu_b.train_epoch(order, lrs, moms, opt, sparse, step0)
+        got = gpu_b.train_epoch(order, lrs, moms, opt, sparse, step0)
         np.testing.assert_allclose(got, want, rtol=1e-5)
     gpu_b.sync()
     np.testing.assert_allclose(m_gpu.params, m_cpu.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s_gpu.exp_avg, s_cpu.exp_avg, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(gpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings),
-                               cpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings), rtol=1e-5)
+    return (cpu_b, gpu_b), dls
 
 
 @cudasim
@@ -230,17 +238,7 @@ def test_exact_epochs_on_cuda_equal_cpu(loop, group, opt):
 @pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.05)], ids=["adam", "sgd"])
 def test_sparse_epochs_on_cuda_equal_cpu(loop, opt):
     """The CUDA lazy update against the CPU's ``train_epoch_sparse``: a row repeated in a batch moves once."""
-    dls = _dls()
-    cpu_b, gpu_b = CpuBackend(), CudaBackend(loop)
-    (m_cpu, s_cpu), (m_gpu, s_gpu) = _bound(cpu_b, dls), _bound(gpu_b, dls)
-    for epoch, step0 in ((0, 0), (1, 5)):
-        order, lrs, moms = _epoch_inputs(dls, seed=epoch)
-        want = cpu_b.train_epoch(order, lrs, moms, opt, True, step0)
-        got = gpu_b.train_epoch(order, lrs, moms, opt, True, step0)
-        np.testing.assert_allclose(got, want, rtol=1e-5)
-    gpu_b.sync()
-    np.testing.assert_allclose(m_gpu.params, m_cpu.params, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(s_gpu.exp_avg, s_cpu.exp_avg, rtol=1e-4, atol=1e-7)
+    _two_epochs_cpu_and_cuda(CudaBackend(loop), opt, sparse=True)
 
 
 @cudasim

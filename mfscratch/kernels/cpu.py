@@ -444,6 +444,8 @@ def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_fa
                 row = order[pos]
                 u = users[row]
                 i = items[row]
+                # The same slot claim for the user and the item, written out twice on purpose: as a
+                # shared inline helper returning (slot, count) this epoch measured 15% slower.
                 su = slot_u[u]
                 if su < 0:
                     su = nu
