@@ -149,10 +149,11 @@ def _check_y_range(y_range) -> tuple[float, float] | None:
 
 def _check_train_settings(args) -> None:
     """What argparse's types cannot see, checked before any data is read."""
-    from .backends import BACKENDS
+    from .backends import BACKENDS, get_backend
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
+    get_backend(args.backend)  # a backend this machine cannot run (cuda without a GPU) says so now
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
     from .validate import check_output_path

@@ -326,3 +326,17 @@ def test_cuda_backend_without_a_gpu_is_one_clear_config_error(monkeypatch):
     monkeypatch.setattr(ck, "cuda", None)  # as if numba-cuda were not installed
     with pytest.raises(ConfigError, match=r"pip install 'mfscratch\[cuda\]'"):
         get_backend("cuda")
+
+
+def test_cli_refuses_cuda_without_a_gpu_before_reading_data(monkeypatch, capsys):
+    if ck.HAS_CUDA:
+        pytest.skip("CUDA is available here (GPU or simulator)")
+    from mfscratch import cli
+
+    def no_data(args):
+        raise AssertionError("the data must not be read")
+
+    monkeypatch.setattr(cli, "load_training_data", no_data)
+    assert cli.main(["train", "--backend", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: backend 'cuda' needs an NVIDIA GPU")
