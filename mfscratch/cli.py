@@ -80,6 +80,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="where the kernels run: cpu, or cuda (an NVIDIA GPU; needs the cuda extra) (default cpu)")
 
 
+def add_output_args(p: argparse.ArgumentParser, json_help: str):
+    """The ``output`` group every training command has: ``--json`` and ``--quiet``."""
+    out = p.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help=json_help)
+    out.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return out
+
+
+def add_debug_arg(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: without it the subcommand's default (False) would override 'mfscratch --debug CMD'.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mfscratch", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -88,17 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the seed recipe (or any settings) and report",
                            description="Train the biased dot-product model and print fastai's results table.")
     add_train_args(train)
-    out = train.add_argument_group("output")
+    out = add_output_args(train, "write a JSON report of the run")
     out.add_argument("--save", metavar="PATH", help="write the weights and vocabularies to a .npz")
-    out.add_argument("--json", metavar="PATH", help="write a JSON report of the run")
-    out.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_data_args(train)
     add_usage_output_args(out)
     out.add_argument("--checkpoint", metavar="DIR", help="save the full training state to DIR after each epoch")
     out.add_argument("--resume", action="store_true",
                      help="continue from the checkpoint in --checkpoint DIR (same settings; starts afresh if none)")
-    # SUPPRESS: without it the subcommand's default (False) would override 'mfscratch --debug train'.
-    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    add_debug_arg(train)
     train.set_defaults(func=cmd_train)
     add_usage_commands(sub)
     add_bench_parser(sub)
@@ -133,7 +143,7 @@ def add_bench_parser(sub) -> None:
                        help="also time synthetic data of --sizes and plot seconds/epoch against size (matplotlib)")
     bench.add_argument("--sizes", default="100000,400000,1600000",
                        help="comma-separated rating counts for --plot (default 100000,400000,1600000)")
-    bench.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug_arg(bench)
     bench.set_defaults(func=cmd_bench)
 
 
@@ -292,8 +302,7 @@ def add_usage_commands(sub) -> None:
     def model_cmd(name, help_, func):
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--model", required=True, metavar="PATH", help="a model saved by 'mfscratch train --save'")
-        # SUPPRESS: a default here would override 'mfscratch --debug CMD'.
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        add_debug_arg(p)
         p.set_defaults(func=func)
         return p
 
@@ -315,10 +324,8 @@ def add_usage_commands(sub) -> None:
     cv = sub.add_parser("cv", help="ML-100k's 5-fold protocol (u1..u5): RMSE and MAE per fold, mean and spread",
                         description="Train on each of ML-100k's u1..u5 base files and test on its .test file.")
     add_train_args(cv)
-    out = cv.add_argument_group("output")
-    out.add_argument("--json", metavar="PATH", help="write a JSON report of the folds")
-    out.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    cv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    add_output_args(cv, "write a JSON report of the folds")
+    add_debug_arg(cv)
     cv.set_defaults(func=cmd_cv)
 
 
