@@ -72,18 +72,8 @@ def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed, threads=1
     return _row("torch", "exact", min(s["seconds"] for s in stats), dls.n_train, stats[-1]["valid_mse"])
 
 
-def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int = 50, lr: float = 5e-3,
-               wd: float = 0.1, y_range=(0.0, 5.5), seed: int = 42, torch: bool = True, log=print, torch_threads: int = 1) -> list[dict]:
-    """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
-
-    ``backends`` defaults to every backend that can run here (cuda only with a GPU); ``'torch'`` in it (or ``torch=True`` with
-    ``backends=None``) adds the PyTorch row, run with ``torch_threads`` threads; ``'cornac'`` (also in
-    the default) adds cornac's row when ``sparse-sgd1`` is among the modes and cornac is installed. The default is
-    one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two
-    cores, and when another process holds a core each op waits for it (measured: 0.9 s per
-    ML-100k epoch with one thread, 15 to 100 s with two on a loaded 2-core machine).
-    """
-    log = log or (lambda *a: None)
+def check_names(backends, modes) -> list[str]:
+    """The backend names to run (``None``: the default set), after checking every name and mode."""
     names = available_backends() + ["torch", "cornac"] if backends is None else list(backends)
     for name in names:
         if name not in ("torch", "cornac") and name not in BACKENDS:
@@ -91,6 +81,22 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
     for mode in modes:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+    return names
+
+
+def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int = 50, lr: float = 5e-3,
+               wd: float = 0.1, y_range=(0.0, 5.5), seed: int = 42, torch: bool = True, log=print, torch_threads: int = 1) -> list[dict]:
+    """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
+
+    ``backends`` defaults to every backend that can run here (cuda only with a GPU) plus ``'torch'``
+    and ``'cornac'``. ``'torch'`` adds the PyTorch row, run with ``torch_threads`` threads (default
+    one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two cores,
+    and when another process holds a core each op waits for it; measured: 0.9 s per ML-100k epoch
+    with one thread, 15 to 100 s with two on a loaded 2-core machine). ``'cornac'`` adds cornac's
+    row when ``sparse-sgd1`` is among the modes and cornac is installed.
+    """
+    log = log or (lambda *a: None)
+    names = check_names(backends, modes)
     rows, start_tables = [], None
     for name in names:
         if name in ("torch", "cornac"):

@@ -516,6 +516,9 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--sizes must be comma-separated numbers, got {args.sizes!r}") from None
     if args.plot and (not sizes or min(sizes) < 2 * args.bs):
         raise ConfigError(f"--sizes must be rating counts of at least {2 * args.bs}, got {args.sizes!r}")
+    modes = tuple(dict.fromkeys(args.mode)) if args.mode else bench.MODES
+    backends = list(dict.fromkeys(args.backend)) if args.backend else None
+    bench.check_names(backends, modes)  # before any data is read
     if args.ratings is not None:
         from .synthetic import synthetic_dataloaders
 
@@ -530,8 +533,6 @@ def cmd_bench(args) -> int:
         what, y_range = f"{args.data} (seed split {args.seed})", (0.0, 5.5)
     print(f"{what}, k={args.factors}, bs={args.bs}, {args.epochs} epochs of one-cycle lr {args.lr} wd {args.wd}; "
           f"{numba.get_num_threads()} threads on {platform.machine()} ({numba.config.NUMBA_NUM_THREADS} cores seen)")
-    modes = tuple(dict.fromkeys(args.mode)) if args.mode else bench.MODES
-    backends = list(dict.fromkeys(args.backend)) if args.backend else None
     rows = bench.bench_rows(dls, backends, modes, args.epochs, args.factors, args.lr, args.wd, y_range, args.seed,
                             torch_threads=args.torch_threads)
     print()
