@@ -72,9 +72,13 @@ def test_deferred_divergence_stops_where_dense_does(opt):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("opt_func", [Adam, SGD, lambda: SGD(mom=0.9), lambda: Adam(decouple_wd=False)])
-def test_backend_defers_only_without_l2_decay(opt_func, monkeypatch):
+@pytest.mark.parametrize("opt_func, deferrable", [(Adam, True), (SGD, True), (lambda: SGD(mom=0.9), True),
+                                                   (lambda: Adam(decouple_wd=False), False)])
+def test_backend_defers_only_without_l2_decay(opt_func, deferrable, monkeypatch):
     """Through the learner: defer_rows on and off give the same fit (L2 decay always runs dense)."""
+    calls = []
+    kernel = cpu.train_epoch_deferred
+    monkeypatch.setattr(cpu, "train_epoch_deferred", lambda *a: calls.append(1) or kernel(*a))
     fits = []
     for defer in (True, False):
         monkeypatch.setattr(CpuBackend, "defer_rows", defer)
@@ -82,4 +86,14 @@ def test_backend_defers_only_without_l2_decay(opt_func, monkeypatch):
         learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), opt_func=opt_func, seed=0, log=None)
         learn.fit_one_cycle(2, 5e-3, wd=0.1)
         fits.append(learn.model.params.copy())
+    assert len(calls) == (2 if deferrable else 0)
     np.testing.assert_allclose(fits[0], fits[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["adam-decoupled", "sgd-momentum", "sgd-constant"])
+def test_trajectory_matches_pytorch_with_deferred_rows(case, monkeypatch):
+    """The PyTorch trajectory test (200 steps, 1e-4) with exact mode running the deferred kernel."""
+    from test_trajectory import test_trajectory_matches_pytorch
+
+    monkeypatch.setattr(CpuBackend, "defer_rows", True)
+    test_trajectory_matches_pytorch(case)

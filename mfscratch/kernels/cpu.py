@@ -15,6 +15,8 @@ loop over one array.
 
 Kernels with a ``prange`` loop are compiled twice from one body: serially (``prange`` acts as
 ``range``) and with ``parallel=True`` (the ``*_parallel`` names, used by the parallel backend).
+``train_epoch_deferred`` is exact mode (without L2 decay) with untouched rows' steps replayed
+when next needed: the dense result to rounding (opt-in: ``CpuBackend.defer_rows``).
 Sparse mode (``train_epoch_sparse``) updates only the rows each batch touches; its parallel twin
 is Hogwild!. Sparse plain SGD with batches of one rating has its own fused kernel
 (``train_epoch_sgd_per_rating``), whose parallel twin trains conflict-free stratified blocks.
