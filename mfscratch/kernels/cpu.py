@@ -15,6 +15,8 @@ loop over one array.
 
 Kernels with a ``prange`` loop are compiled twice from one body: serially (``prange`` acts as
 ``range``) and with ``parallel=True`` (the ``*_parallel`` names, used by the parallel backend).
+``train_epoch_deferred`` is exact mode (without L2 decay) with untouched rows' steps replayed
+when next needed: the dense result to rounding (opt-in: ``CpuBackend.defer_rows``).
 Sparse mode (``train_epoch_sparse``) updates only the rows each batch touches; its parallel twin
 is Hogwild!. Sparse plain SGD with batches of one rating has its own fused kernel
 (``train_epoch_sgd_per_rating``), whose parallel twin trains conflict-free stratified blocks.
@@ -43,6 +45,7 @@ __all__ = [
     "adam_update_dense_parallel",
     "sgd_update_dense_parallel",
     "train_epoch_dense_parallel",
+    "train_epoch_deferred",
     "train_epoch_sparse",
     "train_epoch_sparse_parallel",
     "train_epoch_sgd_per_rating",
@@ -523,6 +526,261 @@ def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_fa
 
 train_epoch_sparse = njit(**_HOT)(_train_epoch_sparse_body)
 train_epoch_sparse_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_sparse_body))
+
+
+# --- exact mode with deferred rows ------------------------------------------------------------------
+#: The deferred replay's scratch rows are padded to a multiple of this many elements: LLVM's
+#: vector loop for float32 on AVX-512 takes 4 registers of 16 lanes at a time.
+_LANES = 64
+
+
+@njit(cache=True, inline="always")
+def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms, root_sqr_mom,
+                   inv_root_debias2, sqr_mom, eps, pw, pm, prv):
+    r"""Apply the missed exact-mode Adam steps ``first..stop-1`` to row ``row`` (weights and bias), g = 0.
+
+    With no gradient and decoupled decay the dense step is ``m_t = mom_t m_{t-1}``,
+    ``v_t = sqr_mom v_{t-1}``, ``p_t = p_{t-1} d_t - a_t m_t / (sqrt(v_t / c2_t) + eps)``. From the
+    row's state at ``first`` (``m0``, ``v0``) after n missed steps, ``m_t = m0 P_n`` with
+    ``P_n = prod mom``, and ``sqrt(v_t / c2_t) = sqrt(v0) sqrt(sqr_mom)^n / sqrt(c2_t)``; so per element
+    and step: one multiply-add and one division, with ``sqrt(v0)`` taken once. Exact (eps
+    included); it differs from the dense loop by rounding only.
+
+    The row and its bias are copied into scratch rows ``pw, pm, prv`` (weights, ``m0``,
+    ``sqrt(v0)``) padded with zeros to a multiple of ``_LANES`` (the padding stays 0: 0 * d - a * 0 /
+    (0 + eps)), and the replay runs in blocks of ``_LANES`` with a constant inner trip count: with
+    k = 50 a plain loop over 50 elements is left to LLVM's 4-wide remainder loop.
+    """
+    if first >= stop:
+        return
+    T = w.dtype.type
+    k = w.shape[1]
+    padded = pw.shape[0]
+    for j in range(k):
+        pw[j] = w[row, j]
+        pm[j] = m[row, j]
+        prv[j] = math.sqrt(v[row, j])
+    pw[k] = wb[row, 0]
+    pm[k] = mb[row, 0]
+    prv[k] = math.sqrt(vb[row, 0])
+    eps_ = T(eps)
+    prod_mom = 1.0
+    root_decay_v = 1.0
+    for q in range(first, stop):
+        prod_mom *= moms[q]
+        root_decay_v *= root_sqr_mom
+        d = T(decay[q])
+        a = T(step_size[q] * prod_mom)
+        r = T(root_decay_v * inv_root_debias2[q])
+        for j in range(padded):
+            pw[j] = pw[j] * d - a * pm[j] / (prv[j] * r + eps_)
+    m_scale = T(prod_mom)
+    v_scale = T(sqr_mom ** (stop - first))
+    for j in range(k):
+        w[row, j] = pw[j]
+        m[row, j] *= m_scale
+        v[row, j] *= v_scale
+    wb[row, 0] = pw[k]
+    mb[row, 0] *= m_scale
+    vb[row, 0] *= v_scale
+
+
+@njit(cache=True, inline="always")
+def _sgd_catch_up(w, m, wb, mb, row, first, stop, decay, lrs, moms, use_mom):
+    r"""Apply the missed exact-mode SGD steps ``first..stop-1`` to row ``row`` (weights and bias), g = 0.
+
+    ``p_t = p_{t-1} d_t - lr_t m_t`` with ``m_t = mom_t m_{t-1} = m0 prod mom`` (momentum), or
+    ``p_t = p_{t-1} d_t`` (none: one multiply by ``prod d``).
+    """
+    if first >= stop:
+        return
+    T = w.dtype.type
+    k = w.shape[1]
+    if not use_mom:
+        prod_decay = 1.0
+        for q in range(first, stop):
+            prod_decay *= decay[q]
+        d = T(prod_decay)
+        for j in range(k):
+            w[row, j] *= d
+        wb[row, 0] *= d
+        return
+    prod_mom = 1.0
+    for q in range(first, stop):
+        prod_mom *= moms[q]
+        d = T(decay[q])
+        a = T(lrs[q] * prod_mom)
+        for j in range(k):
+            w[row, j] = w[row, j] * d - a * m[row, j]
+        wb[row, 0] = wb[row, 0] * d - a * mb[row, 0]
+    m_scale = T(prod_mom)
+    for j in range(k):
+        m[row, j] *= m_scale
+    mb[row, 0] *= m_scale
+
+
+def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
+                               users, items, ratings, order, bs, lrs, moms, step0,
+                               is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
+    r"""One epoch of exact mode (every parameter moves every step), with untouched rows deferred.
+
+    Same result as :func:`train_epoch_dense` (to rounding) at the end of the epoch, for decoupled
+    weight decay or ``wd = 0`` only (with L2 decay an absent row's gradient ``wd p`` is not zero;
+    the caller must use the dense kernel then). A row absent from a batch has g = 0, so its update
+    depends only on the step's scalars and its own state: each user and item row (its bias riding
+    with it) records in ``done`` how many of the epoch's steps it has had. Step ``s``:
+
+    1. every row the batch touches is caught up to ``s`` (:func:`_adam_catch_up`,
+       :func:`_sgd_catch_up`: the missed steps replayed from registers, no gradient read);
+    2. forward and backward into a compact per-batch gradient (as the sparse kernel);
+    3. the dense update's arithmetic on the touched rows with their gradient; ``done = s + 1``.
+
+    At the end (or at a divergence stop, before that step's update) every row is caught up to the
+    last step done, so weights and moments equal the dense kernel's at the epoch boundary.
+    Arguments and return value as :func:`train_epoch_dense` (no gradient buffer).
+    """
+    u_weight, i_weight, u_bias, i_bias = _tables2d(params, n_users, n_items, n_factors)
+    mu, mi, mub, mib = _tables2d(exp_avg, n_users, n_items, n_factors)
+    vu, vi, vub, vib = _tables2d(exp_avg_sq, n_users, n_items, n_factors)
+    T = params.dtype.type
+    k = n_factors
+    n_steps = order.shape[0] // bs
+    # Per-step scalars of the missed-step replay, in float64 (rounded to T where used).
+    decay = np.empty(n_steps)
+    step_size = np.empty(n_steps)
+    inv_root_debias2 = np.empty(n_steps)
+    for s in range(n_steps):
+        t = step0 + s + 1
+        decay[s] = 1.0 - lrs[s] * wd if decouple_wd else 1.0
+        if is_adam:
+            step_size[s] = lrs[s] / (1.0 - moms[s] ** t)
+            inv_root_debias2[s] = 1.0 / math.sqrt(1.0 - sqr_mom ** t)
+    root_sqr_mom = math.sqrt(sqr_mom)
+    done_u = np.zeros(n_users, dtype=np.int64)
+    done_i = np.zeros(n_items, dtype=np.int64)
+    # Scratch rows of the replay (weights + bias, m0, sqrt(v0)), zero-padded to whole vector blocks.
+    padded = (k + 1 + _LANES - 1) // _LANES * _LANES
+    pw = np.zeros(padded, dtype=params.dtype)
+    pm = np.zeros(padded, dtype=params.dtype)
+    prv = np.zeros(padded, dtype=params.dtype)
+    slot_u = np.full(n_users, -1, dtype=np.int64)
+    slot_i = np.full(n_items, -1, dtype=np.int64)
+    rows_u = np.empty(bs, dtype=np.int64)
+    rows_i = np.empty(bs, dtype=np.int64)
+    gu = np.empty((bs, k), dtype=params.dtype)
+    gi = np.empty((bs, k), dtype=params.dtype)
+    gub = np.empty((bs, 1), dtype=params.dtype)
+    gib = np.empty((bs, 1), dtype=params.dtype)
+    scale = 2.0 / bs
+    n_done = n_steps
+    for s in range(n_steps):
+        nu = 0
+        ni = 0
+        loss = 0.0
+        for r in range(bs):
+            row = order[s * bs + r]
+            u = users[row]
+            i = items[row]
+            su = slot_u[u]
+            if su < 0:
+                su = nu
+                slot_u[u] = su
+                rows_u[su] = u
+                nu += 1
+                gu[su, :] = 0.0
+                gub[su, 0] = 0.0
+                if is_adam:
+                    _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], s, decay, step_size, moms,
+                                   root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+                else:
+                    _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], s, decay, lrs, moms, use_mom)
+                done_u[u] = s
+            si = slot_i[i]
+            if si < 0:
+                si = ni
+                slot_i[i] = si
+                rows_i[si] = i
+                ni += 1
+                gi[si, :] = 0.0
+                gib[si, 0] = 0.0
+                if is_adam:
+                    _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], s, decay, step_size, moms,
+                                   root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+                else:
+                    _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], s, decay, lrs, moms, use_mom)
+                done_i[i] = s
+            x = _dot(u_weight, i_weight, u, i)
+            x += u_bias[u, 0] + i_bias[i, 0]
+            if has_range:
+                sg = _sigmoid(x)
+                err = lo + (hi - lo) * sg - ratings[row]
+                dx = scale * err * (hi - lo) * sg * (1.0 - sg)
+            else:
+                err = x - ratings[row]
+                dx = scale * err
+            loss += err * err
+            # dx stays float64, as in forward_backward, so the gradient rounds as the dense one.
+            for j in range(k):
+                pu = u_weight[u, j]
+                qi = i_weight[i, j]
+                gu[su, j] += dx * qi
+                gi[si, j] += dx * pu
+            gub[su, 0] += dx
+            gib[si, 0] += dx
+        losses[s] = loss / bs
+        for slot in range(nu):
+            slot_u[rows_u[slot]] = -1
+        for slot in range(ni):
+            slot_i[rows_i[slot]] = -1
+        if not math.isfinite(losses[s]):
+            # Diverged: stop before the update, with every row at step s (caught up below).
+            n_done = s + 1
+            break
+        lr = lrs[s]
+        mom = moms[s]
+        t = step0 + s + 1
+        d, l2 = T(decay[s]), T(0.0)
+        b1, omb1, b2, omb2 = T(mom), T(1.0 - mom), T(sqr_mom), T(1.0 - sqr_mom)
+        step_size_t = T(lr / (1.0 - mom**t)) if is_adam else T(0.0)
+        debias2 = T(1.0 - sqr_mom**t) if is_adam else T(1.0)
+        eps_ = T(eps)
+        lr_ = T(lr)
+        for slot in range(nu):
+            u = rows_u[slot]
+            if is_adam:
+                _adam_row(u_weight, mu, vu, gu, u, slot, d, l2, b1, omb1, b2, omb2, step_size_t, debias2, eps_)
+                _adam_row(u_bias, mub, vub, gub, u, slot, d, l2, b1, omb1, b2, omb2, step_size_t, debias2, eps_)
+            else:
+                _sgd_row(u_weight, mu, gu, u, slot, d, l2, lr_, b1, use_mom)
+                _sgd_row(u_bias, mub, gub, u, slot, d, l2, lr_, b1, use_mom)
+            done_u[u] = s + 1
+        for slot in range(ni):
+            i = rows_i[slot]
+            if is_adam:
+                _adam_row(i_weight, mi, vi, gi, i, slot, d, l2, b1, omb1, b2, omb2, step_size_t, debias2, eps_)
+                _adam_row(i_bias, mib, vib, gib, i, slot, d, l2, b1, omb1, b2, omb2, step_size_t, debias2, eps_)
+            else:
+                _sgd_row(i_weight, mi, gi, i, slot, d, l2, lr_, b1, use_mom)
+                _sgd_row(i_bias, mib, gib, i, slot, d, l2, lr_, b1, use_mom)
+            done_i[i] = s + 1
+    # Epoch boundary (or divergence stop): every row to the last step taken.
+    last = n_done if n_done == n_steps else n_done - 1
+    for u in range(n_users):
+        if is_adam:
+            _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], last, decay, step_size, moms,
+                           root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+        else:
+            _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], last, decay, lrs, moms, use_mom)
+    for i in range(n_items):
+        if is_adam:
+            _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], last, decay, step_size, moms,
+                           root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+        else:
+            _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], last, decay, lrs, moms, use_mom)
+    return n_done
+
+
+train_epoch_deferred = njit(**_HOT)(_train_epoch_deferred_body)
 
 
 # --- sparse SGD one rating at a time (bs = 1): the fused fast path ----------------------------------
