@@ -62,6 +62,20 @@ def _sigmoid(x):
     return ex / (1.0 + ex)
 
 
+@njit(cache=True, inline="always")
+def _error_and_dx(x, rating, lo, hi, has_range, scale):
+    """From the logit ``x`` of one rating: ``err = pred - y`` and ``dx = dL/dx = scale err dpred/dx``.
+
+    ``scale`` is ``2/B``; ``dpred/dx = (hi - lo) s (1 - s)`` with ``s = sigmoid(x)`` (1 without y_range).
+    """
+    if has_range:
+        s = _sigmoid(x)
+        err = lo + (hi - lo) * s - rating
+        return err, scale * err * (hi - lo) * s * (1.0 - s)
+    err = x - rating
+    return err, scale * err
+
+
 @njit(cache=True, fastmath={"reassoc"})
 def _dot(u_weight, i_weight, u, i):
     """``u_weight[u] . i_weight[i]``, summed in float64.
@@ -106,14 +120,7 @@ def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, 
         i = items[r]
         x = _dot(u_weight, i_weight, u, i)
         x += u_bias[u] + i_bias[i]
-        if has_range:
-            s = _sigmoid(x)
-            pred = lo + (hi - lo) * s
-            err = pred - ratings[r]
-            dx = scale * err * (hi - lo) * s * (1.0 - s)
-        else:
-            err = x - ratings[r]
-            dx = scale * err
+        err, dx = _error_and_dx(x, ratings[r], lo, hi, has_range, scale)
         loss += err * err
         for j in range(k):
             # Read both before writing either: u and i tables are distinct, but keep the
@@ -467,13 +474,7 @@ def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_fa
                     gib[si, 0] = 0.0
                 x = _dot(u_weight, i_weight, u, i)
                 x += u_bias[u, 0] + i_bias[i, 0]
-                if has_range:
-                    sg = _sigmoid(x)
-                    err = lo + (hi - lo) * sg - ratings[row]
-                    dx = scale * err * (hi - lo) * sg * (1.0 - sg)
-                else:
-                    err = x - ratings[row]
-                    dx = scale * err
+                err, dx = _error_and_dx(x, ratings[row], lo, hi, has_range, scale)
                 loss += err * err
                 dx_ = T(dx)  # in the tables' dtype, so the row loops below stay in float32 lanes
                 for j in range(k):
@@ -711,13 +712,7 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
                 done_i[i] = s
             x = _dot(u_weight, i_weight, u, i)
             x += u_bias[u, 0] + i_bias[i, 0]
-            if has_range:
-                sg = _sigmoid(x)
-                err = lo + (hi - lo) * sg - ratings[row]
-                dx = scale * err * (hi - lo) * sg * (1.0 - sg)
-            else:
-                err = x - ratings[row]
-                dx = scale * err
+            err, dx = _error_and_dx(x, ratings[row], lo, hi, has_range, scale)
             loss += err * err
             # dx stays float64, as in forward_backward, so the gradient rounds as the dense one.
             for j in range(k):
