@@ -156,6 +156,19 @@ def _rating_forward_backward(u_weight, i_weight, u_bias, i_bias, u, i, y, lo, hi
 
 
 @_device
+def _tree_sum(buf, t, lane, width):
+    """Sum, in place in the shared ``buf``, each run of ``width`` consecutive threads' values (``width`` a
+    power of two; ``lane`` is this thread's place in its run). The run's total lands at ``buf[t - lane]``.
+    Every thread of the block must call it (it synchronises the block)."""
+    half = width // 2
+    while half > 0:
+        if lane < half:
+            buf[t] += buf[t + half]
+        cuda.syncthreads()
+        half //= 2
+
+
+@_device
 def _block_sum(value):
     """Sum of ``value`` over the threads of this block (float64 tree in shared memory).
 
@@ -165,12 +178,7 @@ def _block_sum(value):
     t = cuda.threadIdx.x
     buf[t] = value
     cuda.syncthreads()
-    stride = THREADS // 2
-    while stride > 0:
-        if t < stride:
-            buf[t] += buf[t + stride]
-        cuda.syncthreads()
-        stride //= 2
+    _tree_sum(buf, t, t, THREADS)
     total = buf[0]
     cuda.syncthreads()  # nobody overwrites buf (next call) before everyone has read the total
     return total
@@ -425,12 +433,7 @@ def _step_forward_backward(params, grads, n_users, n_items, n_factors, users, it
                 partial += u_weight[u, j] * i_weight[i, j]
         buf[t] = partial
         cuda.syncthreads()
-        half = group // 2
-        while half > 0:
-            if lane < half:
-                buf[t] += buf[t + half]
-            cuda.syncthreads()
-            half //= 2
+        _tree_sum(buf, t, lane, group)
         if active:
             err, dx = _error_and_dx(buf[t - lane] + u_bias[u] + i_bias[i], ratings[row], lo, hi, has_range, scale)
             for j in range(lane, n_factors, group):
