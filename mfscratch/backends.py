@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import cpu
 
-__all__ = ["per_rating_sgd", "CpuBackend", "ParallelBackend", "CudaBackend", "get_backend", "available_backends",
+__all__ = ["per_rating_sgd", "per_rating_groups", "CpuBackend", "ParallelBackend", "CudaBackend", "get_backend", "available_backends",
            "BACKENDS"]
 
 
@@ -33,6 +33,25 @@ def per_rating_sgd(opt, bs: int) -> bool:
     gradient buffer (the same algorithm as the general sparse kernel, float32 dot products).
     """
     return bs == 1 and opt.name == "sgd" and not opt.uses_momentum
+
+
+#: Per-rating SGD on tables of more bytes than this trains cache-sized blocks (see per_rating_groups).
+PER_RATING_GROUP_BYTES = 4 << 20
+
+
+def per_rating_groups(table_bytes: int, n_threads: int = 1) -> int:
+    """How many user (and item) groups the per-rating SGD epoch splits into (``cpu.block_layout``).
+
+    One per thread, so that the threads train blocks that share no row; and for tables over
+    :data:`PER_RATING_GROUP_BYTES` enough groups that one block's rows (a user group's and an item
+    group's) take about that many bytes, so that they stay in cache while the block trains: at
+    ML-25M's shape (58 MB of tables) 14 groups (``benchmarks/scale_ml25m.py``: 0.53 s an epoch on
+    two threads, against 0.89 s with 2 groups; docs/speed.md).
+    A multiple of the thread count, so that each thread gets as many blocks of a stratum.
+    """
+    n_threads = max(1, int(n_threads))
+    cache_groups = -(-int(table_bytes) // PER_RATING_GROUP_BYTES)
+    return n_threads * max(1, -(-cache_groups // n_threads)) if cache_groups > 1 else n_threads
 
 
 class CpuBackend:
@@ -65,6 +84,7 @@ class CpuBackend:
     def bind(self, model, state, dls) -> None:
         self.model, self.state, self.dls = model, state, dls
         self.grads = None  # the dense gradient buffer, made on first use (sparse mode needs none)
+        self._blocks = None  # per-rating SGD's blocks (see _block_layout), made on first use
         self._train = (np.ascontiguousarray(dls.train_users), np.ascontiguousarray(dls.train_items),
                        np.ascontiguousarray(dls.train_ratings))
 
@@ -76,9 +96,13 @@ class CpuBackend:
                   opt.name == "adam", opt.uses_momentum, opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd,
                   *m.range_args, losses)
         if sparse and per_rating_sgd(opt, self.dls.bs):
+            n_groups = per_rating_groups(m.params.nbytes, self._n_chunks())
+            block_start = np.array([0, order.shape[0]])
+            if n_groups > 1:
+                order, block_start = self._block_layout(order, n_groups)
             n_done = self._per_rating_epoch(m.params, m.n_users, m.n_items, m.n_factors, users, items, ratings, order,
-                                            lrs, opt.wd, opt.decouple_wd, *m.range_args, losses,
-                                            1 << (self._n_chunks().bit_length() - 1))  # blocks: a power of two
+                                            block_start, n_groups, lrs, opt.wd, opt.decouple_wd, *m.range_args,
+                                            losses)
         elif sparse:
             n_done = self._sparse_epoch(m.params, self.state.exp_avg, self.state.exp_avg_sq, *common,
                                         self._n_chunks())
@@ -93,6 +117,22 @@ class CpuBackend:
             n_done = self._dense_kernel(m.params.size)(m.params, self.grads, self.state.exp_avg,
                                                        self.state.exp_avg_sq, *common)
         return losses[:n_done]
+
+    def _block_layout(self, order, n_groups: int):
+        """``(blocked, block_start)``: the epoch's ``order`` in per-rating SGD's blocks (``cpu.block_layout``).
+
+        The groups and each rating's block are made once a fit (the training set does not change),
+        and the layout buffer is reused, so an epoch pays one pass over ``order``.
+        """
+        if self._blocks is None or self._blocks[0] != n_groups or self._blocks[3].dtype != order.dtype:
+            users, items, _ = self._train
+            user_group = cpu.balanced_groups(users, self.model.n_users, n_groups)
+            item_group = cpu.balanced_groups(items, self.model.n_items, n_groups)
+            block = np.empty(users.shape[0], dtype=np.int32)
+            block_start = cpu.block_index(users, items, user_group, item_group, n_groups, block)
+            self._blocks = (n_groups, block, block_start, np.empty_like(order))
+        _, block, block_start, blocked = self._blocks
+        return cpu.block_layout(order, block, block_start, blocked), block_start
 
     def warmup(self, dtype=np.float32) -> None:
         """Compile (or load from the cache) every kernel a fit uses, on a tiny problem."""
@@ -113,8 +153,12 @@ class CpuBackend:
         if self.defer_rows:
             cpu.train_epoch_deferred(params, z.copy(), z.copy(), *common)
         two = np.full(2, 1e-3)  # the per-rating kernel takes one lr and one loss per rating
-        self._per_rating_epoch(params, 2, 2, 2, users, users, ratings, order, two, 0.0, True, 0.0, 1.0, True,
-                               np.empty(2), 1)
+        groups = cpu.balanced_groups(users, 2, 2)
+        block = np.empty(2, dtype=np.int32)
+        block_start = cpu.block_index(users, users, groups, groups, 2, block)
+        blocked = cpu.block_layout(order, block, block_start, np.empty_like(order))
+        self._per_rating_epoch(params, 2, 2, 2, users, users, ratings, blocked, block_start, 2, two, 0.0, True, 0.0,
+                               1.0, True, np.empty(2))
         cpu.evaluate_mse(*cpu.split_flat(params, 2, 2, 2), users, users, ratings, 0.0, 1.0, True)
 
     def evaluate(self, users, items, ratings) -> float:
@@ -135,10 +179,10 @@ class ParallelBackend(CpuBackend):
     * sparse mode: **Hogwild!**: the epoch's steps are cut into one contiguous chunk per thread and
       the chunks run at once on the shared tables without locks. Not reproducible run to run.
     * sparse per-rating SGD (``bs = 1``, SGD without momentum; see :func:`per_rating_sgd`):
-      stratified blocks, no Hogwild: users and items are split into ``g`` groups (``g`` the largest
-      power of two up to the thread count) and the threads train blocks that share no row, so the
-      result is deterministic, but the ratings run block by block rather than in the serial order
-      (``cpu.train_epoch_sgd_per_rating``).
+      stratified blocks, no Hogwild: users and items are split into ``g`` groups (a multiple of
+      the thread count, :func:`per_rating_groups`) and the threads train blocks that share no row,
+      so the result is deterministic, but the ratings run block by block rather than in the
+      serial order (``cpu.block_layout``, ``cpu.train_epoch_sgd_per_rating``).
 
     ``numba.set_num_threads`` (or ``NUMBA_NUM_THREADS``) sets the number of threads.
     """

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from . import schedule
 from . import validate as checks  # not "validate": Learner has a validate() method
@@ -50,11 +51,27 @@ def format_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-def _smooth(losses: np.ndarray, avg: float, count: int) -> tuple[float, int, float]:
-    """Advance fastai's debiased moving average over ``losses``; returns ``(avg, count, smoothed)``."""
+@njit(cache=True)
+def _moving_average(losses, avg, beta):
     for loss in losses:
-        avg = SMOOTH_BETA * avg + (1.0 - SMOOTH_BETA) * float(loss)
-        count += 1
+        avg = beta * avg + (1.0 - beta) * loss
+    return avg
+
+
+@njit(cache=True)
+def _fill_range(out):
+    for i in range(out.shape[0]):
+        out[i] = i
+
+
+def _smooth(losses: np.ndarray, avg: float, count: int) -> tuple[float, int, float]:
+    """Advance fastai's debiased moving average over ``losses``; returns ``(avg, count, smoothed)``.
+
+    Compiled, because with batches of one rating an epoch has a step per rating (a Python loop
+    over ML-100k's 80k losses took 14 ms, three times the epoch's training).
+    """
+    avg = float(_moving_average(np.asarray(losses, dtype=np.float64), float(avg), SMOOTH_BETA))
+    count += len(losses)
     smoothed = avg / (1.0 - SMOOTH_BETA**count) if count else float("nan")
     return avg, count, smoothed
 
@@ -170,7 +187,7 @@ class Learner:
             self._log_header()
         for epoch in range(start_epoch, n_epoch):
             t0 = time.perf_counter()
-            order = self.rng.permutation(self.dls.n_train)
+            order = self._epoch_order()
             ep_lrs = np.ascontiguousarray(lrs[epoch * steps : (epoch + 1) * steps])
             ep_moms = np.ascontiguousarray(moms[epoch * steps : (epoch + 1) * steps])
             losses = self._train_epoch(order, ep_lrs, ep_moms, opt, epoch, n_epoch)
@@ -196,6 +213,19 @@ class Learner:
             for callback in self.after_epoch:
                 callback(self, epoch)
         self.backend.sync()
+
+    def _epoch_order(self) -> np.ndarray:
+        """The epoch's order of the training rows: ``self.rng.permutation(n_train)``, in a reused buffer.
+
+        NumPy's permutation is ``arange`` then ``shuffle``; doing both in place gives the same numbers
+        without a fresh allocation's page faults (0.5 ms of ML-100k's 5 ms per-rating epoch).
+        """
+        n = self.dls.n_train
+        if getattr(self, "_order", None) is None or self._order.shape[0] != n:
+            self._order = np.empty(n, dtype=np.int64)
+        _fill_range(self._order)
+        self.rng.shuffle(self._order)
+        return self._order
 
     def _log_header(self) -> None:
         if self.log is not None:

@@ -293,13 +293,24 @@ def test_documented_sparse_setting_on_ml100k(ml100k, tmp_path):
 
 
 # --- sparse per-rating SGD (bs = 1): the fused kernel and its stratified parallel twin ---------------
-def _per_rating_epoch(kernel, model, users, items, ratings, order, lr=0.3, wd=0.1, has_range=True, n_blocks=1,
+def _layout(users, items, order, n_groups, user_group=None, item_group=None):
+    user_group = cpu.balanced_groups(users, N_USERS, n_groups) if user_group is None else user_group
+    item_group = cpu.balanced_groups(items, N_ITEMS, n_groups) if item_group is None else item_group
+    block = np.empty(len(users), dtype=np.uint16)
+    block_start = cpu.block_index(users, items, user_group, item_group, n_groups, block)
+    return cpu.block_layout(order, block, block_start, np.empty(len(users), dtype=order.dtype)), block_start
+
+
+def _per_rating_epoch(kernel, model, users, items, ratings, order, lr=0.3, wd=0.1, has_range=True, n_groups=1,
                       lrs=None):
     params = model.params.copy()
     lrs = np.linspace(lr, lr / 3, len(order)) if lrs is None else lrs
     losses = np.full(len(order), np.nan)
-    n = kernel(params, N_USERS, N_ITEMS, K, users, items, ratings, order, lrs, wd, True, 0.0,
-               5.5 if has_range else 1.0, has_range, losses, n_blocks)
+    block_start = np.array([0, len(order)])
+    if n_groups > 1:
+        order, block_start = _layout(users, items, order, n_groups)
+    n = kernel(params, N_USERS, N_ITEMS, K, users, items, ratings, order, block_start, n_groups, lrs, wd, True, 0.0,
+               5.5 if has_range else 1.0, has_range, losses)
     return params, losses[:n]
 
 
@@ -334,32 +345,147 @@ def test_per_rating_sgd_float32_close_to_general_sparse_kernel():
     np.testing.assert_allclose(losses, want[3], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", [cpu.train_epoch_sgd_per_rating, cpu.train_epoch_sgd_per_rating_parallel])
-def test_per_rating_blocks_are_the_serial_epoch_in_stratum_order(kernel):
-    """g = 2 blocks: the serial per-rating epoch over the ratings reordered stratum by stratum."""
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 50, 64])
+def test_dot_rows_in_vector_chunks(k, dtype, rtol):
+    """The per-rating dot product (16-lane chunks in LLVM IR, then the tail) equals NumPy's to rounding."""
+    rng = np.random.default_rng(k)
+    flat = rng.standard_normal(5 * k + 3).astype(dtype)
+    a, b = 3, 2 * k + 3  # unaligned starts, as rows in the flat buffer are
+    got = cpu._dot_rows(flat, a, b, k)
+    want = np.dot(flat[a:a + k].astype(np.float64), flat[b:b + k].astype(np.float64))
+    assert np.isclose(got, want, rtol=rtol, atol=rtol)
+    assert cpu._dot_rows(flat, a, b, k) == got  # a fixed order of summation
+
+
+def test_per_rating_float32_with_chunked_rows_close_to_general_sparse_kernel():
+    """k = 37 (two vector chunks and a tail): the fused kernel still equals the general one to rounding."""
+    rng = np.random.default_rng(3)
+    n_users, n_items, k, n = 11, 9, 37, 300
+    users = rng.integers(0, n_users, n).astype(np.int32)
+    items = rng.integers(0, n_items, n).astype(np.int32)
+    ratings = rng.integers(1, 6, n).astype(np.float32)
+    params = (rng.standard_normal((n_users + n_items) * (k + 1)) * 0.1).astype(np.float32)
+    order = rng.permutation(n)
+    lrs = np.full(n, 0.05)
+    want, zeros = params.copy(), np.zeros_like(params)
+    want_losses = np.empty(n)
+    cpu.train_epoch_sparse(want, zeros, zeros.copy(), n_users, n_items, k, users, items, ratings, order, 1, lrs,
+                           lrs, 0, False, False, 0.99, 1e-5, 0.1, True, 0.0, 5.5, True, want_losses, 1)
+    got, got_losses = params.copy(), np.empty(n)
+    cpu.train_epoch_sgd_per_rating(got, n_users, n_items, k, users, items, ratings, order, np.array([0, n]), 1, lrs,
+                                   0.1, True, 0.0, 5.5, True, got_losses)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4, atol=1e-5)
+    assert np.abs(got - params).max() > 1e-3  # it trained
+
+
+def test_balanced_groups_are_contiguous_with_equal_shares():
+    rng = np.random.default_rng(0)
+    codes = np.minimum(rng.zipf(1.5, 5000) - 1, 99).astype(np.int32)  # skewed: code 0 the most frequent
+    group = cpu.balanced_groups(codes, 100, 4)
+    assert group[0] == 0 and group[-1] == 3 and (np.diff(group) >= 0).all()  # contiguous ranges, in order
+    shares = np.bincount(group[codes], minlength=4) / len(codes)
+    assert shares.min() > 0.1  # equal code ranges would leave the last groups almost empty
+    assert (cpu.balanced_groups(codes, 100, 1) == 0).all()
+
+
+def test_block_layout_strata_share_no_rows():
+    """Each block holds its user group's and item group's ratings, in the order's order; a stratum's blocks share no row."""
     users, items, ratings, model = _problem(np.float64)
     order = np.random.default_rng(6).permutation(len(ratings))
+    g = 3
+    user_group, item_group = cpu.balanced_groups(users, N_USERS, g), cpu.balanced_groups(items, N_ITEMS, g)
+    blocked, block_start = _layout(users, items, order, g, user_group, item_group)
+    assert sorted(blocked) == sorted(order) and block_start[0] == 0 and block_start[-1] == len(order)
+    for t in range(g):
+        seen_users, seen_items = set(), set()
+        for c in range(g):
+            rows = blocked[block_start[t * g + c]:block_start[t * g + c + 1]]
+            assert (user_group[users[rows]] == c).all() and (item_group[items[rows]] == (c + t) % g).all()
+            where = np.flatnonzero(np.isin(order, rows))
+            np.testing.assert_array_equal(order[where], rows)  # stable: the order's order
+            assert not seen_users & set(users[rows]) and not seen_items & set(items[rows])
+            seen_users |= set(users[rows])
+            seen_items |= set(items[rows])
+    ident, ident_start = _layout(users, items, order[:0], g, user_group, item_group)  # empty: 0..n-1
+    want, want_start = _layout(users, items, np.arange(len(users)), g, user_group, item_group)
+    np.testing.assert_array_equal(ident, want)
+    np.testing.assert_array_equal(ident_start, want_start)
+
+
+@pytest.mark.parametrize("kernel", [cpu.train_epoch_sgd_per_rating, cpu.train_epoch_sgd_per_rating_parallel])
+def test_sort_by_block_in_place_trains_like_the_layout(kernel):
+    """The ratings moved into block order (in place) and read in sequence train like their block layout."""
+    users, items, ratings, model = _problem(np.float32)
+    g = 3
+    user_group, item_group = cpu.balanced_groups(users, N_USERS, g), cpu.balanced_groups(items, N_ITEMS, g)
+    su, si, sr = users.copy(), items.copy(), ratings.copy()
+    block_start = cpu.sort_by_block(su, si, sr, user_group, item_group, g)
+    _, want_start = _layout(users, items, np.arange(len(users)), g, user_group, item_group)
+    np.testing.assert_array_equal(block_start, want_start)
+    before = sorted(zip(users.tolist(), items.tolist(), ratings.tolist()))
+    assert sorted(zip(su.tolist(), si.tolist(), sr.tolist())) == before  # a permutation of the ratings
+    for p in range(g * g):  # each stored block holds the ratings its place in the layout says
+        rows = slice(block_start[p], block_start[p + 1])
+        t, c = divmod(p, g)
+        assert (user_group[su[rows]] == c).all() and (item_group[si[rows]] == (c + t) % g).all()
+    lrs = np.array([0.2])
+    got = model.params.copy()
+    kernel(got, N_USERS, N_ITEMS, K, su, si, sr, np.empty(0, dtype=np.int64), block_start, g, lrs, 0.1, True, 0.0,
+           5.5, True, np.empty(0))
+    want = model.params.copy()
+    cpu.train_epoch_sgd_per_rating(want, N_USERS, N_ITEMS, K, su, si, sr, np.arange(len(su)),
+                                   np.array([0, len(su)]), 1, lrs, 0.1, True, 0.0, 5.5, True, np.empty(0))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernel", [cpu.train_epoch_sgd_per_rating, cpu.train_epoch_sgd_per_rating_parallel])
+@pytest.mark.parametrize("n_groups", [2, 3])
+def test_per_rating_blocks_are_the_serial_epoch_over_the_block_layout(kernel, n_groups):
+    """g blocks on the threads: bit for bit the serial per-rating epoch over the ratings in block order."""
+    users, items, ratings, model = _problem(np.float32)
+    order = np.random.default_rng(6).permutation(len(ratings))
     lrs = np.linspace(0.3, 0.1, len(order))
-    got, got_losses = _per_rating_epoch(kernel, model, users, items, ratings, order, n_blocks=2, lrs=lrs)
-    ug, ig = users[order] % 2, items[order] % 2
-    # stratum 0: blocks (0, 0), (1, 1); stratum 1: (0, 1), (1, 0); each block in the order's order
-    strata = [np.flatnonzero((ug == c) & (ig == (c + t) % 2)) for t in range(2) for c in range(2)]
-    positions = np.concatenate(strata)
-    assert sorted(positions) == list(range(len(order)))
-    want, want_losses = _per_rating_epoch(cpu.train_epoch_sgd_per_rating, model, users, items, ratings,
-                                          order[positions], lrs=lrs)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-12, atol=1e-14)
+    got, got_losses = _per_rating_epoch(kernel, model, users, items, ratings, order, n_groups=n_groups, lrs=lrs)
+    blocked, _ = _layout(users, items, order, n_groups)
+    want, want_losses = _per_rating_epoch(cpu.train_epoch_sgd_per_rating, model, users, items, ratings, blocked,
+                                          lrs=lrs)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_losses, want_losses)
 
 
-@pytest.mark.parametrize("n_blocks", [1, 2])
-def test_per_rating_divergence_stops_before_the_update(n_blocks):
+def test_per_rating_one_lr_and_no_losses():
+    """A single lr stands for every step, and an empty losses array records nothing: same weights."""
+    users, items, ratings, model = _problem(np.float32)
+    order = np.random.default_rng(7).permutation(len(ratings))
+    want, _ = _per_rating_epoch(cpu.train_epoch_sgd_per_rating, model, users, items, ratings, order,
+                                lrs=np.full(len(order), 0.2))
+    params = model.params.copy()
+    n = cpu.train_epoch_sgd_per_rating(params, N_USERS, N_ITEMS, K, users, items, ratings, order,
+                                       np.array([0, len(order)]), 1, np.array([0.2]), 0.1, True, 0.0, 5.5, True,
+                                       np.empty(0))
+    assert n == len(order)
+    np.testing.assert_array_equal(params, want)
+
+
+@pytest.mark.parametrize("n_groups", [1, 2])
+def test_per_rating_divergence_stops_before_the_update(n_groups):
     users, items, ratings, model = _problem(np.float64)
     model.params[:] *= 1e200  # the first dot product overflows to inf
     order = np.arange(len(ratings))
     params, losses = _per_rating_epoch(cpu.train_epoch_sgd_per_rating_parallel, model, users, items, ratings,
-                                       order, n_blocks=n_blocks)
+                                       order, n_groups=n_groups)
     assert len(losses) < len(order) and not np.isfinite(losses[-1])
+
+
+def test_per_rating_groups():
+    from mfscratch.backends import PER_RATING_GROUP_BYTES, per_rating_groups
+
+    assert per_rating_groups(1000, 1) == 1 and per_rating_groups(1000, 2) == 2
+    assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 1) == 10
+    assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 4) == 12  # a multiple of the threads
+    assert per_rating_groups(58_000_000, 2) == 14
 
 
 @pytest.mark.parametrize("backend", ["cpu", "parallel"])
@@ -374,11 +500,11 @@ def test_per_rating_sgd_through_the_learner(backend, monkeypatch):
                            backend=backend, log=None)
     calls = []
     kernel = learn.backend._per_rating_epoch
-    monkeypatch.setattr(learn.backend, "_per_rating_epoch", lambda *a: calls.append(a[-1]) or kernel(*a))
+    monkeypatch.setattr(learn.backend, "_per_rating_epoch", lambda *a: calls.append(a[9]) or kernel(*a))
     before = learn.validate()
     learn.fit_one_cycle(2, 0.05, wd=0.05)
     assert len(calls) == 2 and learn.recorder.values[-1][1] < before
-    assert calls[0] == (1 if backend == "cpu" else 1 << (numba.get_num_threads().bit_length() - 1))
+    assert calls[0] == (1 if backend == "cpu" else numba.get_num_threads())  # n_groups
 
 
 def test_documented_per_rating_setting_on_ml100k(ml100k, tmp_path):

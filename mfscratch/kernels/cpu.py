@@ -48,6 +48,10 @@ __all__ = [
     "train_epoch_deferred",
     "train_epoch_sparse",
     "train_epoch_sparse_parallel",
+    "balanced_groups",
+    "block_index",
+    "block_layout",
+    "sort_by_block",
     "train_epoch_sgd_per_rating",
     "train_epoch_sgd_per_rating_parallel",
 ]
@@ -82,8 +86,8 @@ def _dot(u_weight, i_weight, u, i):
 
     ``reassoc`` lets LLVM split the sum into vector lanes (a strict left-to-right sum cannot
     vectorise). The products are float32 and the sum float64, so the order changes the result
-    by about 1e-16 relative: far below float32 rounding. This and ``_dot32`` carry the only fastmath
-    flag in the kernels; LLVM inlines them, keeping the flag on these instructions only.
+    by about 1e-16 relative: far below float32 rounding. This carries the only fastmath
+    flag in the kernels; LLVM inlines it, keeping the flag on these instructions only.
     """
     x = 0.0
     for j in range(u_weight.shape[1]):
@@ -779,36 +783,169 @@ train_epoch_deferred = njit(**_HOT)(_train_epoch_deferred_body)
 
 
 # --- sparse SGD one rating at a time (bs = 1): the fused fast path ----------------------------------
-@njit(cache=True, fastmath={"reassoc"}, inline="always")
-def _dot32(p, q):
-    """``p . q`` for two rows, summed in their dtype (float32 for float32 tables) with eight running sums.
+#: Lanes of the explicit vector chunk in :func:`_dot_chunk` (one AVX-512 register of float32).
+CHUNK = 16
 
-    One running sum is a chain of dependent adds (4 cycles each); for k = 50 LLVM's vector loop
-    (64 lanes a trip once unrolled) never runs, so the chain is the whole cost. Eight
-    independent sums cut it eightfold and need no vector loop. The order of the sum differs from
-    :func:`_dot`'s (float32 rounding, ~1e-7 relative).
+
+def _splat_index(n, start=0):
+    return ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(start, start + n)))
+
+
+@intrinsic
+def _dot_chunk(typingctx, flat, a, b):
+    """``sum(flat[a:a+16] * flat[b:b+16])`` as one vector multiply and a fixed pairwise sum.
+
+    Written in LLVM IR because Numba gives no other way to ask for it: LLVM's loop vectoriser takes
+    64 float32 lanes a trip (four 16-lane registers), so for k = 50 or 64 its vector loop barely
+    runs, and a loop over 16 fixed lanes is not vectorised either (the two rows may alias, for all
+    LLVM knows). The sum is lanes 0-7 plus lanes 8-15, then 0-3 plus 4-7, and so on: a fixed order,
+    so the result is deterministic (it differs from a left-to-right sum by float rounding only).
     """
-    T = p.dtype.type
-    x0 = x1 = x2 = x3 = x4 = x5 = x6 = x7 = T(0.0)
-    k = p.shape[0]
-    k8 = k - k % 8
-    for j in range(0, k8, 8):
-        x0 += p[j] * q[j]
-        x1 += p[j + 1] * q[j + 1]
-        x2 += p[j + 2] * q[j + 2]
-        x3 += p[j + 3] * q[j + 3]
-        x4 += p[j + 4] * q[j + 4]
-        x5 += p[j + 5] * q[j + 5]
-        x6 += p[j + 6] * q[j + 6]
-        x7 += p[j + 7] * q[j + 7]
-    for j in range(k8, k):
-        x0 += p[j] * q[j]
-    return ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+    sig = flat.dtype(flat, a, b)
+
+    def codegen(context, builder, signature, args):
+        flat_type = signature.args[0]
+        array = context.make_array(flat_type)(context, builder, args[0])
+        vec_type = ir.VectorType(context.get_value_type(flat_type.dtype), CHUNK)
+        align = flat_type.dtype.bitwidth // 8
+        rows = []
+        for index in args[1:]:
+            ptr = cgutils.get_item_pointer(context, builder, flat_type, array, [index], wraparound=False)
+            rows.append(builder.load(builder.bitcast(ptr, vec_type.as_pointer()), align=align))
+        vec, n = builder.fmul(rows[0], rows[1]), CHUNK
+        while n > 1:
+            n //= 2
+            vec = builder.fadd(builder.shuffle_vector(vec, vec, _splat_index(n)),
+                               builder.shuffle_vector(vec, vec, _splat_index(n, n)))
+        return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
+
+    return sig, codegen
 
 
-def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users, items, ratings, order, lrs,
-                                     wd, decouple_wd, lo, hi, has_range, losses, n_blocks):
-    r"""One epoch of sparse-mode plain SGD with batches of one rating, fused (serially: step ``s`` is ``order[s]``).
+@njit(cache=True, inline="always")
+def _dot_rows(flat, a, b, k):
+    """``flat[a:a+k] . flat[b:b+k]`` summed in ``flat``'s dtype: 16-lane chunks, then the last ``k % 16``.
+
+    The per-rating kernel's dot product. A plain loop over k = 50 float32 costs about 20 ns a
+    rating (a scalar chain: see :func:`_dot_chunk` for why it is not vectorised); chunks cost about 10.
+    """
+    tail = k - k % CHUNK
+    x = flat.dtype.type(0.0)
+    for j in range(0, tail, CHUNK):
+        x += _dot_chunk(flat, a + j, b + j)
+    for j in range(tail, k):
+        x += flat[a + j] * flat[b + j]
+    return x
+
+
+@njit(cache=True)
+def balanced_groups(codes, n_codes, n_groups):
+    """``group[code]`` for ``n_groups`` contiguous code ranges holding about equal numbers of ``codes``.
+
+    Contiguous, so that a group's rows are one stretch of the table (cache- and TLB-friendly);
+    cut at equal shares of the ratings, not of the codes, because in real data the codes follow
+    the popularity (ML-100k's low item codes are its most rated films): equal code ranges left one
+    of two threads with 87% of an epoch's ratings.
+    """
+    counts = np.zeros(n_codes, dtype=np.int64)
+    for s in range(codes.shape[0]):
+        counts[codes[s]] += 1
+    group = np.empty(n_codes, dtype=np.int32)
+    total, seen = codes.shape[0], 0
+    for code in range(n_codes):
+        # the group of the code's middle rating, so that a code heavier than a share is not split off late
+        group[code] = min(n_groups - 1, (seen + counts[code] // 2) * n_groups // max(total, 1))
+        seen += counts[code]
+    return group
+
+
+@njit(cache=True)
+def block_index(users, items, user_group, item_group, n_groups, block):
+    """Each rating's block for stratified per-rating SGD; fills ``block`` and returns ``block_start``.
+
+    Block ``(c, d)`` holds the ratings of user group ``c`` and item group ``d`` (``user_group[u]``,
+    ``item_group[i]``: see :func:`balanced_groups`). Stratum ``t`` is the blocks
+    ``(c, (c + t) % n_groups)`` for every ``c``: they share no user and no item, so threads can train
+    them at once (the stratified SGD of DSGD and LIBMF). Blocks are laid out stratum by stratum:
+    block ``(c, (c + t) % n_groups)`` is the ``t * n_groups + c``-th, and ``block[r]`` is that place for
+    rating ``r``. ``block_start[p]`` is where the ``p``-th block starts in an epoch's layout
+    (:func:`block_layout`); the last entry is the number of ratings. Made once a fit: the
+    training set does not change between epochs. ``block`` may be any integer dtype holding
+    ``n_groups**2`` (uint16 at 25M ratings: 50 MB).
+    """
+    g = n_groups
+    position = np.empty(g * g, dtype=np.int64)  # block (c, d) -> its place in the stratum-major layout
+    for t in range(g):
+        for c in range(g):
+            position[c * g + (c + t) % g] = t * g + c
+    block_start = np.zeros(g * g + 1, dtype=np.int64)
+    for r in range(users.shape[0]):
+        p = position[user_group[users[r]] * g + item_group[items[r]]]
+        block[r] = p
+        block_start[p + 1] += 1
+    for p in range(g * g):
+        block_start[p + 1] += block_start[p]
+    return block_start
+
+
+@njit(cache=True)
+def block_layout(order, block, block_start, blocked):
+    """The epoch's ratings block by block: ``order`` sorted by ``block[order[s]]``, stably, into ``blocked``.
+
+    Each block keeps ``order``'s order (a counting sort: one pass); the ``p``-th block is
+    ``blocked[block_start[p]:block_start[p + 1]]``. An empty ``order`` stands for ``0..n-1`` (no
+    permutation array needed at 25M ratings). Returns ``blocked``.
+    """
+    n = block.shape[0] if order.shape[0] == 0 else order.shape[0]
+    fill = block_start[:-1].copy()
+    for s in range(n):
+        row = s if order.shape[0] == 0 else order[s]
+        p = block[row]
+        blocked[fill[p]] = row
+        fill[p] += 1
+    return blocked
+
+
+@njit(cache=True)
+def sort_by_block(users, items, ratings, user_group, item_group, n_groups):
+    """Reorder ``users, items, ratings`` **in place** into the block layout; returns ``block_start``.
+
+    The same blocks, in the same stratum-major layout, as :func:`block_index` (whose
+    ``block_start`` this equals), but the ratings themselves move, so that an epoch reads them in
+    sequence (an empty ``order``) and no index array is needed: at 25M ratings this saves the
+    100 MB layout and a random read per rating. An in-place counting sort (American flag sort):
+    each rating is swapped straight into the next free slot of its block. Within a block the
+    ratings end up in an order fixed by the data, as LIBMF trains after its one shuffle.
+    """
+    g = n_groups
+    position = np.empty(g * g, dtype=np.int64)
+    for t in range(g):
+        for c in range(g):
+            position[c * g + (c + t) % g] = t * g + c
+    block_start = np.zeros(g * g + 1, dtype=np.int64)
+    for r in range(users.shape[0]):
+        block_start[position[user_group[users[r]] * g + item_group[items[r]]] + 1] += 1
+    for p in range(g * g):
+        block_start[p + 1] += block_start[p]
+    fill = block_start[:-1].copy()
+    for p in range(g * g):
+        while fill[p] < block_start[p + 1]:
+            r = fill[p]
+            q = position[user_group[users[r]] * g + item_group[items[r]]]
+            while q != p:  # rating r belongs to block q: swap it into q's next free slot
+                dest = fill[q]
+                fill[q] += 1
+                users[r], users[dest] = users[dest], users[r]
+                items[r], items[dest] = items[dest], items[r]
+                ratings[r], ratings[dest] = ratings[dest], ratings[r]
+                q = position[user_group[users[r]] * g + item_group[items[r]]]
+            fill[p] += 1
+    return block_start
+
+
+def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users, items, ratings, order,
+                                     block_start, n_groups, lrs, wd, decouple_wd, lo, hi, has_range, losses):
+    r"""One epoch of sparse-mode plain SGD with batches of one rating, fused; step ``s`` is rating ``order[s]``.
 
     The same algorithm as :func:`train_epoch_sparse` with ``bs = 1``, SGD and no momentum
     (``reference.sparse_sgd_step`` on a batch of one), written as one pass per rating with no
@@ -820,79 +957,57 @@ def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users,
 
     For plain SGD decoupled and L2 weight decay are the same update (``p (1 - lr wd) - lr g`` either
     way), so ``decouple_wd`` changes nothing here. This is cornac's / LIBMF's per-rating SGD on
-    fastai's sigmoid model. It differs from the general kernel by float32 rounding only: the dot
-    product is summed in the tables' dtype with eight running sums (``_dot32``) and the decay is
+    fastai's sigmoid model. It differs from the general kernel by float rounding only: the dot
+    product is summed in the tables' dtype in 16-lane chunks (:func:`_dot_rows`) and the decay is
     folded into one multiply. ``losses[s]`` is rating ``s``'s squared error.
 
-    ``n_blocks = g > 1``, a power of two (the parallel backend: one block per thread), trains without
-    conflicts, the stratified SGD of DSGD/LIBMF: users and items are split into ``g`` groups by ``code % g``, and
-    the epoch runs ``g`` strata; in stratum ``t`` thread ``c`` takes the ratings of user group ``c``
-    and item group ``(c + t) % g``, in the order of ``order``. The ``g`` blocks of a stratum share no
-    row, so the threads never touch the same row, and the result is deterministic (the same for
-    any thread timing) but the ratings run in a **different order** from the serial kernel's:
-    stratum by stratum, each block in the order of ``order``. Step ``s`` (``lrs[s]``, ``losses[s]``)
-    is then the ``s``-th rating of that layout (strata one after another, blocks of a stratum one
-    after another), so the learning rates still fall across the epoch. ``g = 1`` is the plain
-    serial epoch over ``order``.
+    ``n_groups = 1`` (``block_start = [0, n]``) is the plain serial epoch over ``order``; an empty
+    ``order`` means the ratings in the order they are stored (after :func:`sort_by_block`). With
+    ``n_groups = g > 1``, ``order`` and ``block_start`` come from :func:`block_layout` and
+    :func:`block_index`: the epoch
+    runs ``g`` strata one after another, and in each the ``g`` blocks, which share no row, run on
+    the Numba threads (``prange``; the serial build runs them in turn). The result is
+    deterministic for any thread timing, and equal to the serial epoch over the same ``order``.
 
-    Returns the number of valid losses: ``n_steps``, or (the position of a non-finite loss) + 1
-    (training stops at the first one, before its update; with ``g > 1`` other losses may then be unset).
+    ``lrs`` holds one learning rate per step, or a single one for every step; ``losses`` one slot
+    per step, or none (empty: nothing is recorded; at 25M ratings the per-step arrays would be
+    200 MB each). Returns the number of steps done: all, or (the position of the first non-finite
+    loss) + 1 (training stops there, before its update; with ``g > 1`` other blocks of that
+    stratum may finish theirs).
     """
     u_weight, i_weight, u_bias, i_bias = split_flat(params, n_users, n_items, n_factors)
     T = params.dtype.type
     k = n_factors
-    g = n_blocks
-    n_steps = order.shape[0]
+    g = n_groups
+    in_order = order.shape[0] == 0  # empty order: the ratings as stored (sorted by sort_by_block)
+    n_steps = users.shape[0] if in_order else order.shape[0]
     i_start = n_users * k
+    per_step_lr = lrs.shape[0] > 1
+    record = losses.shape[0] > 0
     # In a shuffled order every rating also reads users/items/ratings at a random row: once those
     # arrays or the tables outgrow the caches, prefetch (codes 8 ratings ahead, rows 4 ahead).
     data_bytes = users.size * users.itemsize + items.size * items.itemsize + ratings.size * ratings.itemsize
     prefetch = params.size * params.itemsize + data_bytes > PREFETCH_MIN_BYTES
     first_bad = np.full(g, n_steps, dtype=np.int64)
     span, lo_, two = T(hi - lo), T(lo), T(2.0)
-    # With g > 1: the epoch's rows grouped by block (a stable counting sort, so each block keeps
-    # the order's order): block b = (u % g) g + (i % g) is blocked[start[b]:start[b + 1]], and
-    # blocks are laid out stratum by stratum, so that step s (lrs[s], losses[s]) is blocked[s].
-    mask = g - 1  # g is a power of two: code % g == code & mask
-    start = np.zeros(g * g + 1, dtype=np.int64)
-    blocked = order
-    if g > 1:
-        rank = np.empty(g * g, dtype=np.int64)  # block (c, (c + t) % g) is the (t g + c)-th in the layout
-        for t in range(g):
-            for c in range(g):
-                rank[c * g + (c + t) % g] = t * g + c
-        for s in range(n_steps):
-            row = order[s]
-            start[rank[(users[row] & mask) * g + (items[row] & mask)] + 1] += 1
-        for b in range(g * g):
-            start[b + 1] += start[b]
-        fill = start[:-1].copy()
-        blocked = np.empty_like(order)
-        for s in range(n_steps):
-            row = order[s]
-            b = rank[(users[row] & mask) * g + (items[row] & mask)]
-            blocked[fill[b]] = row
-            fill[b] += 1
     for t in range(g):
         for c in prange(g):
-            b = t * g + c
-            first = start[b] if g > 1 else 0
-            last = start[b + 1] if g > 1 else n_steps
+            first = block_start[t * g + c]
+            last = block_start[t * g + c + 1]
             for s in range(first, last):
                 if prefetch and s + 2 * PREFETCH_AHEAD < last:
-                    ahead = blocked[s + 2 * PREFETCH_AHEAD]
-                    _prefetch(users, ahead)
-                    _prefetch(items, ahead)
-                    _prefetch(ratings, ahead)
-                    ahead = blocked[s + PREFETCH_AHEAD]
+                    if not in_order:
+                        ahead = order[s + 2 * PREFETCH_AHEAD]
+                        _prefetch(users, ahead)
+                        _prefetch(items, ahead)
+                        _prefetch(ratings, ahead)
+                    ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
                     _prefetch_row(params, users[ahead] * k, k)
                     _prefetch_row(params, i_start + items[ahead] * k, k)
-                row = blocked[s]
+                row = s if in_order else order[s]
                 u = users[row]
                 i = items[row]
-                p = u_weight[u]
-                q = i_weight[i]
-                x = _dot32(p, q) + u_bias[u] + i_bias[i]
+                x = _dot_rows(params, u * k, i_start + i * k, k) + u_bias[u] + i_bias[i]
                 if has_range:
                     # Branch-free: for x below about -88, exp(-x) is inf in float32 and sg is exactly 0.
                     sg = T(1.0) / (T(1.0) + math.exp(-x))
@@ -901,13 +1016,17 @@ def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users,
                 else:
                     err = x - ratings[row]
                     dx = two * err
-                losses[s] = err * err
-                if not math.isfinite(losses[s]):
+                loss = err * err
+                if record:
+                    losses[s] = loss
+                if not math.isfinite(loss):
                     first_bad[c] = s  # diverged: stop before this rating's update
                     break
-                lr = lrs[s]
+                lr = lrs[s] if per_step_lr else lrs[0]
                 shrink = T(1.0 - lr * wd)
                 step = T(lr) * dx
+                p = u_weight[u]
+                q = i_weight[i]
                 for j in range(k):
                     pu = p[j]
                     qi = q[j]
