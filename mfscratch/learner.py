@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
@@ -27,20 +26,44 @@ __all__ = ["Learner", "Recorder", "collab_learner", "format_time"]
 SMOOTH_BETA = 0.98  # fastai's AvgSmoothLoss
 
 
-@dataclass
 class Recorder:
     """What a fit records. ``values``: one ``[train_loss, valid_loss]`` per epoch, as fastai's recorder.
 
     ``losses`` are the raw per-step batch losses, ``lrs`` and ``moms`` the per-step learning rates
-    and momenta, ``epoch_seconds`` the wall time of each epoch (training and validation).
+    and momenta (lists of floats, as fastai's), ``epoch_seconds`` the wall time of each epoch
+    (training and validation), ``train_seconds`` its training part.
+
+    The per-step values are kept as one NumPy array per epoch and turned into lists when read:
+    with batches of one rating an epoch has a step per rating, and 3 x 80k Python floats an epoch
+    (ML-100k) cost more than the epoch's training and left the caches cold for the next one.
     """
 
-    values: list = field(default_factory=list)
-    losses: list = field(default_factory=list)
-    lrs: list = field(default_factory=list)
-    moms: list = field(default_factory=list)
-    epoch_seconds: list = field(default_factory=list)
-    train_seconds: list = field(default_factory=list)
+    _STEP_FIELDS = ("losses", "lrs", "moms")
+
+    def __init__(self):
+        self.values: list = []
+        self.epoch_seconds: list = []
+        self.train_seconds: list = []
+        self._steps = {name: [] for name in self._STEP_FIELDS}
+
+    def add_steps(self, losses: np.ndarray, lrs: np.ndarray, moms: np.ndarray) -> None:
+        """Record one epoch's per-step losses, learning rates and momenta (kept, not copied: the
+        learner hands in a fresh losses array and views of the fit's schedule, both never written again)."""
+        for name, values in zip(self._STEP_FIELDS, (losses, lrs, moms)):
+            self._steps[name].append(np.asarray(values, dtype=np.float64))
+
+    def _step_list(self, name: str) -> list:
+        chunks = self._steps[name]
+        if len(chunks) > 1:  # join once, so that reading a long fit twice costs one concatenation
+            chunks[:] = [np.concatenate(chunks)]
+        return chunks[0].tolist() if chunks else []
+
+    def _set_steps(self, name: str, values) -> None:
+        self._steps[name] = [np.asarray(values, dtype=np.float64).reshape(-1)]
+
+    losses = property(lambda self: self._step_list("losses"), lambda self, v: self._set_steps("losses", v))
+    lrs = property(lambda self: self._step_list("lrs"), lambda self, v: self._set_steps("lrs", v))
+    moms = property(lambda self: self._step_list("moms"), lambda self, v: self._set_steps("moms", v))
 
 
 def format_time(seconds: float) -> str:
@@ -204,9 +227,7 @@ class Learner:
             seconds = time.perf_counter() - t0
             rec = self.recorder
             rec.values.append([train_loss, valid_loss])
-            rec.losses.extend(losses.tolist())
-            rec.lrs.extend(ep_lrs.tolist())
-            rec.moms.extend(ep_moms.tolist())
+            rec.add_steps(losses, ep_lrs, ep_moms)
             rec.epoch_seconds.append(seconds)
             rec.train_seconds.append(t_train)
             self._log_row(epoch, train_loss, valid_loss, seconds)
