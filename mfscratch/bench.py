@@ -137,12 +137,13 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
     return rows
 
 
-def cornac_row(dls, seed: int = 42, repeats: int = 3) -> dict:
+def cornac_row(dls, seed: int | None = 42, repeats: int = 3, num_threads: int = 0) -> dict:
     """cornac's biased MF (:data:`CORNAC_SETTINGS`) on ``dls``'s training rows; valid MSE on its valid rows.
 
     Timed as cornac is used: ``fit`` on a prepared ``cornac.data.Dataset`` (best of ``repeats``),
     divided by its epochs. Its prediction is ``global_mean + b_u + b_i + u . v`` (no sigmoid);
-    users or items absent from training fall back to the means, as cornac does.
+    users or items absent from training fall back to the means, as cornac does. With a ``seed``
+    cornac trains on one thread; with ``seed=None`` on ``num_threads`` (0: every core, Hogwild).
     """
     import time
 
@@ -154,7 +155,8 @@ def cornac_row(dls, seed: int = 42, repeats: int = 3) -> dict:
     data = Dataset.from_uir(train, seed=seed)
     best = float("inf")
     for _ in range(repeats):
-        model = MF(**CORNAC_SETTINGS, use_bias=True, early_stop=False, verbose=False, seed=seed)
+        model = MF(**CORNAC_SETTINGS, use_bias=True, early_stop=False, verbose=False, seed=seed,
+                   num_threads=num_threads)
         t0 = time.perf_counter()
         model.fit(data)
         best = min(best, time.perf_counter() - t0)

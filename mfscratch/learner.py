@@ -210,7 +210,8 @@ class Learner:
             self._log_header()
         for epoch in range(start_epoch, n_epoch):
             t0 = time.perf_counter()
-            order = self._epoch_order()
+            order = self.backend.epoch_order(self.rng, opt, self.sparse)
+            order = self._epoch_order() if order is None else order
             ep_lrs = np.ascontiguousarray(lrs[epoch * steps : (epoch + 1) * steps])
             ep_moms = np.ascontiguousarray(moms[epoch * steps : (epoch + 1) * steps])
             losses = self._train_epoch(order, ep_lrs, ep_moms, opt, epoch, n_epoch)

@@ -297,8 +297,12 @@ def _layout(users, items, order, n_groups, user_group=None, item_group=None):
     user_group = cpu.balanced_groups(users, N_USERS, n_groups) if user_group is None else user_group
     item_group = cpu.balanced_groups(items, N_ITEMS, n_groups) if item_group is None else item_group
     block = np.empty(len(users), dtype=np.uint16)
-    block_start = cpu.block_index(users, items, user_group, item_group, n_groups, block)
-    return cpu.block_layout(order, block, block_start, np.empty(len(users), dtype=order.dtype)), block_start
+    full_start = cpu.block_index(users, items, user_group, item_group, n_groups, block)
+    blocked = np.empty(len(order) or len(users), dtype=order.dtype)
+    block_start = cpu.block_layout(order, block, n_groups**2, blocked)
+    if len(order) in (0, len(users)):
+        np.testing.assert_array_equal(block_start, full_start)
+    return blocked, block_start
 
 
 def _per_rating_epoch(kernel, model, users, items, ratings, order, lr=0.3, wd=0.1, has_range=True, n_groups=1,
@@ -486,6 +490,43 @@ def test_per_rating_groups():
     assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 1) == 10
     assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 4) == 12  # a multiple of the threads
     assert per_rating_groups(58_000_000, 2) == 14
+
+
+def test_shuffle_blocks_permutes_within_each_block_from_the_seed_alone():
+    blocked = np.arange(1000)
+    block_start = np.array([0, 1, 300, 300, 1000])
+    got = blocked.copy()
+    cpu.shuffle_blocks(got, block_start, 7)
+    for p in range(4):
+        part = slice(block_start[p], block_start[p + 1])
+        assert sorted(got[part]) == list(blocked[part])
+    assert (got != blocked).mean() > 0.9
+    twin = blocked.copy()
+    cpu.shuffle_blocks_parallel(twin, block_start, 7)  # any thread count: the same numbers
+    np.testing.assert_array_equal(twin, got)
+    other = blocked.copy()
+    cpu.shuffle_blocks(other, block_start, 8)
+    assert (other != got).any()
+
+
+def test_parallel_per_rating_epoch_order_and_progress_chunks(monkeypatch):
+    """The parallel backend orders a per-rating epoch itself (its blocks, shuffled from the learner's
+    rng): reproducible from the seed, and the progress bar's chunks give the same weights bit for bit."""
+    dls = synthetic_dataloaders(3000, 60, 40, bs=1, seed=1)
+    results = []
+    for progress in (False, True, False):
+        learn = collab_learner(dls, n_factors=20, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD,
+                               backend="parallel", log=None)
+        learn.progress = progress
+        learn.fit_one_cycle(2, 0.05, wd=0.05)
+        results.append((learn.model.params.copy(), learn.recorder.values, learn.recorder.losses))
+    for got in results[1:]:
+        np.testing.assert_array_equal(got[0], results[0][0])
+        assert got[1] == results[0][1] and got[2] == results[0][2]
+    backend = learn.backend
+    order = backend.epoch_order(np.random.default_rng(0), SGD(), True)
+    assert order is not None and sorted(order) == list(range(dls.n_train))
+    assert backend.epoch_order(np.random.default_rng(0), SGD(mom=0.9), True) is None  # not per-rating: the learner's
 
 
 @pytest.mark.parametrize("backend", ["cpu", "parallel"])

@@ -51,6 +51,8 @@ __all__ = [
     "balanced_groups",
     "block_index",
     "block_layout",
+    "shuffle_blocks",
+    "shuffle_blocks_parallel",
     "sort_by_block",
     "train_epoch_sgd_per_rating",
     "train_epoch_sgd_per_rating_parallel",
@@ -868,8 +870,8 @@ def block_index(users, items, user_group, item_group, n_groups, block):
     ``(c, (c + t) % n_groups)`` for every ``c``: they share no user and no item, so threads can train
     them at once (the stratified SGD of DSGD and LIBMF). Blocks are laid out stratum by stratum:
     block ``(c, (c + t) % n_groups)`` is the ``t * n_groups + c``-th, and ``block[r]`` is that place for
-    rating ``r``. ``block_start[p]`` is where the ``p``-th block starts in an epoch's layout
-    (:func:`block_layout`); the last entry is the number of ratings. Made once a fit: the
+    rating ``r``. ``block_start[p]`` is where the ``p``-th block starts when all the ratings are
+    laid out (:func:`block_layout`); the last entry is the number of ratings. Made once a fit: the
     training set does not change between epochs. ``block`` may be any integer dtype holding
     ``n_groups**2`` (uint16 at 25M ratings: 50 MB).
     """
@@ -889,21 +891,58 @@ def block_index(users, items, user_group, item_group, n_groups, block):
 
 
 @njit(cache=True)
-def block_layout(order, block, block_start, blocked):
-    """The epoch's ratings block by block: ``order`` sorted by ``block[order[s]]``, stably, into ``blocked``.
+def block_layout(order, block, n_blocks, blocked):
+    """``order`` sorted by block (``block[order[s]]``), stably, into ``blocked``; returns ``block_start``.
 
-    Each block keeps ``order``'s order (a counting sort: one pass); the ``p``-th block is
-    ``blocked[block_start[p]:block_start[p + 1]]``. An empty ``order`` stands for ``0..n-1`` (no
-    permutation array needed at 25M ratings). Returns ``blocked``.
+    Each block keeps ``order``'s order (a counting sort); the ``p``-th block is
+    ``blocked[block_start[p]:block_start[p + 1]]``, and ``blocked`` may be longer than ``order``
+    (a reused buffer) but must not overlap it. ``order`` may be any part of the ratings (the
+    learner's progress bar passes an epoch in pieces); an empty ``order`` stands for all of them,
+    ``0..n-1`` (no permutation array needed at 25M ratings).
     """
     n = block.shape[0] if order.shape[0] == 0 else order.shape[0]
+    block_start = np.zeros(n_blocks + 1, dtype=np.int64)
+    for s in range(n):
+        block_start[block[s if order.shape[0] == 0 else order[s]] + 1] += 1
+    for p in range(n_blocks):
+        block_start[p + 1] += block_start[p]
     fill = block_start[:-1].copy()
     for s in range(n):
         row = s if order.shape[0] == 0 else order[s]
         p = block[row]
         blocked[fill[p]] = row
         fill[p] += 1
-    return blocked
+    return block_start
+
+
+@njit(cache=True, inline="always")
+def _splitmix64(state):
+    """One step of splitmix64 (Steele, Lea, Flood 2014): ``(new_state, 64 random bits)``."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return state, z ^ (z >> np.uint64(31))
+
+
+def _shuffle_blocks_body(blocked, block_start, seed):
+    """Shuffle each block of ``blocked`` in place (Fisher-Yates), the blocks on the Numba threads.
+
+    Block ``p`` draws from its own splitmix64 stream, started from ``seed`` and ``p``, so the result
+    depends on ``seed`` only, not on the thread count or timing. Each draw is a 53-bit uniform
+    scaled to the range (a bias below 2^-30 at 80k ratings a block, and no division).
+    """
+    for p in prange(block_start.shape[0] - 1):
+        first = block_start[p]
+        state, _ = _splitmix64(np.uint64(seed) ^ (np.uint64(p) * np.uint64(0xD1B54A32D192ED03)))
+        for s in range(block_start[p + 1] - 1, first, -1):
+            state, bits = _splitmix64(state)
+            j = first + np.int64((bits >> np.uint64(11)) * (1.0 / 9007199254740992.0) * (s - first + 1))
+            blocked[s], blocked[j] = blocked[j], blocked[s]
+
+
+shuffle_blocks = njit(cache=True)(_shuffle_blocks_body)
+shuffle_blocks_parallel = njit(parallel=True, cache=True)(_twin(_shuffle_blocks_body))
 
 
 @njit(cache=True)
