@@ -411,6 +411,10 @@ class CudaBackend:
                                                               *m.range_args, out)
         return out.copy_to_host()
 
+    def epoch_order(self, rng, opt, sparse: bool):
+        """``None``: the learner's permutation orders every epoch on the GPU."""
+        return None
+
     def sync(self) -> None:
         if self.model is None:
             return
