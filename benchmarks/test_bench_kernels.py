@@ -118,3 +118,27 @@ def test_epoch_sparse(benchmark, problem, backend):
     kernel = cpu.train_epoch_sparse if backend == "serial" else cpu.train_epoch_sparse_parallel
     n_chunks = 1 if backend == "serial" else numba.get_num_threads()
     _epoch_bench(benchmark, kernel, (problem.params, problem.m, problem.v, *problem.epoch_args(), n_chunks))
+
+
+@pytest.mark.parametrize("backend", ["serial", "blocks"])
+def test_epoch_sgd_per_rating(benchmark, problem, backend):
+    """Per-rating SGD (sparse, bs 1): serially over the order, or on the backend's stratified blocks."""
+    import numba
+
+    from mfscratch.backends import per_rating_groups
+
+    n_users, n_items, k = problem.shape
+    n = problem.order.shape[0]
+    threads = 1 if backend == "serial" else numba.get_num_threads()
+    groups = per_rating_groups(problem.params.nbytes, threads)
+    order, block_start = problem.order, np.array([0, n])
+    if groups > 1:
+        block = np.empty(n, dtype=np.int32)
+        block_start = cpu.block_index(problem.users, problem.items, cpu.balanced_groups(problem.users, n_users, groups),
+                                      cpu.balanced_groups(problem.items, n_items, groups), groups, block)
+        order = np.empty_like(problem.order)
+        cpu.block_layout(problem.order, block, groups * groups, order)
+    kernel = cpu.train_epoch_sgd_per_rating if threads == 1 else cpu.train_epoch_sgd_per_rating_parallel
+    args = (problem.params, n_users, n_items, k, problem.users, problem.items, problem.ratings, order, block_start,
+            groups, np.array([1e-3]), 0.1, True, 0.0, 5.5, True, np.empty(0))
+    _epoch_bench(benchmark, kernel, args)
