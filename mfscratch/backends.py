@@ -189,9 +189,11 @@ class ParallelBackend(CpuBackend):
     """The same kernels compiled with ``parallel=True``: both modes use every Numba thread.
 
     * exact mode: each step's dense optimiser update runs ``prange`` over the elements of the flat
-      buffer. Elements are independent, so this is deterministic and equal to the serial backend
-      (bit for bit: the same operations on the same floats); the batch maths stays serial.
-      Models under ``min_parallel_params`` parameters use the serial kernel (see there).
+      buffer. Elements are independent, so this is deterministic and equal to the serial dense
+      kernel (bit for bit: the same operations on the same floats; to rounding against the serial
+      backend's default deferred rows); the batch maths stays serial. Models under
+      ``min_parallel_params`` parameters use the serial kernels (deferred rows, unless
+      ``defer_rows`` is off), exactly as the serial backend.
     * sparse mode: **Hogwild!**: the epoch's steps are cut into one contiguous chunk per thread and
       the chunks run at once on the shared tables without locks. Not reproducible run to run.
     * sparse per-rating SGD (``bs = 1``, SGD without momentum; see :func:`per_rating_sgd`):
