@@ -535,6 +535,12 @@ train_epoch_sparse_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_spa
 _LANES = 64
 
 
+#: The float32 replay runs the missed steps in segments over which ``r`` (below) stays within
+#: ``1 +- _SEGMENT_SPREAD`` of the segment's ``r0``; a series of 6 terms in ``r / r0 - 1`` is then exact
+#: to ``_SEGMENT_SPREAD^6 = 1.6e-8`` of the segment's move, under float32 rounding.
+_SEGMENT_SPREAD = 0.05
+
+
 @njit(cache=True, inline="always")
 def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms, root_sqr_mom,
                    inv_root_debias2, sqr_mom, eps, pw, pm, prv):
@@ -543,14 +549,30 @@ def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms
     With no gradient and decoupled decay the dense step is ``m_t = mom_t m_{t-1}``,
     ``v_t = sqr_mom v_{t-1}``, ``p_t = p_{t-1} d_t - a_t m_t / (sqrt(v_t / c2_t) + eps)``. From the
     row's state at ``first`` (``m0``, ``v0``) after n missed steps, ``m_t = m0 P_n`` with
-    ``P_n = prod mom``, and ``sqrt(v_t / c2_t) = sqrt(v0) sqrt(sqr_mom)^n / sqrt(c2_t)``; so per element
-    and step: one multiply-add and one division, with ``sqrt(v0)`` taken once. Exact (eps
-    included); it differs from the dense loop by rounding only.
+    ``P_n = prod mom``, and ``sqrt(v_t / c2_t) = y r_t`` with ``y = sqrt(v0)`` and
+    ``r_t = sqrt(sqr_mom)^n / sqrt(c2_t)``; with ``a_t = step_size_t P_n``:
 
-    The row and its bias are copied into scratch rows ``pw, pm, prv`` (weights, ``m0``,
-    ``sqrt(v0)``) padded with zeros to a multiple of ``_LANES`` (the padding stays 0: 0 * d - a * 0 /
-    (0 + eps)), and the replay runs in blocks of ``_LANES`` with a constant inner trip count: with
-    k = 50 a plain loop over 50 elements is left to LLVM's 4-wide remainder loop.
+    ``p_t = p_{t-1} d_t - m0 a_t / (y r_t + eps)``.
+
+    *float64 tables*: that recurrence, per element and step one multiply-add and one division,
+    with ``sqrt(v0)`` taken once: exact (eps included), the dense loop's result to rounding.
+
+    *float32 tables*: the steps in segments over which ``r`` (a row scalar, falling) stays within
+    ``r0 (1 +- s)``, ``s = _SEGMENT_SPREAD``. With ``delta_t = r_t / r0 - 1``, ``q = 1 / (y r0 + eps)``
+    and ``z = y r0 q`` (in [0, 1): no condition on eps or v), ``1 / (y r_t + eps) = q sum_n (-z delta_t)^n``,
+    so a segment with decay product ``D`` moves the row by
+
+    ``p <- p D - m0 q sum_n (-z)^n B_n``,   ``B_n = sum_t a_t delta_t^n (prod of the d after t)``.
+
+    The ``B_n`` (6 terms; the rest is below ``s^6 = 1.6e-8`` of the move) are row scalars summed in
+    float64 over the segment's steps, so per element a segment costs one division and a few
+    multiply-adds instead of one division per step.
+
+    The row and its bias are copied into scratch rows ``pw, pm, prv`` (weights, ``m0``, ``sqrt(v0)``)
+    padded to a multiple of ``_LANES`` (padding 0, 0, 1: it stays 0), and the element loops run over
+    whole blocks of ``_LANES``: with k = 50 a plain loop over 50 elements is left to LLVM's 4-wide
+    remainder loop. Segments depend only on the row's missed steps, the same however an epoch is
+    cut into calls.
     """
     if first >= stop:
         return
@@ -567,14 +589,56 @@ def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms
     eps_ = T(eps)
     prod_mom = 1.0
     root_decay_v = 1.0
-    for q in range(first, stop):
-        prod_mom *= moms[q]
-        root_decay_v *= root_sqr_mom
-        d = T(decay[q])
-        a = T(step_size[q] * prod_mom)
-        r = T(root_decay_v * inv_root_debias2[q])
-        for j in range(padded):
-            pw[j] = pw[j] * d - a * pm[j] / (prv[j] * r + eps_)
+    if T(0.1) == 0.1:  # float64: the exact recurrence
+        for q in range(first, stop):
+            prod_mom *= moms[q]
+            root_decay_v *= root_sqr_mom
+            d = T(decay[q])
+            a = T(step_size[q] * prod_mom)
+            r = T(root_decay_v * inv_root_debias2[q])
+            for j in range(padded):
+                pw[j] = pw[j] * d - a * pm[j] / (prv[j] * r + eps_)
+    else:
+        low = (1.0 - _SEGMENT_SPREAD) / (1.0 + _SEGMENT_SPREAD)  # r may fall to low * (segment's first r)
+        q = first
+        while q < stop:
+            r = root_decay_v * root_sqr_mom * inv_root_debias2[q]
+            r_min = r * low
+            r0 = r / (1.0 + _SEGMENT_SPREAD)  # r / r0 - 1 runs from spread down to -spread
+            inv_r0 = 1.0 / r0
+            b0 = b1 = b2 = b3 = b4 = b5 = 0.0
+            prod_decay = 1.0
+            while q < stop:
+                r = root_decay_v * root_sqr_mom * inv_root_debias2[q]
+                if r < r_min:
+                    break
+                root_decay_v *= root_sqr_mom
+                prod_mom *= moms[q]
+                d = decay[q]
+                prod_decay *= d
+                a = step_size[q] * prod_mom
+                dl = r * inv_r0 - 1.0
+                b0 = b0 * d + a
+                a *= dl
+                b1 = b1 * d + a
+                a *= dl
+                b2 = b2 * d + a
+                a *= dl
+                b3 = b3 * d + a
+                a *= dl
+                b4 = b4 * d + a
+                a *= dl
+                b5 = b5 * d + a
+                q += 1
+            r0_ = T(r0)
+            dd = T(prod_decay)
+            c0, c1, c2, c3, c4, c5 = T(b0), T(b1), T(b2), T(b3), T(b4), T(b5)
+            for j in range(padded):
+                y = prv[j] * r0_
+                inv = T(1.0) / (y + eps_)
+                z = -(y * inv)
+                series = ((((c5 * z + c4) * z + c3) * z + c2) * z + c1) * z + c0
+                pw[j] = pw[j] * dd - pm[j] * inv * series
     m_scale = T(prod_mom)
     v_scale = T(sqr_mom ** (stop - first))
     for j in range(k):
@@ -678,7 +742,7 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
     padded = (k + 1 + _LANES - 1) // _LANES * _LANES
     pw = np.zeros(padded, dtype=params.dtype)
     pm = np.zeros(padded, dtype=params.dtype)
-    prv = np.zeros(padded, dtype=params.dtype)
+    prv = np.ones(padded, dtype=params.dtype)  # padding 1, so the float32 replay's 1 / (y r0 + eps) stays finite
     slot_u = np.full(n_users, -1, dtype=np.int64)
     slot_i = np.full(n_items, -1, dtype=np.int64)
     rows_u = np.empty(bs, dtype=np.int64)
