@@ -218,3 +218,30 @@ def test_trajectory_matches_pytorch_with_the_dense_kernel(case, monkeypatch):
 
     monkeypatch.setattr(CpuBackend, "defer_rows", False)
     test_trajectory_matches_pytorch(case)
+
+
+@pytest.mark.parametrize("step0", [0, 5000])
+def test_float32_segment_replay_is_as_close_to_float64_as_dense(step0):
+    """Long gaps (skewed rows, 400 steps): the float32 series replay rounds no worse than the dense loop."""
+    rng = np.random.default_rng(5)
+    n_users, n_items, k, bs, n = 150, 200, 6, 8, 3200
+    users = (rng.zipf(1.5, n) % n_users).astype(np.int32)
+    items = (rng.zipf(1.3, n) % n_items).astype(np.int32)
+    ratings = rng.integers(1, 6, n).astype(np.float32)
+    params = rng.standard_normal((n_users + n_items) * (k + 1)) * 0.3
+    m0, v0 = rng.standard_normal(params.size) * 1e-3, rng.random(params.size) * 1e-5
+    order = rng.permutation(n).astype(np.int64)
+    lrs, moms = np.linspace(5e-3, 1e-4, n // bs), np.linspace(0.85, 0.95, n // bs)
+    runs = {}
+    for name, dtype in (("dense64", np.float64), ("dense32", np.float32), ("deferred32", np.float32)):
+        p, m, v = (a.astype(dtype) for a in (params, m0, v0))
+        common = (n_users, n_items, k, users, items, ratings, order, bs, lrs, moms, step0, True, True, 0.99, 1e-5,
+                  0.1, True, 0.0, 5.5, True, np.empty(n // bs))
+        if name.startswith("dense"):
+            cpu.train_epoch_dense(p, np.zeros_like(p), m, v, *common)
+        else:
+            _deferred_epoch(p, m, v, *common)
+        runs[name] = p.astype(np.float64)
+    dense_err = np.abs(runs["dense32"] - runs["dense64"]).max()
+    deferred_err = np.abs(runs["deferred32"] - runs["dense64"]).max()
+    assert 0 < dense_err < 1e-5 and deferred_err < 2 * dense_err
