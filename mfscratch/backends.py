@@ -4,8 +4,11 @@ A backend owns the arrays it trains on (on the CPU: the model's own buffer; on a
 copies) and exposes four calls the learner needs:
 
 * ``bind(model, state, dls)``: take the weights, optimiser state and data for a fit;
-* ``train_epoch(order, lrs, moms, opt, sparse, step0) -> losses``: one epoch of steps, returning the
-  per-step batch losses (a NaN/inf loss stops the epoch at that step: the array is cut there);
+* ``train_epoch(order, lrs, moms, opt, sparse, step0, flush=True) -> losses``: one epoch of steps, or
+  a run of an epoch's consecutive steps, returning the per-step batch losses (a NaN/inf loss stops
+  the epoch at that step: the array is cut there). ``flush=False`` says the epoch goes on in the
+  next call (``step0`` advanced): the weights and moments may then be left mid-update until the
+  call that ends the epoch (``flush=True``), ``evaluate`` or ``sync``;
 * ``evaluate(users, items, ratings) -> mse``;
 * ``sync()``: make ``model.params`` and ``state`` on the host current (a no-op on the CPU).
 
@@ -64,12 +67,13 @@ class CpuBackend:
     _per_rating_epoch = staticmethod(cpu.train_epoch_sgd_per_rating)
     _shuffle_blocks = staticmethod(cpu.shuffle_blocks)
 
-    #: True: exact mode with decoupled (or no) weight decay runs ``cpu.train_epoch_deferred``, which
-    #: applies an untouched row's steps when the row is next needed: 1.4x faster on ML-100k, equal to
-    #: the dense kernel to rounding at the end of each call, but not bit for bit, so an epoch cut
-    #: into calls (the learner's progress bar) rounds differently from a whole one. Off by default
-    #: until that is accepted (docs/speed.md, "Deferred rows").
-    defer_rows = False
+    #: True (default): exact mode with decoupled (or no) weight decay runs ``cpu.train_epoch_deferred``,
+    #: which applies an untouched row's steps when the row is next needed: 1.4x faster on ML-100k,
+    #: equal to the dense kernel to rounding (not bit for bit) at the end of each epoch, and the same
+    #: floats whether an epoch runs as one call or as many (the learner's progress bar): the rows'
+    #: deferred state is kept here between the calls. False: the dense kernel, bit-equal to
+    #: ``reference.adam_step`` / ``sgd_step`` step by step (docs/speed.md, "Deferred rows").
+    defer_rows = True
 
     def _n_chunks(self) -> int:
         """How many chunks of steps the sparse kernel runs at once: 1 here (serial, deterministic)."""
@@ -77,20 +81,30 @@ class CpuBackend:
 
     def __init__(self):
         self.model = None
+        self._pending = None  # a deferred-rows epoch left open by a train_epoch(..., flush=False)
 
     def _dense_kernel(self, n_params: int):
         """The exact-mode epoch kernel for a buffer of ``n_params`` elements."""
         return self._dense_epoch
 
     def bind(self, model, state, dls) -> None:
+        self._flush_deferred()  # rows still deferred belong to the model bound so far
         self.model, self.state, self.dls = model, state, dls
         self.grads = None  # the dense gradient buffer, made on first use (sparse mode needs none)
         self._blocks = None  # per-rating SGD's blocks (see _block_layout), made on first use
+        self._done = None  # the deferred kernel's per-row step counts and replay scalars, made on first use
         self._train = (np.ascontiguousarray(dls.train_users), np.ascontiguousarray(dls.train_items),
                        np.ascontiguousarray(dls.train_ratings))
 
-    def train_epoch(self, order, lrs, moms, opt, sparse: bool, step0: int) -> np.ndarray:
+    def train_epoch(self, order, lrs, moms, opt, sparse: bool, step0: int, flush: bool = True) -> np.ndarray:
         m = self.model
+        deferred = (not sparse and self.defer_rows and (opt.decouple_wd or opt.wd == 0)
+                    and self._dense_kernel(m.params.size) is cpu.train_epoch_dense)
+        if deferred:
+            # Exact mode without L2 decay: untouched rows have g = 0, so their steps can be deferred
+            # (same result to rounding; see cpu.train_epoch_deferred and docs/speed.md).
+            return self._train_deferred(order, lrs, moms, opt, step0, flush)
+        self._flush_deferred()
         users, items, ratings = self._train
         losses = np.empty(order.shape[0] // self.dls.bs, dtype=np.float64)
         common = (m.n_users, m.n_items, m.n_factors, users, items, ratings, order, self.dls.bs, lrs, moms, step0,
@@ -109,11 +123,6 @@ class CpuBackend:
         elif sparse:
             n_done = self._sparse_epoch(m.params, self.state.exp_avg, self.state.exp_avg_sq, *common,
                                         self._n_chunks())
-        elif (self.defer_rows and (opt.decouple_wd or opt.wd == 0)
-              and self._dense_kernel(m.params.size) is cpu.train_epoch_dense):
-            # Exact mode without L2 decay: untouched rows have g = 0, so their steps can be deferred
-            # (same result to rounding; see cpu.train_epoch_deferred and docs/speed.md).
-            n_done = cpu.train_epoch_deferred(m.params, self.state.exp_avg, self.state.exp_avg_sq, *common)
         else:
             if self.grads is None or self.grads.shape != m.params.shape or self.grads.dtype != m.params.dtype:
                 self.grads = np.zeros_like(m.params)
@@ -161,6 +170,54 @@ class CpuBackend:
         # A piece of epoch_order's layout (the progress bar's chunks) lives in the buffer itself.
         blocked = np.empty(size, dtype=np.int64) if np.may_share_memory(order, buffer) else buffer[:size]
         return blocked, cpu.block_layout(order, block, n_groups * n_groups, blocked)
+    def _train_deferred(self, order, lrs, moms, opt, step0: int, flush: bool) -> np.ndarray:
+        """Exact-mode steps through ``cpu.train_epoch_deferred``, its deferred rows kept across calls.
+
+        The first call of an epoch zeroes the per-row step counts and starts counting steps from
+        its ``step0``; a call that continues an open epoch (``step0`` where the last one stopped,
+        the same optimiser) carries on from them. Anything else settles the open epoch first.
+        """
+        m, bs = self.model, self.dls.bs
+        pending = self._pending
+        if pending is not None and (step0 != pending["next_step"] or opt != pending["opt"]):
+            self._flush_deferred()
+            pending = None
+        if pending is None:
+            if self._done is None:
+                self._done = (np.zeros(m.n_users, dtype=np.int64), np.zeros(m.n_items, dtype=np.int64),
+                              np.zeros((4, 0)))
+            else:
+                self._done[0][:] = 0
+                self._done[1][:] = 0
+            step_base = step0
+        else:
+            step_base = pending["step_base"]
+        n_steps = order.shape[0] // bs
+        done_u, done_i, replay = self._done
+        need = step0 - step_base + n_steps
+        if replay.shape[1] < need:  # room for this call's replay scalars, grown geometrically
+            grown = np.empty((4, max(need, 2 * replay.shape[1])))
+            grown[:, : replay.shape[1]] = replay
+            replay = grown
+            self._done = (done_u, done_i, replay)
+        users, items, ratings = self._train
+        losses = np.empty(n_steps, dtype=np.float64)
+        n_done = cpu.train_epoch_deferred(
+            m.params, self.state.exp_avg, self.state.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
+            users, items, ratings, order, bs, lrs, moms, step0, opt.name == "adam", opt.uses_momentum,
+            opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd, *m.range_args, losses,
+            done_u, done_i, replay, step_base, bool(flush))
+        diverged = n_done < n_steps or (n_done > 0 and not np.isfinite(losses[n_done - 1]))
+        # The kernel flushed at the end or at a divergence stop; otherwise rows stay deferred.
+        self._pending = None if flush or diverged else dict(step_base=step_base, next_step=step0 + n_steps, opt=opt)
+        return losses[:n_done]
+
+    def _flush_deferred(self) -> None:
+        """Bring every row of an open deferred-rows epoch up to its last step (a call with no steps)."""
+        pending = self._pending
+        if pending is not None:  # continues the open epoch with no steps, and flushes
+            empty = np.empty(0)
+            self._train_deferred(np.empty(0, dtype=np.int64), empty, empty, pending["opt"], pending["next_step"], True)
 
     def warmup(self, dtype=np.float32) -> None:
         """Compile (or load from the cache) every kernel a fit uses, on a tiny problem."""
@@ -179,7 +236,8 @@ class CpuBackend:
             dense_epoch(params, z, z.copy(), z.copy(), *common)
         self._sparse_epoch(params, z.copy(), z.copy(), *common, 1)
         if self.defer_rows:
-            cpu.train_epoch_deferred(params, z.copy(), z.copy(), *common)
+            cpu.train_epoch_deferred(params, z.copy(), z.copy(), *common, np.zeros(2, dtype=np.int64),
+                                     np.zeros(2, dtype=np.int64), np.zeros((4, 1)), 0, True)
         two = np.full(2, 1e-3)  # the per-rating kernel takes one lr and one loss per rating
         groups = cpu.balanced_groups(users, 2, 2)
         block = np.empty(2, dtype=np.int32)
@@ -192,20 +250,23 @@ class CpuBackend:
         cpu.evaluate_mse(*cpu.split_flat(params, 2, 2, 2), users, users, ratings, 0.0, 1.0, True)
 
     def evaluate(self, users, items, ratings) -> float:
+        self._flush_deferred()
         m = self.model
         return float(cpu.evaluate_mse(*m.kernel_tables(), users, items, ratings, *m.range_args))
 
     def sync(self) -> None:
-        pass
+        self._flush_deferred()
 
 
 class ParallelBackend(CpuBackend):
     """The same kernels compiled with ``parallel=True``: both modes use every Numba thread.
 
     * exact mode: each step's dense optimiser update runs ``prange`` over the elements of the flat
-      buffer. Elements are independent, so this is deterministic and equal to the serial backend
-      (bit for bit: the same operations on the same floats); the batch maths stays serial.
-      Models under ``min_parallel_params`` parameters use the serial kernel (see there).
+      buffer. Elements are independent, so this is deterministic and equal to the serial dense
+      kernel (bit for bit: the same operations on the same floats; to rounding against the serial
+      backend's default deferred rows); the batch maths stays serial. Models under
+      ``min_parallel_params`` parameters use the serial kernels (deferred rows, unless
+      ``defer_rows`` is off), exactly as the serial backend.
     * sparse mode: **Hogwild!**: the epoch's steps are cut into one contiguous chunk per thread and
       the chunks run at once on the shared tables without locks. Not reproducible run to run.
     * sparse per-rating SGD (``bs = 1``, SGD without momentum; see :func:`per_rating_sgd`):
@@ -307,7 +368,8 @@ class CudaBackend:
             self._valid = tuple(cuda.to_device(np.ascontiguousarray(a)) for a in self._valid_host)
 
     # --- training ---------------------------------------------------------------------------
-    def train_epoch(self, order, lrs, moms, opt, sparse: bool, step0: int) -> np.ndarray:
+    def train_epoch(self, order, lrs, moms, opt, sparse: bool, step0: int, flush: bool = True) -> np.ndarray:
+        # ``flush`` is for the CPU backends' deferred rows: every call here leaves the state settled.
         from numba.core.errors import TypingError
 
         cuda = self.ck.cuda

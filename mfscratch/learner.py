@@ -214,7 +214,11 @@ class Learner:
             order = self._epoch_order() if order is None else order
             ep_lrs = np.ascontiguousarray(lrs[epoch * steps : (epoch + 1) * steps])
             ep_moms = np.ascontiguousarray(moms[epoch * steps : (epoch + 1) * steps])
-            losses = self._train_epoch(order, ep_lrs, ep_moms, opt, epoch, n_epoch)
+            try:
+                losses = self._train_epoch(order, ep_lrs, ep_moms, opt, epoch, n_epoch)
+            except BaseException:  # e.g. Ctrl-C between two calls of an epoch: leave no row deferred
+                self.backend.sync()
+                raise
             t_train = time.perf_counter() - t0
             if len(losses) < steps or not np.isfinite(losses[-1]):
                 self.backend.sync()
@@ -272,7 +276,8 @@ class Learner:
         """One epoch through the backend; with a progress bar, as about 100 consecutive calls.
 
         Step ``s`` of the epoch sees the same rows, lr, momentum and optimiser step count either way
-        (``step0`` advances with the chunks), so the bar does not change the result.
+        (``step0`` advances with the chunks), and only the last call flushes the rows a deferred-rows
+        epoch keeps pending (``flush``), so the bar does not change the result, bit for bit.
         """
         step0 = self.opt_state.step
         if not self._show_progress():
@@ -285,11 +290,12 @@ class Learner:
         with tqdm(total=steps, desc=f"epoch {epoch + 1}/{n_epoch}", unit="step", leave=False, file=sys.stderr) as bar:
             for s in range(0, steps, chunk):
                 e = min(s + chunk, steps)
-                part = self.backend.train_epoch(order[s * bs : e * bs], lrs[s:e], moms[s:e], opt, self.sparse, step0 + s)
+                part = self.backend.train_epoch(order[s * bs : e * bs], lrs[s:e], moms[s:e], opt, self.sparse, step0 + s,
+                                                flush=e == steps)
                 parts.append(part)
                 bar.update(len(part))
                 if len(part) < e - s or (len(part) and not np.isfinite(part[-1])):
-                    break  # diverged: the caller reports it
+                    break  # diverged (a deferred-rows backend has flushed): the caller reports it
         return np.concatenate(parts)
 
     # --- using the trained model (the work is in analysis.py, metrics.py and plots.py) -----------

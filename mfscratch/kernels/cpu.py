@@ -16,7 +16,7 @@ loop over one array.
 Kernels with a ``prange`` loop are compiled twice from one body: serially (``prange`` acts as
 ``range``) and with ``parallel=True`` (the ``*_parallel`` names, used by the parallel backend).
 ``train_epoch_deferred`` is exact mode (without L2 decay) with untouched rows' steps replayed
-when next needed: the dense result to rounding (opt-in: ``CpuBackend.defer_rows``).
+when next needed: the dense result to rounding (the CPU backends' default: ``CpuBackend.defer_rows``).
 Sparse mode (``train_epoch_sparse``) updates only the rows each batch touches; its parallel twin
 is Hogwild!. Sparse plain SGD with batches of one rating has its own fused kernel
 (``train_epoch_sgd_per_rating``), whose parallel twin trains conflict-free stratified blocks.
@@ -541,6 +541,12 @@ train_epoch_sparse_parallel = njit(parallel=True, **_HOT)(_twin(_train_epoch_spa
 _LANES = 64
 
 
+#: The float32 replay runs the missed steps in segments over which ``r`` (below) stays within
+#: ``1 +- _SEGMENT_SPREAD`` of the segment's ``r0``; a series of 6 terms in ``r / r0 - 1`` is then exact
+#: to ``_SEGMENT_SPREAD^6 = 1.6e-8`` of the segment's move, under float32 rounding.
+_SEGMENT_SPREAD = 0.05
+
+
 @njit(cache=True, inline="always")
 def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms, root_sqr_mom,
                    inv_root_debias2, sqr_mom, eps, pw, pm, prv):
@@ -549,14 +555,30 @@ def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms
     With no gradient and decoupled decay the dense step is ``m_t = mom_t m_{t-1}``,
     ``v_t = sqr_mom v_{t-1}``, ``p_t = p_{t-1} d_t - a_t m_t / (sqrt(v_t / c2_t) + eps)``. From the
     row's state at ``first`` (``m0``, ``v0``) after n missed steps, ``m_t = m0 P_n`` with
-    ``P_n = prod mom``, and ``sqrt(v_t / c2_t) = sqrt(v0) sqrt(sqr_mom)^n / sqrt(c2_t)``; so per element
-    and step: one multiply-add and one division, with ``sqrt(v0)`` taken once. Exact (eps
-    included); it differs from the dense loop by rounding only.
+    ``P_n = prod mom``, and ``sqrt(v_t / c2_t) = y r_t`` with ``y = sqrt(v0)`` and
+    ``r_t = sqrt(sqr_mom)^n / sqrt(c2_t)``; with ``a_t = step_size_t P_n``:
 
-    The row and its bias are copied into scratch rows ``pw, pm, prv`` (weights, ``m0``,
-    ``sqrt(v0)``) padded with zeros to a multiple of ``_LANES`` (the padding stays 0: 0 * d - a * 0 /
-    (0 + eps)), and the replay runs in blocks of ``_LANES`` with a constant inner trip count: with
-    k = 50 a plain loop over 50 elements is left to LLVM's 4-wide remainder loop.
+    ``p_t = p_{t-1} d_t - m0 a_t / (y r_t + eps)``.
+
+    *float64 tables*: that recurrence, per element and step one multiply-add and one division,
+    with ``sqrt(v0)`` taken once: exact (eps included), the dense loop's result to rounding.
+
+    *float32 tables*: the steps in segments over which ``r`` (a row scalar, falling) stays within
+    ``r0 (1 +- s)``, ``s = _SEGMENT_SPREAD``. With ``delta_t = r_t / r0 - 1``, ``q = 1 / (y r0 + eps)``
+    and ``z = y r0 q`` (in [0, 1): no condition on eps or v), ``1 / (y r_t + eps) = q sum_n (-z delta_t)^n``,
+    so a segment with decay product ``D`` moves the row by
+
+    ``p <- p D - m0 q sum_n (-z)^n B_n``,   ``B_n = sum_t a_t delta_t^n (prod of the d after t)``.
+
+    The ``B_n`` (6 terms; the rest is below ``s^6 = 1.6e-8`` of the move) are row scalars summed in
+    float64 over the segment's steps, so per element a segment costs one division and a few
+    multiply-adds instead of one division per step.
+
+    The row and its bias are copied into scratch rows ``pw, pm, prv`` (weights, ``m0``, ``sqrt(v0)``)
+    padded to a multiple of ``_LANES`` (padding 0, 0, 1: it stays 0), and the element loops run over
+    whole blocks of ``_LANES``: with k = 50 a plain loop over 50 elements is left to LLVM's 4-wide
+    remainder loop. Segments depend only on the row's missed steps, the same however an epoch is
+    cut into calls.
     """
     if first >= stop:
         return
@@ -573,14 +595,56 @@ def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms
     eps_ = T(eps)
     prod_mom = 1.0
     root_decay_v = 1.0
-    for q in range(first, stop):
-        prod_mom *= moms[q]
-        root_decay_v *= root_sqr_mom
-        d = T(decay[q])
-        a = T(step_size[q] * prod_mom)
-        r = T(root_decay_v * inv_root_debias2[q])
-        for j in range(padded):
-            pw[j] = pw[j] * d - a * pm[j] / (prv[j] * r + eps_)
+    if T(0.1) == 0.1:  # float64: the exact recurrence
+        for q in range(first, stop):
+            prod_mom *= moms[q]
+            root_decay_v *= root_sqr_mom
+            d = T(decay[q])
+            a = T(step_size[q] * prod_mom)
+            r = T(root_decay_v * inv_root_debias2[q])
+            for j in range(padded):
+                pw[j] = pw[j] * d - a * pm[j] / (prv[j] * r + eps_)
+    else:
+        low = (1.0 - _SEGMENT_SPREAD) / (1.0 + _SEGMENT_SPREAD)  # r may fall to low * (segment's first r)
+        q = first
+        while q < stop:
+            r = root_decay_v * root_sqr_mom * inv_root_debias2[q]
+            r_min = r * low
+            r0 = r / (1.0 + _SEGMENT_SPREAD)  # r / r0 - 1 runs from spread down to -spread
+            inv_r0 = 1.0 / r0
+            b0 = b1 = b2 = b3 = b4 = b5 = 0.0
+            prod_decay = 1.0
+            while q < stop:
+                r = root_decay_v * root_sqr_mom * inv_root_debias2[q]
+                if r < r_min:
+                    break
+                root_decay_v *= root_sqr_mom
+                prod_mom *= moms[q]
+                d = decay[q]
+                prod_decay *= d
+                a = step_size[q] * prod_mom
+                dl = r * inv_r0 - 1.0
+                b0 = b0 * d + a
+                a *= dl
+                b1 = b1 * d + a
+                a *= dl
+                b2 = b2 * d + a
+                a *= dl
+                b3 = b3 * d + a
+                a *= dl
+                b4 = b4 * d + a
+                a *= dl
+                b5 = b5 * d + a
+                q += 1
+            r0_ = T(r0)
+            dd = T(prod_decay)
+            c0, c1, c2, c3, c4, c5 = T(b0), T(b1), T(b2), T(b3), T(b4), T(b5)
+            for j in range(padded):
+                y = prv[j] * r0_
+                inv = T(1.0) / (y + eps_)
+                z = -(y * inv)
+                series = ((((c5 * z + c4) * z + c3) * z + c2) * z + c1) * z + c0
+                pw[j] = pw[j] * dd - pm[j] * inv * series
     m_scale = T(prod_mom)
     v_scale = T(sqr_mom ** (stop - first))
     for j in range(k):
@@ -628,23 +692,38 @@ def _sgd_catch_up(w, m, wb, mb, row, first, stop, decay, lrs, moms, use_mom):
 
 def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
                                users, items, ratings, order, bs, lrs, moms, step0,
-                               is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
-    r"""One epoch of exact mode (every parameter moves every step), with untouched rows deferred.
+                               is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
+                               done_u, done_i, replay, step_base, flush):
+    r"""Exact-mode steps (every parameter moves every step), with untouched rows deferred.
 
-    Same result as :func:`train_epoch_dense` (to rounding) at the end of the epoch, for decoupled
-    weight decay or ``wd = 0`` only (with L2 decay an absent row's gradient ``wd p`` is not zero;
-    the caller must use the dense kernel then). A row absent from a batch has g = 0, so its update
+    Same result as :func:`train_epoch_dense` (to rounding) once flushed, for decoupled weight
+    decay or ``wd = 0`` only (with L2 decay an absent row's gradient ``wd p`` is not zero; the
+    caller must use the dense kernel then). A row absent from a batch has g = 0, so its update
     depends only on the step's scalars and its own state: each user and item row (its bias riding
-    with it) records in ``done`` how many of the epoch's steps it has had. Step ``s``:
+    with it) records in ``done_u`` / ``done_i`` how many steps it has had. Step ``s``:
 
     1. every row the batch touches is caught up to ``s`` (:func:`_adam_catch_up`,
        :func:`_sgd_catch_up`: the missed steps replayed from registers, no gradient read);
     2. forward and backward into a compact per-batch gradient (as the sparse kernel);
     3. the dense update's arithmetic on the touched rows with their gradient; ``done = s + 1``.
 
-    At the end (or at a divergence stop, before that step's update) every row is caught up to the
-    last step done, so weights and moments equal the dense kernel's at the epoch boundary.
-    Arguments and return value as :func:`train_epoch_dense` (no gradient buffer).
+    The deferred state lives in the caller's arrays, so one epoch may run as several calls
+    (``step0`` advancing; the learner's progress bar) and give the same floats, bit for bit, as one
+    call: a row is replayed only where it is next touched or at the flush, over the same steps
+    with the same scalars, wherever the calls are cut. Steps are counted from ``step_base``, the
+    optimiser step count before the first deferred step (the first call's ``step0``): this call's
+    step ``s`` is step ``step0 - step_base + s`` of the deferral.
+
+    * ``done_u`` (n_users), ``done_i`` (n_items), int64: steps each row has had; zero at the
+      first call.
+    * ``replay``, float64 ``(4, n)`` with ``n >= step0 - step_base + n_steps``: per step of the
+      deferral, the replay's scalars ``d_t = 1 - lr_t wd``, ``a_t = lr_t / (1 - mom_t^t)`` (Adam) or
+      ``lr_t`` (SGD), ``mom_t`` and ``1 / sqrt(1 - sqr_mom^t)``. This call writes its own steps' column;
+      later calls read the earlier ones.
+    * ``flush``: bring every row up to the last step at the end (the call that ends the epoch).
+      A divergence stop (a NaN/inf loss; that step's update is not applied) always flushes.
+
+    Arguments before ``losses`` and the return value as :func:`train_epoch_dense` (no gradient buffer).
     """
     u_weight, i_weight, u_bias, i_bias = _tables2d(params, n_users, n_items, n_factors)
     mu, mi, mub, mib = _tables2d(exp_avg, n_users, n_items, n_factors)
@@ -652,24 +731,24 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
     T = params.dtype.type
     k = n_factors
     n_steps = order.shape[0] // bs
+    off = step0 - step_base  # this call's step s is step off + s of the deferral
     # Per-step scalars of the missed-step replay, in float64 (rounded to T where used).
-    decay = np.empty(n_steps)
-    step_size = np.empty(n_steps)
-    inv_root_debias2 = np.empty(n_steps)
     for s in range(n_steps):
         t = step0 + s + 1
-        decay[s] = 1.0 - lrs[s] * wd if decouple_wd else 1.0
-        if is_adam:
-            step_size[s] = lrs[s] / (1.0 - moms[s] ** t)
-            inv_root_debias2[s] = 1.0 / math.sqrt(1.0 - sqr_mom ** t)
+        replay[0, off + s] = 1.0 - lrs[s] * wd if decouple_wd else 1.0
+        replay[1, off + s] = lrs[s] / (1.0 - moms[s] ** t) if is_adam else lrs[s]
+        replay[2, off + s] = moms[s]
+        replay[3, off + s] = 1.0 / math.sqrt(1.0 - sqr_mom ** t) if is_adam else 1.0
+    decay = replay[0]
+    step_size = replay[1]  # lr for SGD
+    step_moms = replay[2]
+    inv_root_debias2 = replay[3]
     root_sqr_mom = math.sqrt(sqr_mom)
-    done_u = np.zeros(n_users, dtype=np.int64)
-    done_i = np.zeros(n_items, dtype=np.int64)
     # Scratch rows of the replay (weights + bias, m0, sqrt(v0)), zero-padded to whole vector blocks.
     padded = (k + 1 + _LANES - 1) // _LANES * _LANES
     pw = np.zeros(padded, dtype=params.dtype)
     pm = np.zeros(padded, dtype=params.dtype)
-    prv = np.zeros(padded, dtype=params.dtype)
+    prv = np.ones(padded, dtype=params.dtype)  # padding 1, so the float32 replay's 1 / (y r0 + eps) stays finite
     slot_u = np.full(n_users, -1, dtype=np.int64)
     slot_i = np.full(n_items, -1, dtype=np.int64)
     rows_u = np.empty(bs, dtype=np.int64)
@@ -680,7 +759,9 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
     gib = np.empty((bs, 1), dtype=params.dtype)
     scale = 2.0 / bs
     n_done = n_steps
+    diverged = False
     for s in range(n_steps):
+        now = off + s
         nu = 0
         ni = 0
         loss = 0.0
@@ -697,11 +778,12 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
                 gu[su, :] = 0.0
                 gub[su, 0] = 0.0
                 if is_adam:
-                    _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], s, decay, step_size, moms,
-                                   root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+                    _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], now, decay, step_size,
+                                   step_moms, root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
                 else:
-                    _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], s, decay, lrs, moms, use_mom)
-                done_u[u] = s
+                    _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], now, decay, step_size, step_moms,
+                                  use_mom)
+                done_u[u] = now
             si = slot_i[i]
             if si < 0:
                 si = ni
@@ -711,11 +793,12 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
                 gi[si, :] = 0.0
                 gib[si, 0] = 0.0
                 if is_adam:
-                    _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], s, decay, step_size, moms,
-                                   root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+                    _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], now, decay, step_size,
+                                   step_moms, root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
                 else:
-                    _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], s, decay, lrs, moms, use_mom)
-                done_i[i] = s
+                    _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], now, decay, step_size, step_moms,
+                                  use_mom)
+                done_i[i] = now
             x = _dot(u_weight, i_weight, u, i)
             x += u_bias[u, 0] + i_bias[i, 0]
             err, dx = _error_and_dx(x, ratings[row], lo, hi, has_range, scale)
@@ -736,11 +819,12 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
         if not math.isfinite(losses[s]):
             # Diverged: stop before the update, with every row at step s (caught up below).
             n_done = s + 1
+            diverged = True
             break
         lr = lrs[s]
         mom = moms[s]
         t = step0 + s + 1
-        d, l2 = T(decay[s]), T(0.0)
+        d, l2 = T(decay[now]), T(0.0)
         b1, omb1, b2, omb2 = T(mom), T(1.0 - mom), T(sqr_mom), T(1.0 - sqr_mom)
         step_size_t = T(lr / (1.0 - mom**t)) if is_adam else T(0.0)
         debias2 = T(1.0 - sqr_mom**t) if is_adam else T(1.0)
@@ -754,7 +838,7 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
             else:
                 _sgd_row(u_weight, mu, gu, u, slot, d, l2, lr_, b1, use_mom)
                 _sgd_row(u_bias, mub, gub, u, slot, d, l2, lr_, b1, use_mom)
-            done_u[u] = s + 1
+            done_u[u] = now + 1
         for slot in range(ni):
             i = rows_i[slot]
             if is_adam:
@@ -763,21 +847,25 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
             else:
                 _sgd_row(i_weight, mi, gi, i, slot, d, l2, lr_, b1, use_mom)
                 _sgd_row(i_bias, mib, gib, i, slot, d, l2, lr_, b1, use_mom)
-            done_i[i] = s + 1
+            done_i[i] = now + 1
+    if not (flush or diverged):
+        return n_done
     # Epoch boundary (or divergence stop): every row to the last step taken.
-    last = n_done if n_done == n_steps else n_done - 1
+    last = off + (n_done - 1 if diverged else n_done)
     for u in range(n_users):
         if is_adam:
-            _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], last, decay, step_size, moms,
+            _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], last, decay, step_size, step_moms,
                            root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
         else:
-            _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], last, decay, lrs, moms, use_mom)
+            _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], last, decay, step_size, step_moms, use_mom)
+        done_u[u] = last
     for i in range(n_items):
         if is_adam:
-            _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], last, decay, step_size, moms,
+            _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], last, decay, step_size, step_moms,
                            root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
         else:
-            _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], last, decay, lrs, moms, use_mom)
+            _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], last, decay, step_size, step_moms, use_mom)
+        done_i[i] = last
     return n_done
 
 
