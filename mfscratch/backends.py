@@ -92,6 +92,7 @@ class CpuBackend:
         self.model, self.state, self.dls = model, state, dls
         self.grads = None  # the dense gradient buffer, made on first use (sparse mode needs none)
         self._blocks = None  # per-rating SGD's blocks (see _block_layout), made on first use
+        self._canonical = None  # epoch_order's starting layout: every rating, blocks in code order
         self._done = None  # the deferred kernel's per-row step counts and replay scalars, made on first use
         self._train = (np.ascontiguousarray(dls.train_users), np.ascontiguousarray(dls.train_items),
                        np.ascontiguousarray(dls.train_ratings))
@@ -145,10 +146,13 @@ class CpuBackend:
         n_groups = per_rating_groups(self.model.params.nbytes, self._n_chunks())
         if n_groups == 1:
             return None
-        n = self.dls.n_train
-        if self._blocks is None or self._blocks[0] != n_groups:
-            self._block_layout(np.empty(0, dtype=np.int64), n_groups)  # all ratings: the first layout
+        if self._blocks is None or self._blocks[0] != n_groups or self._canonical is None:
+            blocked, _ = self._block_layout(np.empty(0, dtype=np.int64), n_groups)  # all ratings, in code order
+            self._canonical = blocked.copy()
         _, _, block_start, blocked = self._blocks
+        # From the same start every epoch: the epoch's order then depends on the seed alone, so a fit
+        # resumed from a checkpoint (a fresh backend) draws the same orders as one never stopped.
+        np.copyto(blocked, self._canonical)
         self._shuffle_blocks(blocked, block_start, int(rng.integers(2**63)))
         return blocked
 
@@ -165,6 +169,7 @@ class CpuBackend:
             block = np.empty(users.shape[0], dtype=np.int32)
             block_start = cpu.block_index(users, items, user_group, item_group, n_groups, block)
             self._blocks = (n_groups, block, block_start, np.empty(users.shape[0], dtype=np.int64))
+            self._canonical = None
         _, block, _, buffer = self._blocks
         size = order.shape[0] or block.shape[0]  # an empty order stands for every rating
         # A piece of epoch_order's layout (the progress bar's chunks) lives in the buffer itself.

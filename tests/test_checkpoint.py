@@ -30,14 +30,17 @@ def frame():
     return pd.DataFrame({"user": pairs // 40, "item": pairs % 40, "rating": rng.integers(1, 6, 900).astype(float)})
 
 
-def make_learner(frame, **kw):
-    dls = CollabDataLoaders.from_df(frame, seed=1, bs=32)
+def make_learner(frame, bs=32, **kw):
+    dls = CollabDataLoaders.from_df(frame, seed=1, bs=bs)
     return collab_learner(dls, n_factors=6, y_range=(0, 5.5), seed=3, log=None, **kw)
 
 
 FITS = {
     "one_cycle_adam": ({}, lambda l, **k: l.fit_one_cycle(3, 1e-2, wd=0.1, **k)),
     "constant_sgd_momentum": ({"opt_func": SGD(mom=0.9)}, lambda l, **k: l.fit(3, 0.05, **k)),
+    # per-rating SGD on the parallel backend's blocks: the backend orders each epoch itself
+    "per_rating_blocks": ({"bs": 1, "opt_func": SGD, "sparse": True, "backend": "parallel"},
+                          lambda l, **k: l.fit_one_cycle(3, 0.05, wd=0.05, **k)),
 }
 
 
