@@ -135,7 +135,8 @@ class CpuBackend:
         """The epoch's order of the training rows when this backend picks it, else ``None``.
 
         ``None`` (the default) lets the learner draw ``rng.permutation(n_train)``. Per-rating SGD
-        on blocks (the parallel backend) picks it: the ratings in their blocks, each block shuffled
+        on blocks (the parallel backend; the serial one too once the tables pass
+        :data:`PER_RATING_GROUP_BYTES`) picks it: the ratings in their blocks, each block shuffled
         in place on the threads from one seed drawn from ``rng``. The blocks' orders are uniformly
         random and independent, as in the block layout of a fresh permutation, but no 80k-entry
         permutation and no counting sort are made each epoch (together 1.3 ms of ML-100k's 3.3 ms
