@@ -97,13 +97,21 @@ class CpuBackend:
         self._train = (np.ascontiguousarray(dls.train_users), np.ascontiguousarray(dls.train_items),
                        np.ascontiguousarray(dls.train_ratings))
 
+    def epoch_kind(self, opt, sparse: bool, bs: int, n_params: int) -> str:
+        """Which epoch kernel :meth:`train_epoch` runs: ``per_rating``, ``sparse``, ``deferred`` or ``dense``."""
+        if sparse:
+            return "per_rating" if per_rating_sgd(opt, bs) else "sparse"
+        # Exact mode without L2 decay: untouched rows have g = 0, so their steps can be deferred
+        # (same result to rounding; see cpu.train_epoch_deferred and docs/speed.md).
+        if (self.defer_rows and (opt.decouple_wd or opt.wd == 0)
+                and self._dense_kernel(n_params) is cpu.train_epoch_dense):
+            return "deferred"
+        return "dense"
+
     def train_epoch(self, order, lrs, moms, opt, sparse: bool, step0: int, flush: bool = True) -> np.ndarray:
         m = self.model
-        deferred = (not sparse and self.defer_rows and (opt.decouple_wd or opt.wd == 0)
-                    and self._dense_kernel(m.params.size) is cpu.train_epoch_dense)
-        if deferred:
-            # Exact mode without L2 decay: untouched rows have g = 0, so their steps can be deferred
-            # (same result to rounding; see cpu.train_epoch_deferred and docs/speed.md).
+        kind = self.epoch_kind(opt, sparse, self.dls.bs, m.params.size)
+        if kind == "deferred":
             return self._train_deferred(order, lrs, moms, opt, step0, flush)
         self._flush_deferred()
         users, items, ratings = self._train
@@ -111,7 +119,7 @@ class CpuBackend:
         common = (m.n_users, m.n_items, m.n_factors, users, items, ratings, order, self.dls.bs, lrs, moms, step0,
                   opt.name == "adam", opt.uses_momentum, opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd,
                   *m.range_args, losses)
-        if sparse and per_rating_sgd(opt, self.dls.bs):
+        if kind == "per_rating":
             n_groups = per_rating_groups(m.params.nbytes, self._n_chunks())
             block_start = np.array([0, order.shape[0]])
             if n_groups > 1 and self._blocks is not None and order is self._blocks[3]:
@@ -121,7 +129,7 @@ class CpuBackend:
             n_done = self._per_rating_epoch(m.params, m.n_users, m.n_items, m.n_factors, users, items, ratings, order,
                                             block_start, n_groups, lrs, opt.wd, opt.decouple_wd, *m.range_args,
                                             losses)
-        elif sparse:
+        elif kind == "sparse":
             n_done = self._sparse_epoch(m.params, self.state.exp_avg, self.state.exp_avg_sq, *common,
                                         self._n_chunks())
         else:
@@ -225,8 +233,14 @@ class CpuBackend:
             empty = np.empty(0)
             self._train_deferred(np.empty(0, dtype=np.int64), empty, empty, pending["opt"], pending["next_step"], True)
 
-    def warmup(self, dtype=np.float32) -> None:
-        """Compile (or load from the cache) every kernel a fit uses, on a tiny problem."""
+    def warmup(self, dtype=np.float32, kinds=None) -> None:
+        """Compile (or load from the cache) the kernels of the epoch ``kinds`` (:meth:`epoch_kind`;
+        ``None``: every kernel a fit may use) and the evaluation, on a tiny problem.
+
+        ``Learner.warmup`` names only the kind its fit runs: a first run in a fresh environment then
+        compiles one epoch kernel, not all of them (the deferred kernel alone takes 9 s).
+        """
+        kinds = {"dense", "deferred", "sparse", "per_rating"} if kinds is None else set(kinds)
         params = np.zeros((2 + 2) * (2 + 1), dtype=dtype)  # 2 users, 2 items, k = 2
         z = np.zeros_like(params)
         users = np.array([0, 1], dtype=np.int32)
@@ -238,21 +252,24 @@ class CpuBackend:
         # argument types must be those train_epoch passes: int32 codes, int64 order, float64 schedule.
         common = (2, 2, 2, users, users, ratings, order, 2, lrs, lrs, 0, True, True, 0.99, 1e-5, 0.0, True,
                   0.0, 1.0, True, losses)
-        for dense_epoch in {self._dense_kernel(0), self._dense_epoch}:  # small- and large-model kernels
-            dense_epoch(params, z, z.copy(), z.copy(), *common)
-        self._sparse_epoch(params, z.copy(), z.copy(), *common, 1)
-        if self.defer_rows:
+        if "dense" in kinds:
+            for dense_epoch in {self._dense_kernel(0), self._dense_epoch}:  # small- and large-model kernels
+                dense_epoch(params, z, z.copy(), z.copy(), *common)
+        if "sparse" in kinds:
+            self._sparse_epoch(params, z.copy(), z.copy(), *common, 1)
+        if "deferred" in kinds and self.defer_rows:
             cpu.train_epoch_deferred(params, z.copy(), z.copy(), *common, np.zeros(2, dtype=np.int64),
                                      np.zeros(2, dtype=np.int64), np.zeros((4, 1)), 0, True)
-        two = np.full(2, 1e-3)  # the per-rating kernel takes one lr and one loss per rating
-        groups = cpu.balanced_groups(users, 2, 2)
-        block = np.empty(2, dtype=np.int32)
-        cpu.block_index(users, users, groups, groups, 2, block)
-        blocked = np.empty_like(order)
-        block_start = cpu.block_layout(order, block, 4, blocked)
-        self._shuffle_blocks(blocked, block_start, 0)
-        self._per_rating_epoch(params, 2, 2, 2, users, users, ratings, blocked, block_start, 2, two, 0.0, True, 0.0,
-                               1.0, True, np.empty(2))
+        if "per_rating" in kinds:
+            two = np.full(2, 1e-3)  # the per-rating kernel takes one lr and one loss per rating
+            groups = cpu.balanced_groups(users, 2, 2)
+            block = np.empty(2, dtype=np.int32)
+            cpu.block_index(users, users, groups, groups, 2, block)
+            blocked = np.empty_like(order)
+            block_start = cpu.block_layout(order, block, 4, blocked)
+            self._shuffle_blocks(blocked, block_start, 0)
+            self._per_rating_epoch(params, 2, 2, 2, users, users, ratings, blocked, block_start, 2, two, 0.0, True,
+                                   0.0, 1.0, True, np.empty(2))
         cpu.evaluate_mse(*cpu.split_flat(params, 2, 2, 2), users, users, ratings, 0.0, 1.0, True)
 
     def evaluate(self, users, items, ratings) -> float:
@@ -490,8 +507,12 @@ class CudaBackend:
         self.exp_avg.copy_to_host(self.state.exp_avg)
         self.exp_avg_sq.copy_to_host(self.state.exp_avg_sq)
 
-    def warmup(self, dtype=np.float32) -> None:
-        """Compile (or load from the cache) every kernel a fit uses, on a tiny problem."""
+    def epoch_kind(self, opt, sparse: bool, bs: int, n_params: int) -> str:
+        """``sparse`` or ``dense``: the two epoch kernels of this backend."""
+        return "sparse" if sparse else "dense"
+
+    def warmup(self, dtype=np.float32, kinds=None) -> None:
+        """Compile (or load from the cache) the kernels of the epoch ``kinds`` (``None``: both), on a tiny problem."""
         from types import SimpleNamespace
 
         from .model import EmbeddingDotBias
@@ -506,7 +527,8 @@ class CudaBackend:
         scratch.bind(model, OptState.zeros_like(model.params), dls)
         one = np.full(1, 1e-3)
         for sparse in (False, True):
-            scratch.train_epoch(np.arange(2, dtype=np.int64), one, one, Adam(), sparse, 0)
+            if kinds is None or ("sparse" if sparse else "dense") in kinds:
+                scratch.train_epoch(np.arange(2, dtype=np.int64), one, one, Adam(), sparse, 0)
         scratch.evaluate(*scratch._valid_host)
         self.loop = scratch.loop  # a fallback found here holds for the real fit too
 

@@ -4,7 +4,7 @@ Every row trains the same model from the same initial weights with the same one-
 (the seed recipe's hyper-parameters unless told otherwise) and reports:
 
 * ``seconds_per_epoch``: the *best* training epoch (no validation), since the machine may be
-  shared; compile time is excluded (``backend.warmup()`` runs first);
+  shared; compile time is excluded (``learn.warmup()`` runs first);
 * ``ratings_per_second``: training ratings / ``seconds_per_epoch``;
 * ``speedup_vs_torch``: the PyTorch row's seconds per epoch / this row's (``None`` without torch);
 * ``valid_mse``: after the last epoch.
@@ -110,7 +110,7 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
                                    opt_func=opt, backend=name, log=None)
             if start_tables is None:
                 start_tables = {k: v.copy() for k, v in learn.model.tables().items()}
-            learn.backend.warmup(learn.model.dtype)  # compile (or load from the cache) outside the timing
+            learn.warmup()  # compile (or load from the cache) the kernels of this run, outside the timing
             learn.fit_one_cycle(run["epochs"], run["lr"], wd=run["wd"])
             rows.append(_row(name, mode, min(learn.recorder.train_seconds), dls.n_train,
                              learn.recorder.values[-1][1]))

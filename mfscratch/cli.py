@@ -219,7 +219,7 @@ def cmd_train(args) -> int:
                            seed=args.seed, sparse=args.mode == "sparse", backend=args.backend,
                            log=None if args.quiet else print)
     t0 = time.perf_counter()
-    learn.backend.warmup(learn.model.dtype)
+    learn.warmup()
     compile_seconds = time.perf_counter() - t0
     start_epoch = _checkpointing(args, learn, say)
     t0 = time.perf_counter()

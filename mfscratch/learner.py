@@ -240,6 +240,11 @@ class Learner:
                 callback(self, epoch)
         self.backend.sync()
 
+    def warmup(self) -> None:
+        """Compile (or load from Numba's cache) the kernels this learner's fits run, before timing them."""
+        kind = self.backend.epoch_kind(self.opt, self.sparse, self.dls.bs, self.model.params.size)
+        self.backend.warmup(self.model.dtype, {kind})
+
     def _epoch_order(self) -> np.ndarray:
         """The epoch's order of the training rows: ``self.rng.permutation(n_train)``, in a reused buffer.
 

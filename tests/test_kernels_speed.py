@@ -559,3 +559,19 @@ def test_documented_per_rating_setting_on_ml100k(ml100k, tmp_path):
             "--epochs", "12", "--quiet", "--json", str(out)]
     assert cli.main(argv) == 0
     assert json.loads(out.read_text())["epochs"][-1]["valid_loss"] <= 0.82
+
+
+def test_epoch_kind_picks_the_kernel_and_warmup_compiles_it():
+    """train_epoch's choice of kernel, which Learner.warmup compiles alone (a fresh environment's first run)."""
+    from mfscratch.backends import CpuBackend
+
+    b = CpuBackend()
+    assert b.epoch_kind(Adam(), False, 64, 1000) == "deferred"
+    assert b.epoch_kind(Adam(decouple_wd=False, wd=0.1), False, 64, 1000) == "dense"  # L2 decay: every row moves
+    assert b.epoch_kind(Adam(), True, 64, 1000) == "sparse"
+    assert b.epoch_kind(SGD(), True, 1, 1000) == "per_rating"
+    assert b.epoch_kind(SGD(mom=0.9), True, 1, 1000) == "sparse"
+    dls = synthetic_dataloaders(300, 20, 10, bs=1, seed=1)
+    learn = collab_learner(dls, n_factors=4, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, log=None)
+    learn.warmup()
+    assert cpu.train_epoch_sgd_per_rating.signatures  # compiled (or loaded from the cache)
