@@ -39,3 +39,15 @@ def test_first_step_is_lr_max_over_div_and_mom_095():
 def test_constant():
     lrs, moms = schedule.constant(10, 1e-2, 0.9)
     assert np.all(lrs == 1e-2) and np.all(moms == 0.9)
+
+
+@pytest.mark.parametrize("fn", [lambda n, a=0, b=None: schedule.one_cycle(n, 5e-3, start=a, stop=b),
+                                lambda n, a=0, b=None: schedule.constant(n, 1e-2, 0.9, a, b)])
+def test_a_slice_of_the_schedule_is_the_same_steps_of_the_whole(fn):
+    """The learner asks for one epoch's steps at a time: the same bits as slicing the whole schedule."""
+    total = 1250 * 5 + 3
+    whole = fn(total)
+    for a, b in [(0, 1250), (1250, 2500), (3, 4), (4999, total), (17, 1289)]:
+        part = fn(total, a, b)
+        for got, want in zip(part, whole):
+            np.testing.assert_array_equal(got, want[a:b])
