@@ -24,8 +24,8 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import cpu
 
-__all__ = ["per_rating_sgd", "per_rating_groups", "CpuBackend", "ParallelBackend", "CudaBackend", "get_backend", "available_backends",
-           "BACKENDS"]
+__all__ = ["per_rating_sgd", "per_rating_groups", "CpuBackend", "ParallelBackend", "CudaBackend", "get_backend",
+           "available_backends", "BACKENDS"]
 
 
 def per_rating_sgd(opt, bs: int) -> bool:
@@ -184,6 +184,7 @@ class CpuBackend:
         # A piece of epoch_order's layout (the progress bar's chunks) lives in the buffer itself.
         blocked = np.empty(size, dtype=np.int64) if np.may_share_memory(order, buffer) else buffer[:size]
         return blocked, cpu.block_layout(order, block, n_groups * n_groups, blocked)
+
     def _train_deferred(self, order, lrs, moms, opt, step0: int, flush: bool) -> np.ndarray:
         """Exact-mode steps through ``cpu.train_epoch_deferred``, its deferred rows kept across calls.
 
