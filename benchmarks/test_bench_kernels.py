@@ -111,6 +111,17 @@ def test_epoch_exact(benchmark, problem, backend):
     _epoch_bench(benchmark, kernel, (problem.params, problem.grads, problem.m, problem.v, *problem.epoch_args()))
 
 
+def test_epoch_exact_deferred(benchmark, problem):
+    """Exact mode with deferred rows (the CPU backends' default): one whole epoch, flushed at its end."""
+    if problem.shape[0] > 1_000:
+        pytest.skip("exact mode beyond ML-100k: every parameter at every step")
+    n_users, n_items, _ = problem.shape
+    n_steps = problem.losses.shape[0]
+    args = (problem.params, problem.m, problem.v, *problem.epoch_args(), np.zeros(n_users, dtype=np.int64),
+            np.zeros(n_items, dtype=np.int64), np.zeros((4, n_steps)), 0, True)
+    _epoch_bench(benchmark, cpu.train_epoch_deferred, args)
+
+
 @pytest.mark.parametrize("backend", ["serial", "hogwild"])
 def test_epoch_sparse(benchmark, problem, backend):
     import numba
