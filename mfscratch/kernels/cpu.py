@@ -877,7 +877,8 @@ train_epoch_deferred = njit(**_HOT)(_train_epoch_deferred_body)
 CHUNK = 16
 
 
-def _splat_index(n, start=0):
+def _lane_indices(n, start=0):
+    """The constant lane-index vector ``<start, ..., start + n - 1>`` that picks lanes in a shuffle."""
     return ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(start, start + n)))
 
 
@@ -905,8 +906,8 @@ def _dot_chunk(typingctx, flat, a, b):
         vec, n = builder.fmul(rows[0], rows[1]), CHUNK
         while n > 1:
             n //= 2
-            vec = builder.fadd(builder.shuffle_vector(vec, vec, _splat_index(n)),
-                               builder.shuffle_vector(vec, vec, _splat_index(n, n)))
+            vec = builder.fadd(builder.shuffle_vector(vec, vec, _lane_indices(n)),
+                               builder.shuffle_vector(vec, vec, _lane_indices(n, n)))
         return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
 
     return sig, codegen
