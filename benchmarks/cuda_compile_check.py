@@ -6,6 +6,7 @@ NVVM/NVRTC from pip (``pip install "cuda-toolkit[nvrtc,nvvm,cudart,cccl]==13.*"`
 Run: ``python benchmarks/cuda_compile_check.py`` (not under the simulator). A development aid,
 not a test: it patches one numba-cuda internal (the device query device functions make).
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,8 +36,34 @@ def main() -> int:
     tables = (u_w, i_w, u_b, i_b)
     rng = (0.0, 5.5, True)
     adam = (1e-3, 0.9, 0.99, 1e-5, 0.01, True, 3)
-    epoch = (params, params, params, params, n_users, n_items, k, idx32, idx32, ratings, idx64, bs,
-             np.zeros(1), np.zeros(1), 0, True, True, 0.99, 1e-5, 0.01, True, *rng, np.zeros(1), idx32, idx32, 32)
+    epoch = (
+        params,
+        params,
+        params,
+        params,
+        n_users,
+        n_items,
+        k,
+        idx32,
+        idx32,
+        ratings,
+        idx64,
+        bs,
+        np.zeros(1),
+        np.zeros(1),
+        0,
+        True,
+        True,
+        0.99,
+        1e-5,
+        0.01,
+        True,
+        *rng,
+        np.zeros(1),
+        idx32,
+        idx32,
+        32,
+    )
     calls = {
         "forward_backward": (*tables, idx32, idx32, ratings, *rng, *tables, loss),
         "predict": (*tables, idx32, idx32, *rng, ratings),
@@ -45,10 +72,24 @@ def main() -> int:
         "adam_update_dense": (params, params, params, params, *adam),
         "sgd_update_dense": (params, params, params, 1e-3, 0.9, 0.01, True, True),
         "mark_rows": (idx32, idx32, idx32, idx32),
-        "adam_update_sparse": (params, params, params, params, n_users, n_items, k, idx32, idx32, idx32, idx32,
-                               *adam),
-        "sgd_update_sparse": (params, params, params, n_users, n_items, k, idx32, idx32, idx32, idx32,
-                              1e-3, 0.9, 0.01, True, True),
+        "adam_update_sparse": (params, params, params, params, n_users, n_items, k, idx32, idx32, idx32, idx32, *adam),
+        "sgd_update_sparse": (
+            params,
+            params,
+            params,
+            n_users,
+            n_items,
+            k,
+            idx32,
+            idx32,
+            idx32,
+            idx32,
+            1e-3,
+            0.9,
+            0.01,
+            True,
+            True,
+        ),
         "gather_rows": (idx32, idx32, ratings, idx64, idx32, idx32, ratings),
         "train_epoch_dense": epoch,
         "train_epoch_sparse": epoch,

@@ -13,6 +13,7 @@ simulator on tiny sizes, to check the script itself; simulator times mean nothin
 Example: ``python benchmarks/cuda_timing.py --data synthetic --ratings 25000095 --users 162541
 --items 59047 --mode sparse --bs 65536 --epochs 2``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,18 +28,20 @@ def _loaders(args):
     from mfscratch.data import CollabDataLoaders
 
     if args.data == "ml-100k":
-        from mfscratch.cli import load_movielens_frame
+        from mfscratch.cli.train import load_movielens_frame
 
         df, user_name, item_name, rating_name = load_movielens_frame("ml-100k")
-        return CollabDataLoaders.from_df(df, valid_pct=0.2, user_name=user_name, item_name=item_name,
-                                         rating_name=rating_name, seed=42, bs=args.bs)
+        return CollabDataLoaders.from_df(
+            df, valid_pct=0.2, user_name=user_name, item_name=item_name, rating_name=rating_name, seed=42, bs=args.bs
+        )
     rng = np.random.default_rng(0)
     # Uniform codes and ratings: the cost of an epoch depends on the shape, not on the values.
     users = rng.integers(0, args.users, args.ratings, dtype=np.int32)
     items = rng.integers(0, args.items, args.ratings, dtype=np.int32)
     ratings = rng.integers(1, 6, args.ratings).astype(np.float32)
-    return CollabDataLoaders.from_codes(users, items, ratings, args.users, args.items, valid_pct=0.2, seed=42,
-                                        bs=args.bs)
+    return CollabDataLoaders.from_codes(
+        users, items, ratings, args.users, args.items, valid_pct=0.2, seed=42, bs=args.bs
+    )
 
 
 def run(args) -> dict:
@@ -50,8 +53,9 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     dls = _loaders(args)
     data_seconds = time.perf_counter() - t0
-    learn = collab_learner(dls, n_factors=args.factors, y_range=(0.0, 5.5), seed=42, sparse=args.mode == "sparse",
-                           backend="cuda", log=None)
+    learn = collab_learner(
+        dls, n_factors=args.factors, y_range=(0.0, 5.5), seed=42, sparse=args.mode == "sparse", backend="cuda", log=None
+    )
     learn.backend = CudaBackend(args.loop, args.group, args.max_blocks)
     t0 = time.perf_counter()
     learn.backend.warmup(learn.model.dtype)
@@ -78,14 +82,28 @@ def run(args) -> dict:
     name = name.decode() if isinstance(name, bytes) else str(name)
     rec = learn.recorder
     return {
-        "card": name, "data": args.data, "mode": args.mode, "loop": loop_used, "group": backend._group() if loop_used == "device" else None,
-        "blocks": backend.blocks, "threads_per_block": backend.ck.THREADS, "n_train": dls.n_train,
-        "n_users": dls.n_users, "n_items": dls.n_items, "factors": args.factors, "bs": dls.bs, "steps": steps,
-        "epochs": args.epochs, "data_seconds": round(data_seconds, 3), "compile_seconds": round(compile_seconds, 3),
+        "card": name,
+        "data": args.data,
+        "mode": args.mode,
+        "loop": loop_used,
+        "group": backend._group() if loop_used == "device" else None,
+        "blocks": backend.blocks,
+        "threads_per_block": backend.ck.THREADS,
+        "n_train": dls.n_train,
+        "n_users": dls.n_users,
+        "n_items": dls.n_items,
+        "factors": args.factors,
+        "bs": dls.bs,
+        "steps": steps,
+        "epochs": args.epochs,
+        "data_seconds": round(data_seconds, 3),
+        "compile_seconds": round(compile_seconds, 3),
         "epoch_train_seconds": [round(s, 5) for s in rec.train_seconds],
         "epoch_seconds": [round(s, 5) for s in rec.epoch_seconds],
-        "train_loss": [v[0] for v in rec.values], "valid_loss": [v[1] for v in rec.values],
-        "train_epoch_direct_seconds": round(direct, 5), "order_upload_seconds": round(upload, 5),
+        "train_loss": [v[0] for v in rec.values],
+        "valid_loss": [v[1] for v in rec.values],
+        "train_epoch_direct_seconds": round(direct, 5),
+        "order_upload_seconds": round(upload, 5),
         "kernel_seconds_estimate": round(direct - upload, 5),
         "ratings_per_second": round(dls.n_train / max(direct - upload, 1e-9)),
         "us_per_step": round(1e6 * (direct - upload) / max(steps, 1), 2),

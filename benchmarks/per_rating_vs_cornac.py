@@ -15,6 +15,7 @@ Prints one JSON line per row, best epoch of ``--repeats``, on the seed recipe's 
   ``seed=42`` (cornac then uses one thread) and with ``seed=None, num_threads=2`` (Hogwild
   ``prange``); its fit divided by 25 epochs. Skipped when cornac is not installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,8 @@ import numpy as np
 from mfscratch import SGD, collab_learner
 from mfscratch.backends import per_rating_groups
 from mfscratch.bench import PER_RATING_RECIPE, cornac_row
-from mfscratch.cli import load_movielens_frame
+from mfscratch.cli.train import load_movielens_frame
 from mfscratch.data import CollabDataLoaders
-from mfscratch.kernels import cpu
 
 
 def _best(fn, repeats: int) -> float:
@@ -49,17 +49,29 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args()
     df, user_name, item_name, rating_name = load_movielens_frame("ml-100k")
-    dls = CollabDataLoaders.from_df(df, user_name=user_name, item_name=item_name, rating_name=rating_name, seed=42,
-                                    bs=1)
+    dls = CollabDataLoaders.from_df(
+        df, user_name=user_name, item_name=item_name, rating_name=rating_name, seed=42, bs=1
+    )
     n = dls.n_train
 
     def emit(what, backend, seconds, **extra):
-        print(json.dumps({"what": what, "backend": backend, "seconds_per_epoch": round(seconds, 5),
-                          "ratings_per_second": round(n / seconds), **extra}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "what": what,
+                    "backend": backend,
+                    "seconds_per_epoch": round(seconds, 5),
+                    "ratings_per_second": round(n / seconds),
+                    **extra,
+                }
+            ),
+            flush=True,
+        )
 
     for backend in ("cpu", "parallel"):
-        learn = collab_learner(dls, n_factors=50, y_range=(0.0, 5.5), seed=42, sparse=True, opt_func=SGD,
-                               backend=backend, log=None)
+        learn = collab_learner(
+            dls, n_factors=50, y_range=(0.0, 5.5), seed=42, sparse=True, opt_func=SGD, backend=backend, log=None
+        )
         learn.backend.warmup(learn.model.dtype)
         learn.backend.bind(learn.model, learn.opt_state, dls)
         m, (users, items, ratings) = learn.model, learn.backend._train
@@ -74,8 +86,25 @@ def main() -> None:
         params = m.params.copy()
 
         def epoch(order, block_start):
-            kernel(params, m.n_users, m.n_items, m.n_factors, users, items, ratings, order, block_start, groups, lrs,
-                   0.08, True, 0.0, 5.5, True, losses)
+            kernel(
+                params,
+                m.n_users,
+                m.n_items,
+                m.n_factors,
+                users,
+                items,
+                ratings,
+                order,
+                block_start,
+                groups,
+                lrs,
+                0.08,
+                True,
+                0.0,
+                5.5,
+                True,
+                losses,
+            )
 
         emit("kernel", backend, _best(lambda: epoch(*fixed_layout), args.repeats), threads=threads, groups=groups)
 
@@ -89,12 +118,18 @@ def main() -> None:
         emit("kernel+order", backend, _best(epoch_with_order, args.repeats), threads=threads, groups=groups)
 
         run_dls = copy.copy(dls)
-        learn = collab_learner(run_dls, n_factors=50, y_range=(0.0, 5.5), seed=42, sparse=True, opt_func=SGD,
-                               backend=backend, log=None)
+        learn = collab_learner(
+            run_dls, n_factors=50, y_range=(0.0, 5.5), seed=42, sparse=True, opt_func=SGD, backend=backend, log=None
+        )
         learn.backend.warmup(learn.model.dtype)
         learn.fit_one_cycle(PER_RATING_RECIPE["epochs"], PER_RATING_RECIPE["lr"], wd=PER_RATING_RECIPE["wd"])
-        emit("learner", backend, min(learn.recorder.train_seconds), threads=threads,
-             valid_mse=round(learn.recorder.values[-1][1], 4))
+        emit(
+            "learner",
+            backend,
+            min(learn.recorder.train_seconds),
+            threads=threads,
+            valid_mse=round(learn.recorder.values[-1][1], 4),
+        )
 
     if importlib.util.find_spec("cornac") is None:
         print(json.dumps({"what": "cornac", "skipped": "cornac is not installed"}))

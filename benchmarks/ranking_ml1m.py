@@ -3,6 +3,7 @@
 6,040 users, 3,706 items, 50 factors, ~1M ratings (80% seen in training), k = 50: every user is
 ranked against every unseen item. Run: ``python -m benchmarks.ranking_ml1m`` (prints the best of 5).
 """
+
 from __future__ import annotations
 
 import time

@@ -16,6 +16,7 @@ Generates MovieLens-like ratings (``mfscratch.synthetic``: 25,000,095 ratings, 1
 (compile excluded), and prints one JSON line: seconds per epoch, ratings per second, valid MSE,
 and the process's peak resident memory next to the size of the ratings and of the parameters.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,28 +53,59 @@ def main() -> None:
         return per_rating(args)
 
     t0 = time.perf_counter()
-    dls = synthetic_dataloaders(args.ratings, args.users, args.items, valid_pct=0.02, bs=args.bs, seed=0,
-                                rating_range=(0.5, 5.0), rating_step=0.5)
+    dls = synthetic_dataloaders(
+        args.ratings,
+        args.users,
+        args.items,
+        valid_pct=0.02,
+        bs=args.bs,
+        seed=0,
+        rating_range=(0.5, 5.0),
+        rating_step=0.5,
+    )
     gen_seconds = time.perf_counter() - t0
     opt = Adam if args.optimizer == "adam" else SGD(mom=args.mom)
     lr = args.lr or (1e-2 if args.optimizer == "adam" else 0.5)
-    learn = collab_learner(dls, n_factors=args.factors, y_range=(0.0, 5.5), seed=0, sparse=True, opt_func=opt,
-                           backend=args.backend, log=None)
+    learn = collab_learner(
+        dls,
+        n_factors=args.factors,
+        y_range=(0.0, 5.5),
+        seed=0,
+        sparse=True,
+        opt_func=opt,
+        backend=args.backend,
+        log=None,
+    )
     learn.backend.warmup(learn.model.dtype)
     learn.fit_one_cycle(args.epochs, lr, wd=args.wd)
     train_s = min(learn.recorder.train_seconds)
     ratings_bytes = sum(a.nbytes for a in (dls.train_users.base, dls.train_items.base, dls.train_ratings.base))
     state_bytes = learn.model.params.nbytes * (3 if args.optimizer == "adam" else 2 if args.mom else 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({
-        "ratings": args.ratings, "users": args.users, "items": args.items, "k": args.factors, "bs": args.bs,
-        "optimizer": args.optimizer, "mom": args.mom if args.optimizer == "sgd" else None, "lr": lr, "backend": args.backend, "threads": numba.get_num_threads(),
-        "generate_seconds": round(gen_seconds, 2), "seconds_per_epoch": round(train_s, 3),
-        "ratings_per_second": round(dls.n_train / train_s), "valid_mse": round(learn.recorder.values[-1][1], 4),
-        "peak_rss_mb": round(peak / 2**20), "ratings_mb": round(ratings_bytes / 2**20),
-        "params_and_state_mb": round(state_bytes / 2**20),
-        "epoch_seconds": [round(s, 3) for s in learn.recorder.train_seconds],
-    }))
+    print(
+        json.dumps(
+            {
+                "ratings": args.ratings,
+                "users": args.users,
+                "items": args.items,
+                "k": args.factors,
+                "bs": args.bs,
+                "optimizer": args.optimizer,
+                "mom": args.mom if args.optimizer == "sgd" else None,
+                "lr": lr,
+                "backend": args.backend,
+                "threads": numba.get_num_threads(),
+                "generate_seconds": round(gen_seconds, 2),
+                "seconds_per_epoch": round(train_s, 3),
+                "ratings_per_second": round(dls.n_train / train_s),
+                "valid_mse": round(learn.recorder.values[-1][1], 4),
+                "peak_rss_mb": round(peak / 2**20),
+                "ratings_mb": round(ratings_bytes / 2**20),
+                "params_and_state_mb": round(state_bytes / 2**20),
+                "epoch_seconds": [round(s, 3) for s in learn.recorder.train_seconds],
+            }
+        )
+    )
 
 
 def _training_peak_reset() -> bool:
@@ -102,8 +134,9 @@ def per_rating(args) -> None:
     from mfscratch.model import EmbeddingDotBias
 
     t0 = time.perf_counter()
-    dls = synthetic_dataloaders(args.ratings, args.users, args.items, valid_pct=0.02, bs=1, seed=0,
-                                rating_range=(0.5, 5.0), rating_step=0.5)
+    dls = synthetic_dataloaders(
+        args.ratings, args.users, args.items, valid_pct=0.02, bs=1, seed=0, rating_range=(0.5, 5.0), rating_step=0.5
+    )
     gen_seconds = time.perf_counter() - t0
     n = dls.n_train
     users, items, ratings = dls.train_users, dls.train_items, dls.train_ratings
@@ -114,40 +147,96 @@ def per_rating(args) -> None:
     lr = np.array([args.lr or 0.02])  # one lr for every step, and no per-step losses: see the docstring
     no_losses = np.empty(0, dtype=np.float32)
     tiny = np.arange(64, dtype=np.int64)
-    kernel(model.params, model.n_users, model.n_items, model.n_factors, users[:64], items[:64], ratings[:64], tiny,
-           np.array([0, 64]), 1, lr, args.wd, True, 0.0, 5.5, True, no_losses)  # compile outside the timing
+    kernel(
+        model.params,
+        model.n_users,
+        model.n_items,
+        model.n_factors,
+        users[:64],
+        items[:64],
+        ratings[:64],
+        tiny,
+        np.array([0, 64]),
+        1,
+        lr,
+        args.wd,
+        True,
+        0.0,
+        5.5,
+        True,
+        no_losses,
+    )  # compile outside the timing
     model = EmbeddingDotBias(args.factors, dls.n_users, dls.n_items, y_range=(0.0, 5.5), seed=0)
     peak_reset = _training_peak_reset()
     # Once for the fit: the ratings moved in place into their blocks (no index array, and an
     # epoch reads them in sequence; within a block, the data's order, random for this set).
     t0 = time.perf_counter()
-    block_start = cpu.sort_by_block(users, items, ratings, cpu.balanced_groups(users, model.n_users, groups),
-                                    cpu.balanced_groups(items, model.n_items, groups), groups)
+    block_start = cpu.sort_by_block(
+        users,
+        items,
+        ratings,
+        cpu.balanced_groups(users, model.n_users, groups),
+        cpu.balanced_groups(items, model.n_items, groups),
+        groups,
+    )
     in_order = np.empty(0, dtype=np.int64)
     layout_seconds = time.perf_counter() - t0
     seconds = []
     for _ in range(args.epochs):
         t0 = time.perf_counter()
-        done = kernel(model.params, model.n_users, model.n_items, model.n_factors, users, items, ratings, in_order,
-                      block_start, groups, lr, args.wd, True, 0.0, 5.5, True, no_losses)
+        done = kernel(
+            model.params,
+            model.n_users,
+            model.n_items,
+            model.n_factors,
+            users,
+            items,
+            ratings,
+            in_order,
+            block_start,
+            groups,
+            lr,
+            args.wd,
+            True,
+            0.0,
+            5.5,
+            True,
+            no_losses,
+        )
         seconds.append(time.perf_counter() - t0)
         assert done == n, "diverged"
     training_peak = _vm_hwm_bytes() if peak_reset else None
-    mse = cpu.evaluate_mse(*model.kernel_tables(), dls.valid_users, dls.valid_items, dls.valid_ratings,
-                           *model.range_args)
+    mse = cpu.evaluate_mse(
+        *model.kernel_tables(), dls.valid_users, dls.valid_items, dls.valid_ratings, *model.range_args
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ratings_bytes = sum(a.nbytes for a in (users.base, items.base, ratings.base))
     mb = 2**20
-    print(json.dumps({
-        "ratings": args.ratings, "users": args.users, "items": args.items, "k": args.factors, "per_rating": True,
-        "groups": groups, "threads": threads, "lr": float(lr[0]), "wd": args.wd,
-        "generate_seconds": round(gen_seconds, 2), "layout_seconds": round(layout_seconds, 2),
-        "seconds_per_epoch": round(min(seconds), 3), "ratings_per_second": round(n / min(seconds)),
-        "valid_mse": round(float(mse), 4), "peak_rss_mb": round(peak / mb),
-        "training_peak_rss_mb": None if training_peak is None else round(training_peak / mb),
-        "ratings_mb": round(ratings_bytes / mb), "params_mb": round(model.params.nbytes / mb),
-        "epoch_seconds": [round(x, 3) for x in seconds],
-    }))
+    print(
+        json.dumps(
+            {
+                "ratings": args.ratings,
+                "users": args.users,
+                "items": args.items,
+                "k": args.factors,
+                "per_rating": True,
+                "groups": groups,
+                "threads": threads,
+                "lr": float(lr[0]),
+                "wd": args.wd,
+                "generate_seconds": round(gen_seconds, 2),
+                "layout_seconds": round(layout_seconds, 2),
+                "seconds_per_epoch": round(min(seconds), 3),
+                "ratings_per_second": round(n / min(seconds)),
+                "valid_mse": round(float(mse), 4),
+                "peak_rss_mb": round(peak / mb),
+                "training_peak_rss_mb": None if training_peak is None else round(training_peak / mb),
+                "ratings_mb": round(ratings_bytes / mb),
+                "params_mb": round(model.params.nbytes / mb),
+                "epoch_seconds": [round(x, 3) for x in seconds],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

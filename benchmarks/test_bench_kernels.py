@@ -9,6 +9,7 @@ Not part of the test run (``testpaths`` is ``tests/``). Run with::
 
 The machine may be shared: compare ``min`` columns, and rerun before trusting a difference.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,27 @@ class Problem:
         return cpu.split_flat(flat, *self.shape)
 
     def epoch_args(self, is_adam=True):
-        return (*self.shape, self.users, self.items, self.ratings, self.order, self.bs, self.lrs, self.moms, 0,
-                is_adam, True, 0.99, 1e-5, 0.1, True, 0.0, 5.5, True, self.losses)
+        return (
+            *self.shape,
+            self.users,
+            self.items,
+            self.ratings,
+            self.order,
+            self.bs,
+            self.lrs,
+            self.moms,
+            0,
+            is_adam,
+            True,
+            0.99,
+            1e-5,
+            0.1,
+            True,
+            0.0,
+            5.5,
+            True,
+            self.losses,
+        )
 
 
 @pytest.fixture(scope="module", params=SIZES, ids=IDS)
@@ -117,8 +137,17 @@ def test_epoch_exact_deferred(benchmark, problem):
         pytest.skip("exact mode beyond ML-100k: every parameter at every step")
     n_users, n_items, _ = problem.shape
     n_steps = problem.losses.shape[0]
-    args = (problem.params, problem.m, problem.v, *problem.epoch_args(), np.zeros(n_users, dtype=np.int64),
-            np.zeros(n_items, dtype=np.int64), np.zeros((4, n_steps)), 0, True)
+    args = (
+        problem.params,
+        problem.m,
+        problem.v,
+        *problem.epoch_args(),
+        np.zeros(n_users, dtype=np.int64),
+        np.zeros(n_items, dtype=np.int64),
+        np.zeros((4, n_steps)),
+        0,
+        True,
+    )
     _epoch_bench(benchmark, cpu.train_epoch_deferred, args)
 
 
@@ -145,11 +174,34 @@ def test_epoch_sgd_per_rating(benchmark, problem, backend):
     order, block_start = problem.order, np.array([0, n])
     if groups > 1:
         block = np.empty(n, dtype=np.int32)
-        block_start = cpu.block_index(problem.users, problem.items, cpu.balanced_groups(problem.users, n_users, groups),
-                                      cpu.balanced_groups(problem.items, n_items, groups), groups, block)
+        block_start = cpu.block_index(
+            problem.users,
+            problem.items,
+            cpu.balanced_groups(problem.users, n_users, groups),
+            cpu.balanced_groups(problem.items, n_items, groups),
+            groups,
+            block,
+        )
         order = np.empty_like(problem.order)
         cpu.block_layout(problem.order, block, groups * groups, order)
     kernel = cpu.train_epoch_sgd_per_rating if threads == 1 else cpu.train_epoch_sgd_per_rating_parallel
-    args = (problem.params, n_users, n_items, k, problem.users, problem.items, problem.ratings, order, block_start,
-            groups, np.array([1e-3]), 0.1, True, 0.0, 5.5, True, np.empty(0))
+    args = (
+        problem.params,
+        n_users,
+        n_items,
+        k,
+        problem.users,
+        problem.items,
+        problem.ratings,
+        order,
+        block_start,
+        groups,
+        np.array([1e-3]),
+        0.1,
+        True,
+        0.0,
+        5.5,
+        True,
+        np.empty(0),
+    )
     _epoch_bench(benchmark, kernel, args)

@@ -9,6 +9,7 @@ the dot-bias forward, ``MSELoss``, and ``torch.optim.AdamW`` (decoupled decay), 
 ``SGD`` (decoupled decay applied by hand, as fastai does), with the per-step learning rate and
 momentum written into the parameter group before each step.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,8 +48,9 @@ def make_optimizer(model, opt="adam", wd=0.0, decouple_wd=True, mom=0.9, sqr_mom
     return torch.optim.SGD(params, lr=1e-3, momentum=mom, weight_decay=0.0 if decouple_wd else wd)
 
 
-def train_steps(model, optimizer, users, items, ratings, order, bs, lrs, moms, opt="adam", wd=0.0,
-                decouple_wd=True, use_mom=True):
+def train_steps(
+    model, optimizer, users, items, ratings, order, bs, lrs, moms, opt="adam", wd=0.0, decouple_wd=True, use_mom=True
+):
     """Run ``len(lrs)`` steps on the batches ``order[s*bs:(s+1)*bs]`` and return the batch losses."""
     users_t = torch.as_tensor(np.asarray(users, dtype=np.int64))
     items_t = torch.as_tensor(np.asarray(items, dtype=np.int64))
@@ -81,7 +83,9 @@ def train_steps(model, optimizer, users, items, ratings, order, bs, lrs, moms, o
 
 def evaluate(model, users, items, ratings) -> float:
     with torch.no_grad():
-        pred = model(torch.as_tensor(np.asarray(users, dtype=np.int64)), torch.as_tensor(np.asarray(items, dtype=np.int64)))
+        pred = model(
+            torch.as_tensor(np.asarray(users, dtype=np.int64)), torch.as_tensor(np.asarray(items, dtype=np.int64))
+        )
         return float(((pred.double() - torch.as_tensor(np.asarray(ratings, dtype=np.float64))) ** 2).mean())
 
 
@@ -102,9 +106,25 @@ def fit_one_cycle(dls, tables: dict, y_range, epochs, lrs, moms, wd, seed=0, thr
         t0 = time.perf_counter()
         order = rng.permutation(dls.n_train)
         sl = slice(epoch * steps, (epoch + 1) * steps)
-        losses = train_steps(model, optimizer, dls.train_users, dls.train_items, dls.train_ratings, order, dls.bs,
-                             lrs[sl], moms[sl], "adam", wd)
+        losses = train_steps(
+            model,
+            optimizer,
+            dls.train_users,
+            dls.train_items,
+            dls.train_ratings,
+            order,
+            dls.bs,
+            lrs[sl],
+            moms[sl],
+            "adam",
+            wd,
+        )
         seconds = time.perf_counter() - t0
-        out.append({"seconds": seconds, "last_loss": float(losses[-1]),
-                    "valid_mse": evaluate(model, dls.valid_users, dls.valid_items, dls.valid_ratings)})
+        out.append(
+            {
+                "seconds": seconds,
+                "last_loss": float(losses[-1]),
+                "valid_mse": evaluate(model, dls.valid_users, dls.valid_items, dls.valid_ratings),
+            }
+        )
     return out, model

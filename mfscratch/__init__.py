@@ -11,7 +11,8 @@ The seed notebook runs with NumPy arrays where fastai has tensors::
 Where things live: ``reference.py`` (the maths in NumPy), ``kernels/`` (the compiled twins),
 ``model.py``, ``optim.py``, ``schedule.py``, ``data.py``, ``learner.py``, ``cli.py``.
 """
-from .data import URLs, CollabDataLoaders, Vocab, untar_data, data_dir
+
+from .data import CollabDataLoaders, URLs, Vocab, data_dir, untar_data
 from .errors import ConfigError, DataError, DivergenceError, MfscratchError, ModelFileError
 from .io import load_model, save_model
 from .learner import Learner, collab_learner
@@ -23,7 +24,25 @@ from .validate import DataWarning
 __version__ = "0.1.0"
 
 __all__ = [
-    "URLs", "untar_data", "data_dir", "CollabDataLoaders", "Vocab", "collab_learner", "Learner",
-    "EmbeddingDotBias", "Embedding", "Adam", "SGD", "read_ratings", "read_movielens", "save_model",
-    "load_model", "MfscratchError", "DataError", "ConfigError", "ModelFileError", "DivergenceError", "DataWarning",
+    "URLs",
+    "untar_data",
+    "data_dir",
+    "CollabDataLoaders",
+    "Vocab",
+    "collab_learner",
+    "Learner",
+    "EmbeddingDotBias",
+    "Embedding",
+    "Adam",
+    "SGD",
+    "read_ratings",
+    "read_movielens",
+    "save_model",
+    "load_model",
+    "MfscratchError",
+    "DataError",
+    "ConfigError",
+    "ModelFileError",
+    "DivergenceError",
+    "DataWarning",
 ]

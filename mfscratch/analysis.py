@@ -11,6 +11,7 @@ side's bias (both taken as 0), so an unknown user gets ``lo + (hi - lo) * sigmoi
 (the item's popularity baseline), an unknown item the user's baseline, and an unknown pair the
 midpoint ``(lo + hi) / 2``. Each such fallback issues a :class:`FallbackWarning` saying so.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -24,8 +25,19 @@ from .errors import ConfigError
 from .metrics import SeenItems, topk
 from .model import EmbeddingDotBias
 
-__all__ = ["top_biases", "cosine_neighbours", "FallbackWarning", "lookup", "predict_named", "recommend",
-           "similar", "biases", "item_pca", "first_item", "Trained"]
+__all__ = [
+    "top_biases",
+    "cosine_neighbours",
+    "FallbackWarning",
+    "lookup",
+    "predict_named",
+    "recommend",
+    "similar",
+    "biases",
+    "item_pca",
+    "first_item",
+    "Trained",
+]
 
 
 class FallbackWarning(UserWarning):
@@ -75,8 +87,11 @@ def lookup(vocab, value) -> int | None:
 def _unknown_item_error(vocab, name) -> ConfigError:
     names = [str(v) for v in vocab[1 if _has_na(vocab) else 0 :]]
     close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
-        " (check the spelling; MovieLens titles include the year)"
+    hint = (
+        f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        if close
+        else " (check the spelling; MovieLens titles include the year)"
+    )
     return ConfigError(f"item {name!r} is not in the model's vocabulary{hint}")
 
 
@@ -116,8 +131,7 @@ def cosine_neighbours(model: EmbeddingDotBias, vocab, name, n: int = 1) -> list:
     return list(zip(df["item"], df["similarity"]))
 
 
-def similar(model: EmbeddingDotBias, vocab, name, n: int = 10, min_ratings: int = 0,
-            item_counts=None) -> pd.DataFrame:
+def similar(model: EmbeddingDotBias, vocab, name, n: int = 10, min_ratings: int = 0, item_counts=None) -> pd.DataFrame:
     """The ``n`` items nearest to ``name`` by cosine similarity of their embeddings (itself excluded).
 
     ``min_ratings`` drops candidates rated fewer times than that in training (``item_counts``):
@@ -128,8 +142,10 @@ def similar(model: EmbeddingDotBias, vocab, name, n: int = 10, min_ratings: int 
     if code is None:
         raise _unknown_item_error(vocab, name)
     if min_ratings > 0 and item_counts is None:
-        raise ConfigError("--min-ratings needs the training counts per item, which this model does not carry; "
-                          "retrain and save it with this version")
+        raise ConfigError(
+            "--min-ratings needs the training counts per item, which this model does not carry; "
+            "retrain and save it with this version"
+        )
     sims = _cosine_to(model, code)
     sims[code] = -np.inf
     if _has_na(vocab):
@@ -151,8 +167,10 @@ def predict_named(model: EmbeddingDotBias, user_vocab, item_vocab, users, items)
     users, items = list(users), list(items)
     if len(users) != len(items):
         raise ConfigError(f"users and items must have the same length, got {len(users)} and {len(items)}")
-    uc, ic = (np.array([-1 if c is None else c for c in (lookup(vocab, v) for v in values)], dtype=np.int64)
-              for vocab, values in ((user_vocab, users), (item_vocab, items)))
+    uc, ic = (
+        np.array([-1 if c is None else c for c in (lookup(vocab, v) for v in values)], dtype=np.int64)
+        for vocab, values in ((user_vocab, users), (item_vocab, items))
+    )
     ku, ki = uc >= 0, ic >= 0
     both = ku & ki
     x = np.zeros(len(users), dtype=np.float64)
@@ -168,12 +186,18 @@ def predict_named(model: EmbeddingDotBias, user_vocab, item_vocab, users, items)
             parts.append(f"unknown user(s) {', '.join(unknown_users[:5])}{' ...' if len(unknown_users) > 5 else ''}")
         if unknown_items:
             parts.append(f"unknown item(s) {', '.join(unknown_items[:5])}{' ...' if len(unknown_items) > 5 else ''}")
-        warnings.warn(f"{'; '.join(parts)}: predicted from the known biases only (the rating midpoint when "
-                      "neither side is known)", FallbackWarning, stacklevel=2)
+        warnings.warn(
+            f"{'; '.join(parts)}: predicted from the known biases only (the rating midpoint when "
+            "neither side is known)",
+            FallbackWarning,
+            stacklevel=2,
+        )
     return _to_output(model, x)
 
 
-def recommend(model: EmbeddingDotBias, user_vocab, item_vocab, seen: SeenItems | None, user, n: int = 10) -> pd.DataFrame:
+def recommend(
+    model: EmbeddingDotBias, user_vocab, item_vocab, seen: SeenItems | None, user, n: int = 10
+) -> pd.DataFrame:
     """The user's ``n`` unseen items with the highest predicted rating: columns ``item``,
     ``predicted_rating`` (and ``n_ratings`` when counts are known).
 
@@ -183,14 +207,22 @@ def recommend(model: EmbeddingDotBias, user_vocab, item_vocab, seen: SeenItems |
     code = lookup(user_vocab, user)
     first = first_item(item_vocab)
     if code is None:
-        warnings.warn(f"user {user!r} is not in the training data: ranking items by their learned bias alone "
-                      "(the model's popularity baseline)", FallbackWarning, stacklevel=2)
+        warnings.warn(
+            f"user {user!r} is not in the training data: ranking items by their learned bias alone "
+            "(the model's popularity baseline)",
+            FallbackWarning,
+            stacklevel=2,
+        )
         zeros_w = np.zeros((1, model.n_factors), dtype=model.dtype)
         items, scores = topk(model, [0], None, n, first, u_weight=zeros_w, u_bias=np.zeros(1, model.dtype))
     else:
         if seen is None:
-            warnings.warn("this model does not carry its training pairs, so items the user already rated "
-                          "may be recommended; retrain and save it with this version", FallbackWarning, stacklevel=2)
+            warnings.warn(
+                "this model does not carry its training pairs, so items the user already rated "
+                "may be recommended; retrain and save it with this version",
+                FallbackWarning,
+                stacklevel=2,
+            )
         items, scores = topk(model, [code], seen, n, first)
     items, scores = items[0], scores[0]
     found = items >= 0
@@ -237,18 +269,20 @@ class Trained:
         return None if self.seen is None else self.seen.item_counts
 
     @classmethod
-    def load(cls, path) -> "Trained":
+    def load(cls, path) -> Trained:
         """From a model file written by ``mfscratch train --save`` (vocabularies required)."""
         from .io import load_model
 
         model, classes, meta = load_model(path)
         if not classes:
-            raise ConfigError(f"{path} carries no vocabularies, so users and items cannot be named; "
-                              "save it with its classes (mfscratch train --save does)")
+            raise ConfigError(
+                f"{path} carries no vocabularies, so users and items cannot be named; "
+                "save it with its classes (mfscratch train --save does)"
+            )
         return cls(model, classes[meta["user_name"]], classes[meta["item_name"]], SeenItems.from_meta(meta))
 
     @classmethod
-    def from_learner(cls, learn) -> "Trained":
+    def from_learner(cls, learn) -> Trained:
         d = learn.dls
         return cls(learn.model, d.classes[d.user_name], d.classes[d.item_name], SeenItems.from_loaders(d))
 

@@ -14,6 +14,7 @@ copies) and exposes four calls the learner needs:
 
 The learner does the orchestration (epochs, schedules, logging); the backend only runs kernels.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,16 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import cpu
 
-__all__ = ["per_rating_sgd", "per_rating_groups", "CpuBackend", "ParallelBackend", "CudaBackend", "get_backend",
-           "available_backends", "BACKENDS"]
+__all__ = [
+    "per_rating_sgd",
+    "per_rating_groups",
+    "CpuBackend",
+    "ParallelBackend",
+    "CudaBackend",
+    "get_backend",
+    "available_backends",
+    "BACKENDS",
+]
 
 
 def per_rating_sgd(opt, bs: int) -> bool:
@@ -94,8 +103,11 @@ class CpuBackend:
         self._blocks = None  # per-rating SGD's blocks (see _block_layout), made on first use
         self._canonical = None  # epoch_order's starting layout: every rating, blocks in code order
         self._done = None  # the deferred kernel's per-row step counts and replay scalars, made on first use
-        self._train = (np.ascontiguousarray(dls.train_users), np.ascontiguousarray(dls.train_items),
-                       np.ascontiguousarray(dls.train_ratings))
+        self._train = (
+            np.ascontiguousarray(dls.train_users),
+            np.ascontiguousarray(dls.train_items),
+            np.ascontiguousarray(dls.train_ratings),
+        )
 
     def epoch_kind(self, opt, sparse: bool, bs: int, n_params: int) -> str:
         """Which epoch kernel :meth:`train_epoch` runs: ``per_rating``, ``sparse``, ``deferred`` or ``dense``."""
@@ -103,8 +115,11 @@ class CpuBackend:
             return "per_rating" if per_rating_sgd(opt, bs) else "sparse"
         # Exact mode without L2 decay: untouched rows have g = 0, so their steps can be deferred
         # (same result to rounding; see cpu.train_epoch_deferred and docs/speed.md).
-        if (self.defer_rows and (opt.decouple_wd or opt.wd == 0)
-                and self._dense_kernel(n_params) is cpu.train_epoch_dense):
+        if (
+            self.defer_rows
+            and (opt.decouple_wd or opt.wd == 0)
+            and self._dense_kernel(n_params) is cpu.train_epoch_dense
+        ):
             return "deferred"
         return "dense"
 
@@ -116,9 +131,27 @@ class CpuBackend:
         self._flush_deferred()
         users, items, ratings = self._train
         losses = np.empty(order.shape[0] // self.dls.bs, dtype=np.float64)
-        common = (m.n_users, m.n_items, m.n_factors, users, items, ratings, order, self.dls.bs, lrs, moms, step0,
-                  opt.name == "adam", opt.uses_momentum, opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd,
-                  *m.range_args, losses)
+        common = (
+            m.n_users,
+            m.n_items,
+            m.n_factors,
+            users,
+            items,
+            ratings,
+            order,
+            self.dls.bs,
+            lrs,
+            moms,
+            step0,
+            opt.name == "adam",
+            opt.uses_momentum,
+            opt.sqr_mom,
+            opt.eps,
+            opt.wd,
+            opt.decouple_wd,
+            *m.range_args,
+            losses,
+        )
         if kind == "per_rating":
             n_groups = per_rating_groups(m.params.nbytes, self._n_chunks())
             block_start = np.array([0, order.shape[0]])
@@ -126,17 +159,31 @@ class CpuBackend:
                 block_start = self._blocks[2]  # epoch_order's layout: already in blocks
             elif n_groups > 1:
                 order, block_start = self._block_layout(order, n_groups)
-            n_done = self._per_rating_epoch(m.params, m.n_users, m.n_items, m.n_factors, users, items, ratings, order,
-                                            block_start, n_groups, lrs, opt.wd, opt.decouple_wd, *m.range_args,
-                                            losses)
+            n_done = self._per_rating_epoch(
+                m.params,
+                m.n_users,
+                m.n_items,
+                m.n_factors,
+                users,
+                items,
+                ratings,
+                order,
+                block_start,
+                n_groups,
+                lrs,
+                opt.wd,
+                opt.decouple_wd,
+                *m.range_args,
+                losses,
+            )
         elif kind == "sparse":
-            n_done = self._sparse_epoch(m.params, self.state.exp_avg, self.state.exp_avg_sq, *common,
-                                        self._n_chunks())
+            n_done = self._sparse_epoch(m.params, self.state.exp_avg, self.state.exp_avg_sq, *common, self._n_chunks())
         else:
             if self.grads is None or self.grads.shape != m.params.shape or self.grads.dtype != m.params.dtype:
                 self.grads = np.zeros_like(m.params)
-            n_done = self._dense_kernel(m.params.size)(m.params, self.grads, self.state.exp_avg,
-                                                       self.state.exp_avg_sq, *common)
+            n_done = self._dense_kernel(m.params.size)(
+                m.params, self.grads, self.state.exp_avg, self.state.exp_avg_sq, *common
+            )
         return losses[:n_done]
 
     def epoch_order(self, rng, opt, sparse: bool):
@@ -199,8 +246,11 @@ class CpuBackend:
             pending = None
         if pending is None:
             if self._done is None:
-                self._done = (np.zeros(m.n_users, dtype=np.int64), np.zeros(m.n_items, dtype=np.int64),
-                              np.zeros((4, 0)))
+                self._done = (
+                    np.zeros(m.n_users, dtype=np.int64),
+                    np.zeros(m.n_items, dtype=np.int64),
+                    np.zeros((4, 0)),
+                )
             else:
                 self._done[0][:] = 0
                 self._done[1][:] = 0
@@ -218,10 +268,34 @@ class CpuBackend:
         users, items, ratings = self._train
         losses = np.empty(n_steps, dtype=np.float64)
         n_done = cpu.train_epoch_deferred(
-            m.params, self.state.exp_avg, self.state.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
-            users, items, ratings, order, bs, lrs, moms, step0, opt.name == "adam", opt.uses_momentum,
-            opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd, *m.range_args, losses,
-            done_u, done_i, replay, step_base, bool(flush))
+            m.params,
+            self.state.exp_avg,
+            self.state.exp_avg_sq,
+            m.n_users,
+            m.n_items,
+            m.n_factors,
+            users,
+            items,
+            ratings,
+            order,
+            bs,
+            lrs,
+            moms,
+            step0,
+            opt.name == "adam",
+            opt.uses_momentum,
+            opt.sqr_mom,
+            opt.eps,
+            opt.wd,
+            opt.decouple_wd,
+            *m.range_args,
+            losses,
+            done_u,
+            done_i,
+            replay,
+            step_base,
+            bool(flush),
+        )
         diverged = n_done < n_steps or (n_done > 0 and not np.isfinite(losses[n_done - 1]))
         # The kernel flushed at the end or at a divergence stop; otherwise rows stay deferred.
         self._pending = None if flush or diverged else dict(step_base=step_base, next_step=step0 + n_steps, opt=opt)
@@ -251,16 +325,46 @@ class CpuBackend:
         losses = np.empty(1)
         # Numba compiles once per argument *types*, so one call of each kernel is enough. The
         # argument types must be those train_epoch passes: int32 codes, int64 order, float64 schedule.
-        common = (2, 2, 2, users, users, ratings, order, 2, lrs, lrs, 0, True, True, 0.99, 1e-5, 0.0, True,
-                  0.0, 1.0, True, losses)
+        common = (
+            2,
+            2,
+            2,
+            users,
+            users,
+            ratings,
+            order,
+            2,
+            lrs,
+            lrs,
+            0,
+            True,
+            True,
+            0.99,
+            1e-5,
+            0.0,
+            True,
+            0.0,
+            1.0,
+            True,
+            losses,
+        )
         if "dense" in kinds:
             for dense_epoch in {self._dense_kernel(0), self._dense_epoch}:  # small- and large-model kernels
                 dense_epoch(params, z, z.copy(), z.copy(), *common)
         if "sparse" in kinds:
             self._sparse_epoch(params, z.copy(), z.copy(), *common, 1)
         if "deferred" in kinds and self.defer_rows:
-            cpu.train_epoch_deferred(params, z.copy(), z.copy(), *common, np.zeros(2, dtype=np.int64),
-                                     np.zeros(2, dtype=np.int64), np.zeros((4, 1)), 0, True)
+            cpu.train_epoch_deferred(
+                params,
+                z.copy(),
+                z.copy(),
+                *common,
+                np.zeros(2, dtype=np.int64),
+                np.zeros(2, dtype=np.int64),
+                np.zeros((4, 1)),
+                0,
+                True,
+            )
         if "per_rating" in kinds:
             two = np.full(2, 1e-3)  # the per-rating kernel takes one lr and one loss per rating
             groups = cpu.balanced_groups(users, 2, 2)
@@ -269,8 +373,25 @@ class CpuBackend:
             blocked = np.empty_like(order)
             block_start = cpu.block_layout(order, block, 4, blocked)
             self._shuffle_blocks(blocked, block_start, 0)
-            self._per_rating_epoch(params, 2, 2, 2, users, users, ratings, blocked, block_start, 2, two, 0.0, True,
-                                   0.0, 1.0, True, np.empty(2))
+            self._per_rating_epoch(
+                params,
+                2,
+                2,
+                2,
+                users,
+                users,
+                ratings,
+                blocked,
+                block_start,
+                2,
+                two,
+                0.0,
+                True,
+                0.0,
+                1.0,
+                True,
+                np.empty(2),
+            )
         cpu.evaluate_mse(*cpu.split_flat(params, 2, 2, 2), users, users, ratings, 0.0, 1.0, True)
 
     def evaluate(self, users, items, ratings) -> float:
@@ -344,18 +465,23 @@ class CudaBackend:
         from .kernels import cuda as ck
 
         if ck.cuda is None:
-            raise ConfigError("backend 'cuda' needs numba-cuda, which is not installed: "
-                              "pip install 'mfscratch[cuda]' (or use --backend cpu)")
+            raise ConfigError(
+                "backend 'cuda' needs numba-cuda, which is not installed: "
+                "pip install 'mfscratch[cuda]' (or use --backend cpu)"
+            )
         if not ck.HAS_CUDA:
-            raise ConfigError("backend 'cuda' needs an NVIDIA GPU and none was found "
-                              "(numba.cuda.is_available() is False); use --backend cpu")
+            raise ConfigError(
+                "backend 'cuda' needs an NVIDIA GPU and none was found "
+                "(numba.cuda.is_available() is False); use --backend cpu"
+            )
         loop = loop or os.environ.get("MFSCRATCH_CUDA_LOOP") or "device"
         if loop not in self.LOOPS:
             raise ConfigError(f"unknown CUDA loop {loop!r} (MFSCRATCH_CUDA_LOOP): use 'device' or 'host'")
         group = group or int(os.environ.get("MFSCRATCH_CUDA_GROUP", 0)) or None
         if group is not None and (group < 1 or group & (group - 1) or ck.THREADS % group):
-            raise ConfigError(f"threads per rating {group} (MFSCRATCH_CUDA_GROUP) must be a power of two "
-                              f"dividing {ck.THREADS}")
+            raise ConfigError(
+                f"threads per rating {group} (MFSCRATCH_CUDA_GROUP) must be a power of two dividing {ck.THREADS}"
+            )
         self.ck, self.loop, self.group = ck, loop, group
         # A cap on the cooperative grid (MFSCRATCH_CUDA_BLOCKS): fewer blocks make each grid barrier
         # cheaper and give each thread more elements to update; a knob for tuning on a real GPU.
@@ -372,8 +498,12 @@ class CudaBackend:
         a = m.n_users * m.n_factors
         b = a + m.n_items * m.n_factors
         c = b + m.n_users
-        return (flat[:a].reshape(m.n_users, m.n_factors), flat[a:b].reshape(m.n_items, m.n_factors),
-                flat[b:c], flat[c:c + m.n_items])
+        return (
+            flat[:a].reshape(m.n_users, m.n_factors),
+            flat[a:b].reshape(m.n_items, m.n_factors),
+            flat[b:c],
+            flat[c : c + m.n_items],
+        )
 
     def bind(self, model, state, dls) -> None:
         cuda = self.ck.cuda
@@ -386,8 +516,9 @@ class CudaBackend:
         self.item_owner = cuda.to_device(np.zeros(model.n_items, dtype=np.int32))
         if dls is not self.dls:  # the data stays put across fits on the same loaders
             self.dls = dls
-            self._train = tuple(cuda.to_device(np.ascontiguousarray(a))
-                                for a in (dls.train_users, dls.train_items, dls.train_ratings))
+            self._train = tuple(
+                cuda.to_device(np.ascontiguousarray(a)) for a in (dls.train_users, dls.train_items, dls.train_ratings)
+            )
             self._valid_host = (dls.valid_users, dls.valid_items, dls.valid_ratings)
             self._valid = tuple(cuda.to_device(np.ascontiguousarray(a)) for a in self._valid_host)
 
@@ -400,15 +531,21 @@ class CudaBackend:
         bs = self.dls.bs
         n_steps = order.shape[0] // bs
         d_order, d_lrs, d_moms = (cuda.to_device(np.ascontiguousarray(a)) for a in (order, lrs, moms))
-        hyper = (opt.name == "adam", opt.uses_momentum, float(opt.sqr_mom), float(opt.eps), float(opt.wd),
-                 bool(opt.decouple_wd))
+        hyper = (
+            opt.name == "adam",
+            opt.uses_momentum,
+            float(opt.sqr_mom),
+            float(opt.eps),
+            float(opt.wd),
+            bool(opt.decouple_wd),
+        )
         if self.loop == "device":
             try:
                 losses = self._epoch_on_device(d_order, d_lrs, d_moms, n_steps, hyper, sparse, step0)
             except TypingError:  # a bug in the kernels, not a property of this GPU
                 raise
             except Exception as e:  # a cooperative launch this GPU/driver refuses: fall back, say so once
-                warnings.warn(f"CUDA cooperative epoch kernel unavailable ({e}); using the host loop")
+                warnings.warn(f"CUDA cooperative epoch kernel unavailable ({e}); using the host loop", stacklevel=2)
                 self.loop = "host"
         if self.loop == "host":
             losses = self._epoch_from_host(d_order, lrs, moms, n_steps, hyper, sparse, step0)
@@ -419,9 +556,27 @@ class CudaBackend:
         ck, m, bs = self.ck, self.model, self.dls.bs
         losses = ck.cuda.device_array(n_steps, dtype=np.float64)
         kernel = ck.train_epoch_sparse if sparse else ck.train_epoch_dense
-        args = (self.params, self.grads, self.exp_avg, self.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
-                *self._train, d_order, bs, d_lrs, d_moms, int(step0), *hyper, *m.range_args, losses,
-                self.user_owner, self.item_owner, self._group())
+        args = (
+            self.params,
+            self.grads,
+            self.exp_avg,
+            self.exp_avg_sq,
+            m.n_users,
+            m.n_items,
+            m.n_factors,
+            *self._train,
+            d_order,
+            bs,
+            d_lrs,
+            d_moms,
+            int(step0),
+            *hyper,
+            *m.range_args,
+            losses,
+            self.user_owner,
+            self.item_owner,
+            self._group(),
+        )
         key = "sparse" if sparse else "dense"
         if key not in self._coop:
             self._coop[key] = ck.cooperative_blocks(kernel, args)
@@ -445,8 +600,11 @@ class CudaBackend:
         ck, cuda, m, bs = self.ck, self.ck.cuda, self.model, self.dls.bs
         is_adam, use_mom, sqr_mom, eps, wd, decouple_wd = hyper
         n = n_steps * bs
-        ep = (cuda.device_array(n, np.int32), cuda.device_array(n, np.int32),
-              cuda.device_array(n, self._train[2].dtype))
+        ep = (
+            cuda.device_array(n, np.int32),
+            cuda.device_array(n, np.int32),
+            cuda.device_array(n, self._train[2].dtype),
+        )
         T = ck.THREADS
         ck.gather_rows[ck.blocks_for(n), T](*self._train, d_order, *ep)
         losses = cuda.to_device(np.zeros(n_steps))
@@ -455,25 +613,58 @@ class CudaBackend:
         fb_blocks, upd_blocks = ck.blocks_for(bs), ck.blocks_for(self.params.shape[0])
         lazy_blocks = ck.blocks_for(2 * bs * (m.n_factors + 1))
         for s in range(n_steps):
-            bu, bi, br = (a[s * bs:(s + 1) * bs] for a in ep)
-            ck.forward_backward[fb_blocks, T](*P, bu, bi, br, lo, hi, has_range, *G, losses[s:s + 1])
+            bu, bi, br = (a[s * bs : (s + 1) * bs] for a in ep)
+            ck.forward_backward[fb_blocks, T](*P, bu, bi, br, lo, hi, has_range, *G, losses[s : s + 1])
             lr, mom, step = float(lrs[s]), float(moms[s]), int(step0) + s + 1
             if sparse:
                 ck.mark_rows[fb_blocks, T](bu, bi, self.user_owner, self.item_owner)
                 if is_adam:
                     ck.adam_update_sparse[lazy_blocks, T](
-                        self.params, self.grads, self.exp_avg, self.exp_avg_sq, m.n_users, m.n_items, m.n_factors,
-                        bu, bi, self.user_owner, self.item_owner, lr, mom, sqr_mom, eps, wd, decouple_wd, step)
+                        self.params,
+                        self.grads,
+                        self.exp_avg,
+                        self.exp_avg_sq,
+                        m.n_users,
+                        m.n_items,
+                        m.n_factors,
+                        bu,
+                        bi,
+                        self.user_owner,
+                        self.item_owner,
+                        lr,
+                        mom,
+                        sqr_mom,
+                        eps,
+                        wd,
+                        decouple_wd,
+                        step,
+                    )
                 else:
                     ck.sgd_update_sparse[lazy_blocks, T](
-                        self.params, self.grads, self.exp_avg, m.n_users, m.n_items, m.n_factors,
-                        bu, bi, self.user_owner, self.item_owner, lr, mom, wd, decouple_wd, use_mom)
+                        self.params,
+                        self.grads,
+                        self.exp_avg,
+                        m.n_users,
+                        m.n_items,
+                        m.n_factors,
+                        bu,
+                        bi,
+                        self.user_owner,
+                        self.item_owner,
+                        lr,
+                        mom,
+                        wd,
+                        decouple_wd,
+                        use_mom,
+                    )
             elif is_adam:
-                ck.adam_update_dense[upd_blocks, T](self.params, self.grads, self.exp_avg, self.exp_avg_sq,
-                                                    lr, mom, sqr_mom, eps, wd, decouple_wd, step)
+                ck.adam_update_dense[upd_blocks, T](
+                    self.params, self.grads, self.exp_avg, self.exp_avg_sq, lr, mom, sqr_mom, eps, wd, decouple_wd, step
+                )
             else:
-                ck.sgd_update_dense[upd_blocks, T](self.params, self.grads, self.exp_avg, lr, mom, wd,
-                                                   decouple_wd, use_mom)
+                ck.sgd_update_dense[upd_blocks, T](
+                    self.params, self.grads, self.exp_avg, lr, mom, wd, decouple_wd, use_mom
+                )
         return losses.copy_to_host()
 
     # --- evaluation and scoring ---------------------------------------------------------------
@@ -493,8 +684,7 @@ class CudaBackend:
         """Predictions for ``user`` (a code) against every item, computed on the device (for top-N)."""
         ck, m = self.ck, self.model
         out = ck.cuda.device_array(m.n_items, dtype=m.params.dtype)
-        ck.score_items[ck.blocks_for(m.n_items), ck.THREADS](*self._tables(self.params), int(user),
-                                                              *m.range_args, out)
+        ck.score_items[ck.blocks_for(m.n_items), ck.THREADS](*self._tables(self.params), int(user), *m.range_args, out)
         return out.copy_to_host()
 
     def epoch_order(self, rng, opt, sparse: bool):
@@ -522,8 +712,15 @@ class CudaBackend:
         model = EmbeddingDotBias(2, 2, 2, y_range=(0.0, 1.0), seed=0, dtype=dtype)
         codes = np.array([0, 1], dtype=np.int32)
         ratings = np.array([0.5, 1.0], dtype=np.float32)
-        dls = SimpleNamespace(bs=2, train_users=codes, train_items=codes, train_ratings=ratings,
-                              valid_users=codes, valid_items=codes, valid_ratings=ratings)
+        dls = SimpleNamespace(
+            bs=2,
+            train_users=codes,
+            train_items=codes,
+            train_ratings=ratings,
+            valid_users=codes,
+            valid_items=codes,
+            valid_ratings=ratings,
+        )
         scratch = CudaBackend(self.loop, self.group, self.max_blocks)
         scratch.bind(model, OptState.zeros_like(model.params), dls)
         one = np.full(1, 1e-3)

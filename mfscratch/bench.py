@@ -21,6 +21,7 @@ The ``cornac`` row (asked for with ``--backend cornac``, with the ``sparse-sgd1`
 cornac's biased MF (Cython per-rating SGD) on the same training rows, for the per-rating
 comparison: seconds per epoch = the best of three 25-epoch fits / 25 (its setup included).
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,18 @@ from .errors import ConfigError
 from .learner import collab_learner
 from .optim import SGD, Adam
 
-__all__ = ["MODES", "KEYS", "PER_RATING_RECIPE", "cornac_row", "load_torch_loop", "bench_rows", "size_sweep",
-           "format_table", "write_json", "plot_sweep"]
+__all__ = [
+    "MODES",
+    "KEYS",
+    "PER_RATING_RECIPE",
+    "cornac_row",
+    "load_torch_loop",
+    "bench_rows",
+    "size_sweep",
+    "format_table",
+    "write_json",
+    "plot_sweep",
+]
 
 MODES = ("exact", "sparse", "sparse-sgd1")
 #: The documented per-rating SGD setting (``sparse-sgd1``; seed split 42: valid MSE 0.813 on ML-100k).
@@ -60,15 +71,20 @@ def load_torch_loop():
 
 
 def _row(backend, mode, seconds, n_train, valid_mse):
-    return {"backend": backend, "mode": mode, "seconds_per_epoch": float(seconds),
-            "ratings_per_second": float(n_train / seconds), "speedup_vs_torch": None, "valid_mse": float(valid_mse)}
+    return {
+        "backend": backend,
+        "mode": mode,
+        "seconds_per_epoch": float(seconds),
+        "ratings_per_second": float(n_train / seconds),
+        "speedup_vs_torch": None,
+        "valid_mse": float(valid_mse),
+    }
 
 
 def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed, threads=1):
     total = epochs * (dls.n_train // dls.bs)
     lrs, moms = schedule.one_cycle(total, lr)
-    stats, _ = torch_loop.fit_one_cycle(dls, tables, y_range, epochs, lrs, moms, wd, seed=seed,
-                                        threads=threads)
+    stats, _ = torch_loop.fit_one_cycle(dls, tables, y_range, epochs, lrs, moms, wd, seed=seed, threads=threads)
     return _row("torch", "exact", min(s["seconds"] for s in stats), dls.n_train, stats[-1]["valid_mse"])
 
 
@@ -84,8 +100,20 @@ def check_names(backends, modes) -> list[str]:
     return names
 
 
-def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int = 50, lr: float = 5e-3,
-               wd: float = 0.1, y_range=(0.0, 5.5), seed: int = 42, torch: bool = True, log=print, torch_threads: int = 1) -> list[dict]:
+def bench_rows(
+    dls,
+    backends=None,
+    modes=MODES,
+    epochs: int = 5,
+    n_factors: int = 50,
+    lr: float = 5e-3,
+    wd: float = 0.1,
+    y_range=(0.0, 5.5),
+    seed: int = 42,
+    torch: bool = True,
+    log=print,
+    torch_threads: int = 1,
+) -> list[dict]:
     """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
 
     ``backends`` defaults to every backend that can run here (cuda only with a GPU) plus ``'torch'``
@@ -106,14 +134,21 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
             if mode == "sparse-sgd1":  # per-rating SGD: batches of one rating, its own recipe
                 run_dls, opt, run = copy.copy(dls), SGD, PER_RATING_RECIPE
                 run_dls.bs = 1
-            learn = collab_learner(run_dls, n_factors=n_factors, y_range=y_range, seed=seed, sparse=mode != "exact",
-                                   opt_func=opt, backend=name, log=None)
+            learn = collab_learner(
+                run_dls,
+                n_factors=n_factors,
+                y_range=y_range,
+                seed=seed,
+                sparse=mode != "exact",
+                opt_func=opt,
+                backend=name,
+                log=None,
+            )
             if start_tables is None:
                 start_tables = {k: v.copy() for k, v in learn.model.tables().items()}
             learn.warmup()  # compile (or load from the cache) the kernels of this run, outside the timing
             learn.fit_one_cycle(run["epochs"], run["lr"], wd=run["wd"])
-            rows.append(_row(name, mode, min(learn.recorder.train_seconds), dls.n_train,
-                             learn.recorder.values[-1][1]))
+            rows.append(_row(name, mode, min(learn.recorder.train_seconds), dls.n_train, learn.recorder.values[-1][1]))
             log(f"  {name:<9}{mode:<12}{rows[-1]['seconds_per_epoch']:.4f} s/epoch")
     if "cornac" in names and "sparse-sgd1" in modes:
         if importlib.util.find_spec("cornac") is None:
@@ -127,8 +162,9 @@ def bench_rows(dls, backends=None, modes=MODES, epochs: int = 5, n_factors: int 
             log(f"  skipping the PyTorch row: {why}")
         else:
             if start_tables is None:
-                start_tables = collab_learner(dls, n_factors=n_factors, y_range=y_range, seed=seed,
-                                              log=None).model.tables()
+                start_tables = collab_learner(
+                    dls, n_factors=n_factors, y_range=y_range, seed=seed, log=None
+                ).model.tables()
             rows.append(_torch_row(torch_loop, dls, start_tables, y_range, epochs, lr, wd, seed, torch_threads))
             log(f"  torch    exact       {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
             base = rows[-1]["seconds_per_epoch"]
@@ -155,8 +191,9 @@ def cornac_row(dls, seed: int | None = 42, repeats: int = 3, num_threads: int = 
     data = Dataset.from_uir(train, seed=seed)
     best = float("inf")
     for _ in range(repeats):
-        model = MF(**CORNAC_SETTINGS, use_bias=True, early_stop=False, verbose=False, seed=seed,
-                   num_threads=num_threads)
+        model = MF(
+            **CORNAC_SETTINGS, use_bias=True, early_stop=False, verbose=False, seed=seed, num_threads=num_threads
+        )
         t0 = time.perf_counter()
         model.fit(data)
         best = min(best, time.perf_counter() - t0)
@@ -178,8 +215,10 @@ def format_table(rows) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         speed = "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.1f}x"
-        lines.append(f"{r['backend']:<10}{r['mode']:<13}{r['seconds_per_epoch']:>10.4f}"
-                     f"{r['ratings_per_second']:>13,.0f}{speed:>10}{r['valid_mse']:>11.4f}")
+        lines.append(
+            f"{r['backend']:<10}{r['mode']:<13}{r['seconds_per_epoch']:>10.4f}"
+            f"{r['ratings_per_second']:>13,.0f}{speed:>10}{r['valid_mse']:>11.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -190,8 +229,9 @@ def write_json(path, rows) -> None:
     atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
 
 
-def size_sweep(sizes, n_factors: int = 50, epochs: int = 1, backends=None, modes=MODES, seed: int = 0,
-               log=print) -> list[dict]:
+def size_sweep(
+    sizes, n_factors: int = 50, epochs: int = 1, backends=None, modes=MODES, seed: int = 0, log=print
+) -> list[dict]:
     """Seconds per epoch on synthetic data of each size (users and items in ML-25M's proportions).
 
     Returns the rows of :func:`bench_rows` with ``n_ratings`` added to each.
@@ -206,8 +246,9 @@ def size_sweep(sizes, n_factors: int = 50, epochs: int = 1, backends=None, modes
         n_users, n_items = max(50, round(n * u25 / n25)), max(50, round(n * i25 / n25))
         log(f"{n:,} ratings, {n_users:,} users, {n_items:,} items")
         dls = synthetic_dataloaders(int(n), n_users, n_items, seed=seed)
-        for row in bench_rows(dls, backends, modes, epochs, n_factors, lr=5e-3, wd=0.1, y_range=(0.5, 5.5),
-                              seed=seed, log=log):
+        for row in bench_rows(
+            dls, backends, modes, epochs, n_factors, lr=5e-3, wd=0.1, y_range=(0.5, 5.5), seed=seed, log=log
+        ):
             out.append({**row, "n_ratings": int(n)})
     return out
 
@@ -225,11 +266,15 @@ def plot_sweep(rows, path) -> None:
     for key in dict.fromkeys((r["backend"], r["mode"]) for r in rows):
         pts = sorted((r["n_ratings"], r["seconds_per_epoch"]) for r in rows if (r["backend"], r["mode"]) == key)
         ax.plot(*zip(*pts), marker="o", label=f"{key[0]} {key[1]}")
-    ax.set(xscale="log", yscale="log", xlabel="ratings", ylabel="seconds per epoch",
-           title="mfscratch: cost of one epoch against data size")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="ratings",
+        ylabel="seconds per epoch",
+        title="mfscratch: cost of one epoch against data size",
+    )
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-

@@ -23,6 +23,7 @@ Usage::
     # later, with a learner built the same way:
     resume(learn, "ckpt")                              # restores and runs epochs 3 and 4
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,7 @@ def _json_array(obj) -> np.ndarray:
 def _data_digest(dls) -> str:
     """SHA-256 of the encoded training and validation arrays: the same data and split, or not."""
     h = hashlib.sha256()
-    for a in (dls.train_users, dls.train_items, dls.train_ratings, dls.valid_users, dls.valid_items,
-              dls.valid_ratings):
+    for a in (dls.train_users, dls.train_items, dls.train_ratings, dls.valid_users, dls.valid_items, dls.valid_ratings):
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
@@ -61,9 +61,14 @@ def _settings(learner) -> dict:
     """What must be the same between the run that wrote a checkpoint and the run that resumes it."""
     m = learner.model
     return {
-        "n_users": m.n_users, "n_items": m.n_items, "n_factors": m.n_factors, "dtype": str(m.dtype),
+        "n_users": m.n_users,
+        "n_items": m.n_items,
+        "n_factors": m.n_factors,
+        "dtype": str(m.dtype),
         "y_range": list(m.y_range) if m.y_range is not None else None,
-        "optimizer": dataclasses.asdict(learner.opt), "sparse": learner.sparse, "bs": learner.dls.bs,
+        "optimizer": dataclasses.asdict(learner.opt),
+        "sparse": learner.sparse,
+        "bs": learner.dls.bs,
         "data_sha256": _data_digest(learner.dls),
     }
 
@@ -80,9 +85,12 @@ def save(directory, learner, epoch: int) -> Path:
     learner.backend.sync()  # on a GPU backend, bring params and moments back to the host first
     rec = learner.recorder
     arrays = {
-        "format": np.array(_MAGIC), "version": np.array(FORMAT_VERSION, dtype=np.int64),
-        "params": learner.model.params, "exp_avg": learner.opt_state.exp_avg,
-        "exp_avg_sq": learner.opt_state.exp_avg_sq, "step": np.array(learner.opt_state.step, dtype=np.int64),
+        "format": np.array(_MAGIC),
+        "version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "params": learner.model.params,
+        "exp_avg": learner.opt_state.exp_avg,
+        "exp_avg_sq": learner.opt_state.exp_avg_sq,
+        "step": np.array(learner.opt_state.step, dtype=np.int64),
         "epoch": np.array(epoch, dtype=np.int64),
         "rng_state": _json_array(learner.rng.bit_generator.state),
         "smooth_avg": np.array(learner._smooth_avg, dtype=np.float64),
@@ -120,8 +128,20 @@ def load(directory) -> dict | None:
         raise bad("is not an mfscratch checkpoint")
     if data["version"].shape != () or int(data["version"]) != FORMAT_VERSION:
         raise bad(f"has format version {data['version']}, this mfscratch reads version {FORMAT_VERSION}")
-    needed = {"params", "exp_avg", "exp_avg_sq", "step", "epoch", "rng_state", "smooth_avg", "smooth_count",
-              "values", "fit_args", "settings", *(f"rec_{n}" for n in _RECORDER_FIELDS)}
+    needed = {
+        "params",
+        "exp_avg",
+        "exp_avg_sq",
+        "step",
+        "epoch",
+        "rng_state",
+        "smooth_avg",
+        "smooth_count",
+        "values",
+        "fit_args",
+        "settings",
+        *(f"rec_{n}" for n in _RECORDER_FIELDS),
+    }
     if needed - set(data):
         raise bad(f"lacks {sorted(needed - set(data))}")
     params = data["params"]
@@ -129,12 +149,17 @@ def load(directory) -> dict | None:
         raise bad("has weights and optimiser moments of different shapes")
     try:
         state = {
-            "params": params, "exp_avg": data["exp_avg"], "exp_avg_sq": data["exp_avg_sq"],
-            "step": int(data["step"]), "epoch": int(data["epoch"]),
+            "params": params,
+            "exp_avg": data["exp_avg"],
+            "exp_avg_sq": data["exp_avg_sq"],
+            "step": int(data["step"]),
+            "epoch": int(data["epoch"]),
             "rng_state": json.loads(str(data["rng_state"])),
-            "smooth_avg": float(data["smooth_avg"]), "smooth_count": int(data["smooth_count"]),
+            "smooth_avg": float(data["smooth_avg"]),
+            "smooth_count": int(data["smooth_count"]),
             "values": data["values"].tolist(),
-            "fit_args": json.loads(str(data["fit_args"])), "settings": json.loads(str(data["settings"])),
+            "fit_args": json.loads(str(data["fit_args"])),
+            "settings": json.loads(str(data["settings"])),
         }
         state.update({f"rec_{n}": data[f"rec_{n}"].tolist() for n in _RECORDER_FIELDS})
     except (TypeError, ValueError) as e:
@@ -158,15 +183,21 @@ def restore(learner, directory, expect: dict | None = None) -> int | None:
     for key, theirs in state["settings"].items():
         if mine.get(key) != theirs:
             what = "the data or its split (seed, valid_pct)" if key == "data_sha256" else f"{key}={theirs}"
-            raise ConfigError(f"checkpoint {where} was made with {what}, this run differs ({key}={mine.get(key)}); "
-                              "use the same settings, or drop --resume to start afresh")
+            raise ConfigError(
+                f"checkpoint {where} was made with {what}, this run differs ({key}={mine.get(key)}); "
+                "use the same settings, or drop --resume to start afresh"
+            )
     for key, value in _normalise(expect or {}).items():
         if state["fit_args"].get(key) != value:
-            raise ConfigError(f"checkpoint {where} was made by a fit with {key}={state['fit_args'].get(key)}, this "
-                              f"run asks for {key}={value}; use the same settings, or drop --resume to start afresh")
+            raise ConfigError(
+                f"checkpoint {where} was made by a fit with {key}={state['fit_args'].get(key)}, this "
+                f"run asks for {key}={value}; use the same settings, or drop --resume to start afresh"
+            )
     if state["rng_state"].get("bit_generator") != learner.rng.bit_generator.state["bit_generator"]:
-        raise ConfigError(f"checkpoint {where} holds a {state['rng_state'].get('bit_generator')} generator state; "
-                          f"this learner uses {learner.rng.bit_generator.state['bit_generator']}")
+        raise ConfigError(
+            f"checkpoint {where} holds a {state['rng_state'].get('bit_generator')} generator state; "
+            f"this learner uses {learner.rng.bit_generator.state['bit_generator']}"
+        )
     learner.model.params[...] = state["params"]
     learner.opt_state.exp_avg[...] = state["exp_avg"]
     learner.opt_state.exp_avg_sq[...] = state["exp_avg_sq"]

@@ -11,6 +11,7 @@ What ``CollabDataLoaders.from_df`` does, following fastai (see the contract in
 The batches themselves are drawn by the learner (a new permutation of the training rows every
 epoch, last partial batch dropped), so the loaders only hold arrays.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -147,9 +148,11 @@ def _safe_extract(archive: Path, target: Path) -> None:
             out = (root / member.filename).resolve()
             if out != root and root not in out.parents:
                 archive.unlink(missing_ok=True)  # never reuse it: a refetch must come from the source
-                raise DataError(f"refusing to extract {archive.name}: member {member.filename!r} would be "
-                                "written outside the target folder; the archive was deleted: check where "
-                                "it comes from before retrying")
+                raise DataError(
+                    f"refusing to extract {archive.name}: member {member.filename!r} would be "
+                    "written outside the target folder; the archive was deleted: check where "
+                    "it comes from before retrying"
+                )
         zf.extractall(root)
 
 
@@ -181,14 +184,17 @@ def untar_data(url: str = URLs.ML_100k, force_download: bool = False) -> Path:
                 reason = getattr(e, "reason", e)
                 raise DataError(
                     f"could not download {ds.url} ({reason}); put the unzipped '{ds.folder}' folder at "
-                    f"{folder} or set MFSCRATCH_DATA to a folder that holds '{ds.folder}/'") from None
+                    f"{folder} or set MFSCRATCH_DATA to a folder that holds '{ds.folder}/'"
+                ) from None
         problem = _archive_problem(archive, ds.md5)
         if problem is None:
             break
         archive.unlink(missing_ok=True)
     else:
-        raise DataError(f"{ds.url} was fetched twice and is still unusable ({problem}); check your connection "
-                        f"or proxy and try again, or put the unzipped '{ds.folder}' folder at {folder}")
+        raise DataError(
+            f"{ds.url} was fetched twice and is still unusable ({problem}); check your connection "
+            f"or proxy and try again, or put the unzipped '{ds.folder}' folder at {folder}"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{ds.name}.", dir=root))
     try:
         _safe_extract(archive, tmp)
@@ -227,8 +233,10 @@ def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:
     try:
         codes, uniques = pd.factorize(col, sort=True, use_na_sentinel=True)
     except TypeError:
-        raise DataError(f"column {name!r} mixes types that cannot be sorted (e.g. numbers and text); "
-                        "convert it to one type first (for example .astype(str))") from None
+        raise DataError(
+            f"column {name!r} mixes types that cannot be sorted (e.g. numbers and text); "
+            "convert it to one type first (for example .astype(str))"
+        ) from None
     values = uniques.tolist()
     return (codes + 1).astype(np.int32), Vocab(["#na#"] + values)
 
@@ -241,8 +249,20 @@ class CollabDataLoaders:
     ``train_items``, ``train_ratings``, ``valid_users``, ``valid_items``, ``valid_ratings``.
     """
 
-    def __init__(self, users, items, ratings, train_idx, valid_idx, classes, user_name="user",
-                 item_name="item", rating_name="rating", bs=64, seed=None):
+    def __init__(
+        self,
+        users,
+        items,
+        ratings,
+        train_idx,
+        valid_idx,
+        classes,
+        user_name="user",
+        item_name="item",
+        rating_name="rating",
+        bs=64,
+        seed=None,
+    ):
         self.user_name, self.item_name, self.rating_name = user_name, item_name, rating_name
         self.classes = classes
         self.bs = int(bs)
@@ -253,8 +273,17 @@ class CollabDataLoaders:
         self.valid_users, self.valid_items, self.valid_ratings = users[valid_idx], items[valid_idx], ratings[valid_idx]
 
     @classmethod
-    def from_df(cls, ratings: pd.DataFrame, valid_pct: float = 0.2, user_name=None, item_name=None,
-                rating_name=None, seed: int | None = None, bs: int = 64, **kwargs) -> "CollabDataLoaders":
+    def from_df(
+        cls,
+        ratings: pd.DataFrame,
+        valid_pct: float = 0.2,
+        user_name=None,
+        item_name=None,
+        rating_name=None,
+        seed: int | None = None,
+        bs: int = 64,
+        **kwargs,
+    ) -> CollabDataLoaders:
         """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named."""
         user_name, item_name, rating_name = validate.resolve_columns(ratings, user_name, item_name, rating_name)
         validate.check_valid_pct(valid_pct)
@@ -267,12 +296,32 @@ class CollabDataLoaders:
         n_valid = int(valid_pct * n)
         validate.check_split(n, n_valid, valid_pct)
         classes = {user_name: user_vocab, item_name: item_vocab}
-        return cls(users, items, y.astype(np.float32), perm[n_valid:], perm[:n_valid], classes,
-                   user_name, item_name, rating_name, bs, seed)
+        return cls(
+            users,
+            items,
+            y.astype(np.float32),
+            perm[n_valid:],
+            perm[:n_valid],
+            classes,
+            user_name,
+            item_name,
+            rating_name,
+            bs,
+            seed,
+        )
 
     @classmethod
-    def from_codes(cls, users, items, ratings, n_users: int, n_items: int, valid_pct: float = 0.2,
-                   seed: int | None = None, bs: int = 64) -> "CollabDataLoaders":
+    def from_codes(
+        cls,
+        users,
+        items,
+        ratings,
+        n_users: int,
+        n_items: int,
+        valid_pct: float = 0.2,
+        seed: int | None = None,
+        bs: int = 64,
+    ) -> CollabDataLoaders:
         """Loaders for data that is already encoded as integer codes (synthetic data, benchmarks).
 
         Codes are used as they are (so code 0 is an ordinary row here); the vocabularies are
@@ -294,9 +343,13 @@ class CollabDataLoaders:
         rng = np.random.default_rng(seed)
         rows = rng.choice(self.n_train, size=min(max_n, self.n_train), replace=False)
         users, items = self.classes[self.user_name], self.classes[self.item_name]
-        df = pd.DataFrame({self.user_name: [users[c] for c in self.train_users[rows]],
-                           self.item_name: [items[c] for c in self.train_items[rows]],
-                           self.rating_name: self.train_ratings[rows]})
+        df = pd.DataFrame(
+            {
+                self.user_name: [users[c] for c in self.train_users[rows]],
+                self.item_name: [items[c] for c in self.train_items[rows]],
+                self.rating_name: self.train_ratings[rows],
+            }
+        )
         print(df.to_string(index=False))
         return df
 
@@ -309,5 +362,7 @@ class CollabDataLoaders:
         return len(self.valid_ratings)
 
     def __repr__(self) -> str:
-        return (f"CollabDataLoaders({self.n_train} train / {self.n_valid} valid ratings, "
-                f"{self.n_users} {self.user_name}s, {self.n_items} {self.item_name}s, bs={self.bs})")
+        return (
+            f"CollabDataLoaders({self.n_train} train / {self.n_valid} valid ratings, "
+            f"{self.n_users} {self.user_name}s, {self.n_items} {self.item_name}s, bs={self.bs})"
+        )

@@ -1,4 +1,5 @@
 """The one exception type users see: a one-line message naming the problem and what to do."""
+
 from __future__ import annotations
 
 __all__ = ["MfscratchError", "DataError", "ConfigError", "ModelFileError", "DivergenceError"]

@@ -15,6 +15,7 @@ File format (``FORMAT_VERSION`` 1), all plain arrays:
   are ``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``), so recommendations skip them; optional
   (``metrics.SeenItems`` writes and reads these three).
 """
+
 from __future__ import annotations
 
 import os
@@ -92,8 +93,14 @@ def _vocab_array(vocab) -> tuple[np.ndarray, str]:
     return np.asarray([str(v) for v in values], dtype=np.str_), "plain"
 
 
-def save_model(path, model: EmbeddingDotBias, classes: dict | None = None, user_name: str = "user",
-               item_name: str = "item", extra: dict | None = None) -> Path:
+def save_model(
+    path,
+    model: EmbeddingDotBias,
+    classes: dict | None = None,
+    user_name: str = "user",
+    item_name: str = "item",
+    extra: dict | None = None,
+) -> Path:
     """Write the model (and the vocabularies, when given) to ``path`` atomically."""
     arrays = {"format": np.array(_MAGIC), "version": np.array(FORMAT_VERSION, dtype=np.int64)}
     arrays.update({name: np.asarray(t) for name, t in model.tables().items()})
@@ -111,8 +118,9 @@ def save_model(path, model: EmbeddingDotBias, classes: dict | None = None, user_
 
 
 def _damaged(path, what: str) -> ModelFileError:
-    return ModelFileError(f"{path} {what}; it is not a usable mfscratch model: train and save it again "
-                          "('mfscratch train --save PATH')")
+    return ModelFileError(
+        f"{path} {what}; it is not a usable mfscratch model: train and save it again ('mfscratch train --save PATH')"
+    )
 
 
 def _read_arrays(path: Path) -> dict:
@@ -128,15 +136,19 @@ def _read_arrays(path: Path) -> dict:
     if head[:1] == b"\x80":
         raise _damaged(path, "is a Python pickle, which mfscratch never loads (pickles can run code)")
     if not (head.startswith(b"PK") or head.startswith(b"\x93NUMPY")):
-        raise _damaged(path, f"cannot be read as a .npz archive (it starts with {head!r}); it may be truncated "
-                             "or not a model file")
+        raise _damaged(
+            path, f"cannot be read as a .npz archive (it starts with {head!r}); it may be truncated or not a model file"
+        )
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - whatever np.load trips on, the file is not ours
         if "pickle" in str(e):
-            raise _damaged(path, "holds pickled Python objects, which mfscratch never loads (they can run code)") from None
-        raise _damaged(path, f"cannot be read as a .npz archive ({type(e).__name__}); it may be truncated "
-                             "or not a model file") from None
+            raise _damaged(
+                path, "holds pickled Python objects, which mfscratch never loads (they can run code)"
+            ) from None
+        raise _damaged(
+            path, f"cannot be read as a .npz archive ({type(e).__name__}); it may be truncated or not a model file"
+        ) from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise _damaged(path, "is a single .npy array, not an .npz model archive")
     try:
@@ -144,7 +156,9 @@ def _read_arrays(path: Path) -> dict:
             return {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - a damaged member: bad CRC, short read, bad header, pickle
         if "pickle" in str(e):
-            raise _damaged(path, "holds pickled Python objects, which mfscratch never loads (they can run code)") from None
+            raise _damaged(
+                path, "holds pickled Python objects, which mfscratch never loads (they can run code)"
+            ) from None
         raise _damaged(path, f"is damaged or truncated ({type(e).__name__}: {e})") from None
 
 
@@ -179,12 +193,16 @@ def load_model(path):
     path = Path(path)
     data = _read_arrays(path)
     if _scalar(data, "format", str, None) != _MAGIC:
-        raise ModelFileError(f"{path} is not an mfscratch model file (no 'format' marker); "
-                             "give a file written by 'mfscratch train --save'")
+        raise ModelFileError(
+            f"{path} is not an mfscratch model file (no 'format' marker); "
+            "give a file written by 'mfscratch train --save'"
+        )
     version = _scalar(data, "version", int, None)
     if version != FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {version}, this mfscratch reads version "
-                             f"{FORMAT_VERSION}; retrain or use a matching mfscratch")
+        raise ModelFileError(
+            f"{path} has format version {version}, this mfscratch reads version "
+            f"{FORMAT_VERSION}; retrain or use a matching mfscratch"
+        )
     missing = [k for k in ("u_weight", "i_weight", "u_bias", "i_bias", "y_range") if k not in data]
     if missing:
         raise _damaged(path, f"lacks the array(s) {missing}")
@@ -193,14 +211,22 @@ def load_model(path):
         raise _damaged(path, f"has tables of dtypes {uw.dtype}, {iw.dtype}, {ub.dtype}, {ib.dtype}, not floats")
     n_users, k = uw.shape if uw.ndim == 2 else (-1, -1)
     n_items = iw.shape[0] if iw.ndim == 2 else -1
-    if not (min(n_users, n_items, k) >= 1 and iw.shape == (n_items, k) and ub.shape == (n_users, 1)
-            and ib.shape == (n_items, 1)):
+    if not (
+        min(n_users, n_items, k) >= 1
+        and iw.shape == (n_items, k)
+        and ub.shape == (n_users, 1)
+        and ib.shape == (n_items, 1)
+    ):
         raise _damaged(path, f"has inconsistent table shapes {uw.shape}, {iw.shape}, {ub.shape}, {ib.shape}")
     if not all(np.isfinite(t).all() for t in (uw, iw, ub, ib)):
         raise _damaged(path, "holds NaN or infinite weights")
     yr = data["y_range"]
-    if not (yr.shape in ((0,), (2,)) and yr.dtype.kind in "iuf" and np.isfinite(yr).all()
-            and (yr.size == 0 or yr[0] < yr[1])):
+    if not (
+        yr.shape in ((0,), (2,))
+        and yr.dtype.kind in "iuf"
+        and np.isfinite(yr).all()
+        and (yr.size == 0 or yr[0] < yr[1])
+    ):
         raise _damaged(path, f"has a bad y_range {yr.tolist()!r} (want [] or [lo, hi] with lo < hi)")
     y_range = tuple(float(v) for v in yr) if yr.size == 2 else None
     params = np.concatenate([uw.ravel(), iw.ravel(), ub.ravel(), ib.ravel()]).astype(uw.dtype)
@@ -216,11 +242,28 @@ def load_model(path):
         except ModelFileError as e:
             raise _damaged(path, str(e)) from None
         if len(uv) != n_users or len(iv) != n_items:
-            raise _damaged(path, f"has vocabularies ({len(uv)} users, {len(iv)} items) that do not match the "
-                                 f"tables ({n_users}, {n_items})")
+            raise _damaged(
+                path,
+                f"has vocabularies ({len(uv)} users, {len(iv)} items) that do not match the "
+                f"tables ({n_users}, {n_items})",
+            )
         classes = {user_name: uv, item_name: iv}
-    known = {"format", "version", "u_weight", "i_weight", "u_bias", "i_bias", "y_range", "user_name",
-             "item_name", "user_vocab", "item_vocab", "vocab_has_na", "user_vocab_kind", "item_vocab_kind"}
+    known = {
+        "format",
+        "version",
+        "u_weight",
+        "i_weight",
+        "u_bias",
+        "i_bias",
+        "y_range",
+        "user_name",
+        "item_name",
+        "user_vocab",
+        "item_vocab",
+        "vocab_has_na",
+        "user_vocab_kind",
+        "item_vocab_kind",
+    }
     meta = {k: v for k, v in data.items() if k not in known}
     meta.update(user_name=user_name, item_name=item_name)
     return model, classes, meta

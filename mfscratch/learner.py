@@ -4,6 +4,7 @@ The path of a batch: ``dls`` holds the encoded arrays -> :meth:`Learner._fit` dr
 permutation and the per-step learning rates and momenta -> the backend's ``train_epoch`` runs the
 compiled kernels (forward, backward, optimiser update) -> the model's flat parameter buffer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,11 @@ class Recorder:
     def _step_list(self, name: str) -> list:
         chunks = self._steps[name]
         if len(chunks) != 1 or isinstance(chunks[0], tuple):  # join once: reading twice costs one concatenation
-            chunks[:] = [np.concatenate([c if isinstance(c, np.ndarray) else c[0](c[1], c[2])[c[3]] for c in chunks]
-                                        or [np.empty(0)])]
+            chunks[:] = [
+                np.concatenate(
+                    [c if isinstance(c, np.ndarray) else c[0](c[1], c[2])[c[3]] for c in chunks] or [np.empty(0)]
+                )
+            ]
         return chunks[0].tolist()
 
     def _set_steps(self, name: str, values) -> None:
@@ -116,9 +120,18 @@ class Learner:
     fit, so that a checkpoint can resume it (``fit(..., start_epoch=...)``, as in fastai).
     """
 
-    def __init__(self, dls: CollabDataLoaders, model: EmbeddingDotBias, opt_func=Adam, lr: float = 1e-3,
-                 wd: float | None = None, seed: int | None = None, sparse: bool = False,
-                 backend: str = "cpu", log=print):
+    def __init__(
+        self,
+        dls: CollabDataLoaders,
+        model: EmbeddingDotBias,
+        opt_func=Adam,
+        lr: float = 1e-3,
+        wd: float | None = None,
+        seed: int | None = None,
+        sparse: bool = False,
+        backend: str = "cpu",
+        log=print,
+    ):
         self.dls, self.model = dls, model
         self.opt = resolve_opt(opt_func)
         self.lr = checks.positive_float("lr", lr)
@@ -147,20 +160,40 @@ class Learner:
         total = n_epoch * self._steps_per_epoch()
         self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
 
-    def fit_one_cycle(self, n_epoch: int, lr_max: float | None = None, div: float = 25.0,
-                      div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None,
-                      moms=None, start_epoch: int = 0) -> None:
+    def fit_one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: float | None = None,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        pct_start: float = 0.25,
+        wd: float | None = None,
+        moms=None,
+        start_epoch: int = 0,
+    ) -> None:
         """fastai's one-cycle: cosine warm-up of the learning rate to ``lr_max``, then annealing to
         ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95))."""
         lr_max = self.lr if lr_max is None else lr_max
         checks.check_fit(n_epoch, lr_max, wd, start_epoch)
         checks.check_one_cycle(div, div_final, pct_start, moms)
         moms = (0.95, 0.85, 0.95) if moms is None else moms
-        self.fit_args = dict(method="fit_one_cycle", n_epoch=n_epoch, lr_max=lr_max, div=div, div_final=div_final,
-                             pct_start=pct_start, wd=wd, moms=list(moms))
+        self.fit_args = dict(
+            method="fit_one_cycle",
+            n_epoch=n_epoch,
+            lr_max=lr_max,
+            div=div,
+            div_final=div_final,
+            pct_start=pct_start,
+            wd=wd,
+            moms=list(moms),
+        )
         total = n_epoch * self._steps_per_epoch()
-        self._fit(n_epoch, lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
-                  wd, start_epoch)
+        self._fit(
+            n_epoch,
+            lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
+            wd,
+            start_epoch,
+        )
 
     def validate(self) -> float:
         """Exact mean squared error over the validation rows under the current weights."""
@@ -189,8 +222,10 @@ class Learner:
     def _steps_per_epoch(self) -> int:
         steps = self.dls.n_train // self.dls.bs
         if steps < 1:
-            raise ConfigError(f"batch size {self.dls.bs} is larger than the {self.dls.n_train} training rows "
-                              "(the last partial batch is dropped); use a smaller bs")
+            raise ConfigError(
+                f"batch size {self.dls.bs} is larger than the {self.dls.n_train} training rows "
+                "(the last partial batch is dropped); use a smaller bs"
+            )
         return steps
 
     def _valid_loss(self) -> float:
@@ -200,7 +235,7 @@ class Learner:
         return self.backend.evaluate(d.valid_users, d.valid_items, d.valid_ratings)
 
     def _fit(self, n_epoch: int, steps_schedule, wd: float | None, start_epoch: int = 0) -> None:
-        """Train epochs ``start_epoch..n_epoch-1``; ``steps_schedule(a, b)`` gives steps ``a..b-1``'s ``(lrs, moms)``."""
+        """Train epochs ``start_epoch..n_epoch-1``; ``steps_schedule(a, b)`` gives steps ``a..b-1``: ``(lrs, moms)``."""
         if int(n_epoch) != n_epoch or n_epoch < 1:
             raise ConfigError(f"n_epoch must be a positive integer, got {n_epoch!r}")
         wd = self.wd if wd is None else wd
@@ -230,7 +265,8 @@ class Learner:
                 bad = len(losses)
                 raise DivergenceError(
                     f"training diverged at epoch {epoch}, step {bad} (loss {losses[-1] if bad else float('nan')}); "
-                    f"the learning rate ({ep_lrs[bad - 1]:.3g} at that step) is probably too high: lower it")
+                    f"the learning rate ({ep_lrs[bad - 1]:.3g} at that step) is probably too high: lower it"
+                )
             self.opt_state.step += steps
             self._smooth_avg, self._smooth_count, train_loss = _smooth(losses, self._smooth_avg, self._smooth_count)
             valid_loss = self._valid_loss()
@@ -300,8 +336,9 @@ class Learner:
         with tqdm(total=steps, desc=f"epoch {epoch + 1}/{n_epoch}", unit="step", leave=False, file=sys.stderr) as bar:
             for s in range(0, steps, chunk):
                 e = min(s + chunk, steps)
-                part = self.backend.train_epoch(order[s * bs : e * bs], lrs[s:e], moms[s:e], opt, self.sparse, step0 + s,
-                                                flush=e == steps)
+                part = self.backend.train_epoch(
+                    order[s * bs : e * bs], lrs[s:e], moms[s:e], opt, self.sparse, step0 + s, flush=e == steps
+                )
                 parts.append(part)
                 bar.update(len(part))
                 if len(part) < e - s or (len(part) and not np.isfinite(part[-1])):
@@ -339,8 +376,9 @@ class Learner:
         from .metrics import ranking_metrics
 
         d, t = self.dls, self.trained()
-        return ranking_metrics(self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold,
-                               first_item(t.item_vocab))
+        return ranking_metrics(
+            self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold, first_item(t.item_vocab)
+        )
 
     def plot_losses(self, path):
         """PNG of the batch losses and the per-epoch train/valid losses."""
@@ -364,10 +402,24 @@ class Learner:
         return plot_item_pca(names, coords, path, n)
 
 
-def collab_learner(dls: CollabDataLoaders, n_factors: int = 50, use_nn: bool = False, emb_szs=None,
-                   layers=None, config=None, y_range=None, loss_func=None, opt_func=Adam, lr: float = 1e-3,
-                   wd: float | None = None, seed: int | None = None, sparse: bool = False,
-                   backend: str = "cpu", log=print, **kwargs) -> Learner:
+def collab_learner(
+    dls: CollabDataLoaders,
+    n_factors: int = 50,
+    use_nn: bool = False,
+    emb_szs=None,
+    layers=None,
+    config=None,
+    y_range=None,
+    loss_func=None,
+    opt_func=Adam,
+    lr: float = 1e-3,
+    wd: float | None = None,
+    seed: int | None = None,
+    sparse: bool = False,
+    backend: str = "cpu",
+    log=print,
+    **kwargs,
+) -> Learner:
     """fastai's ``collab_learner`` for the dot-product model (``use_nn=False``).
 
     ``seed`` fixes the initial weights and the batch order (the split is fixed by

@@ -11,6 +11,7 @@ Ranking protocol (``ranking_metrics``). For each user ``u``:
   ``NDCG@k = DCG / IDCG`` with ``DCG = sum_{j<k} [L_j in R] / log2(j + 2)`` and
   ``IDCG = sum_{j < min(|R|, k)} 1 / log2(j + 2)`` (binary relevance, ``j`` 0-based).
 """
+
 from __future__ import annotations
 
 import time
@@ -34,7 +35,7 @@ class SeenItems:
         self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.int64)
 
     @classmethod
-    def from_pairs(cls, users, items, n_users: int, n_items: int) -> "SeenItems":
+    def from_pairs(cls, users, items, n_users: int, n_items: int) -> SeenItems:
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
         counts = np.bincount(items, minlength=n_items)
@@ -44,7 +45,7 @@ class SeenItems:
         return cls(indptr, keys % n_items, counts)
 
     @classmethod
-    def from_loaders(cls, dls) -> "SeenItems":
+    def from_loaders(cls, dls) -> SeenItems:
         return cls.from_pairs(dls.train_users, dls.train_items, dls.n_users, dls.n_items)
 
     def items_of(self, user: int) -> np.ndarray:
@@ -55,7 +56,7 @@ class SeenItems:
         return {"seen_indptr": self.indptr, "seen_indices": self.indices, "item_counts": self.item_counts}
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "SeenItems | None":
+    def from_meta(cls, meta: dict) -> SeenItems | None:
         if "seen_indptr" not in meta or "seen_indices" not in meta:
             return None
         return cls(meta["seen_indptr"], meta["seen_indices"], meta.get("item_counts"))
@@ -64,8 +65,11 @@ class SeenItems:
 def _isin_sorted(queries: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     """``np.isin(queries, sorted_keys)`` for sorted keys, by binary search (no hashing or re-sorting)."""
     pos = np.searchsorted(sorted_keys, queries)
-    return sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == queries if len(sorted_keys) else \
-        np.zeros(np.shape(queries), dtype=bool)
+    return (
+        sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == queries
+        if len(sorted_keys)
+        else np.zeros(np.shape(queries), dtype=bool)
+    )
 
 
 def rating_errors(model, users, items, ratings) -> dict[str, float]:
@@ -115,12 +119,23 @@ def ranking_from_topk(top_items, users, rel_users, rel_items, n_items: int) -> d
     dcg = hits @ discount
     idcg = np.cumsum(discount)[np.minimum(n_rel, k) - 1]
     n_hits = hits.sum(axis=1)
-    return {"precision": float(np.mean(n_hits / k)), "recall": float(np.mean(n_hits / n_rel)),
-            "ndcg": float(np.mean(dcg / idcg))}
+    return {
+        "precision": float(np.mean(n_hits / k)),
+        "recall": float(np.mean(n_hits / n_rel)),
+        "ndcg": float(np.mean(dcg / idcg)),
+    }
 
 
-def ranking_metrics(model, seen: SeenItems, valid_users, valid_items, valid_ratings, k: int = 10,
-                    threshold: float = 4.0, first_item: int = 1) -> dict:
+def ranking_metrics(
+    model,
+    seen: SeenItems,
+    valid_users,
+    valid_items,
+    valid_ratings,
+    k: int = 10,
+    threshold: float = 4.0,
+    first_item: int = 1,
+) -> dict:
     """Precision@k, recall@k and NDCG@k over the validation rows (protocol in the module docstring).
 
     Returns ``{"k", "threshold", "precision", "recall", "ndcg", "n_users", "seconds"}``;

@@ -6,6 +6,7 @@ All four tables are views into one contiguous array ``model.params`` laid out as
 ``u_weight | i_weight | u_bias | i_bias``; optimiser state and gradients share that layout, which
 turns every dense optimiser step into one loop over one array.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,14 +38,19 @@ class Embedding:
 
 def table_shapes(n_users: int, n_items: int, n_factors: int) -> dict[str, tuple[int, int]]:
     """Shapes of the four tables, in storage order."""
-    return {"u_weight": (n_users, n_factors), "i_weight": (n_items, n_factors),
-            "u_bias": (n_users, 1), "i_bias": (n_items, 1)}
+    return {
+        "u_weight": (n_users, n_factors),
+        "i_weight": (n_items, n_factors),
+        "u_bias": (n_users, 1),
+        "i_bias": (n_items, 1),
+    }
 
 
 def init_params(n_users: int, n_items: int, n_factors: int, rng: np.random.Generator, dtype=np.float32):
     """fastai's ``trunc_normal_(std=0.01)``: ``fmod(N(0, 1), 2) * 0.01``, table by table, in storage order."""
-    parts = [np.fmod(rng.standard_normal(r * c), 2.0) * 0.01
-             for r, c in table_shapes(n_users, n_items, n_factors).values()]
+    parts = [
+        np.fmod(rng.standard_normal(r * c), 2.0) * 0.01 for r, c in table_shapes(n_users, n_items, n_factors).values()
+    ]
     return np.concatenate(parts).astype(dtype)
 
 
@@ -56,8 +62,16 @@ class EmbeddingDotBias:
     checking gradients), and ``params`` adopts an existing flat buffer instead of initialising.
     """
 
-    def __init__(self, n_factors: int, n_users: int, n_items: int, y_range=None, seed=None,
-                 dtype=np.float32, params: np.ndarray | None = None):
+    def __init__(
+        self,
+        n_factors: int,
+        n_users: int,
+        n_items: int,
+        y_range=None,
+        seed=None,
+        dtype=np.float32,
+        params: np.ndarray | None = None,
+    ):
         for name, value in (("n_factors", n_factors), ("n_users", n_users), ("n_items", n_items)):
             if int(value) != value or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -113,8 +127,9 @@ class EmbeddingDotBias:
         users = np.ascontiguousarray(users, dtype=np.int64)
         items = np.ascontiguousarray(items, dtype=np.int64)
         if users.shape != items.shape or users.ndim != 1:
-            raise ConfigError(f"users and items must be 1-D arrays of the same length, got {users.shape} "
-                              f"and {items.shape}")
+            raise ConfigError(
+                f"users and items must be 1-D arrays of the same length, got {users.shape} and {items.shape}"
+            )
         for name, idx, n in (("user", users, self.n_users), ("item", items, self.n_items)):
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise ConfigError(f"{name} codes must lie in [0, {n}); got values from {idx.min()} to {idx.max()}")
@@ -141,8 +156,9 @@ class EmbeddingDotBias:
         """
         users, items, ratings = self._batch(users, items, ratings)
         grads = np.zeros_like(self.params)
-        loss = cpu.forward_backward(*self.kernel_tables(), users, items, ratings, *self.range_args,
-                                    *self.kernel_tables(grads))
+        loss = cpu.forward_backward(
+            *self.kernel_tables(), users, items, ratings, *self.range_args, *self.kernel_tables(grads)
+        )
         out, offset = {}, 0
         for name, (rows, cols) in table_shapes(self.n_users, self.n_items, self.n_factors).items():
             out[name] = grads[offset : offset + rows * cols].reshape(rows, cols)

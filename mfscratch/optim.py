@@ -8,6 +8,7 @@ The update rules themselves are written out in :func:`mfscratch.reference.adam_s
 * **sparse**: only the rows in the batch are updated (like ``torch.nn.Embedding(sparse=True)`` with
   ``SparseAdam``): a different, much cheaper algorithm, never called the fastai recipe.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -80,5 +81,5 @@ class OptState:
     step: int = 0
 
     @classmethod
-    def zeros_like(cls, params: np.ndarray) -> "OptState":
+    def zeros_like(cls, params: np.ndarray) -> OptState:
         return cls(np.zeros_like(params), np.zeros_like(params), 0)

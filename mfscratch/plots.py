@@ -4,6 +4,7 @@ matplotlib is an optional extra (``pip install 'mfscratch[plot]'``); without it 
 :class:`~mfscratch.errors.ConfigError` saying so. Figures are drawn on matplotlib's ``Figure``
 directly (Agg canvas), never through ``pyplot``, so nothing opens a window or touches global state.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -102,5 +103,8 @@ def plot_item_pca(names, coords, path, n: int = 50, seed: int = 0) -> Path:
 def write_all(learn, folder, n_items: int = 50) -> list[Path]:
     """``losses.png``, ``schedule.png`` and ``item_pca.png`` for a trained learner, in ``folder``."""
     folder = Path(folder)
-    return [learn.plot_losses(folder / "losses.png"), learn.plot_schedule(folder / "schedule.png"),
-            learn.plot_item_pca(folder / "item_pca.png", n=n_items)]
+    return [
+        learn.plot_losses(folder / "losses.png"),
+        learn.plot_schedule(folder / "schedule.png"),
+        learn.plot_item_pca(folder / "item_pca.png", n=n_items),
+    ]

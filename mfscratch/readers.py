@@ -16,6 +16,7 @@ ratings: ``(0, 1.1 * max)`` for non-negative ratings (fastai's habit: ``(0, 5.5)
 so the sigmoid can reach the top rating), and ``(min - m, max + m)`` with ``m = 0.1 * (max - min)``
 when some ratings are negative.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,18 @@ import pandas as pd
 from .data import DATASETS, CollabDataLoaders, untar_data
 from .errors import ConfigError, DataError
 
-__all__ = ["RatingsTable", "read_ratings", "read_items", "attach_titles", "read_movielens",
-           "read_ml100k_split", "ML100K_SPLITS", "MOVIELENS", "default_y_range", "loaders_from_split"]
+__all__ = [
+    "RatingsTable",
+    "read_ratings",
+    "read_items",
+    "attach_titles",
+    "read_movielens",
+    "read_ml100k_split",
+    "ML100K_SPLITS",
+    "MOVIELENS",
+    "default_y_range",
+    "loaders_from_split",
+]
 
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 MOVIELENS = tuple(DATASETS)
@@ -48,8 +59,15 @@ class RatingsTable:
 
     def loaders(self, valid_pct: float = 0.2, seed: int | None = None, bs: int = 64) -> CollabDataLoaders:
         """``CollabDataLoaders.from_df`` on this table with its column names."""
-        return CollabDataLoaders.from_df(self.df, valid_pct=valid_pct, user_name=self.user, item_name=self.item,
-                                         rating_name=self.rating, seed=seed, bs=bs)
+        return CollabDataLoaders.from_df(
+            self.df,
+            valid_pct=valid_pct,
+            user_name=self.user,
+            item_name=self.item,
+            rating_name=self.rating,
+            seed=seed,
+            bs=bs,
+        )
 
 
 # --- y_range -------------------------------------------------------------------------------------
@@ -84,8 +102,10 @@ def _sniff_separator(first_line: str, path: Path) -> str:
             return sep
     if len(first_line.split()) >= 2:
         return r"\s+"
-    raise DataError(f"{path}: cannot tell the column separator from its first line {first_line[:60]!r}; "
-                    "use a CSV, TSV or '::'-separated file (or Parquet)")
+    raise DataError(
+        f"{path}: cannot tell the column separator from its first line {first_line[:60]!r}; "
+        "use a CSV, TSV or '::'-separated file (or Parquet)"
+    )
 
 
 def _is_number(text: str) -> bool:
@@ -138,16 +158,19 @@ def _resolve_column(df: pd.DataFrame, spec, role: str, path: Path) -> str:
     cols = list(df.columns)
     if isinstance(spec, int):
         if not 0 <= spec < len(cols):
-            raise DataError(f"{path}: {role} column position {spec} is out of range; the file has {len(cols)} "
-                            f"columns (0-based positions 0..{len(cols) - 1})")
+            raise DataError(
+                f"{path}: {role} column position {spec} is out of range; the file has {len(cols)} "
+                f"columns (0-based positions 0..{len(cols) - 1})"
+            )
         return cols[spec]
     if spec in df.columns:
         return spec
     raise DataError(f"{path}: {role} column {spec!r} not found; its columns are {[str(c) for c in cols]}")
 
 
-def read_table(path, columns=(), header: bool | None = None, encoding: str = "utf-8",
-               what: str = "ratings") -> pd.DataFrame:
+def read_table(
+    path, columns=(), header: bool | None = None, encoding: str = "utf-8", what: str = "ratings"
+) -> pd.DataFrame:
     """A CSV, TSV, ``::``-separated or Parquet file as a DataFrame (all columns).
 
     The format follows the suffix (``.parquet``/``.pq``) or, for text, the separator found on the
@@ -189,14 +212,14 @@ def _read_text(path: Path, sep: str, has_header: bool, encoding: str) -> pd.Data
                 raise DataError(f"{path}: its header names {len(names)} columns but the rows have {raw.shape[1]}")
             raw.columns = names
             return raw
-        return pd.read_csv(path, sep=sep, header=hdr, encoding=encoding,
-                           engine="python" if sep == r"\s+" else "c")
+        return pd.read_csv(path, sep=sep, header=hdr, encoding=encoding, engine="python" if sep == r"\s+" else "c")
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path}: cannot parse it as a table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
-def read_ratings(path, user_col=0, item_col=1, rating_col=2, header: bool | None = None,
-                 encoding: str = "utf-8") -> RatingsTable:
+def read_ratings(
+    path, user_col=0, item_col=1, rating_col=2, header: bool | None = None, encoding: str = "utf-8"
+) -> RatingsTable:
     """Ratings from a CSV, TSV, ``::`` or Parquet file.
 
     ``user_col``, ``item_col``, ``rating_col``: a column name, or a 0-based position (``2`` or
@@ -227,8 +250,9 @@ def read_items(path, key_col=0, title_col=1, header: bool | None = None, encodin
     return out
 
 
-def attach_titles(table: RatingsTable, items: pd.DataFrame, merge_duplicates: bool = False,
-                  items_source: str = "items") -> RatingsTable:
+def attach_titles(
+    table: RatingsTable, items: pd.DataFrame, merge_duplicates: bool = False, items_source: str = "items"
+) -> RatingsTable:
     """Replace the item column by the item's title (``items``: columns ``key, title``).
 
     Ratings whose item has no title keep their key as a name. Titles shared by different keys
@@ -247,8 +271,10 @@ def attach_titles(table: RatingsTable, items: pd.DataFrame, merge_duplicates: bo
     named = keys.map(mapping)
     matched = int(named.notna().sum())
     if matched == 0:
-        raise DataError(f"{items_source}: none of its keys match the ratings' {table.item!r} values "
-                        f"(e.g. {keys.iloc[0]!r}); check --item-key")
+        raise DataError(
+            f"{items_source}: none of its keys match the ratings' {table.item!r} values "
+            f"(e.g. {keys.iloc[0]!r}); check --item-key"
+        )
     named = named.where(named.notna(), keys.astype(str))
     df = table.df.copy()
     df["title"] = named.to_numpy()
@@ -273,8 +299,14 @@ def _movies_dat(path: Path) -> pd.DataFrame:
 def _ratings_dat(path: Path) -> RatingsTable:
     """``UserID::MovieID::Rating::Timestamp``: read with ``:`` (fast C parser), keeping fields 0, 2, 4."""
     path = _check_file(path, "ratings")
-    df = pd.read_csv(path, sep=":", header=None, usecols=[0, 2, 4], names=["user", "movie", "rating"],
-                     dtype={"user": np.int64, "movie": np.int64, "rating": np.float32})
+    df = pd.read_csv(
+        path,
+        sep=":",
+        header=None,
+        usecols=[0, 2, 4],
+        names=["user", "movie", "rating"],
+        dtype={"user": np.int64, "movie": np.int64, "rating": np.float32},
+    )
     if len(df) == 0:
         raise DataError(f"ratings file {path} has no rows")
     return RatingsTable(df, "user", "movie", "rating", str(path))
@@ -288,8 +320,14 @@ def _ml100k_ratings(folder: Path, file: str) -> pd.DataFrame:
 def _ml100k_titled(folder: Path, file: str) -> RatingsTable:
     """The seed recipe's table: ratings merged with the titles of ``u.item`` (latin-1, ``|``)."""
     ratings = _ml100k_ratings(folder, file)
-    movies = pd.read_csv(_check_file(folder / "u.item", "items"), delimiter="|", encoding="latin-1",
-                         usecols=(0, 1), names=("movie", "title"), header=None)
+    movies = pd.read_csv(
+        _check_file(folder / "u.item", "items"),
+        delimiter="|",
+        encoding="latin-1",
+        usecols=(0, 1),
+        names=("movie", "title"),
+        header=None,
+    )
     return RatingsTable(ratings.merge(movies), "user", "title", "rating", str(folder / file))
 
 
@@ -306,8 +344,9 @@ def read_movielens(name: str = "ml-100k", titles: bool = True) -> RatingsTable:
     if name == "ml-100k":
         if titles:
             return _ml100k_titled(folder, ds.ratings_file)
-        return RatingsTable(_ml100k_ratings(folder, ds.ratings_file).iloc[:, :3], "user", "movie", "rating",
-                            str(ratings_path))
+        return RatingsTable(
+            _ml100k_ratings(folder, ds.ratings_file).iloc[:, :3], "user", "movie", "rating", str(ratings_path)
+        )
     if ratings_path.suffix == ".dat":  # ml-1m, ml-10m: UserID::MovieID::Rating::Timestamp, no header
         table = _ratings_dat(ratings_path)
         movies = folder / "movies.dat"
@@ -326,8 +365,11 @@ def read_ml100k_split(split: str, titles: bool = True) -> tuple[RatingsTable, Ra
     if split not in ML100K_SPLITS:
         raise ConfigError(f"--split {split!r}: use one of {', '.join(ML100K_SPLITS)}")
     folder = untar_data("ml-100k")
-    read = _ml100k_titled if titles else (lambda f, n: RatingsTable(_ml100k_ratings(f, n).iloc[:, :3], "user",
-                                                                   "movie", "rating", str(f / n)))
+    read = (
+        _ml100k_titled
+        if titles
+        else (lambda f, n: RatingsTable(_ml100k_ratings(f, n).iloc[:, :3], "user", "movie", "rating", str(f / n)))
+    )
     return read(folder, f"{split}.base"), read(folder, f"{split}.test")
 
 
@@ -341,14 +383,24 @@ def loaders_from_split(train: RatingsTable, valid: RatingsTable, bs: int = 64) -
     valid_df = valid.df[[valid.user, valid.item, valid.rating]].set_axis(cols, axis=1)
     full = pd.concat([train.df[cols], valid_df], ignore_index=True)
     # from_df checks and encodes the values; its random split is then replaced by the given one.
-    enc = CollabDataLoaders.from_df(full, valid_pct=0.0, user_name=train.user, item_name=train.item,
-                                    rating_name=train.rating, seed=0, bs=bs)
+    enc = CollabDataLoaders.from_df(
+        full, valid_pct=0.0, user_name=train.user, item_name=train.item, rating_name=train.rating, seed=0, bs=bs
+    )
     codes = {}
     for col in (train.user, train.item):
         vocab = enc.classes[col]
         codes[col] = (pd.Categorical(full[col], categories=list(vocab[1:])).codes + 1).astype(np.int32)
     ratings = pd.to_numeric(full[train.rating]).to_numpy(dtype=np.float32)
     n_train = len(train.df)
-    return CollabDataLoaders(codes[train.user], codes[train.item], ratings, np.arange(n_train),
-                             np.arange(n_train, len(full)), enc.classes, train.user, train.item, train.rating, bs)
-
+    return CollabDataLoaders(
+        codes[train.user],
+        codes[train.item],
+        ratings,
+        np.arange(n_train),
+        np.arange(n_train, len(full)),
+        enc.classes,
+        train.user,
+        train.item,
+        train.rating,
+        bs,
+    )

@@ -32,12 +32,22 @@ Rows that no rating of the batch touches get a zero gradient.
 The optimiser steps (fastai's Adam and SGD, decoupled or L2 weight decay) are written out in
 :func:`adam_step` and :func:`sgd_step`.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sigmoid", "forward", "backward", "loss_and_grads", "adam_step", "sgd_step", "sparse_adam_step",
-           "sparse_sgd_step", "TABLES"]
+__all__ = [
+    "sigmoid",
+    "forward",
+    "backward",
+    "loss_and_grads",
+    "adam_step",
+    "sgd_step",
+    "sparse_adam_step",
+    "sparse_sgd_step",
+    "TABLES",
+]
 
 #: The four parameter tables, in the order they are stored and initialised.
 TABLES = ("u_weight", "i_weight", "u_bias", "i_bias")
@@ -149,8 +159,9 @@ def sgd_step(p, g, exp_avg, lr, mom=0.0, wd=0.0, decouple_wd=True):
     return p
 
 
-def sparse_adam_step(p, g, exp_avg, exp_avg_sq, rows, step, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.0,
-                     decouple_wd=True):
+def sparse_adam_step(
+    p, g, exp_avg, exp_avg_sq, rows, step, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.0, decouple_wd=True
+):
     r"""Lazy ("sparse") Adam on one table, in place: :func:`adam_step` applied to ``p[rows]`` only.
 
     ``rows`` are the distinct rows the batch touched (a row that appears twice in a batch is

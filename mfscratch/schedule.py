@@ -8,6 +8,7 @@ fastai's one-cycle (``callback/schedule.py``): with ``pos = b / total_steps`` fo
              = cos(lr_max, lr_max/div_final, (pos - pct_start)/(1 - pct_start))    otherwise
     mom(pos) = the same two phases from moms[0] to moms[1] to moms[2]
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,16 @@ def combined_cos(pct: float, start: float, middle: float, end: float, pos: np.nd
     return out
 
 
-def one_cycle(total_steps: int, lr_max: float, div: float = 25.0, div_final: float = 1e5,
-              pct_start: float = 0.25, moms=(0.95, 0.85, 0.95), start: int = 0, stop: int | None = None):
+def one_cycle(
+    total_steps: int,
+    lr_max: float,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+    moms=(0.95, 0.85, 0.95),
+    start: int = 0,
+    stop: int | None = None,
+):
     """Per-step ``(lrs, moms)`` float64 arrays for ``fit_one_cycle``: steps ``start..stop-1`` of ``total_steps``.
 
     The whole schedule by default. The learner asks for one epoch's steps at a time: with batches

@@ -18,6 +18,7 @@ Memory: the output is three arrays (int32, int32, float32: 12 bytes a rating) wr
 so the peak is the output plus one chunk; 25M ratings take 300 MB. Pairs may repeat (a user can
 rate an item twice), which MovieLens does not do; for training speed it makes no difference.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,9 +41,20 @@ def popularity_weights(n: int, exponent: float, offset: float, rng: np.random.Ge
     return w / w.sum()
 
 
-def synthetic_ratings(n_ratings: int, n_users: int, n_items: int, k_true: int = 8, rating_range=(1.0, 5.0),
-                      rating_step: float = 1.0, user_exponent: float = 0.5, item_exponent: float = 0.7,
-                      offset: float = 10.0, noise: float = 0.5, mean: float = 3.5, seed: int | None = 0):
+def synthetic_ratings(
+    n_ratings: int,
+    n_users: int,
+    n_items: int,
+    k_true: int = 8,
+    rating_range=(1.0, 5.0),
+    rating_step: float = 1.0,
+    user_exponent: float = 0.5,
+    item_exponent: float = 0.7,
+    offset: float = 10.0,
+    noise: float = 0.5,
+    mean: float = 3.5,
+    seed: int | None = 0,
+):
     """``(users, items, ratings)`` as int32, int32, float32 arrays of length ``n_ratings``.
 
     Codes run over ``0..n_users-1`` and ``0..n_items-1`` (see the module docstring for the model).
@@ -59,7 +71,7 @@ def synthetic_ratings(n_ratings: int, n_users: int, n_items: int, k_true: int = 
     rng = np.random.default_rng(seed)
     user_cdf = np.cumsum(popularity_weights(n_users, user_exponent, offset, rng))
     item_cdf = np.cumsum(popularity_weights(n_items, item_exponent, offset, rng))
-    scale = k_true ** -0.25
+    scale = k_true**-0.25
     P = (rng.standard_normal((n_users, k_true)) * scale).astype(np.float32)
     Q = (rng.standard_normal((n_items, k_true)) * scale).astype(np.float32)
     b = (rng.standard_normal(n_users) * 0.4).astype(np.float32)
@@ -80,8 +92,9 @@ def synthetic_ratings(n_ratings: int, n_users: int, n_items: int, k_true: int = 
     return users, items, ratings
 
 
-def synthetic_dataloaders(n_ratings: int, n_users: int, n_items: int, valid_pct: float = 0.2, bs: int = 64,
-                          seed: int | None = 0, **kwargs) -> CollabDataLoaders:
+def synthetic_dataloaders(
+    n_ratings: int, n_users: int, n_items: int, valid_pct: float = 0.2, bs: int = 64, seed: int | None = 0, **kwargs
+) -> CollabDataLoaders:
     """Synthetic ratings wrapped as :class:`CollabDataLoaders` without copying them.
 
     The rows are drawn independently, so they are already in random order: the first
@@ -94,5 +107,6 @@ def synthetic_dataloaders(n_ratings: int, n_users: int, n_items: int, valid_pct:
     if n_ratings - n_valid < bs:
         raise ConfigError(f"{n_ratings} ratings with valid_pct={valid_pct} leave fewer training rows than bs={bs}")
     classes = CollabDataLoaders.from_codes(users[:1], items[:1], ratings[:1], n_users, n_items, 0.0).classes
-    return CollabDataLoaders(users, items, ratings, slice(n_valid, n_ratings), slice(0, n_valid), classes,
-                             "user", "item", "rating", bs, seed)
+    return CollabDataLoaders(
+        users, items, ratings, slice(n_valid, n_ratings), slice(0, n_valid), classes, "user", "item", "rating", bs, seed
+    )

@@ -22,6 +22,7 @@ Decisions about ids (documented in ``docs/robustness.md``):
 A table can name its source file in ``df.attrs["source"]`` (the file readers set it); the
 messages then start with that name.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,19 @@ import pandas as pd
 from .errors import ConfigError, DataError
 
 __all__ = [
-    "DataWarning", "resolve_columns", "check_ratings", "check_valid_pct", "check_split", "warn_ratings_outside_range",
-    "check_output_path", "positive_int", "positive_float", "nonneg_float", "check_y_range", "check_fit", "check_one_cycle",
+    "DataWarning",
+    "resolve_columns",
+    "check_ratings",
+    "check_valid_pct",
+    "check_split",
+    "warn_ratings_outside_range",
+    "check_output_path",
+    "positive_int",
+    "positive_float",
+    "nonneg_float",
+    "check_y_range",
+    "check_fit",
+    "check_one_cycle",
 ]
 
 
@@ -80,8 +92,9 @@ def check_y_range(y_range) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         raise ConfigError(f"y_range must be a pair (lo, hi) or None, got {y_range!r}") from None
     if not (_is_number(lo) and _is_number(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ConfigError(f"y_range must be two finite numbers with lo < hi, got {y_range!r}; "
-                          "for 1-5 star ratings use (0, 5.5)")
+        raise ConfigError(
+            f"y_range must be two finite numbers with lo < hi, got {y_range!r}; for 1-5 star ratings use (0, 5.5)"
+        )
     return float(lo), float(hi)
 
 
@@ -102,8 +115,7 @@ def check_one_cycle(div, div_final, pct_start, moms) -> None:
     if not _is_number(pct_start) or not 0 <= pct_start <= 1:
         raise ConfigError(f"pct_start must be a number in [0, 1], got {pct_start!r}")
     if moms is not None:
-        ok = isinstance(moms, (tuple, list)) and len(moms) == 3 and all(
-            _is_number(m) and 0 <= m < 1 for m in moms)
+        ok = isinstance(moms, (tuple, list)) and len(moms) == 3 and all(_is_number(m) and 0 <= m < 1 for m in moms)
         if not ok:
             raise ConfigError(f"moms must be three momenta in [0, 1) such as (0.95, 0.85, 0.95), got {moms!r}")
 
@@ -137,17 +149,22 @@ def _where(df: pd.DataFrame) -> str:
 def resolve_columns(df, user_name=None, item_name=None, rating_name=None) -> tuple:
     """fastai's default columns (0, 1, 2 are user, item, rating unless named), each checked to exist."""
     if not isinstance(df, pd.DataFrame):
-        raise DataError(f"ratings must be a pandas DataFrame, got {type(df).__name__}; "
-                        "build one with pd.DataFrame or pd.read_csv")
+        raise DataError(
+            f"ratings must be a pandas DataFrame, got {type(df).__name__}; build one with pd.DataFrame or pd.read_csv"
+        )
     where, cols = _where(df), list(df.columns)
     if len(cols) < 3 and None in (user_name, item_name, rating_name):
-        raise DataError(f"{where}the ratings table has {len(cols)} column(s) {cols}; it needs user, item "
-                        "and rating columns (or name them with user_name=, item_name=, rating_name=)")
+        raise DataError(
+            f"{where}the ratings table has {len(cols)} column(s) {cols}; it needs user, item "
+            "and rating columns (or name them with user_name=, item_name=, rating_name=)"
+        )
     names = [cols[i] if given is None else given for i, given in enumerate((user_name, item_name, rating_name))]
     for role, name in zip(("user", "item", "rating"), names):
         if name not in df.columns:
-            raise DataError(f"{where}{role} column {name!r} not found; the table has columns {cols}: "
-                            f"pass {role}_name= with one of them")
+            raise DataError(
+                f"{where}{role} column {name!r} not found; the table has columns {cols}: "
+                f"pass {role}_name= with one of them"
+            )
     if len(set(names)) < 3:
         raise DataError(f"{where}user, item and rating must be three different columns, got {names}")
     return tuple(names)
@@ -169,18 +186,24 @@ def _check_ids(df: pd.DataFrame, name: str, role: str) -> None:
     missing = col.isna()
     if missing.any():
         first = col.index[missing.to_numpy()][0]
-        raise DataError(f"{where}{role} column {name!r} has {int(missing.sum())} missing value(s) (first at row "
-                        f"{first!r}); drop those rows (df.dropna(subset=[{name!r}])) or fill them")
+        raise DataError(
+            f"{where}{role} column {name!r} has {int(missing.sum())} missing value(s) (first at row "
+            f"{first!r}); drop those rows (df.dropna(subset=[{name!r}])) or fill them"
+        )
     # infer_dtype runs in C; the per-value kinds are only counted for the message.
     if col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in ("mixed", "mixed-integer"):
         kinds = col.map(_value_kind)
         if kinds.nunique() > 1:
             counts = ", ".join(f"{n} {k}" for k, n in kinds.value_counts().sort_index().items())
-            raise DataError(f"{where}{role} column {name!r} mixes kinds of ids ({counts}); convert it to one "
-                            f"type first, e.g. df[{name!r}] = df[{name!r}].astype(str)")
+            raise DataError(
+                f"{where}{role} column {name!r} mixes kinds of ids ({counts}); convert it to one "
+                f"type first, e.g. df[{name!r}] = df[{name!r}].astype(str)"
+            )
     if col.nunique() < 2:
-        raise DataError(f"{where}{role} column {name!r} has a single distinct value ({col.iloc[0]!r}); "
-                        "collaborative filtering needs at least 2 users and 2 items: check the column names")
+        raise DataError(
+            f"{where}{role} column {name!r} has a single distinct value ({col.iloc[0]!r}); "
+            "collaborative filtering needs at least 2 users and 2 items: check the column names"
+        )
 
 
 def check_ratings(df: pd.DataFrame, user_name, item_name, rating_name) -> np.ndarray:
@@ -194,8 +217,10 @@ def check_ratings(df: pd.DataFrame, user_name, item_name, rating_name) -> np.nda
         bad = ~np.isfinite(y.astype(np.float32))  # training uses float32: 1e39 is as bad as inf
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{where}rating column {rating_name!r} has {int(bad.sum())} value(s) that are not finite "
-                        f"numbers (first: row {df.index[first]!r}, {raw.iloc[first]!r}); drop or fix those rows")
+        raise DataError(
+            f"{where}rating column {rating_name!r} has {int(bad.sum())} value(s) that are not finite "
+            f"numbers (first: row {df.index[first]!r}, {raw.iloc[first]!r}); drop or fix those rows"
+        )
     _check_ids(df, user_name, "user")
     _check_ids(df, item_name, "item")
     dup = int(df.duplicated([user_name, item_name]).sum())
@@ -204,7 +229,9 @@ def check_ratings(df: pd.DataFrame, user_name, item_name, rating_name) -> np.nda
             f"{where}{dup} row(s) repeat an earlier ({user_name!r}, {item_name!r}) pair; all rows are kept (as fastai "
             f"does), so a repeated pair counts once per row; to keep one rating per pair use "
             f"df.groupby([{user_name!r}, {item_name!r}], as_index=False)[{rating_name!r}].mean()",
-            DataWarning, stacklevel=3)
+            DataWarning,
+            stacklevel=3,
+        )
     return y
 
 
@@ -218,8 +245,9 @@ def check_valid_pct(valid_pct) -> float:
 def check_split(n_rows: int, n_valid: int, valid_pct) -> None:
     """At least one training row left after taking ``n_valid`` rows for validation."""
     if n_rows - n_valid < 1:
-        raise DataError(f"valid_pct={valid_pct} leaves no training rows out of {n_rows}; lower valid_pct "
-                        "or give more ratings")
+        raise DataError(
+            f"valid_pct={valid_pct} leaves no training rows out of {n_rows}; lower valid_pct or give more ratings"
+        )
 
 
 def warn_ratings_outside_range(dls, y_range) -> None:
@@ -236,4 +264,7 @@ def warn_ratings_outside_range(dls, y_range) -> None:
         warnings.warn(
             f"{outside} rating(s) in column {dls.rating_name!r} lie outside y_range ({lo:g}, {hi:g}) (data spans "
             f"{float(y.min()):g} to {float(y.max()):g}); the sigmoid output can never reach them: widen y_range "
-            "a little beyond the data, as (0, 5.5) does for 1-5 stars", DataWarning, stacklevel=3)
+            "a little beyond the data, as (0, 5.5) does for 1-5 stars",
+            DataWarning,
+            stacklevel=3,
+        )

@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic ratings (never MovieLens slices) and the real ML-100k when present."""
+
 from __future__ import annotations
 
 import os

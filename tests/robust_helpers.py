@@ -4,6 +4,7 @@ The fake folder has ML-100k's file layout (``u.data`` tab-separated, ``u.item`` 
 filled with random synthetic ratings, so that ``mfscratch train`` can run end to end through
 ``MFSCRATCH_DATA`` without the real data (and without any MovieLens content in the repository).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ def write_fake_ml100k(root: Path, n_users=40, n_items=50, n_ratings=1200, seed=0
     ratings = np.clip(np.round(3 + rng.normal(size=n_ratings) + 0.05 * (users % 7) - 0.05 * (items % 5)), 1, 5)
     lines = [f"{u}\t{i}\t{int(r)}\t{874965758 + n}" for n, (u, i, r) in enumerate(zip(users, items, ratings))]
     (folder / "u.data").write_text("\n".join([*lines, *extra_lines]) + "\n")
-    (folder / "u.item").write_text("".join(f"{i}|Synthetic film {i:03d} (2000)|01-Jan-2000||\n"
-                                           for i in range(1, n_items + 1)), encoding="latin-1")
+    (folder / "u.item").write_text(
+        "".join(f"{i}|Synthetic film {i:03d} (2000)|01-Jan-2000||\n" for i in range(1, n_items + 1)), encoding="latin-1"
+    )
     return folder
 
 

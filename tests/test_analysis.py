@@ -1,4 +1,5 @@
 """Using a trained model: recommendations, similar items, biases, fallbacks for unknown names, plots."""
+
 from __future__ import annotations
 
 import sys
@@ -6,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import make_ratings
+
 from mfscratch import CollabDataLoaders, collab_learner
 from mfscratch.analysis import FallbackWarning, Trained, item_pca, lookup, predict_named
 from mfscratch.errors import ConfigError
@@ -103,8 +104,9 @@ def test_biases_frame(learn):
 
 def test_saved_model_carries_seen_items(learn, tmp_path):
     d = learn.dls
-    path = save_model(tmp_path / "m.npz", learn.model, d.classes, "user", "item",
-                      extra=SeenItems.from_loaders(d).arrays())
+    path = save_model(
+        tmp_path / "m.npz", learn.model, d.classes, "user", "item", extra=SeenItems.from_loaders(d).arrays()
+    )
     t = Trained.load(path)
     user = d.classes["user"][4]
     assert t.recommend(user, 5).equals(learn.recommend(user, 5))
@@ -125,16 +127,20 @@ def test_learner_ranking(learn):
 
 
 def test_item_pca_shapes(learn):
-    names, coords = item_pca(learn.model, learn.dls.classes["item"], SeenItems.from_loaders(learn.dls).item_counts,
-                             n_top=20)
+    names, coords = item_pca(
+        learn.model, learn.dls.classes["item"], SeenItems.from_loaders(learn.dls).item_counts, n_top=20
+    )
     assert len(names) == 20 and coords.shape == (20, 2) and "#na#" not in names
     np.testing.assert_allclose(coords.mean(axis=0), 0, atol=1e-9)
 
 
 def test_plots_write_pngs(learn, tmp_path):
     pytest.importorskip("matplotlib")
-    for path in (learn.plot_losses(tmp_path / "a.png"), learn.plot_schedule(tmp_path / "b.png"),
-                 learn.plot_item_pca(tmp_path / "c.png", n=10)):
+    for path in (
+        learn.plot_losses(tmp_path / "a.png"),
+        learn.plot_schedule(tmp_path / "b.png"),
+        learn.plot_item_pca(tmp_path / "c.png", n=10),
+    ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,4 +1,5 @@
 """``mfscratch bench`` on tiny synthetic data: the rows, the JSON, the restrictions (not the timings)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ def test_bench_rows_json_and_torch_speedup(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert cli.main(["bench", *TINY, "--backend", "cpu", "--backend", "torch", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [(r["backend"], r["mode"]) for r in rows] == [("cpu", "exact"), ("cpu", "sparse"), ("cpu", "sparse-sgd1"),
-                                                         ("torch", "exact")]
+    assert [(r["backend"], r["mode"]) for r in rows] == [
+        ("cpu", "exact"),
+        ("cpu", "sparse"),
+        ("cpu", "sparse-sgd1"),
+        ("torch", "exact"),
+    ]
     for r in rows:
         assert list(r) == list(bench.KEYS)
         assert r["seconds_per_epoch"] > 0 and r["ratings_per_second"] > 0 and r["valid_mse"] > 0
@@ -56,7 +61,9 @@ def test_library_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("argv", [["--ratings", "100"], ["--backend", "gpu0", *TINY], ["--sizes", "x", "--plot", "p.png"]])
+@pytest.mark.parametrize(
+    "argv", [["--ratings", "100"], ["--backend", "gpu0", *TINY], ["--sizes", "x", "--plot", "p.png"]]
+)
 def test_bench_bad_settings_exit_2(argv, capsys):
     assert cli.main(["bench", *argv]) == 2
     assert capsys.readouterr().err.startswith("error:")

@@ -1,5 +1,6 @@
 """Checkpoints: a run stopped after an epoch and resumed ends with exactly the weights (bit for bit)
 and the recorder of an uninterrupted run, in the library and through ``mfscratch train``."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,8 +40,10 @@ FITS = {
     "one_cycle_adam": ({}, lambda l, **k: l.fit_one_cycle(3, 1e-2, wd=0.1, **k)),
     "constant_sgd_momentum": ({"opt_func": SGD(mom=0.9)}, lambda l, **k: l.fit(3, 0.05, **k)),
     # per-rating SGD on the parallel backend's blocks: the backend orders each epoch itself
-    "per_rating_blocks": ({"bs": 1, "opt_func": SGD, "sparse": True, "backend": "parallel"},
-                          lambda l, **k: l.fit_one_cycle(3, 0.05, wd=0.05, **k)),
+    "per_rating_blocks": (
+        {"bs": 1, "opt_func": SGD, "sparse": True, "backend": "parallel"},
+        lambda l, **k: l.fit_one_cycle(3, 0.05, wd=0.05, **k),
+    ),
 }
 
 
@@ -136,7 +139,9 @@ def test_cli_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
     monkeypatch.undo()
     monkeypatch.setenv("MFSCRATCH_DATA", str(tmp_path / "data"))
 
-    rc, out, err = run_cli(capsys, *ARGS, "--checkpoint", tmp_path / "ckpt", "--resume", "--save", tmp_path / "resumed.npz")
+    rc, out, err = run_cli(
+        capsys, *ARGS, "--checkpoint", tmp_path / "ckpt", "--resume", "--save", tmp_path / "resumed.npz"
+    )
     assert rc == 0, err
     a, _, _ = load_model(tmp_path / "straight.npz")
     b, _, _ = load_model(tmp_path / "resumed.npz")

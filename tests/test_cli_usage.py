@@ -1,4 +1,5 @@
 """The command line for any ratings file, the usage commands (recommend, similar, biases, predict) and cv."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_ratings
+
 from mfscratch.cli import main
 from mfscratch.io import load_model
 
@@ -22,11 +23,35 @@ def trained(tmp_path_factory):
     df["item"] = df["item"].str[4:].astype(int)
     df[["item", "rating", "user"]].to_csv(folder / "r.tsv", sep="\t", header=False, index=False)
     pd.DataFrame({"movie": range(25), "name": [f"Film {i} (2000)" for i in range(25)]}).to_csv(
-        folder / "items.csv", index=False)
+        folder / "items.csv", index=False
+    )
     model, report = folder / "m.npz", folder / "r.json"
-    rc = main(["train", "--ratings", str(folder / "r.tsv"), "--user-col", "2", "--item-col", "0",
-               "--rating-col", "1", "--items", str(folder / "items.csv"), "--item-key", "movie",
-               "--title-col", "name", *SMALL, "--save", str(model), "--json", str(report), "--ranking-k", "5"])
+    rc = main(
+        [
+            "train",
+            "--ratings",
+            str(folder / "r.tsv"),
+            "--user-col",
+            "2",
+            "--item-col",
+            "0",
+            "--rating-col",
+            "1",
+            "--items",
+            str(folder / "items.csv"),
+            "--item-key",
+            "movie",
+            "--title-col",
+            "name",
+            *SMALL,
+            "--save",
+            str(model),
+            "--json",
+            str(report),
+            "--ranking-k",
+            "5",
+        ]
+    )
     assert rc == 0
     return model, json.loads(report.read_text()), df
 
@@ -63,13 +88,16 @@ def test_unknown_user_is_a_note_not_a_crash(trained, capsys):
     assert "note: user 'nobody' is not in the training data" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--user-col", "0"], "only apply to --ratings"),
-    (["train", "--ratings", "missing.csv"], "missing.csv does not exist"),
-    (["train", "--ratings", "x.csv", "--data", "ml-100k"], "not both"),
-    (["train", "--data", "ml-1m", "--split", "u1"], "does not apply"),
-    (["similar", "--model", "missing.npz", "X"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--user-col", "0"], "only apply to --ratings"),
+        (["train", "--ratings", "missing.csv"], "missing.csv does not exist"),
+        (["train", "--ratings", "x.csv", "--data", "ml-100k"], "not both"),
+        (["train", "--data", "ml-1m", "--split", "u1"], "does not apply"),
+        (["similar", "--model", "missing.npz", "X"], "does not exist"),
+    ],
+)
 def test_errors_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -89,8 +117,12 @@ def test_train_on_ml100k_keeps_its_output(ml100k, capsys):
     out = captured.out
     assert "note: y_range (0.0, 5.5) derived from the ratings" in captured.err
     assert out.splitlines()[0].split() == ["epoch", "train_loss", "valid_loss", "time"]
-    for expected in ("epoch     train_loss  valid_loss", "EmbeddingDotBias(", "Highest learned item biases:",
-                     "Nearest to 'Silence of the Lambs, The (1991)'"):
+    for expected in (
+        "epoch     train_loss  valid_loss",
+        "EmbeddingDotBias(",
+        "Highest learned item biases:",
+        "Nearest to 'Silence of the Lambs, The (1991)'",
+    ):
         assert expected in out
 
 

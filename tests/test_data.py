@@ -1,4 +1,5 @@
 """Encoding, vocabularies and the split of ``CollabDataLoaders``; the cache folder of ``untar_data``."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,7 +27,9 @@ def test_codes_round_trip(ratings_df):
     got = pd.DataFrame({"user": users, "item": items, "rating": dls.train_ratings.astype(float)})
     want = ratings_df.astype({"rating": float})
     key = ["user", "item", "rating"]
-    pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    )
 
 
 def test_split_sizes_and_seed(ratings_df):

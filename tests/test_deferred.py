@@ -5,6 +5,7 @@ moments and the losses must equal the dense kernel's (float64: to ~1e-10 relativ
 few ulps). And the rounding must not depend on how an epoch is cut into calls: chunked and whole
 epochs agree bit for bit. Correctness only; the timings are in docs/speed.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,9 +37,29 @@ def _deferred_epoch(params, m, v, *common, cuts=()):
     bounds = [0, *cuts, n_steps]
     n_done = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
-        got = cpu.train_epoch_deferred(params, m, v, n_users, n_items, k, users, items, ratings,
-                                       order[a * bs : b * bs], bs, lrs[a:b], moms[a:b], step0 + a, *hyper,
-                                       losses[a:b], done_u, done_i, replay, step0, b == n_steps)
+        got = cpu.train_epoch_deferred(
+            params,
+            m,
+            v,
+            n_users,
+            n_items,
+            k,
+            users,
+            items,
+            ratings,
+            order[a * bs : b * bs],
+            bs,
+            lrs[a:b],
+            moms[a:b],
+            step0 + a,
+            *hyper,
+            losses[a:b],
+            done_u,
+            done_i,
+            replay,
+            step0,
+            b == n_steps,
+        )
         n_done += got
         if got < b - a or (got and not np.isfinite(losses[a + got - 1])):
             break
@@ -65,8 +86,29 @@ def _two_epochs(deferred, dtype, opt, wd=0.1, has_range=True, lr=1e-2, bs=16, n=
         lrs = np.linspace(lr, lr / 3, n_steps)
         moms = np.linspace(0.95, 0.85, n_steps)
         out = np.empty(n_steps)
-        common = (N_USERS, N_ITEMS, K, users, items, ratings, order, bs, lrs, moms, 3 + epoch * n_steps,
-                  is_adam, use_mom, 0.99, 1e-5, wd, True, 0.0, 5.5 if has_range else 1.0, has_range, out)
+        common = (
+            N_USERS,
+            N_ITEMS,
+            K,
+            users,
+            items,
+            ratings,
+            order,
+            bs,
+            lrs,
+            moms,
+            3 + epoch * n_steps,
+            is_adam,
+            use_mom,
+            0.99,
+            1e-5,
+            wd,
+            True,
+            0.0,
+            5.5 if has_range else 1.0,
+            has_range,
+            out,
+        )
         if deferred:
             n_done = _deferred_epoch(params, m, v, *common, cuts=cuts)
         else:
@@ -135,8 +177,7 @@ def test_chunked_divergence_stops_where_whole_epoch_does(opt):
 
 def _fit(opt_func, dtype, progress, backend="cpu", wd=0.1):
     dls = synthetic_dataloaders(n_ratings=3000, n_users=60, n_items=80, bs=16, seed=0)
-    learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), opt_func=opt_func, seed=0, log=None,
-                           backend=backend)
+    learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), opt_func=opt_func, seed=0, log=None, backend=backend)
     if dtype != np.float32:
         m = learn.model
         learn.model = EmbeddingDotBias(m.n_factors, m.n_users, m.n_items, m.y_range, params=m.params.astype(dtype))
@@ -193,8 +234,10 @@ def test_open_epoch_is_flushed_before_anything_reads_the_weights():
         assert got[2] == results[0][2]
 
 
-@pytest.mark.parametrize("opt_func, deferrable", [(Adam, True), (SGD, True), (lambda: SGD(mom=0.9), True),
-                                                   (lambda: Adam(decouple_wd=False), False)])
+@pytest.mark.parametrize(
+    "opt_func, deferrable",
+    [(Adam, True), (SGD, True), (lambda: SGD(mom=0.9), True), (lambda: Adam(decouple_wd=False), False)],
+)
 def test_backend_defers_only_without_l2_decay(opt_func, deferrable, monkeypatch):
     """Through the learner: defer_rows on and off give the same fit (L2 decay always runs dense)."""
     calls = []
@@ -235,8 +278,29 @@ def test_float32_segment_replay_is_as_close_to_float64_as_dense(step0):
     runs = {}
     for name, dtype in (("dense64", np.float64), ("dense32", np.float32), ("deferred32", np.float32)):
         p, m, v = (a.astype(dtype) for a in (params, m0, v0))
-        common = (n_users, n_items, k, users, items, ratings, order, bs, lrs, moms, step0, True, True, 0.99, 1e-5,
-                  0.1, True, 0.0, 5.5, True, np.empty(n // bs))
+        common = (
+            n_users,
+            n_items,
+            k,
+            users,
+            items,
+            ratings,
+            order,
+            bs,
+            lrs,
+            moms,
+            step0,
+            True,
+            True,
+            0.99,
+            1e-5,
+            0.1,
+            True,
+            0.0,
+            5.5,
+            True,
+            np.empty(n // bs),
+        )
         if name.startswith("dense"):
             cpu.train_epoch_dense(p, np.zeros_like(p), m, v, *common)
         else:

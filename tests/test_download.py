@@ -1,6 +1,7 @@
 """Downloads, against a local fake: checksum verified before use, a bad or partial download fetched
 once more, extraction confined to the target folder, nothing fetched when the data is present,
 and an offline error that says where to put the files. No test touches the network."""
+
 import dataclasses
 import hashlib
 import http.client

@@ -1,4 +1,5 @@
 """The hand-written backward pass against torch autograd, in float64 (to 1e-10 relative)."""
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +12,12 @@ TABLES = reference.TABLES
 
 def random_problem(seed, n_users=7, n_items=9, k=5, batch=12, scale=0.5):
     rng = np.random.default_rng(seed)
-    tables = {"u_weight": rng.normal(scale=scale, size=(n_users, k)), "i_weight": rng.normal(scale=scale, size=(n_items, k)),
-              "u_bias": rng.normal(scale=scale, size=(n_users, 1)), "i_bias": rng.normal(scale=scale, size=(n_items, 1))}
+    tables = {
+        "u_weight": rng.normal(scale=scale, size=(n_users, k)),
+        "i_weight": rng.normal(scale=scale, size=(n_items, k)),
+        "u_bias": rng.normal(scale=scale, size=(n_users, 1)),
+        "i_bias": rng.normal(scale=scale, size=(n_items, 1)),
+    }
     # Few users/items and a larger batch: rows repeat inside the batch, so gradients must accumulate.
     users = rng.integers(0, n_users, batch)
     items = rng.integers(0, n_items, batch)

@@ -1,5 +1,6 @@
 """The fast kernels against the NumPy reference: float32 dense updates, sparse (lazy) mode, the
 parallel twins, and the synthetic data generator. Correctness only; timings live in benchmarks/."""
+
 from __future__ import annotations
 
 import numba
@@ -64,16 +65,52 @@ def _problem(dtype=np.float32, n_ratings=400, seed=0):
     return users, items, ratings, model
 
 
-def _run_epoch(kernel, model, users, items, ratings, order, bs, is_adam, use_mom=True, wd=0.1, decouple_wd=True,
-               sparse=False, n_chunks=1, lr=1e-2, has_range=True):
+def _run_epoch(
+    kernel,
+    model,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    is_adam,
+    use_mom=True,
+    wd=0.1,
+    decouple_wd=True,
+    sparse=False,
+    n_chunks=1,
+    lr=1e-2,
+    has_range=True,
+):
     params = model.params.copy()
     m, v = np.zeros_like(params), np.zeros_like(params)
     n_steps = len(order) // bs
     lrs = np.linspace(lr, lr / 3, n_steps)
     moms = np.linspace(0.95, 0.85, n_steps)
     losses = np.empty(n_steps)
-    common = (N_USERS, N_ITEMS, K, users, items, ratings, order, bs, lrs, moms, 3, is_adam, use_mom, 0.99, 1e-5,
-              wd, decouple_wd, 0.0, 5.5 if has_range else 1.0, has_range, losses)
+    common = (
+        N_USERS,
+        N_ITEMS,
+        K,
+        users,
+        items,
+        ratings,
+        order,
+        bs,
+        lrs,
+        moms,
+        3,
+        is_adam,
+        use_mom,
+        0.99,
+        1e-5,
+        wd,
+        decouple_wd,
+        0.0,
+        5.5 if has_range else 1.0,
+        has_range,
+        losses,
+    )
     if sparse:
         n = kernel(params, m, v, *common, n_chunks)
     else:
@@ -87,8 +124,9 @@ def _tables(flat):
     return {"u_weight": uw, "i_weight": iw, "u_bias": ub[:, None], "i_bias": ib[:, None]}
 
 
-def _sparse_reference_epoch(model, users, items, ratings, order, bs, is_adam, use_mom=True, wd=0.1,
-                            decouple_wd=True, lr=1e-2, has_range=True):
+def _sparse_reference_epoch(
+    model, users, items, ratings, order, bs, is_adam, use_mom=True, wd=0.1, decouple_wd=True, lr=1e-2, has_range=True
+):
     """Sparse mode written with the NumPy reference: loss_and_grads, then lazy steps on the touched rows."""
     params = model.params.copy()
     m, v = np.zeros_like(params), np.zeros_like(params)
@@ -100,17 +138,31 @@ def _sparse_reference_epoch(model, users, items, ratings, order, bs, is_adam, us
     for s in range(n_steps):
         idx = order[s * bs : (s + 1) * bs]
         u, i = users[idx].astype(np.int64), items[idx].astype(np.int64)
-        loss, grads = reference.loss_and_grads(*(P[n] for n in reference.TABLES), u, i, ratings[idx],
-                                               (0.0, 5.5) if has_range else None)
+        loss, grads = reference.loss_and_grads(
+            *(P[n] for n in reference.TABLES), u, i, ratings[idx], (0.0, 5.5) if has_range else None
+        )
         losses.append(loss)
         for name in reference.TABLES:
             rows = u if name.startswith("u_") else i
             if is_adam:
-                reference.sparse_adam_step(P[name], grads[name], M[name], V[name], rows, 3 + s + 1, lrs[s], moms[s],
-                                           0.99, 1e-5, wd, decouple_wd)
+                reference.sparse_adam_step(
+                    P[name],
+                    grads[name],
+                    M[name],
+                    V[name],
+                    rows,
+                    3 + s + 1,
+                    lrs[s],
+                    moms[s],
+                    0.99,
+                    1e-5,
+                    wd,
+                    decouple_wd,
+                )
             else:
-                reference.sparse_sgd_step(P[name], grads[name], M[name], rows, lrs[s], moms[s] if use_mom else 0.0,
-                                          wd, decouple_wd)
+                reference.sparse_sgd_step(
+                    P[name], grads[name], M[name], rows, lrs[s], moms[s] if use_mom else 0.0, wd, decouple_wd
+                )
     return params, m, v, np.array(losses)
 
 
@@ -119,8 +171,13 @@ def test_sparse_epoch_matches_numpy_lazy_reference(opt):
     """float64 tables, so kernel and reference agree to ~1e-12 and any rule difference would show."""
     users, items, ratings, model = _problem(np.float64)
     order = np.random.default_rng(3).permutation(len(ratings))
-    kw = dict(is_adam=opt.startswith("adam"), use_mom=opt != "sgd", decouple_wd=opt != "adam_l2",
-              lr=1e-2 if opt.startswith("adam") else 0.3, has_range=opt != "adam_no_range")
+    kw = dict(
+        is_adam=opt.startswith("adam"),
+        use_mom=opt != "sgd",
+        decouple_wd=opt != "adam_l2",
+        lr=1e-2 if opt.startswith("adam") else 0.3,
+        has_range=opt != "adam_no_range",
+    )
     if not kw["has_range"]:
         model.params[:] *= 0.3  # keep the raw logits near the ratings' scale
     got = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, sparse=True, **kw)
@@ -176,8 +233,19 @@ def test_hogwild_chunks_train():
     """Hogwild! is not reproducible, but every step runs and the loss goes down."""
     users, items, ratings, model = _problem(n_ratings=2000)
     order = np.random.default_rng(8).permutation(len(ratings))
-    params, _, _, losses = _run_epoch(cpu.train_epoch_sparse_parallel, model, users, items, ratings, order, 16,
-                                      True, sparse=True, n_chunks=max(2, numba.get_num_threads()), lr=3e-2)
+    params, _, _, losses = _run_epoch(
+        cpu.train_epoch_sparse_parallel,
+        model,
+        users,
+        items,
+        ratings,
+        order,
+        16,
+        True,
+        sparse=True,
+        n_chunks=max(2, numba.get_num_threads()),
+        lr=3e-2,
+    )
     assert len(losses) == len(order) // 16 and np.isfinite(params).all()
     assert losses[-20:].mean() < losses[:20].mean()
 
@@ -187,8 +255,9 @@ def test_sparse_divergence_stops_before_the_update():
     model.params[0] = np.nan  # user 0's first factor
     first = int(np.flatnonzero(users == 0)[0]) // 16
     order = np.arange(len(ratings))
-    params, _, _, losses = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True,
-                                      sparse=True)
+    params, _, _, losses = _run_epoch(
+        cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True, sparse=True
+    )
     assert len(losses) == first + 1 and not np.isfinite(losses[-1])
 
 
@@ -203,8 +272,16 @@ def test_backends_are_registered():
 @pytest.mark.parametrize("opt", [Adam, SGD])
 def test_sparse_fit_on_synthetic_data_improves(backend, opt):
     dls = synthetic_dataloaders(6000, 60, 80, bs=32, seed=2)
-    learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, backend=backend, log=None,
-                           opt_func=opt if opt is Adam else SGD(mom=0.9))
+    learn = collab_learner(
+        dls,
+        n_factors=8,
+        y_range=(0.5, 5.5),
+        seed=0,
+        sparse=True,
+        backend=backend,
+        log=None,
+        opt_func=opt if opt is Adam else SGD(mom=0.9),
+    )
     start = learn.validate()
     learn.fit_one_cycle(3, 3e-2 if opt is Adam else 0.5, wd=0.01)
     assert learn.recorder.values[-1][1] < 0.8 * start
@@ -257,21 +334,51 @@ def test_sparse_prefetch_path_changes_nothing():
     a big user table and check the touched rows come out exactly as without prefetching."""
     users, items, ratings, model = _problem(np.float64)
     order = np.random.default_rng(9).permutation(len(ratings))
-    want, _, _, want_losses = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True,
-                                         sparse=True)
+    want, _, _, want_losses = _run_epoch(
+        cpu.train_epoch_sparse, model, users, items, ratings, order, 16, True, sparse=True
+    )
     n_big = cpu.PREFETCH_MIN_BYTES // (8 * (K + 1)) + 1000
     small = _tables(model.params)
     big = EmbeddingDotBias(K, n_big, N_ITEMS, y_range=(0.0, 5.5), dtype=np.float64)
     assert big.params.nbytes > cpu.PREFETCH_MIN_BYTES
     uw, iw, ub, ib = cpu.split_flat(big.params, n_big, N_ITEMS, K)
-    uw[:N_USERS], iw[:], ub[:N_USERS], ib[:] = small["u_weight"], small["i_weight"], small["u_bias"][:, 0], small["i_bias"][:, 0]
+    uw[:N_USERS], iw[:], ub[:N_USERS], ib[:] = (
+        small["u_weight"],
+        small["i_weight"],
+        small["u_bias"][:, 0],
+        small["i_bias"][:, 0],
+    )
     params = big.params.copy()
     m, v = np.zeros_like(params), np.zeros_like(params)
     n_steps = len(order) // 16
     losses = np.empty(n_steps)
-    cpu.train_epoch_sparse(params, m, v, n_big, N_ITEMS, K, users, items, ratings, order, 16,
-                           np.linspace(1e-2, 1e-2 / 3, n_steps), np.linspace(0.95, 0.85, n_steps), 3, True, True, 0.99,
-                           1e-5, 0.1, True, 0.0, 5.5, True, losses, 1)
+    cpu.train_epoch_sparse(
+        params,
+        m,
+        v,
+        n_big,
+        N_ITEMS,
+        K,
+        users,
+        items,
+        ratings,
+        order,
+        16,
+        np.linspace(1e-2, 1e-2 / 3, n_steps),
+        np.linspace(0.95, 0.85, n_steps),
+        3,
+        True,
+        True,
+        0.99,
+        1e-5,
+        0.1,
+        True,
+        0.0,
+        5.5,
+        True,
+        losses,
+        1,
+    )
     got_uw, got_iw, got_ub, got_ib = cpu.split_flat(params, n_big, N_ITEMS, K)
     w = _tables(want)
     np.testing.assert_array_equal(got_uw[:N_USERS], w["u_weight"])
@@ -305,16 +412,34 @@ def _layout(users, items, order, n_groups, user_group=None, item_group=None):
     return blocked, block_start
 
 
-def _per_rating_epoch(kernel, model, users, items, ratings, order, lr=0.3, wd=0.1, has_range=True, n_groups=1,
-                      lrs=None):
+def _per_rating_epoch(
+    kernel, model, users, items, ratings, order, lr=0.3, wd=0.1, has_range=True, n_groups=1, lrs=None
+):
     params = model.params.copy()
     lrs = np.linspace(lr, lr / 3, len(order)) if lrs is None else lrs
     losses = np.full(len(order), np.nan)
     block_start = np.array([0, len(order)])
     if n_groups > 1:
         order, block_start = _layout(users, items, order, n_groups)
-    n = kernel(params, N_USERS, N_ITEMS, K, users, items, ratings, order, block_start, n_groups, lrs, wd, True, 0.0,
-               5.5 if has_range else 1.0, has_range, losses)
+    n = kernel(
+        params,
+        N_USERS,
+        N_ITEMS,
+        K,
+        users,
+        items,
+        ratings,
+        order,
+        block_start,
+        n_groups,
+        lrs,
+        wd,
+        True,
+        0.0,
+        5.5 if has_range else 1.0,
+        has_range,
+        losses,
+    )
     return params, losses[:n]
 
 
@@ -330,8 +455,9 @@ def test_per_rating_sgd_matches_numpy_reference(decouple_wd, has_range):
     kw = dict(is_adam=False, use_mom=False, wd=0.1, decouple_wd=decouple_wd, lr=lr, has_range=has_range)
     want_params, _, _, want_losses = _sparse_reference_epoch(model, users, items, ratings, order, 1, **kw)
     for kernel in (cpu.train_epoch_sgd_per_rating, cpu.train_epoch_sgd_per_rating_parallel):
-        got_params, got_losses = _per_rating_epoch(kernel, model, users, items, ratings, order, lr=lr,
-                                                   has_range=has_range)
+        got_params, got_losses = _per_rating_epoch(
+            kernel, model, users, items, ratings, order, lr=lr, has_range=has_range
+        )
         np.testing.assert_allclose(got_params, want_params, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(got_losses, want_losses, rtol=1e-9, atol=1e-12)
     assert np.abs(want_params - model.params).max() > 1e-3  # it trained
@@ -341,8 +467,9 @@ def test_per_rating_sgd_float32_close_to_general_sparse_kernel():
     """float32: the fused kernel differs from the general one (bs = 1) by float32 rounding only."""
     users, items, ratings, model = _problem(np.float32, n_ratings=120)
     order = np.random.default_rng(5).permutation(len(ratings))
-    want = _run_epoch(cpu.train_epoch_sparse, model, users, items, ratings, order, 1, False, use_mom=False,
-                      sparse=True, lr=0.05)
+    want = _run_epoch(
+        cpu.train_epoch_sparse, model, users, items, ratings, order, 1, False, use_mom=False, sparse=True, lr=0.05
+    )
     got, losses = _per_rating_epoch(cpu.train_epoch_sgd_per_rating, model, users, items, ratings, order, lr=0.05)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want[0], rtol=1e-4, atol=1e-5)
@@ -357,7 +484,7 @@ def test_dot_rows_in_vector_chunks(k, dtype, rtol):
     flat = rng.standard_normal(5 * k + 3).astype(dtype)
     a, b = 3, 2 * k + 3  # unaligned starts, as rows in the flat buffer are
     got = cpu._dot_rows(flat, a, b, k)
-    want = np.dot(flat[a:a + k].astype(np.float64), flat[b:b + k].astype(np.float64))
+    want = np.dot(flat[a : a + k].astype(np.float64), flat[b : b + k].astype(np.float64))
     assert np.isclose(got, want, rtol=rtol, atol=rtol)
     assert cpu._dot_rows(flat, a, b, k) == got  # a fixed order of summation
 
@@ -374,11 +501,53 @@ def test_per_rating_float32_with_chunked_rows_close_to_general_sparse_kernel():
     lrs = np.full(n, 0.05)
     want, zeros = params.copy(), np.zeros_like(params)
     want_losses = np.empty(n)
-    cpu.train_epoch_sparse(want, zeros, zeros.copy(), n_users, n_items, k, users, items, ratings, order, 1, lrs,
-                           lrs, 0, False, False, 0.99, 1e-5, 0.1, True, 0.0, 5.5, True, want_losses, 1)
+    cpu.train_epoch_sparse(
+        want,
+        zeros,
+        zeros.copy(),
+        n_users,
+        n_items,
+        k,
+        users,
+        items,
+        ratings,
+        order,
+        1,
+        lrs,
+        lrs,
+        0,
+        False,
+        False,
+        0.99,
+        1e-5,
+        0.1,
+        True,
+        0.0,
+        5.5,
+        True,
+        want_losses,
+        1,
+    )
     got, got_losses = params.copy(), np.empty(n)
-    cpu.train_epoch_sgd_per_rating(got, n_users, n_items, k, users, items, ratings, order, np.array([0, n]), 1, lrs,
-                                   0.1, True, 0.0, 5.5, True, got_losses)
+    cpu.train_epoch_sgd_per_rating(
+        got,
+        n_users,
+        n_items,
+        k,
+        users,
+        items,
+        ratings,
+        order,
+        np.array([0, n]),
+        1,
+        lrs,
+        0.1,
+        True,
+        0.0,
+        5.5,
+        True,
+        got_losses,
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4, atol=1e-5)
     assert np.abs(got - params).max() > 1e-3  # it trained
@@ -405,7 +574,7 @@ def test_block_layout_strata_share_no_rows():
     for t in range(g):
         seen_users, seen_items = set(), set()
         for c in range(g):
-            rows = blocked[block_start[t * g + c]:block_start[t * g + c + 1]]
+            rows = blocked[block_start[t * g + c] : block_start[t * g + c + 1]]
             assert (user_group[users[rows]] == c).all() and (item_group[items[rows]] == (c + t) % g).all()
             where = np.flatnonzero(np.isin(order, rows))
             np.testing.assert_array_equal(order[where], rows)  # stable: the order's order
@@ -436,11 +605,45 @@ def test_sort_by_block_in_place_trains_like_the_layout(kernel):
         assert (user_group[su[rows]] == c).all() and (item_group[si[rows]] == (c + t) % g).all()
     lrs = np.array([0.2])
     got = model.params.copy()
-    kernel(got, N_USERS, N_ITEMS, K, su, si, sr, np.empty(0, dtype=np.int64), block_start, g, lrs, 0.1, True, 0.0,
-           5.5, True, np.empty(0))
+    kernel(
+        got,
+        N_USERS,
+        N_ITEMS,
+        K,
+        su,
+        si,
+        sr,
+        np.empty(0, dtype=np.int64),
+        block_start,
+        g,
+        lrs,
+        0.1,
+        True,
+        0.0,
+        5.5,
+        True,
+        np.empty(0),
+    )
     want = model.params.copy()
-    cpu.train_epoch_sgd_per_rating(want, N_USERS, N_ITEMS, K, su, si, sr, np.arange(len(su)),
-                                   np.array([0, len(su)]), 1, lrs, 0.1, True, 0.0, 5.5, True, np.empty(0))
+    cpu.train_epoch_sgd_per_rating(
+        want,
+        N_USERS,
+        N_ITEMS,
+        K,
+        su,
+        si,
+        sr,
+        np.arange(len(su)),
+        np.array([0, len(su)]),
+        1,
+        lrs,
+        0.1,
+        True,
+        0.0,
+        5.5,
+        True,
+        np.empty(0),
+    )
     np.testing.assert_array_equal(got, want)
 
 
@@ -453,8 +656,9 @@ def test_per_rating_blocks_are_the_serial_epoch_over_the_block_layout(kernel, n_
     lrs = np.linspace(0.3, 0.1, len(order))
     got, got_losses = _per_rating_epoch(kernel, model, users, items, ratings, order, n_groups=n_groups, lrs=lrs)
     blocked, _ = _layout(users, items, order, n_groups)
-    want, want_losses = _per_rating_epoch(cpu.train_epoch_sgd_per_rating, model, users, items, ratings, blocked,
-                                          lrs=lrs)
+    want, want_losses = _per_rating_epoch(
+        cpu.train_epoch_sgd_per_rating, model, users, items, ratings, blocked, lrs=lrs
+    )
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_losses, want_losses)
 
@@ -463,12 +667,29 @@ def test_per_rating_one_lr_and_no_losses():
     """A single lr stands for every step, and an empty losses array records nothing: same weights."""
     users, items, ratings, model = _problem(np.float32)
     order = np.random.default_rng(7).permutation(len(ratings))
-    want, _ = _per_rating_epoch(cpu.train_epoch_sgd_per_rating, model, users, items, ratings, order,
-                                lrs=np.full(len(order), 0.2))
+    want, _ = _per_rating_epoch(
+        cpu.train_epoch_sgd_per_rating, model, users, items, ratings, order, lrs=np.full(len(order), 0.2)
+    )
     params = model.params.copy()
-    n = cpu.train_epoch_sgd_per_rating(params, N_USERS, N_ITEMS, K, users, items, ratings, order,
-                                       np.array([0, len(order)]), 1, np.array([0.2]), 0.1, True, 0.0, 5.5, True,
-                                       np.empty(0))
+    n = cpu.train_epoch_sgd_per_rating(
+        params,
+        N_USERS,
+        N_ITEMS,
+        K,
+        users,
+        items,
+        ratings,
+        order,
+        np.array([0, len(order)]),
+        1,
+        np.array([0.2]),
+        0.1,
+        True,
+        0.0,
+        5.5,
+        True,
+        np.empty(0),
+    )
     assert n == len(order)
     np.testing.assert_array_equal(params, want)
 
@@ -478,8 +699,9 @@ def test_per_rating_divergence_stops_before_the_update(n_groups):
     users, items, ratings, model = _problem(np.float64)
     model.params[:] *= 1e200  # the first dot product overflows to inf
     order = np.arange(len(ratings))
-    params, losses = _per_rating_epoch(cpu.train_epoch_sgd_per_rating_parallel, model, users, items, ratings,
-                                       order, n_groups=n_groups)
+    params, losses = _per_rating_epoch(
+        cpu.train_epoch_sgd_per_rating_parallel, model, users, items, ratings, order, n_groups=n_groups
+    )
     assert len(losses) < len(order) and not np.isfinite(losses[-1])
 
 
@@ -515,8 +737,9 @@ def test_parallel_per_rating_epoch_order_and_progress_chunks(monkeypatch):
     dls = synthetic_dataloaders(3000, 60, 40, bs=1, seed=1)
     results = []
     for progress in (False, True, False):
-        learn = collab_learner(dls, n_factors=20, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD,
-                               backend="parallel", log=None)
+        learn = collab_learner(
+            dls, n_factors=20, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend="parallel", log=None
+        )
         learn.progress = progress
         learn.fit_one_cycle(2, 0.05, wd=0.05)
         results.append((learn.model.params.copy(), learn.recorder.values, learn.recorder.losses))
@@ -537,8 +760,9 @@ def test_per_rating_sgd_through_the_learner(backend, monkeypatch):
     assert per_rating_sgd(SGD(), 1) and not per_rating_sgd(SGD(), 2) and not per_rating_sgd(SGD(mom=0.9), 1)
     assert not per_rating_sgd(Adam(), 1)
     dls = synthetic_dataloaders(3000, 60, 40, bs=1, seed=1)
-    learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD,
-                           backend=backend, log=None)
+    learn = collab_learner(
+        dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend=backend, log=None
+    )
     calls = []
     kernel = learn.backend._per_rating_epoch
     monkeypatch.setattr(learn.backend, "_per_rating_epoch", lambda *a: calls.append(a[9]) or kernel(*a))
@@ -555,8 +779,24 @@ def test_documented_per_rating_setting_on_ml100k(ml100k, tmp_path):
     from mfscratch import cli
 
     out = tmp_path / "run.json"
-    argv = ["train", "--mode", "sparse", "--optimizer", "sgd", "--bs", "1", "--lr", "0.02", "--wd", "0.08",
-            "--epochs", "12", "--quiet", "--json", str(out)]
+    argv = [
+        "train",
+        "--mode",
+        "sparse",
+        "--optimizer",
+        "sgd",
+        "--bs",
+        "1",
+        "--lr",
+        "0.02",
+        "--wd",
+        "0.08",
+        "--epochs",
+        "12",
+        "--quiet",
+        "--json",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     assert json.loads(out.read_text())["epochs"][-1]["valid_loss"] <= 0.82
 

@@ -1,4 +1,5 @@
 """Ranking metrics and the top-k kernel, checked against hand-worked values and plain NumPy."""
+
 from __future__ import annotations
 
 import math

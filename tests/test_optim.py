@@ -1,4 +1,5 @@
 """One optimiser step (reference and compiled) against torch.optim and the contract's formulas."""
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +84,7 @@ def test_float32_update_matches_float64_to_rounding():
     ref = p0.copy()
     cpu.adam_update_dense(ref, g.copy(), m0.copy(), v0.copy(), 5e-3, 0.9, 0.99, 1e-5, 0.1, True, 3)
     p32 = p0.astype(np.float32)
-    cpu.adam_update_dense(p32, g.astype(np.float32), m0.astype(np.float32), v0.astype(np.float32),
-                          5e-3, 0.9, 0.99, 1e-5, 0.1, True, 3)
+    cpu.adam_update_dense(
+        p32, g.astype(np.float32), m0.astype(np.float32), v0.astype(np.float32), 5e-3, 0.9, 0.99, 1e-5, 0.1, True, 3
+    )
     np.testing.assert_allclose(p32, ref, rtol=1e-5, atol=1e-6)

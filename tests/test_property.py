@@ -7,6 +7,7 @@ The structure is drawn by hypothesis; the bulk of the rows comes from a NumPy ge
 hypothesis, so that examples stay cheap and still shrink. ``MFSCRATCH_PROPERTY_EXAMPLES`` raises
 the number of examples for a longer local search (CI runs 30, derandomised so that runs repeat).
 """
+
 import os
 import warnings
 
@@ -46,16 +47,23 @@ def problems(draw):
     lo = draw(st.sampled_from([0.0, 1.0, -10.0, 0.5]))
     hi = lo + draw(st.sampled_from([4.0, 0.5, 100.0]))
     return {
-        "seed": draw(st.integers(0, 2**32 - 1)), "edge": edge,
-        "user_kind": "mixed" if edge == "mixed_ids" else draw(kinds), "item_kind": draw(kinds),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "edge": edge,
+        "user_kind": "mixed" if edge == "mixed_ids" else draw(kinds),
+        "item_kind": draw(kinds),
         "n_users": 1 if edge == "one_user" else draw(st.integers(2, 8)),
         "n_items": 1 if edge == "one_item" else draw(st.integers(2, 8)),
         "n_rows": 0 if edge == "empty" else draw(st.integers(4, 80)),
-        "lo": lo, "hi": hi, "integer_ratings": draw(st.booleans()), "nan_rating": edge == "nan_rating",
+        "lo": lo,
+        "hi": hi,
+        "integer_ratings": draw(st.booleans()),
+        "nan_rating": edge == "nan_rating",
         # y_range usually a little wider than the data (as (0, 5.5) for 1-5 stars), sometimes narrower.
         "margin": draw(st.sampled_from([0.5, 0.0, -0.1])),
-        "bs": draw(st.integers(1, 16)), "valid_pct": draw(st.sampled_from([0.2, 0.0, 0.5])),
-        "n_factors": draw(st.integers(1, 4)), "lr": draw(st.sampled_from([1e-2, 1e-3, 1e-1])),
+        "bs": draw(st.integers(1, 16)),
+        "valid_pct": draw(st.sampled_from([0.2, 0.0, 0.5])),
+        "n_factors": draw(st.integers(1, 4)),
+        "lr": draw(st.sampled_from([1e-2, 1e-3, 1e-1])),
     }
 
 
@@ -70,15 +78,22 @@ def build_table(p) -> pd.DataFrame:
     if p["nan_rating"] and n:
         ratings[rng.integers(n)] = np.nan
     # Drawing rows with replacement gives duplicate (user, item) pairs whenever rows outnumber pairs.
-    return pd.DataFrame({
-        "user": pd.Series([users[j] for j in rng.integers(0, len(users), n)], dtype=object),
-        "item": pd.Series([items[j] for j in rng.integers(0, len(items), n)], dtype=object),
-        "rating": ratings,
-    }).infer_objects()
+    return pd.DataFrame(
+        {
+            "user": pd.Series([users[j] for j in rng.integers(0, len(users), n)], dtype=object),
+            "item": pd.Series([items[j] for j in rng.integers(0, len(items), n)], dtype=object),
+            "rating": ratings,
+        }
+    ).infer_objects()
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 30, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 30,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(problems())
 def test_fit_and_predict_give_a_clean_error_or_finite_predictions_in_range(tmp_path_factory, p):
     df = build_table(p)

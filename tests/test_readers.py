@@ -3,16 +3,25 @@
 MovieLens-shaped folders here are synthetic (a few made-up rows in each set's own format), never
 copies of the real data; the real ML-100k is used only through the ``ml100k`` fixture.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_ratings
+
 from mfscratch.errors import DataError
-from mfscratch.readers import (ML100K_SPLITS, attach_titles, default_y_range, loaders_from_split, read_items,
-                               read_ml100k_split, read_movielens, read_ratings)
+from mfscratch.readers import (
+    ML100K_SPLITS,
+    attach_titles,
+    default_y_range,
+    loaders_from_split,
+    read_items,
+    read_ml100k_split,
+    read_movielens,
+    read_ratings,
+)
 
 
 @pytest.fixture
@@ -83,7 +92,8 @@ def test_items_join_suffixes_shared_titles(tmp_path):
     pd.DataFrame({"u": [1, 1, 2, 2], "m": [10, 11, 12, 99], "r": [5, 4, 3, 2]}).to_csv(ratings, index=False)
     items = tmp_path / "movies.tsv"
     pd.DataFrame({"id": [10, 11, 12], "name": ["Emma (1996)", "Emma (1996)", "Heat (1995)"]}).to_csv(
-        items, sep="\t", index=False)
+        items, sep="\t", index=False
+    )
     t = attach_titles(read_ratings(ratings, "u", "m", "r"), read_items(items, "id", "name"))
     assert t.item == "title"
     assert t.df["title"].tolist() == ["Emma (1996) [id 10]", "Emma (1996) [id 11]", "Heat (1995)", "99"]
@@ -100,13 +110,16 @@ def test_items_join_without_any_match(tmp_path):
         attach_titles(read_ratings(ratings, "u", "m", "r"), read_items(items, "id", "name"), items_source="i.csv")
 
 
-@pytest.mark.parametrize("ratings,expected", [
-    ([1, 2, 5], (0.0, 5.5)),
-    ([0.5, 3.5, 5.0], (0.0, 5.5)),
-    ([1, 10], (0.0, 11.0)),
-    ([-10, 10], (-12.0, 12.0)),
-    ([0, 0], (-1.0, 1.0)),
-])
+@pytest.mark.parametrize(
+    "ratings,expected",
+    [
+        ([1, 2, 5], (0.0, 5.5)),
+        ([0.5, 3.5, 5.0], (0.0, 5.5)),
+        ([1, 10], (0.0, 11.0)),
+        ([-10, 10], (-12.0, 12.0)),
+        ([0, 0], (-1.0, 1.0)),
+    ],
+)
 def test_default_y_range(ratings, expected):
     assert default_y_range(ratings) == pytest.approx(expected)
 
@@ -117,8 +130,9 @@ def test_ml1m_format(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n")
     # latin-1 titles, one with a colon inside
-    (folder / "movies.dat").write_bytes("10::Amélie (2001)::Comedy\n20::Star Wars: Episode IV (1977)::Sci-Fi\n"
-                                        .encode("latin-1"))
+    (folder / "movies.dat").write_bytes(
+        "10::Amélie (2001)::Comedy\n20::Star Wars: Episode IV (1977)::Sci-Fi\n".encode("latin-1")
+    )
     monkeypatch.setenv("MFSCRATCH_DATA", str(tmp_path))
     t = read_movielens("ml-1m")
     assert (t.user, t.item, t.rating) == ("user", "title", "rating")
@@ -130,10 +144,13 @@ def test_ml1m_format(tmp_path, monkeypatch):
 def test_csv_sets_format(tmp_path, monkeypatch):
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
-    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,0.5,964981247\n"
-                                        "2,2,5.0,964982224\n")
-    (folder / "movies.csv").write_text('movieId,title,genres\n1,"Emma (1996)",Comedy\n2,"Emma (1996)",Drama\n'
-                                       '3,"Heat, The (1995)",Action\n', encoding="utf-8")
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,0.5,964981247\n2,2,5.0,964982224\n"
+    )
+    (folder / "movies.csv").write_text(
+        'movieId,title,genres\n1,"Emma (1996)",Comedy\n2,"Emma (1996)",Drama\n3,"Heat, The (1995)",Action\n',
+        encoding="utf-8",
+    )
     monkeypatch.setenv("MFSCRATCH_DATA", str(tmp_path))
     t = read_movielens("ml-latest-small")
     assert t.df["title"].tolist() == ["Emma (1996) [id 1]", "Heat, The (1995)", "Emma (1996) [id 2]"]

@@ -1,5 +1,6 @@
 """Bad ratings data and bad settings: each stops with one line naming the column or setting and what
 to do, before any work starts, in the library (DataError/ConfigError) and in the CLI (exit 2)."""
+
 import math
 import os
 import subprocess
@@ -23,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small_df(n=60, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"user": rng.integers(0, 6, n), "item": rng.integers(0, 8, n),
-                         "rating": rng.integers(1, 6, n).astype(float)}).drop_duplicates(["user", "item"])
+    return pd.DataFrame(
+        {"user": rng.integers(0, 6, n), "item": rng.integers(0, 8, n), "rating": rng.integers(1, 6, n).astype(float)}
+    ).drop_duplicates(["user", "item"])
 
 
 def one_line(excinfo, *fragments):
@@ -125,8 +127,9 @@ def test_mixed_id_kinds_are_a_clean_error(ids):
 
 
 def test_ids_mixed_after_astype_str_work():
-    df = pd.DataFrame({"user": pd.Series([1, "a", 2, "b"] * 5, dtype=object), "item": list(range(20)),
-                       "rating": [3.0] * 20})
+    df = pd.DataFrame(
+        {"user": pd.Series([1, "a", 2, "b"] * 5, dtype=object), "item": list(range(20)), "rating": [3.0] * 20}
+    )
     df["user"] = df["user"].astype(str)
     dls = CollabDataLoaders.from_df(df, seed=0)
     assert list(dls.classes["user"]) == ["#na#", "1", "2", "a", "b"]
@@ -179,30 +182,57 @@ def dls():
     return CollabDataLoaders.from_df(small_df(200), seed=0, bs=16)
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"n_factors": 0}, "n_factors"), ({"n_factors": -3}, "n_factors"), ({"n_factors": 2.5}, "n_factors"),
-    ({"n_factors": True}, "n_factors"), ({"n_factors": float("nan")}, "n_factors"), ({"n_factors": "50"}, "n_factors"),
-    ({"y_range": (5, 1)}, "lo < hi"), ({"y_range": (1, 1)}, "lo < hi"), ({"y_range": (0, math.inf)}, "finite"),
-    ({"y_range": (math.nan, 5)}, "y_range"), ({"y_range": (1, 2, 3)}, "pair"), ({"y_range": 5}, "pair"),
-    ({"lr": 0}, "lr"), ({"lr": -1e-3}, "lr"), ({"lr": math.nan}, "lr"), ({"lr": math.inf}, "lr"),
-    ({"wd": -0.1}, "wd"), ({"opt_func": "rmsprop"}, "optimiser"), ({"backend": "tpu"}, "backend"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"n_factors": 0}, "n_factors"),
+        ({"n_factors": -3}, "n_factors"),
+        ({"n_factors": 2.5}, "n_factors"),
+        ({"n_factors": True}, "n_factors"),
+        ({"n_factors": float("nan")}, "n_factors"),
+        ({"n_factors": "50"}, "n_factors"),
+        ({"y_range": (5, 1)}, "lo < hi"),
+        ({"y_range": (1, 1)}, "lo < hi"),
+        ({"y_range": (0, math.inf)}, "finite"),
+        ({"y_range": (math.nan, 5)}, "y_range"),
+        ({"y_range": (1, 2, 3)}, "pair"),
+        ({"y_range": 5}, "pair"),
+        ({"lr": 0}, "lr"),
+        ({"lr": -1e-3}, "lr"),
+        ({"lr": math.nan}, "lr"),
+        ({"lr": math.inf}, "lr"),
+        ({"wd": -0.1}, "wd"),
+        ({"opt_func": "rmsprop"}, "optimiser"),
+        ({"backend": "tpu"}, "backend"),
+    ],
+)
 def test_bad_learner_settings(dls, kwargs, fragment):
     with pytest.raises(ConfigError) as e:
         collab_learner(dls, **{"y_range": (0, 5.5), "log": None, **kwargs})
     one_line(e, fragment)
 
 
-@pytest.mark.parametrize("call, fragment", [
-    (lambda l: l.fit(0, 1e-2), "n_epoch"), (lambda l: l.fit(1.5, 1e-2), "n_epoch"), (lambda l: l.fit(-1), "n_epoch"),
-    (lambda l: l.fit(1, 0.0), "lr"), (lambda l: l.fit(1, -1.0), "lr"), (lambda l: l.fit(1, math.nan), "lr"),
-    (lambda l: l.fit(1, 1e-2, wd=-1), "wd"), (lambda l: l.fit_one_cycle(0, 1e-2), "n_epoch"),
-    (lambda l: l.fit_one_cycle(2, -5e-3), "lr"), (lambda l: l.fit_one_cycle(2, 5e-3, wd=math.inf), "wd"),
-    (lambda l: l.fit_one_cycle(2, 5e-3, div=0), "div"), (lambda l: l.fit_one_cycle(2, 5e-3, div_final=-1), "div_final"),
-    (lambda l: l.fit_one_cycle(2, 5e-3, pct_start=1.5), "pct_start"),
-    (lambda l: l.fit_one_cycle(2, 5e-3, moms=(0.9,)), "moms"), (lambda l: l.fit_one_cycle(2, 5e-3, moms=(0.9, 1.2, 0.9)), "moms"),
-    (lambda l: l.fit(2, 1e-2, start_epoch=3), "start_epoch"),
-])
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda l: l.fit(0, 1e-2), "n_epoch"),
+        (lambda l: l.fit(1.5, 1e-2), "n_epoch"),
+        (lambda l: l.fit(-1), "n_epoch"),
+        (lambda l: l.fit(1, 0.0), "lr"),
+        (lambda l: l.fit(1, -1.0), "lr"),
+        (lambda l: l.fit(1, math.nan), "lr"),
+        (lambda l: l.fit(1, 1e-2, wd=-1), "wd"),
+        (lambda l: l.fit_one_cycle(0, 1e-2), "n_epoch"),
+        (lambda l: l.fit_one_cycle(2, -5e-3), "lr"),
+        (lambda l: l.fit_one_cycle(2, 5e-3, wd=math.inf), "wd"),
+        (lambda l: l.fit_one_cycle(2, 5e-3, div=0), "div"),
+        (lambda l: l.fit_one_cycle(2, 5e-3, div_final=-1), "div_final"),
+        (lambda l: l.fit_one_cycle(2, 5e-3, pct_start=1.5), "pct_start"),
+        (lambda l: l.fit_one_cycle(2, 5e-3, moms=(0.9,)), "moms"),
+        (lambda l: l.fit_one_cycle(2, 5e-3, moms=(0.9, 1.2, 0.9)), "moms"),
+        (lambda l: l.fit(2, 1e-2, start_epoch=3), "start_epoch"),
+    ],
+)
 def test_bad_fit_settings_are_rejected_before_any_work(dls, call, fragment):
     learn = collab_learner(dls, n_factors=3, y_range=(0, 5.5), seed=0, log=None)
     before = learn.model.params.copy()
@@ -221,14 +251,30 @@ def test_bad_batch_size():
 
 # --- settings and data: CLI ---------------------------------------------------------------------
 BAD_ARGS = [
-    (["--factors", "0"], "--factors"), (["--factors", "abc"], "--factors"), (["--bs", "0"], "--bs"),
-    (["--bs", "-3"], "--bs"), (["--epochs", "0"], "--epochs"), (["--epochs", "1.5"], "--epochs"),
-    (["--lr", "0"], "--lr"), (["--lr", "-1e-3"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
-    (["--wd", "-1"], "--wd"), (["--valid-pct", "1"], "--valid-pct"), (["--y-range", "5", "1"], "LO < HI"),
-    (["--y-range", "1", "1"], "LO < HI"), (["--y-range", "0", "inf"], "LO < HI"), (["--y-range", "nan", "5"], "LO < HI"),
-    (["--optimizer", "rmsprop"], "--optimizer"), (["--mode", "fast"], "--mode"), (["--backend", "tpu"], "--backend"),
-    (["--resume"], "--checkpoint"), (["--save", "{tmp}"], "not a folder"), (["--save", "{tmp}/file.txt/m.npz"], "is a file"),
-    (["--json", "{tmp}/file.txt/r.json"], "is a file"), (["--checkpoint", "{tmp}/file.txt"], "expected a folder"),
+    (["--factors", "0"], "--factors"),
+    (["--factors", "abc"], "--factors"),
+    (["--bs", "0"], "--bs"),
+    (["--bs", "-3"], "--bs"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "1.5"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-3"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--wd", "-1"], "--wd"),
+    (["--valid-pct", "1"], "--valid-pct"),
+    (["--y-range", "5", "1"], "LO < HI"),
+    (["--y-range", "1", "1"], "LO < HI"),
+    (["--y-range", "0", "inf"], "LO < HI"),
+    (["--y-range", "nan", "5"], "LO < HI"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--mode", "fast"], "--mode"),
+    (["--backend", "tpu"], "--backend"),
+    (["--resume"], "--checkpoint"),
+    (["--save", "{tmp}"], "not a folder"),
+    (["--save", "{tmp}/file.txt/m.npz"], "is a file"),
+    (["--json", "{tmp}/file.txt/r.json"], "is a file"),
+    (["--checkpoint", "{tmp}/file.txt"], "expected a folder"),
 ]
 
 
@@ -270,8 +316,9 @@ def test_cli_bad_rating_in_the_file(fake_data, capsys):
 
 def test_cli_warnings_are_one_line(fake_data, capsys):
     write_fake_ml100k(fake_data, n_ratings=800, extra_lines=["1\t1\t9\t874965758", "1\t1\t4\t874965759"])
-    rc, out, err = run_cli(capsys, "train", "--quiet", "--epochs", "1", "--bs", "32", "--factors", "4",
-                           "--y-range", "0", "5.5")
+    rc, out, err = run_cli(
+        capsys, "train", "--quiet", "--epochs", "1", "--bs", "32", "--factors", "4", "--y-range", "0", "5.5"
+    )
     assert rc == 0, err
     lines = err.strip().splitlines()
     assert lines and all(line.startswith("warning: ") for line in lines), err
@@ -281,7 +328,13 @@ def test_cli_warnings_are_one_line(fake_data, capsys):
 def test_cli_subprocess_exit_code_2():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for args, fragment in ((["--epochs", "0"], "--epochs"), (["--y-range", "5", "1"], "LO < HI")):
-        proc = subprocess.run([sys.executable, "-m", "mfscratch", "train", *args], capture_output=True, text=True,
-                              env=env, cwd=REPO, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mfscratch", "train", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         assert_one_line_error(proc.stderr, fragment)

@@ -1,6 +1,7 @@
 """Files that never lie: model files are refused cleanly when missing, truncated, foreign or damaged
 (never unpickled); ``--save`` is atomic; a diverging run stops with a clear message and leaves the
 saved model alone."""
+
 import os
 import stat
 from pathlib import Path
@@ -122,22 +123,25 @@ def rewrite(path, **changes):
     np.savez(path, **arrays)
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    ({"version": np.array(FORMAT_VERSION + 1)}, "format version 2"),
-    ({"version": np.array("1")}, "format version None"),
-    ({"version": None}, "format version None"),
-    ({"format": np.array("something-else")}, "not an mfscratch model"),
-    ({"i_bias": None}, "lacks"),
-    ({"u_weight": np.zeros((6, 5), np.float32)}, "inconsistent table shapes"),
-    ({"i_bias": np.zeros(7, np.float32)}, "inconsistent table shapes"),
-    ({"u_weight": np.zeros(24, np.float32)}, "inconsistent table shapes"),
-    ({"u_weight": np.zeros((6, 4), np.int64)}, "not floats"),
-    ({"i_weight": np.full((7, 4), np.nan, np.float32)}, "NaN or infinite"),
-    ({"y_range": np.array([5.0, 1.0])}, "bad y_range"),
-    ({"y_range": np.array([1.0])}, "bad y_range"),
-    ({"user_vocab": np.arange(3)}, "do not match the tables"),
-    ({"user_vocab": np.zeros((5, 2))}, "bad user vocabulary"),
-])
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"version": np.array(FORMAT_VERSION + 1)}, "format version 2"),
+        ({"version": np.array("1")}, "format version None"),
+        ({"version": None}, "format version None"),
+        ({"format": np.array("something-else")}, "not an mfscratch model"),
+        ({"i_bias": None}, "lacks"),
+        ({"u_weight": np.zeros((6, 5), np.float32)}, "inconsistent table shapes"),
+        ({"i_bias": np.zeros(7, np.float32)}, "inconsistent table shapes"),
+        ({"u_weight": np.zeros(24, np.float32)}, "inconsistent table shapes"),
+        ({"u_weight": np.zeros((6, 4), np.int64)}, "not floats"),
+        ({"i_weight": np.full((7, 4), np.nan, np.float32)}, "NaN or infinite"),
+        ({"y_range": np.array([5.0, 1.0])}, "bad y_range"),
+        ({"y_range": np.array([1.0])}, "bad y_range"),
+        ({"user_vocab": np.arange(3)}, "do not match the tables"),
+        ({"user_vocab": np.zeros((5, 2))}, "bad user vocabulary"),
+    ],
+)
 def test_wrong_contents(model_file, changes, fragment):
     path, _ = model_file
     rewrite(path, **changes)
@@ -197,8 +201,23 @@ def test_cli_divergence_keeps_the_existing_save_file(tmp_path, monkeypatch, caps
     assert rc == 0, err
     before = save.read_bytes()
     report = tmp_path / "report.json"
-    rc, _, err = run_cli(capsys, "train", "--quiet", "--epochs", "2", "--factors", "4", "--bs", "32", "--lr", "1e6",
-                         "--save", save, "--json", report)
+    rc, _, err = run_cli(
+        capsys,
+        "train",
+        "--quiet",
+        "--epochs",
+        "2",
+        "--factors",
+        "4",
+        "--bs",
+        "32",
+        "--lr",
+        "1e6",
+        "--save",
+        save,
+        "--json",
+        report,
+    )
     assert rc == 2
     assert_one_line_error(err, "diverged at epoch 0", "learning rate")
     assert save.read_bytes() == before and not report.exists()

@@ -1,4 +1,5 @@
 """fastai's one-cycle values at the first, middle and last step, against the contract's formula."""
+
 import math
 
 import numpy as np
@@ -41,8 +42,13 @@ def test_constant():
     assert np.all(lrs == 1e-2) and np.all(moms == 0.9)
 
 
-@pytest.mark.parametrize("fn", [lambda n, a=0, b=None: schedule.one_cycle(n, 5e-3, start=a, stop=b),
-                                lambda n, a=0, b=None: schedule.constant(n, 1e-2, 0.9, a, b)])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda n, a=0, b=None: schedule.one_cycle(n, 5e-3, start=a, stop=b),
+        lambda n, a=0, b=None: schedule.constant(n, 1e-2, 0.9, a, b),
+    ],
+)
 def test_a_slice_of_the_schedule_is_the_same_steps_of_the_whole(fn):
     """The learner asks for one epoch's steps at a time: the same bits as slicing the whole schedule."""
     total = 1250 * 5 + 3

@@ -1,4 +1,5 @@
 """The fastai book's recipe on the real ML-100k (MFSCRATCH_DATA), and determinism."""
+
 import json
 import subprocess
 import sys
@@ -35,8 +36,7 @@ SEED_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.realdata
 def test_seed_script_runs_verbatim(ml100k, tmp_path):
-    out = subprocess.run([sys.executable, "-c", SEED_SCRIPT], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", SEED_SCRIPT], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "Embedding(944, 50)" in out.stdout and "Embedding(1665, 1)" in out.stdout
     valid = float(out.stdout.split("VALID")[-1])
@@ -61,7 +61,9 @@ def test_cli_train_seed_recipe(ml100k, tmp_path, capsys):
     report2 = tmp_path / "r2.json"
     assert main(["train", "--json", str(report2), "--quiet"]) == 0
     r2 = json.loads(report2.read_text())
-    assert [(e["train_loss"], e["valid_loss"]) for e in r2["epochs"]] == [(e["train_loss"], e["valid_loss"]) for e in r["epochs"]]
+    assert [(e["train_loss"], e["valid_loss"]) for e in r2["epochs"]] == [
+        (e["train_loss"], e["valid_loss"]) for e in r["epochs"]
+    ]
 
 
 def test_same_seed_same_numbers(ratings_df):

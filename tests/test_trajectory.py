@@ -3,6 +3,7 @@
 Both start from the same weights and see the same batches (the learner's own batch-order RNG is
 copied before the fit); after 200 steps every table must agree within 1e-4 max-abs in float32.
 """
+
 import copy
 
 import numpy as np
@@ -55,9 +56,23 @@ def test_trajectory_matches_pytorch(case):
     for epoch in range(2):
         order = rng.permutation(dls.n_train)
         sl = slice(epoch * 100, (epoch + 1) * 100)
-        losses.extend(torch_loop.train_steps(model, optimizer, dls.train_users, dls.train_items, dls.train_ratings,
-                                             order, 64, lrs[sl], moms[sl], opt.name, kw["wd"], opt.decouple_wd,
-                                             opt.uses_momentum))
+        losses.extend(
+            torch_loop.train_steps(
+                model,
+                optimizer,
+                dls.train_users,
+                dls.train_items,
+                dls.train_ratings,
+                order,
+                64,
+                lrs[sl],
+                moms[sl],
+                opt.name,
+                kw["wd"],
+                opt.decouple_wd,
+                opt.uses_momentum,
+            )
+        )
     want = model.tables()
     for name, got in learn.model.tables().items():
         assert np.abs(got - want[name]).max() < 1e-4, (name, np.abs(got - want[name]).max())

@@ -23,6 +23,7 @@ is Hogwild!. Sparse plain SGD with batches of one rating has its own fused kerne
 Why the kernels look the way they do (float32 scalars, ``error_model``, one
 ``reassoc`` flag, prefetching): ``docs/speed.md``.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,8 @@ import types
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types as nbtypes
+from numba import njit, prange
+from numba import types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -109,8 +111,9 @@ def split_flat(params, n_users, n_items, n_factors):
 
 
 @njit(cache=True)
-def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, hi, has_range,
-                     du_weight, di_weight, du_bias, di_bias):
+def forward_backward(
+    u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, hi, has_range, du_weight, di_weight, du_bias, di_bias
+):
     """Mean squared error of one batch; *adds* its gradient into ``d*`` (scatter-add, so repeats add up).
 
     ``dx = (2/B)(pred - y)(hi - lo) s (1 - s)``, then ``dP[u] += dx Q[i]``, ``dQ[i] += dx P[u]``,
@@ -262,9 +265,33 @@ _adam_update_dense_inline = njit(inline="always", **_HOT)(_twin(_adam_update_den
 _sgd_update_dense_inline = njit(inline="always", **_HOT)(_twin(_sgd_update_dense_body, "_inline"))
 
 
-def _train_epoch_dense_body(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                            users, items, ratings, order, bs, lrs, moms, step0,
-                            is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses):
+def _train_epoch_dense_body(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    lrs,
+    moms,
+    step0,
+    is_adam,
+    use_mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    lo,
+    hi,
+    has_range,
+    losses,
+):
     """One epoch of exact-mode training: every parameter is updated at every step.
 
     ``order`` is the epoch's permutation of training rows; step ``s`` takes rows
@@ -287,15 +314,17 @@ def _train_epoch_dense_body(params, grads, exp_avg, exp_avg_sq, n_users, n_items
             bu[r] = users[row]
             bi[r] = items[row]
             br[r] = ratings[row]
-        losses[s] = forward_backward(u_weight, i_weight, u_bias, i_bias, bu, bi, br, lo, hi, has_range,
-                                     du_weight, di_weight, du_bias, di_bias)
+        losses[s] = forward_backward(
+            u_weight, i_weight, u_bias, i_bias, bu, bi, br, lo, hi, has_range, du_weight, di_weight, du_bias, di_bias
+        )
         if not math.isfinite(losses[s]):
             # Diverged: stop before the update so the weights stay those that produced this loss.
             grads[:] = 0.0
             return s + 1
         if is_adam:
-            adam_update_dense(params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd,
-                              decouple_wd, step0 + s + 1)
+            adam_update_dense(
+                params, grads, exp_avg, exp_avg_sq, lrs[s], moms[s], sqr_mom, eps, wd, decouple_wd, step0 + s + 1
+            )
         else:
             sgd_update_dense(params, grads, exp_avg, lrs[s], moms[s], wd, decouple_wd, use_mom)
         # Only the rows this batch touched hold non-zero gradients: clear just those.
@@ -313,8 +342,10 @@ def _train_epoch_dense_body(params, grads, exp_avg, exp_avg_sq, n_users, n_items
 train_epoch_dense = njit(**_HOT)(_train_epoch_dense_body)
 # The parallel twin calls the inlined prange updates (see above); its own loops stay serial.
 train_epoch_dense_parallel = njit(parallel=True, **_HOT)(
-    _twin(_train_epoch_dense_body, adam_update_dense=_adam_update_dense_inline,
-          sgd_update_dense=_sgd_update_dense_inline))
+    _twin(
+        _train_epoch_dense_body, adam_update_dense=_adam_update_dense_inline, sgd_update_dense=_sgd_update_dense_inline
+    )
+)
 
 
 # --- sparse (lazy) mode ---------------------------------------------------------------------------
@@ -328,8 +359,9 @@ def _prefetch(typingctx, flat, index):
         ptr = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]], wraparound=False)
         byte_ptr = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0"
+        )
         # read (0), high temporal locality (3), data cache (1)
         builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
@@ -346,8 +378,9 @@ def _prefetch_row(flat, start, length):
 
 
 @njit(cache=True, inline="always")
-def _adam_row(w, m, v, g, row, slot, decay, l2, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
-              debias2, eps):
+def _adam_row(
+    w, m, v, g, row, slot, decay, l2, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, debias2, eps
+):
     """Adam on one row ``w[row]`` with its gradient ``g[slot]`` (same arithmetic as the dense update)."""
     for j in range(w.shape[1]):
         p = w[row, j]
@@ -381,9 +414,33 @@ def _tables2d(flat, n_users, n_items, n_factors):
     return u_weight, i_weight, u_bias.reshape((n_users, 1)), i_bias.reshape((n_items, 1))
 
 
-def _train_epoch_sparse_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                             users, items, ratings, order, bs, lrs, moms, step0,
-                             is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses, n_chunks):
+def _train_epoch_sparse_body(
+    params,
+    exp_avg,
+    exp_avg_sq,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    lrs,
+    moms,
+    step0,
+    is_adam,
+    use_mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    lo,
+    hi,
+    has_range,
+    losses,
+    n_chunks,
+):
     r"""One epoch of sparse (lazy) training: each step updates only the rows its batch touches.
 
     Per step ``s`` (rows ``order[s*bs:(s+1)*bs]``, learning rate ``lrs[s]``, momentum ``moms[s]``):
@@ -548,8 +605,27 @@ _SEGMENT_SPREAD = 0.05
 
 
 @njit(cache=True, inline="always")
-def _adam_catch_up(w, m, v, wb, mb, vb, row, first, stop, decay, step_size, moms, root_sqr_mom,
-                   inv_root_debias2, sqr_mom, eps, pw, pm, prv):
+def _adam_catch_up(
+    w,
+    m,
+    v,
+    wb,
+    mb,
+    vb,
+    row,
+    first,
+    stop,
+    decay,
+    step_size,
+    moms,
+    root_sqr_mom,
+    inv_root_debias2,
+    sqr_mom,
+    eps,
+    pw,
+    pm,
+    prv,
+):
     r"""Apply the missed exact-mode Adam steps ``first..stop-1`` to row ``row`` (weights and bias), g = 0.
 
     With no gradient and decoupled decay the dense step is ``m_t = mom_t m_{t-1}``,
@@ -690,10 +766,37 @@ def _sgd_catch_up(w, m, wb, mb, row, first, stop, decay, lrs, moms, use_mom):
     mb[row, 0] *= m_scale
 
 
-def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                               users, items, ratings, order, bs, lrs, moms, step0,
-                               is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-                               done_u, done_i, replay, step_base, flush):
+def _train_epoch_deferred_body(
+    params,
+    exp_avg,
+    exp_avg_sq,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    lrs,
+    moms,
+    step0,
+    is_adam,
+    use_mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    lo,
+    hi,
+    has_range,
+    losses,
+    done_u,
+    done_i,
+    replay,
+    step_base,
+    flush,
+):
     r"""Exact-mode steps (every parameter moves every step), with untouched rows deferred.
 
     Same result as :func:`train_epoch_dense` (to rounding) once flushed, for decoupled weight
@@ -738,7 +841,7 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
         replay[0, off + s] = 1.0 - lrs[s] * wd if decouple_wd else 1.0
         replay[1, off + s] = lrs[s] / (1.0 - moms[s] ** t) if is_adam else lrs[s]
         replay[2, off + s] = moms[s]
-        replay[3, off + s] = 1.0 / math.sqrt(1.0 - sqr_mom ** t) if is_adam else 1.0
+        replay[3, off + s] = 1.0 / math.sqrt(1.0 - sqr_mom**t) if is_adam else 1.0
     decay = replay[0]
     step_size = replay[1]  # lr for SGD
     step_moms = replay[2]
@@ -778,11 +881,29 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
                 gu[su, :] = 0.0
                 gub[su, 0] = 0.0
                 if is_adam:
-                    _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], now, decay, step_size,
-                                   step_moms, root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+                    _adam_catch_up(
+                        u_weight,
+                        mu,
+                        vu,
+                        u_bias,
+                        mub,
+                        vub,
+                        u,
+                        done_u[u],
+                        now,
+                        decay,
+                        step_size,
+                        step_moms,
+                        root_sqr_mom,
+                        inv_root_debias2,
+                        sqr_mom,
+                        eps,
+                        pw,
+                        pm,
+                        prv,
+                    )
                 else:
-                    _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], now, decay, step_size, step_moms,
-                                  use_mom)
+                    _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], now, decay, step_size, step_moms, use_mom)
                 done_u[u] = now
             si = slot_i[i]
             if si < 0:
@@ -793,11 +914,29 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
                 gi[si, :] = 0.0
                 gib[si, 0] = 0.0
                 if is_adam:
-                    _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], now, decay, step_size,
-                                   step_moms, root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+                    _adam_catch_up(
+                        i_weight,
+                        mi,
+                        vi,
+                        i_bias,
+                        mib,
+                        vib,
+                        i,
+                        done_i[i],
+                        now,
+                        decay,
+                        step_size,
+                        step_moms,
+                        root_sqr_mom,
+                        inv_root_debias2,
+                        sqr_mom,
+                        eps,
+                        pw,
+                        pm,
+                        prv,
+                    )
                 else:
-                    _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], now, decay, step_size, step_moms,
-                                  use_mom)
+                    _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], now, decay, step_size, step_moms, use_mom)
                 done_i[i] = now
             x = _dot(u_weight, i_weight, u, i)
             x += u_bias[u, 0] + i_bias[i, 0]
@@ -854,15 +993,53 @@ def _train_epoch_deferred_body(params, exp_avg, exp_avg_sq, n_users, n_items, n_
     last = off + (n_done - 1 if diverged else n_done)
     for u in range(n_users):
         if is_adam:
-            _adam_catch_up(u_weight, mu, vu, u_bias, mub, vub, u, done_u[u], last, decay, step_size, step_moms,
-                           root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+            _adam_catch_up(
+                u_weight,
+                mu,
+                vu,
+                u_bias,
+                mub,
+                vub,
+                u,
+                done_u[u],
+                last,
+                decay,
+                step_size,
+                step_moms,
+                root_sqr_mom,
+                inv_root_debias2,
+                sqr_mom,
+                eps,
+                pw,
+                pm,
+                prv,
+            )
         else:
             _sgd_catch_up(u_weight, mu, u_bias, mub, u, done_u[u], last, decay, step_size, step_moms, use_mom)
         done_u[u] = last
     for i in range(n_items):
         if is_adam:
-            _adam_catch_up(i_weight, mi, vi, i_bias, mib, vib, i, done_i[i], last, decay, step_size, step_moms,
-                           root_sqr_mom, inv_root_debias2, sqr_mom, eps, pw, pm, prv)
+            _adam_catch_up(
+                i_weight,
+                mi,
+                vi,
+                i_bias,
+                mib,
+                vib,
+                i,
+                done_i[i],
+                last,
+                decay,
+                step_size,
+                step_moms,
+                root_sqr_mom,
+                inv_root_debias2,
+                sqr_mom,
+                eps,
+                pw,
+                pm,
+                prv,
+            )
         else:
             _sgd_catch_up(i_weight, mi, i_bias, mib, i, done_i[i], last, decay, step_size, step_moms, use_mom)
         done_i[i] = last
@@ -906,8 +1083,10 @@ def _dot_chunk(typingctx, flat, a, b):
         vec, n = builder.fmul(rows[0], rows[1]), CHUNK
         while n > 1:
             n //= 2
-            vec = builder.fadd(builder.shuffle_vector(vec, vec, _lane_indices(n)),
-                               builder.shuffle_vector(vec, vec, _lane_indices(n, n)))
+            vec = builder.fadd(
+                builder.shuffle_vector(vec, vec, _lane_indices(n)),
+                builder.shuffle_vector(vec, vec, _lane_indices(n, n)),
+            )
         return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
 
     return sig, codegen
@@ -952,7 +1131,7 @@ def balanced_groups(codes, n_codes, n_groups):
 
 @njit(cache=True)
 def _stratum_positions(g):
-    """``position[c * g + d]``: the place of block ``(c, d)`` in the stratum-major layout, ``t * g + c`` for ``d = (c + t) % g``."""
+    """``position[c * g + d]``: where block ``(c, d)`` sits stratum-major: ``t * g + c`` for ``d = (c + t) % g``."""
     position = np.empty(g * g, dtype=np.int64)
     for t in range(g):
         for c in range(g):
@@ -1075,8 +1254,25 @@ def sort_by_block(users, items, ratings, user_group, item_group, n_groups):
     return block_start
 
 
-def _train_epoch_sgd_per_rating_body(params, n_users, n_items, n_factors, users, items, ratings, order,
-                                     block_start, n_groups, lrs, wd, decouple_wd, lo, hi, has_range, losses):
+def _train_epoch_sgd_per_rating_body(
+    params,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    block_start,
+    n_groups,
+    lrs,
+    wd,
+    decouple_wd,
+    lo,
+    hi,
+    has_range,
+    losses,
+):
     r"""One epoch of sparse-mode plain SGD with batches of one rating, fused; step ``s`` is rating ``order[s]``.
 
     The same algorithm as :func:`train_epoch_sparse` with ``bs = 1``, SGD and no momentum

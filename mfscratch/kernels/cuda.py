@@ -29,6 +29,7 @@ Design (see ``docs/cuda.md``):
 CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``, counts as available). Without numba-cuda this module
 still imports; its kernels then raise when called.
 """
+
 from __future__ import annotations
 
 import math
@@ -140,8 +141,9 @@ def _error_and_dx(x, y, lo, hi, has_range, scale):
 
 
 @_device
-def _rating_forward_backward(u_weight, i_weight, u_bias, i_bias, u, i, y, lo, hi, has_range, scale,
-                             du_weight, di_weight, du_bias, di_bias):
+def _rating_forward_backward(
+    u_weight, i_weight, u_bias, i_bias, u, i, y, lo, hi, has_range, scale, du_weight, di_weight, du_bias, di_bias
+):
     """Squared error of one rating; atomically adds its gradient ``dx_r`` terms into the ``d*`` tables.
 
     ``dx = scale (pred - y)(hi - lo) s (1 - s)`` with ``scale = 2/B`` (``dx = scale (x - y)`` without range).
@@ -185,8 +187,7 @@ def _block_sum(value):
 
 
 @_device
-def _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd,
-                  decouple_wd):
+def _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd, decouple_wd):
     """fastai's Adam on element ``j`` (see ``reference.adam_step``); also zeroes ``grads[j]``."""
     g = grads[j]
     p = params[j]
@@ -228,12 +229,29 @@ def _step_constants(lr, mom, sqr_mom, wd, step):
 
 
 @_device
-def _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lr, mom, sqr_mom, eps, wd,
-                    decouple_wd, step_size, debias2, decay):
+def _update_element(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    j,
+    is_adam,
+    use_mom,
+    lr,
+    mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    step_size,
+    debias2,
+    decay,
+):
     """One optimiser step on element ``j``: Adam or SGD, chosen at run time by ``is_adam``."""
     if is_adam:
-        _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd,
-                      decouple_wd)
+        _adam_element(
+            params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd, decouple_wd
+        )
     else:
         _sgd_element(params, grads, exp_avg, j, lr, mom, decay, wd, decouple_wd, use_mom)
 
@@ -272,8 +290,23 @@ def _lazy_index(n_users, n_items, n_factors, u, i, user_owner, item_owner, side,
 
 # --- the twins of kernels/cpu.py -----------------------------------------------------------------
 @_kernel
-def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, hi, has_range,
-                     du_weight, di_weight, du_bias, di_bias, loss):
+def forward_backward(
+    u_weight,
+    i_weight,
+    u_bias,
+    i_bias,
+    users,
+    items,
+    ratings,
+    lo,
+    hi,
+    has_range,
+    du_weight,
+    di_weight,
+    du_bias,
+    di_bias,
+    loss,
+):
     """Batch MSE added to ``loss[0]``; its gradient *added* into ``d*`` (atomics: repeats add up).
 
     Launch with at least ``len(users)`` threads (``[blocks_for(B), THREADS]``). One thread per rating.
@@ -282,8 +315,23 @@ def forward_backward(u_weight, i_weight, u_bias, i_bias, users, items, ratings, 
     B = users.shape[0]
     value = 0.0
     if r < B:
-        value = _rating_forward_backward(u_weight, i_weight, u_bias, i_bias, users[r], items[r], ratings[r],
-                                         lo, hi, has_range, 2.0 / B, du_weight, di_weight, du_bias, di_bias)
+        value = _rating_forward_backward(
+            u_weight,
+            i_weight,
+            u_bias,
+            i_bias,
+            users[r],
+            items[r],
+            ratings[r],
+            lo,
+            hi,
+            has_range,
+            2.0 / B,
+            du_weight,
+            di_weight,
+            du_bias,
+            di_bias,
+        )
     total = _block_sum(value)
     if cuda.threadIdx.x == 0:
         cuda.atomic.add(loss, 0, total / B)
@@ -314,8 +362,9 @@ def evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, lo, 
     n = users.shape[0]
     total = 0.0
     for r in range(cuda.grid(1), n, cuda.gridsize(1)):
-        err = _prediction(_logit(u_weight, i_weight, u_bias, i_bias, users[r], items[r]), lo, hi, has_range) \
-            - ratings[r]
+        err = (
+            _prediction(_logit(u_weight, i_weight, u_bias, i_bias, users[r], items[r]), lo, hi, has_range) - ratings[r]
+        )
         total += err * err
     total = _block_sum(total)
     if cuda.threadIdx.x == 0 and n > 0:
@@ -327,8 +376,9 @@ def adam_update_dense(params, grads, exp_avg, exp_avg_sq, lr, mom, sqr_mom, eps,
     """fastai's Adam on every element of the flat buffer; ``step`` is t. Zeroes ``grads`` as it goes."""
     step_size, debias2, decay = _step_constants(lr, mom, sqr_mom, wd, step)
     for j in range(cuda.grid(1), params.shape[0], cuda.gridsize(1)):
-        _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd,
-                      decouple_wd)
+        _adam_element(
+            params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd, decouple_wd
+        )
 
 
 @_kernel
@@ -353,8 +403,26 @@ def mark_rows(users, items, user_owner, item_owner):
 
 
 @_kernel
-def adam_update_sparse(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, users, items,
-                       user_owner, item_owner, lr, mom, sqr_mom, eps, wd, decouple_wd, step):
+def adam_update_sparse(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    user_owner,
+    item_owner,
+    lr,
+    mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    step,
+):
     """Lazy Adam: only the rows of the batch (``users``, ``items``), each once; zeroes their gradient.
 
     Bias correction uses the global step ``step``. Launch with ``2 B (k+1)`` threads; ``*_owner``
@@ -366,13 +434,29 @@ def adam_update_sparse(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_f
         j = _lazy_index(n_users, n_items, n_factors, users[r], items[r], user_owner, item_owner, side, r, c)
         if j >= 0:
             step_size, debias2, decay = _step_constants(lr, mom, sqr_mom, wd, step)
-            _adam_element(params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd,
-                          decouple_wd)
+            _adam_element(
+                params, grads, exp_avg, exp_avg_sq, j, step_size, debias2, decay, mom, sqr_mom, eps, wd, decouple_wd
+            )
 
 
 @_kernel
-def sgd_update_sparse(params, grads, exp_avg, n_users, n_items, n_factors, users, items,
-                      user_owner, item_owner, lr, mom, wd, decouple_wd, use_mom):
+def sgd_update_sparse(
+    params,
+    grads,
+    exp_avg,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    user_owner,
+    item_owner,
+    lr,
+    mom,
+    wd,
+    decouple_wd,
+    use_mom,
+):
     """Lazy SGD: only the rows of the batch, each once; zeroes their gradient (see ``adam_update_sparse``)."""
     idx = cuda.grid(1)
     if idx < 2 * users.shape[0] * (n_factors + 1):
@@ -389,13 +473,37 @@ def _split_flat(params, n_users, n_items, n_factors):
     a = n_users * n_factors
     b = a + n_items * n_factors
     c = b + n_users
-    return (params[:a].reshape((n_users, n_factors)), params[a:b].reshape((n_items, n_factors)),
-            params[b:c], params[c:c + n_items])
+    return (
+        params[:a].reshape((n_users, n_factors)),
+        params[a:b].reshape((n_items, n_factors)),
+        params[b:c],
+        params[c : c + n_items],
+    )
 
 
 @_device
-def _step_forward_backward(params, grads, n_users, n_items, n_factors, users, items, ratings, order, bs, s,
-                           lo, hi, has_range, user_owner, item_owner, losses, group, thread, n_threads):
+def _step_forward_backward(
+    params,
+    grads,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    s,
+    lo,
+    hi,
+    has_range,
+    user_owner,
+    item_owner,
+    losses,
+    group,
+    thread,
+    n_threads,
+):
     """Forward/backward of step ``s`` (rows ``order[s bs : (s+1) bs]``): loss into ``losses[s]``.
 
     ``group`` threads work on one rating (a power of two dividing ``THREADS``; 32 = a warp): lane
@@ -467,9 +575,37 @@ def gather_rows(users, items, ratings, order, out_users, out_items, out_ratings)
 
 
 @_device
-def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, users, items, ratings, order, bs,
-           lrs, moms, step0, is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-           sparse, user_owner, item_owner, group):
+def _epoch(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    lrs,
+    moms,
+    step0,
+    is_adam,
+    use_mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    lo,
+    hi,
+    has_range,
+    losses,
+    sparse,
+    user_owner,
+    item_owner,
+    group,
+):
     """The body of both epoch kernels: per step, forward/backward, barrier, update (+ zero grads), barrier."""
     grid = cuda.cg.this_grid()
     thread = cuda.grid(1)
@@ -481,8 +617,28 @@ def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, user
     n = params.shape[0]
     n_sparse = 2 * bs * (n_factors + 1)
     for s in range(n_steps):
-        _step_forward_backward(params, grads, n_users, n_items, n_factors, users, items, ratings, order, bs, s,
-                               lo, hi, has_range, user_owner, item_owner, losses, group, thread, n_threads)
+        _step_forward_backward(
+            params,
+            grads,
+            n_users,
+            n_items,
+            n_factors,
+            users,
+            items,
+            ratings,
+            order,
+            bs,
+            s,
+            lo,
+            hi,
+            has_range,
+            user_owner,
+            item_owner,
+            losses,
+            group,
+            thread,
+            n_threads,
+        )
         grid.sync()
         # Every thread reads the same finished loss, so all of them leave together (no barrier deadlock).
         diverged = not math.isfinite(losses[s])
@@ -493,21 +649,52 @@ def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, user
             for idx in range(thread, n_sparse, n_threads):
                 side, r, c = _lazy_slot(n_factors, bs, idx)
                 row = order[s * bs + r]
-                j = _lazy_index(n_users, n_items, n_factors, users[row], items[row], user_owner, item_owner,
-                                side, r, c)
+                j = _lazy_index(n_users, n_items, n_factors, users[row], items[row], user_owner, item_owner, side, r, c)
                 if j >= 0:
                     if diverged:
                         grads[j] = 0.0
                     else:
-                        _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lr, mom, sqr_mom,
-                                        eps, wd, decouple_wd, step_size, debias2, decay)
+                        _update_element(
+                            params,
+                            grads,
+                            exp_avg,
+                            exp_avg_sq,
+                            j,
+                            is_adam,
+                            use_mom,
+                            lr,
+                            mom,
+                            sqr_mom,
+                            eps,
+                            wd,
+                            decouple_wd,
+                            step_size,
+                            debias2,
+                            decay,
+                        )
         else:
             for j in range(thread, n, n_threads):
                 if diverged:
                     grads[j] = 0.0
                 else:
-                    _update_element(params, grads, exp_avg, exp_avg_sq, j, is_adam, use_mom, lr, mom, sqr_mom,
-                                    eps, wd, decouple_wd, step_size, debias2, decay)
+                    _update_element(
+                        params,
+                        grads,
+                        exp_avg,
+                        exp_avg_sq,
+                        j,
+                        is_adam,
+                        use_mom,
+                        lr,
+                        mom,
+                        sqr_mom,
+                        eps,
+                        wd,
+                        decouple_wd,
+                        step_size,
+                        debias2,
+                        decay,
+                    )
         if diverged:
             # Stop before the update, as the CPU kernel does; the host cuts the losses after step s.
             return
@@ -515,10 +702,36 @@ def _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, user
 
 
 @_kernel
-def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                      users, items, ratings, order, bs, lrs, moms, step0,
-                      is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-                      user_owner, item_owner, group):
+def train_epoch_dense(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    lrs,
+    moms,
+    step0,
+    is_adam,
+    use_mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    lo,
+    hi,
+    has_range,
+    losses,
+    user_owner,
+    item_owner,
+    group,
+):
     """One epoch of exact-mode training in one cooperative launch (twin of ``cpu.train_epoch_dense``).
 
     Same arguments as the CPU kernel, plus ``user_owner``/``item_owner`` (int32, one slot per user
@@ -529,22 +742,104 @@ def train_epoch_dense(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_fa
     non-finite one). ``grads`` must be zero on entry and is zero on exit. Launch with at most
     ``cooperative_blocks(...)`` blocks of ``THREADS``.
     """
-    _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, users, items, ratings, order, bs,
-           lrs, moms, step0, is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-           False, user_owner, item_owner, group)
+    _epoch(
+        params,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        n_users,
+        n_items,
+        n_factors,
+        users,
+        items,
+        ratings,
+        order,
+        bs,
+        lrs,
+        moms,
+        step0,
+        is_adam,
+        use_mom,
+        sqr_mom,
+        eps,
+        wd,
+        decouple_wd,
+        lo,
+        hi,
+        has_range,
+        losses,
+        False,
+        user_owner,
+        item_owner,
+        group,
+    )
 
 
 @_kernel
-def train_epoch_sparse(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors,
-                       users, items, ratings, order, bs, lrs, moms, step0,
-                       is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-                       user_owner, item_owner, group):
+def train_epoch_sparse(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    n_users,
+    n_items,
+    n_factors,
+    users,
+    items,
+    ratings,
+    order,
+    bs,
+    lrs,
+    moms,
+    step0,
+    is_adam,
+    use_mom,
+    sqr_mom,
+    eps,
+    wd,
+    decouple_wd,
+    lo,
+    hi,
+    has_range,
+    losses,
+    user_owner,
+    item_owner,
+    group,
+):
     """One epoch of sparse (lazy) training in one cooperative launch.
 
     Per step: accumulate the batch gradient, then update only the users and items of the batch,
     each once (decay, moments, step; Adam's bias correction from the global step), and zero their
     gradient rows. Arguments and stopping as in ``train_epoch_dense``.
     """
-    _epoch(params, grads, exp_avg, exp_avg_sq, n_users, n_items, n_factors, users, items, ratings, order, bs,
-           lrs, moms, step0, is_adam, use_mom, sqr_mom, eps, wd, decouple_wd, lo, hi, has_range, losses,
-           True, user_owner, item_owner, group)
+    _epoch(
+        params,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        n_users,
+        n_items,
+        n_factors,
+        users,
+        items,
+        ratings,
+        order,
+        bs,
+        lrs,
+        moms,
+        step0,
+        is_adam,
+        use_mom,
+        sqr_mom,
+        eps,
+        wd,
+        decouple_wd,
+        lo,
+        hi,
+        has_range,
+        losses,
+        True,
+        user_owner,
+        item_owner,
+        group,
+    )

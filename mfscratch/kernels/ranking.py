@@ -10,6 +10,7 @@ Selection keeps a min-heap of the ``k`` best so far: ``O(n_items log k)`` per us
 per user, users in parallel. Ties go to the lower item code, so results do not depend on threads.
 Users with fewer than ``k`` candidates get ``-1`` items and ``-inf`` scores in the unused slots.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,9 @@ def _sift_down(heap_scores, heap_items, start, size):
         child = 2 * pos + 1
         if child >= size:
             return
-        if child + 1 < size and _worse(heap_scores[child + 1], heap_items[child + 1],
-                                       heap_scores[child], heap_items[child]):
+        if child + 1 < size and _worse(
+            heap_scores[child + 1], heap_items[child + 1], heap_scores[child], heap_items[child]
+        ):
             child += 1
         if _worse(heap_scores[child], heap_items[child], heap_scores[pos], heap_items[pos]):
             heap_scores[pos], heap_scores[child] = heap_scores[child], heap_scores[pos]
@@ -86,8 +88,9 @@ def _select_topk(scores, k, out_items, out_scores):
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def topk_items(u_weight, i_weight, u_bias, i_bias, users, seen_indptr, seen_indices, first_item, k,
-               out_items, out_scores):
+def topk_items(
+    u_weight, i_weight, u_bias, i_bias, users, seen_indptr, seen_indices, first_item, k, out_items, out_scores
+):
     """For each ``users[r]``: the ``k`` unseen items with the highest scores ``x`` (see the module docstring).
 
     ``out_items`` (int64) and ``out_scores`` (float64) are ``(len(users), k)``; row ``r`` is sorted
