@@ -6,10 +6,12 @@ On a machine with an NVIDIA GPU, ``pytest -m cudasim tests/test_cuda.py`` withou
 runs the same checks on the GPU (benchmarks/gpu_check.sh does). The one unmarked test checks
 the error a user gets asking for ``cuda`` where there is none.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_ratings
 
 from mfscratch import reference
 from mfscratch.backends import CpuBackend, CudaBackend, get_backend
@@ -21,14 +23,13 @@ from mfscratch.learner import collab_learner
 from mfscratch.model import EmbeddingDotBias
 from mfscratch.optim import SGD, Adam, OptState
 
-from conftest import make_ratings
-
 _needs_cuda = pytest.mark.skipif(not ck.HAS_CUDA, reason="no CUDA (run with NUMBA_ENABLE_CUDASIM=1 or on a GPU)")
 
 
 def cudasim(test):
     """Mark a test as a CUDA-kernel test: its own process, skipped where there is no CUDA at all."""
     return pytest.mark.cudasim(_needs_cuda(test))
+
 
 N_USERS, N_ITEMS, K, B = 5, 6, 4, 12
 RANGE = (0.5, 5.5, True)
@@ -66,8 +67,9 @@ def test_forward_backward_matches_cpu_with_repeated_rows(range_args):
     loss_cpu = cpu.forward_backward(*_split(m.params), users, items, ratings, *range_args, *_split(g_cpu))
     loss = np.zeros(1)
     # Two blocks of fewer threads than the batch: the loss crosses blocks through the atomic add.
-    ck.forward_backward[ck.blocks_for(B), T](*_split(m.params), users, items, ratings, *range_args,
-                                             *_split(g_gpu), loss)
+    ck.forward_backward[ck.blocks_for(B), T](
+        *_split(m.params), users, items, ratings, *range_args, *_split(g_gpu), loss
+    )
     np.testing.assert_allclose(loss[0], loss_cpu, rtol=1e-6)
     np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-5, atol=1e-7)
 
@@ -99,8 +101,9 @@ def test_dense_updates_match_cpu_and_zero_the_gradient(decouple_wd):
         assert not gg.any()
 
 
-def lazy_reference_step(params, exp_avg, exp_avg_sq, users, items, ratings, y_range, opt, lr, mom, step,
-                        n_users=N_USERS, n_items=N_ITEMS):
+def lazy_reference_step(
+    params, exp_avg, exp_avg_sq, users, items, ratings, y_range, opt, lr, mom, step, n_users=N_USERS, n_items=N_ITEMS
+):
     """One sparse ("lazy") step in NumPy, in place on float64 arrays; returns the batch loss.
 
     The gradient of the whole batch (``reference.loss_and_grads``), then fastai's Adam/SGD
@@ -143,11 +146,29 @@ def test_sparse_update_touches_each_batch_row_once_and_nothing_else(opt):
     ck.mark_rows[1, T](users, items, *owners)
     lazy_blocks = ck.blocks_for(2 * len(users) * (K + 1))
     if opt.name == "adam":
-        ck.adam_update_sparse[lazy_blocks, T](p, g, exp_avg, exp_avg_sq, N_USERS, N_ITEMS, K, users, items, *owners,
-                                              1e-2, 0.9, opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd, 7)
+        ck.adam_update_sparse[lazy_blocks, T](
+            p,
+            g,
+            exp_avg,
+            exp_avg_sq,
+            N_USERS,
+            N_ITEMS,
+            K,
+            users,
+            items,
+            *owners,
+            1e-2,
+            0.9,
+            opt.sqr_mom,
+            opt.eps,
+            opt.wd,
+            opt.decouple_wd,
+            7,
+        )
     else:
-        ck.sgd_update_sparse[lazy_blocks, T](p, g, exp_avg, N_USERS, N_ITEMS, K, users, items, *owners,
-                                             1e-2, 0.9, opt.wd, opt.decouple_wd, True)
+        ck.sgd_update_sparse[lazy_blocks, T](
+            p, g, exp_avg, N_USERS, N_ITEMS, K, users, items, *owners, 1e-2, 0.9, opt.wd, opt.decouple_wd, True
+        )
     np.testing.assert_allclose(p, want_p, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(exp_avg, want_m, rtol=1e-5, atol=1e-7)
     if opt.name == "adam":
@@ -169,14 +190,16 @@ def test_evaluation_and_prediction_match_cpu(range_args):
 
     pred, want = np.empty(len(users), np.float32), np.empty(len(users), np.float32)
     ck.predict[ck.blocks_for(len(users)), T](*_split(m.params), users, items, *range_args, pred)
-    np.testing.assert_allclose(pred, cpu.predict(*_split(m.params), users, items, *range_args, want),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        pred, cpu.predict(*_split(m.params), users, items, *range_args, want), rtol=1e-6, atol=1e-6
+    )
 
     scores = np.empty(N_ITEMS, np.float32)
     ck.score_items[1, T](*_split(m.params), 2, *range_args, scores)
     all_items = np.arange(N_ITEMS, dtype=np.int32)
-    want = cpu.predict(*_split(m.params), np.full(N_ITEMS, 2, np.int32), all_items, *range_args,
-                       np.empty(N_ITEMS, np.float32))
+    want = cpu.predict(
+        *_split(m.params), np.full(N_ITEMS, 2, np.int32), all_items, *range_args, np.empty(N_ITEMS, np.float32)
+    )
     np.testing.assert_allclose(scores, want, rtol=1e-6, atol=1e-6)
 
 
@@ -187,8 +210,7 @@ def _dls(bs=8):
 
 
 def _bound(backend, dls, seed=9):
-    model = EmbeddingDotBias(K, dls.n_users, dls.n_items, y_range=(0.5, 5.5),
-                             params=_model_for(dls, seed))
+    model = EmbeddingDotBias(K, dls.n_users, dls.n_items, y_range=(0.5, 5.5), params=_model_for(dls, seed))
     state = OptState.zeros_like(model.params)
     backend.bind(model, state, dls)
     return model, state
@@ -206,14 +228,16 @@ def _epoch_inputs(dls, seed=10):
 
 
 @cudasim
-@pytest.mark.parametrize("loop, group", [("device", None), ("device", 1), ("device", 2), ("device", 8),
-                                         ("host", None)])
+@pytest.mark.parametrize("loop, group", [("device", None), ("device", 1), ("device", 2), ("device", 8), ("host", None)])
 @pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.05, decouple_wd=False)], ids=["adam", "sgd"])
 def test_exact_epochs_on_cuda_equal_cpu(loop, group, opt):
     # group 2: two columns per lane; 8: idle lanes, two rounds
     (cpu_b, gpu_b), dls = _two_epochs_cpu_and_cuda(CudaBackend(loop, group), opt, sparse=False)
-    np.testing.assert_allclose(gpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings),
-                               cpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings), rtol=1e-5)
+    np.testing.assert_allclose(
+        gpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings),
+        cpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings),
+        rtol=1e-5,
+    )
 
 
 def _two_epochs_cpu_and_cuda(gpu_b, opt, sparse):
@@ -252,10 +276,24 @@ def test_sparse_epoch_on_cuda_equals_numpy_lazy_reference(loop):
     got = backend.train_epoch(order, lrs, moms, opt, True, 3)
     want = []
     for s in range(len(lrs)):
-        rows = order[s * dls.bs:(s + 1) * dls.bs]
-        want.append(lazy_reference_step(p, m, v, dls.train_users[rows], dls.train_items[rows],
-                                        dls.train_ratings[rows], (0.5, 5.5), opt, lrs[s], moms[s], 3 + s + 1,
-                                        dls.n_users, dls.n_items))
+        rows = order[s * dls.bs : (s + 1) * dls.bs]
+        want.append(
+            lazy_reference_step(
+                p,
+                m,
+                v,
+                dls.train_users[rows],
+                dls.train_items[rows],
+                dls.train_ratings[rows],
+                (0.5, 5.5),
+                opt,
+                lrs[s],
+                moms[s],
+                3 + s + 1,
+                dls.n_users,
+                dls.n_items,
+            )
+        )
     np.testing.assert_allclose(got, want, rtol=1e-5)
     backend.sync()
     np.testing.assert_allclose(model.params, p, rtol=1e-4, atol=1e-6)
@@ -308,11 +346,17 @@ def test_short_fit_through_the_learner_api():
     assert values.shape == (2, 2) and np.isfinite(values).all()
     assert np.isfinite(learn.recorder.losses).all() and len(learn.recorder.losses) == 10
     # sync() brought the weights home: the host model reproduces the device's validation loss
-    np.testing.assert_allclose(values[-1, 1], cpu.evaluate_mse(*learn.model.kernel_tables(), dls.valid_users,
-                               dls.valid_items, dls.valid_ratings, *learn.model.range_args), rtol=1e-5)
+    np.testing.assert_allclose(
+        values[-1, 1],
+        cpu.evaluate_mse(
+            *learn.model.kernel_tables(), dls.valid_users, dls.valid_items, dls.valid_ratings, *learn.model.range_args
+        ),
+        rtol=1e-5,
+    )
     scores = learn.backend.score_items(1)
-    np.testing.assert_allclose(scores, learn.model.forward(np.ones(dls.n_items, int), np.arange(dls.n_items)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        scores, learn.model.forward(np.ones(dls.n_items, int), np.arange(dls.n_items)), rtol=1e-5
+    )
 
 
 # --- without CUDA -------------------------------------------------------------------------------------
@@ -336,7 +380,7 @@ def test_cli_refuses_cuda_without_a_gpu_before_reading_data(monkeypatch, capsys)
     def no_data(args):
         raise AssertionError("the data must not be read")
 
-    monkeypatch.setattr(cli, "load_training_data", no_data)
+    monkeypatch.setattr(cli.train, "load_training_data", no_data)
     assert cli.main(["train", "--backend", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: backend 'cuda' needs an NVIDIA GPU")

@@ -1,0 +1,73 @@
+"""The ``mfscratch`` command. It parses, validates, calls the library, and maps errors to exit codes.
+
+Exit codes: 0 success, 2 bad input or settings (one-line ``error: ...`` on stderr; ``--debug``
+shows the traceback), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..errors import MfscratchError
+from .args import Parser
+from .bench import add_bench_parser
+from .cv import add_cv_parser
+from .train import add_train_parser
+from .usage import add_usage_commands
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="mfscratch", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_train_parser(sub)
+    add_usage_commands(sub)
+    add_cv_parser(sub)
+    add_bench_parser(sub)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one stderr line, printed when they happen: ``note:`` for a fallback the user asked
+    for (an unknown user or item), ``warning:`` for everything else."""
+    from ..analysis import FallbackWarning
+
+    kind = "note" if issubclass(category, FallbackWarning) else "warning"
+    print(f"{kind}: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad arguments (2) or --help (0): return the code instead of raising
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        with warnings.catch_warnings():
+            from ..analysis import FallbackWarning
+
+            warnings.simplefilter("always", FallbackWarning)  # one note per unknown name, not one per place
+            if not args.debug:
+                warnings.showwarning = _one_line_warning
+            return args.func(args)
+    except MfscratchError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = (
+            f" (resume from the last finished epoch with --checkpoint {args.checkpoint} --resume)"
+            if getattr(args, "checkpoint", None)
+            else ""
+        )
+        print(f"error: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""``mfscratch train``: read the data, train, print fastai's table and the seed chapter's lines, write outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ..errors import ConfigError
+from .args import (
+    add_data_args,
+    add_debug_arg,
+    add_output_args,
+    add_train_args,
+    add_usage_output_args,
+    check_y_range,
+)
+
+SEED_TITLE = "Silence of the Lambs, The (1991)"
+
+
+def add_train_parser(sub) -> None:
+    """``mfscratch train``: the seed recipe, or any settings and data."""
+    train = sub.add_parser(
+        "train",
+        help="train the seed recipe (or any settings) and report",
+        description="Train the biased dot-product model and print fastai's results table.",
+    )
+    add_train_args(train)
+    out = add_output_args(train, "write a JSON report of the run")
+    out.add_argument("--save", metavar="PATH", help="write the weights and vocabularies to a .npz")
+    add_data_args(train)
+    add_usage_output_args(out)
+    out.add_argument("--checkpoint", metavar="DIR", help="save the full training state to DIR after each epoch")
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --checkpoint DIR (same settings; starts afresh if none)",
+    )
+    add_debug_arg(train)
+    train.set_defaults(func=cmd_train)
+
+
+def _check_train_settings(args) -> None:
+    """What argparse's types cannot see, checked before any data is read."""
+    from ..backends import BACKENDS, get_backend
+
+    if args.backend not in BACKENDS:
+        raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
+    get_backend(args.backend)  # a backend this machine cannot run (cuda without a GPU) says so now
+    if args.resume and not args.checkpoint:
+        raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
+    from ..validate import check_output_path
+
+    for flag, path, folder in (
+        ("--save", args.save, False),
+        ("--json", args.json, False),
+        ("--checkpoint", args.checkpoint, True),
+    ):
+        if path:
+            check_output_path(flag, path, folder)
+
+
+def load_movielens_frame(name: str):
+    """A MovieLens set as ``(df, user_name, item_name, rating_name)`` (ML-100k: the seed recipe's title merge)."""
+    from ..readers import read_movielens
+
+    t = read_movielens(name)
+    return t.df, t.user, t.item, t.rating
+
+
+def _checkpointing(args, learn, say) -> int:
+    """Restore ``--checkpoint DIR`` when ``--resume`` is given, and save there after each epoch."""
+    if not args.checkpoint:
+        return 0
+    from .. import checkpoint
+
+    start_epoch = 0
+    if args.resume:
+        expect = {"method": "fit_one_cycle", "n_epoch": args.epochs, "lr_max": args.lr, "wd": args.wd}
+        start_epoch = checkpoint.restore(learn, args.checkpoint, expect)
+        if start_epoch is None:
+            print(f"note: no checkpoint in {args.checkpoint} yet; starting at epoch 0", file=sys.stderr)
+            start_epoch = 0
+        else:
+            say(f"resuming from {args.checkpoint} at epoch {start_epoch} of {args.epochs}")
+    learn.after_epoch.append(checkpoint.Checkpoint(args.checkpoint))
+    return start_epoch
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    from .. import analysis
+    from ..io import atomic_write, save_model
+    from ..learner import collab_learner
+
+    y_range = check_y_range(args.y_range)
+    _check_train_settings(args)
+    say = (lambda *a: None) if args.quiet else print
+    _check_plot_dir(args)
+    dls, data_label = load_training_data(args)
+    user_name, item_name = dls.user_name, dls.item_name
+    y_range = _y_range_for(args, y_range, dls)
+    learn = collab_learner(
+        dls,
+        n_factors=args.factors,
+        y_range=y_range,
+        opt_func=args.optimizer,
+        seed=args.seed,
+        sparse=args.mode == "sparse",
+        backend=args.backend,
+        log=None if args.quiet else print,
+    )
+    t0 = time.perf_counter()
+    learn.warmup()
+    compile_seconds = time.perf_counter() - t0
+    start_epoch = _checkpointing(args, learn, say)
+    t0 = time.perf_counter()
+    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch)
+    train_seconds = time.perf_counter() - t0
+
+    vocab = dls.classes[item_name]
+    say()
+    say(learn.model)
+    say()
+    say("Highest learned item biases:")
+    for name, bias in analysis.top_biases(learn.model, vocab, 5):
+        say(f"  {bias:+.4f}  {name}")
+    if SEED_TITLE in vocab.o2i:
+        ((near, sim),) = analysis.cosine_neighbours(learn.model, vocab, SEED_TITLE, 1)
+        say(f"Nearest to {SEED_TITLE!r} by cosine similarity: {near!r} ({sim:.3f})")
+
+    ranking = None
+    if args.ranking_k or args.json:
+        ranking = learn.ranking(args.ranking_k or 10, args.ranking_threshold)
+        ranking = {k: None if v != v else v for k, v in ranking.items()}  # NaN (no relevant item) is not JSON
+    if args.ranking_k:
+        say(
+            _ranking_line(ranking)
+            if ranking["n_users"]
+            else f"Ranking: no validation rating is >= {args.ranking_threshold:g}, so there is nothing to find"
+        )
+    if args.plot:
+        for path in _write_plots(learn, args.plot):
+            say(f"wrote {path}")
+
+    if args.save:
+        save_model(args.save, learn.model, dls.classes, user_name, item_name, extra=_model_extras(dls))
+        say(f"saved model to {args.save}")
+    if args.json:
+        report = {
+            "epochs": [
+                {"epoch": i, "train_loss": tl, "valid_loss": vl, "seconds": s}
+                for i, ((tl, vl), s) in enumerate(zip(learn.recorder.values, learn.recorder.epoch_seconds))
+            ],
+            "train_seconds": train_seconds,
+            "compile_seconds": compile_seconds,
+            "n_users": dls.n_users,
+            "n_items": dls.n_items,
+            "n_train": dls.n_train,
+            "n_valid": dls.n_valid,
+            "ranking": ranking,
+            "settings": {
+                "data": data_label,
+                "split": args.split,
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "wd": args.wd,
+                "factors": args.factors,
+                "bs": args.bs,
+                "y_range": list(y_range),
+                "y_range_from_data": args.y_range is None,
+                "optimizer": args.optimizer,
+                "valid_pct": args.valid_pct,
+                "seed": args.seed,
+                "mode": args.mode,
+                "backend": args.backend,
+                "schedule": "one_cycle",
+            },
+        }
+        text = json.dumps(report, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
+        atomic_write(args.json, lambda f: f.write(text.encode() + b"\n"))
+        say(f"wrote report to {args.json}")
+    return 0
+
+
+def load_training_data(args):
+    """The loaders a ``train`` run asks for, and a label for the report (dataset name or file)."""
+    from ..readers import attach_titles, loaders_from_split, read_items, read_ml100k_split, read_movielens, read_ratings
+
+    file_only = [
+        f"--{n.replace('_', '-')}"
+        for n in ("user_col", "item_col", "rating_col", "items", "item_key", "title_col")
+        if getattr(args, n, None) is not None
+    ]
+    if args.ratings is None and file_only:
+        raise ConfigError(f"{', '.join(file_only)} only apply to --ratings FILE")
+    if args.items is None and (args.item_key is not None or args.title_col is not None):
+        raise ConfigError("--item-key and --title-col describe an --items FILE; give one")
+    if args.ratings is not None:
+        if args.data is not None or args.split is not None:
+            raise ConfigError("give either --ratings FILE or --data NAME/--split, not both")
+        table = read_ratings(
+            args.ratings, _col(args.user_col, 0), _col(args.item_col, 1), _col(args.rating_col, 2), header=args.header
+        )
+        if args.items is not None:
+            items = read_items(args.items, _col(args.item_key, 0), _col(args.title_col, 1), header=args.header)
+            table = attach_titles(table, items, items_source=args.items)
+        return table.loaders(args.valid_pct, args.seed, args.bs), args.ratings
+    name = args.data or "ml-100k"
+    if args.split is not None:
+        if name != "ml-100k":
+            raise ConfigError(
+                f"--split {args.split} is one of ML-100k's own splits; it does not apply to --data {name}"
+            )
+        return loaders_from_split(*read_ml100k_split(args.split), bs=args.bs), f"{name}/{args.split}"
+    return read_movielens(name).loaders(args.valid_pct, args.seed, args.bs), name
+
+
+def _col(value, default):
+    return default if value is None else value
+
+
+def _y_range_for(args, y_range, dls):
+    """The given ``--y-range``, or one derived from the ratings' scale (and a line saying so)."""
+    import numpy as np
+
+    from ..readers import default_y_range
+
+    if y_range is not None:
+        return y_range
+    ratings = np.concatenate([dls.train_ratings, dls.valid_ratings])
+    y_range = default_y_range(ratings)
+    if not args.quiet:  # on stderr, like the other notes: stdout keeps the seed recipe's shape (table first)
+        print(
+            f"note: y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
+            "set --y-range LO HI to choose it",
+            file=sys.stderr,
+        )
+    return y_range
+
+
+def _model_extras(dls) -> dict:
+    from ..metrics import SeenItems
+
+    return SeenItems.from_loaders(dls).arrays()
+
+
+def _ranking_line(r: dict) -> str:
+    k = r["k"]
+    return (
+        f"Ranking of all unseen items for {r['n_users']} validation users (relevant: rated >= {r['threshold']:g}): "
+        f"precision@{k} {r['precision']:.4f}  recall@{k} {r['recall']:.4f}  NDCG@{k} {r['ndcg']:.4f}"
+    )
+
+
+def _check_plot_dir(args) -> None:
+    """Fail before training, not after, when plots are asked for but cannot be drawn."""
+    if getattr(args, "plot", None):
+        from ..plots import _figure
+
+        _figure((1, 1))
+
+
+def _write_plots(learn, folder):
+    from ..plots import write_all
+
+    return write_all(learn, folder)
