@@ -15,12 +15,12 @@ midpoint ``(lo + hi) / 2``. Each such fallback issues a :class:`FallbackWarning`
 from __future__ import annotations
 
 import difflib
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from . import notices
 from .errors import ConfigError
 from .metrics import SeenItems, topk
 from .model import EmbeddingDotBias
@@ -186,11 +186,10 @@ def predict_named(model: EmbeddingDotBias, user_vocab, item_vocab, users, items)
             parts.append(f"unknown user(s) {', '.join(unknown_users[:5])}{' ...' if len(unknown_users) > 5 else ''}")
         if unknown_items:
             parts.append(f"unknown item(s) {', '.join(unknown_items[:5])}{' ...' if len(unknown_items) > 5 else ''}")
-        warnings.warn(
+        notices.warn(
             f"{'; '.join(parts)}: predicted from the known biases only (the rating midpoint when "
             "neither side is known)",
             FallbackWarning,
-            stacklevel=2,
         )
     return _to_output(model, x)
 
@@ -207,21 +206,19 @@ def recommend(
     code = lookup(user_vocab, user)
     first = first_item(item_vocab)
     if code is None:
-        warnings.warn(
+        notices.warn(
             f"user {user!r} is not in the training data: ranking items by their learned bias alone "
             "(the model's popularity baseline)",
             FallbackWarning,
-            stacklevel=2,
         )
         zeros_w = np.zeros((1, model.n_factors), dtype=model.dtype)
         items, scores = topk(model, [0], None, n, first, u_weight=zeros_w, u_bias=np.zeros(1, model.dtype))
     else:
         if seen is None:
-            warnings.warn(
+            notices.warn(
                 "this model does not carry its training pairs, so items the user already rated "
                 "may be recommended; retrain and save it with this version",
                 FallbackWarning,
-                stacklevel=2,
             )
         items, scores = topk(model, [code], seen, n, first)
     items, scores = items[0], scores[0]
