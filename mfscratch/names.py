@@ -92,7 +92,7 @@ def _loose_key(name: str) -> str:
 class _Index:
     """Per-vocabulary maps from a bare title and from a loose key to the codes that carry it."""
 
-    def __init__(self, vocab):
+    def __init__(self, vocab) -> None:
         self.by_base: dict[str, list[int]] = {}
         self.by_key: dict[str, list[int]] = {}
         for code in range(1 if has_na(vocab) else 0, len(vocab)):
