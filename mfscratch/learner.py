@@ -19,6 +19,7 @@ from . import validate as checks  # not "validate": Learner has a validate() met
 from .backends import get_backend
 from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
+from .learner_api import LearnerAPI
 from .model import EmbeddingDotBias
 from .optim import Adam, OptState, resolve_opt
 
@@ -107,8 +108,9 @@ def _smooth(losses: np.ndarray, avg: float, count: int) -> tuple[float, int, flo
     return avg, count, smoothed
 
 
-class Learner:
-    """Trains an :class:`EmbeddingDotBias` on a :class:`CollabDataLoaders`.
+class Learner(LearnerAPI):
+    """Trains an :class:`EmbeddingDotBias` on a :class:`CollabDataLoaders` (predicting, inspecting,
+    saving and loading: :class:`~mfscratch.learner_api.LearnerAPI`).
 
     ``opt_func`` is ``Adam`` or ``SGD`` (or an instance / partial); ``wd`` overrides the optimiser's
     weight decay; ``seed`` fixes the order of the batches; ``sparse=True`` updates only the rows in
@@ -200,25 +202,7 @@ class Learner:
         self.backend.bind(self.model, self.opt_state, self.dls)
         return self._valid_loss()
 
-    def predict(self, users, items) -> np.ndarray:
-        """Predicted ratings for code pairs (see ``dls.classes[...].o2i`` to encode names)."""
-        return self.model.forward(users, items)
-
-    def bias(self, values, is_item: bool = True) -> np.ndarray:
-        """Learned biases for users or items given by their original names (fastai's ``learn.bias``)."""
-        table = self.model.i_bias if is_item else self.model.u_bias
-        return table.weight[self._codes(values, is_item), 0]
-
-    def weight(self, values, is_item: bool = True) -> np.ndarray:
-        """Learned embedding vectors for users or items given by name (fastai's ``learn.weight``)."""
-        table = self.model.i_weight if is_item else self.model.u_weight
-        return table.weight[self._codes(values, is_item)]
-
     # --- the loop ---------------------------------------------------------------------------
-    def _codes(self, values, is_item: bool) -> np.ndarray:
-        vocab = self.dls.classes[self.dls.item_name if is_item else self.dls.user_name]
-        return np.array([vocab.o2i[v] for v in values], dtype=np.int64)
-
     def _steps_per_epoch(self) -> int:
         steps = self.dls.n_train // self.dls.bs
         if steps < 1:
@@ -344,62 +328,6 @@ class Learner:
                 if len(part) < e - s or (len(part) and not np.isfinite(part[-1])):
                     break  # diverged (a deferred-rows backend has flushed): the caller reports it
         return np.concatenate(parts)
-
-    # --- using the trained model (the work is in analysis.py, metrics.py and plots.py) -----------
-    def trained(self):
-        """This learner's model, vocabularies and training pairs as an :class:`analysis.Trained`."""
-        from .analysis import Trained
-
-        if getattr(self, "_trained", None) is None or self._trained.model is not self.model:
-            self._trained = Trained.from_learner(self)
-        return self._trained
-
-    def recommend(self, user, n: int = 10):
-        """The user's ``n`` best unseen items (DataFrame ``item, predicted_rating, n_ratings``)."""
-        return self.trained().recommend(user, n)
-
-    def similar(self, item, n: int = 10, min_ratings: int = 0):
-        """The ``n`` items nearest ``item`` by cosine similarity, rated at least ``min_ratings`` times."""
-        return self.trained().similar(item, n, min_ratings)
-
-    def biases(self, n: int = 10):
-        """The ``n`` highest and ``n`` lowest item biases (DataFrame ``side, item, bias, n_ratings``)."""
-        return self.trained().biases(n)
-
-    def predict_named(self, users, items) -> np.ndarray:
-        """Predicted ratings for users and items given by name; unknown names fall back to the known biases."""
-        return self.trained().predict(users, items)
-
-    def ranking(self, k: int = 10, threshold: float = 4.0) -> dict:
-        """Precision@k, recall@k and NDCG@k over the validation rows (see ``metrics.ranking_metrics``)."""
-        from .analysis import first_item
-        from .metrics import ranking_metrics
-
-        d, t = self.dls, self.trained()
-        return ranking_metrics(
-            self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold, first_item(t.item_vocab)
-        )
-
-    def plot_losses(self, path):
-        """PNG of the batch losses and the per-epoch train/valid losses."""
-        from .plots import plot_losses
-
-        return plot_losses(self.recorder, path)
-
-    def plot_schedule(self, path):
-        """PNG of the learning rate and momentum at every step."""
-        from .plots import plot_schedule
-
-        return plot_schedule(self.recorder, path)
-
-    def plot_item_pca(self, path, n: int = 50):
-        """PNG of fastbook's 2-D PCA map of the most-rated items' embeddings, ``n`` of them labelled."""
-        from .analysis import item_pca
-        from .plots import plot_item_pca
-
-        t = self.trained()
-        names, coords = item_pca(self.model, t.item_vocab, t.item_counts)
-        return plot_item_pca(names, coords, path, n)
 
 
 def collab_learner(

@@ -26,7 +26,8 @@ def _inside_package(filename: str) -> bool:
 
 def warn(message: str, category: type[Warning]) -> None:
     """``warnings.warn(message, category)`` attributed to the user's line (the first frame outside mfscratch)."""
-    frame: FrameType | None = sys._getframe(1)  # the library function that called warn(): stacklevel 2 of the warnings.warn below
+    # Frame 1 is the library function that called warn(): stacklevel 2 of the warnings.warn below.
+    frame: FrameType | None = sys._getframe(1)
     level = 2
     while frame is not None and _inside_package(frame.f_code.co_filename):
         frame = frame.f_back

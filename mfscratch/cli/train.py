@@ -80,8 +80,7 @@ def _checkpointing(args, learn, say) -> int:
         expect = {"method": "fit_one_cycle", "n_epoch": args.epochs, "lr_max": args.lr, "wd": args.wd}
         start_epoch = checkpoint.restore(learn, args.checkpoint, expect)
         if start_epoch is None:
-            if not args.quiet:
-                print(f"note: no checkpoint in {args.checkpoint} yet; starting at epoch 0", file=sys.stderr)
+            print(f"note: no checkpoint in {args.checkpoint} yet; starting at epoch 0", file=sys.stderr)
             start_epoch = 0
         else:
             say(f"resuming from {args.checkpoint} at epoch {start_epoch} of {args.epochs}")
