@@ -124,13 +124,11 @@ class LearnerAPI:
     # --- fastai's lookups by id ----------------------------------------------------------------
     def bias(self, values, is_item: bool = True) -> np.ndarray:
         """Learned biases for users or items given by their ids or titles (fastai's ``learn.bias``)."""
-        table = self.model.i_bias if is_item else self.model.u_bias
-        return table.weight[self._codes(values, is_item), 0]
+        return self.model.tables()["i_bias" if is_item else "u_bias"][self._codes(values, is_item), 0]
 
     def weight(self, values, is_item: bool = True) -> np.ndarray:
         """Learned embedding vectors for users or items given by their ids or titles (fastai's ``learn.weight``)."""
-        table = self.model.i_weight if is_item else self.model.u_weight
-        return table.weight[self._codes(values, is_item)]
+        return self.model.tables()["i_weight" if is_item else "u_weight"][self._codes(values, is_item)]
 
     def _codes(self, values, is_item: bool) -> np.ndarray:
         """Codes of known users or items; an unknown one is an error (it has no row), never code 0."""
@@ -174,6 +172,8 @@ class LearnerAPI:
         from .metrics import ranking_metrics
 
         d, t = self.dls, self.trained()
+        if t.seen is None:
+            raise ConfigError("ranking needs the training pairs, which this learner does not carry")
         return ranking_metrics(
             self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold, first_item(t.item_vocab)
         )
