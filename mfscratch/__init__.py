@@ -14,6 +14,7 @@ Where things live: ``reference.py`` (the maths in NumPy), ``kernels/`` (the comp
 
 from .data import CollabDataLoaders, URLs, Vocab, data_dir, untar_data
 from .errors import ConfigError, DataError, DivergenceError, MfscratchError, ModelFileError
+from .export import load_learner
 from .io import load_model, save_model
 from .learner import Learner, collab_learner
 from .model import Embedding, EmbeddingDotBias
@@ -37,6 +38,7 @@ __all__ = [
     "SGD",
     "read_ratings",
     "read_movielens",
+    "load_learner",
     "save_model",
     "load_model",
     "MfscratchError",

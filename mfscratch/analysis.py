@@ -190,8 +190,8 @@ def recommend(
     else:
         if seen is None:
             notices.warn(
-                "this model does not carry its training pairs, so items the user already rated "
-                "may be recommended; retrain and save it with this version",
+                "this model file does not carry its training pairs, so items the user already rated "
+                "may be recommended; write it with learn.export(path) or mfscratch train --save",
                 FallbackWarning,
             )
         items, scores = topk(model, [code], seen, n, first)

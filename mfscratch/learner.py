@@ -205,6 +205,11 @@ class Learner(LearnerAPI):
     # --- the loop ---------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int:
         steps = self.dls.n_train // self.dls.bs
+        if self.dls.n_train == 0:
+            raise ConfigError(
+                "this learner holds no training ratings (load_learner without dls=): "
+                "pass the ratings with load_learner(path, dls=...) to train it further"
+            )
         if steps < 1:
             raise ConfigError(
                 f"batch size {self.dls.bs} is larger than the {self.dls.n_train} training rows "

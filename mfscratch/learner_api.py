@@ -178,6 +178,26 @@ class LearnerAPI:
             self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold, first_item(t.item_vocab)
         )
 
+    # --- saving and loading (export.py) -----------------------------------------------------------
+    def export(self, fname="export.npz") -> Path:
+        """fastai's ``export``: the model, vocabularies, training pairs and settings at ``path / fname``,
+        for :func:`mfscratch.load_learner` (no training data, no optimiser state)."""
+        from .export import export
+
+        return export(self, fname)
+
+    def save(self, name, with_opt: bool = True) -> Path:
+        """fastai's ``save``: weights and optimiser state at ``path / model_dir / name.npz``, to continue a fit."""
+        from .export import save
+
+        return save(self, name, with_opt)
+
+    def load(self, name, with_opt: bool = True):
+        """fastai's ``load``: the weights (and optimiser state) of ``save(name)``; returns the learner."""
+        from .export import load
+
+        return load(self, name, with_opt)
+
     # --- pictures --------------------------------------------------------------------------------
     def plot_losses(self, path) -> Path:
         """PNG of the batch losses and the per-epoch train/valid losses."""

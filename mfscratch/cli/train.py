@@ -92,7 +92,7 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from .. import analysis
-    from ..io import atomic_write, save_model
+    from ..io import atomic_write
     from ..learner import collab_learner
 
     y_range = check_y_range(args.y_range)
@@ -100,7 +100,7 @@ def cmd_train(args) -> int:
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
     dls, data_label = load_training_data(args)
-    user_name, item_name = dls.user_name, dls.item_name
+    item_name = dls.item_name
     y_range = _y_range_for(args, y_range, dls)
     learn = collab_learner(
         dls,
@@ -146,7 +146,7 @@ def cmd_train(args) -> int:
             say(f"wrote {path}")
 
     if args.save:
-        save_model(args.save, learn.model, dls.classes, user_name, item_name, extra=_model_extras(dls))
+        learn.export(args.save)
         say(f"saved model to {args.save}")
     if args.json:
         report = {
@@ -239,12 +239,6 @@ def _y_range_for(args, y_range, dls):
             file=sys.stderr,
         )
     return y_range
-
-
-def _model_extras(dls) -> dict:
-    from ..metrics import SeenItems
-
-    return SeenItems.from_loaders(dls).arrays()
 
 
 def _ranking_line(r: dict) -> str:
