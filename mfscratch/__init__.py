@@ -12,6 +12,7 @@ Where things live: ``reference.py`` (the maths in NumPy), ``kernels/`` (the comp
 ``model.py``, ``optim.py``, ``schedule.py``, ``data.py``, ``learner.py``, ``cli.py``.
 """
 
+from .callbacks import CancelFitException, EarlyStoppingCallback, SaveModelCallback
 from .data import CollabDataLoaders, URLs, Vocab, data_dir, untar_data
 from .errors import ConfigError, DataError, DivergenceError, MfscratchError, ModelFileError
 from .export import load_learner
@@ -39,6 +40,9 @@ __all__ = [
     "read_ratings",
     "read_movielens",
     "load_learner",
+    "EarlyStoppingCallback",
+    "SaveModelCallback",
+    "CancelFitException",
     "save_model",
     "load_model",
     "MfscratchError",

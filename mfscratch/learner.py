@@ -17,6 +17,7 @@ from numba import njit
 from . import schedule
 from . import validate as checks  # not "validate": Learner has a validate() method
 from .backends import get_backend
+from .callbacks import CancelFitException, attached
 from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
 from .learner_api import LearnerAPI
@@ -151,16 +152,20 @@ class Learner(LearnerAPI):
         checks.warn_ratings_outside_range(dls, model.y_range)
 
     # --- public API, as in fastai --------------------------------------------------------
-    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, start_epoch: int = 0) -> None:
+    def fit(
+        self, n_epoch: int, lr: float | None = None, wd: float | None = None, start_epoch: int = 0, cbs=None
+    ) -> None:
         """Train ``n_epoch`` epochs at a constant learning rate and the optimiser's own momentum.
 
-        ``start_epoch`` skips the epochs a restored checkpoint already trained (see ``checkpoint.py``).
+        ``start_epoch`` skips the epochs a restored checkpoint already trained (see ``checkpoint.py``);
+        ``cbs`` are callbacks for this fit only (``callbacks.py``: early stopping, keeping the best epoch).
         """
         lr = self.lr if lr is None else lr
         checks.check_fit(n_epoch, lr, wd, start_epoch)
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
-        self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
+        with attached(self, cbs):
+            self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
 
     def fit_one_cycle(
         self,
@@ -172,9 +177,11 @@ class Learner(LearnerAPI):
         wd: float | None = None,
         moms=None,
         start_epoch: int = 0,
+        cbs=None,
     ) -> None:
         """fastai's one-cycle: cosine warm-up of the learning rate to ``lr_max``, then annealing to
-        ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95))."""
+        ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95)).
+        ``cbs``: callbacks for this fit only, as in :meth:`fit`."""
         lr_max = self.lr if lr_max is None else lr_max
         checks.check_fit(n_epoch, lr_max, wd, start_epoch)
         checks.check_one_cycle(div, div_final, pct_start, moms)
@@ -190,12 +197,13 @@ class Learner(LearnerAPI):
             moms=list(moms),
         )
         total = n_epoch * self._steps_per_epoch()
-        self._fit(
-            n_epoch,
-            lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
-            wd,
-            start_epoch,
-        )
+        with attached(self, cbs):
+            self._fit(
+                n_epoch,
+                lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
+                wd,
+                start_epoch,
+            )
 
     def validate(self) -> float:
         """Exact mean squared error over the validation rows under the current weights."""
@@ -266,8 +274,11 @@ class Learner(LearnerAPI):
             rec.epoch_seconds.append(seconds)
             rec.train_seconds.append(t_train)
             self._log_row(epoch, train_loss, valid_loss, seconds)
-            for callback in self.after_epoch:
-                callback(self, epoch)
+            try:
+                for callback in self.after_epoch:
+                    callback(self, epoch)
+            except CancelFitException:  # a callback ends the fit after this epoch (early stopping)
+                break
         self.backend.sync()
 
     def warmup(self) -> None:

@@ -14,6 +14,7 @@ from .args import (
     add_train_args,
     add_usage_output_args,
     check_y_range,
+    positive_int,
 )
 
 SEED_TITLE = "Silence of the Lambs, The (1991)"
@@ -36,6 +37,16 @@ def add_train_parser(sub) -> None:
         "--resume",
         action="store_true",
         help="continue from the checkpoint in --checkpoint DIR (same settings; starts afresh if none)",
+    )
+    watch = train.add_argument_group("watching the validation loss (fastai's EarlyStoppingCallback, SaveModelCallback)")
+    watch.add_argument(
+        "--early-stop",
+        type=positive_int,
+        metavar="PATIENCE",
+        help="stop when valid_loss has not improved for PATIENCE epochs in a row",
+    )
+    watch.add_argument(
+        "--keep-best", action="store_true", help="end with the weights of the epoch with the lowest valid_loss"
     )
     add_debug_arg(train)
     train.set_defaults(func=cmd_train)
@@ -117,7 +128,7 @@ def cmd_train(args) -> int:
     compile_seconds = time.perf_counter() - t0
     start_epoch = _checkpointing(args, learn, say)
     t0 = time.perf_counter()
-    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch)
+    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch, cbs=_watchers(args))
     train_seconds = time.perf_counter() - t0
 
     vocab = dls.classes[item_name]
@@ -177,12 +188,24 @@ def cmd_train(args) -> int:
                 "mode": args.mode,
                 "backend": args.backend,
                 "schedule": "one_cycle",
+                "early_stop": args.early_stop,
+                "keep_best": args.keep_best,
             },
         }
         text = json.dumps(report, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
         atomic_write(args.json, lambda f: f.write(text.encode() + b"\n"))
         say(f"wrote report to {args.json}")
     return 0
+
+
+def _watchers(args) -> list:
+    """The callbacks of ``--keep-best`` (first: it sees the last epoch before a stop) and ``--early-stop``."""
+    from ..callbacks import EarlyStoppingCallback, SaveModelCallback
+
+    cbs: list = [SaveModelCallback(fname=None)] if args.keep_best else []
+    if args.early_stop:
+        cbs.append(EarlyStoppingCallback(patience=args.early_stop))
+    return cbs
 
 
 def load_training_data(args):
