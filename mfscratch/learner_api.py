@@ -198,6 +198,30 @@ class LearnerAPI:
 
         return load(self, name, with_opt)
 
+    # --- the learning-rate finder (lr_find.py) ----------------------------------------------------
+    def lr_find(
+        self,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_it: int = 100,
+        stop_div: bool = True,
+        show_plot: bool = True,
+        suggest_funcs=None,
+    ):
+        """fastai's ``lr_find``: an exponentially growing rate over ``num_it`` batches on a copy of the
+        weights; returns ``SuggestedLRs`` (``.valley`` by default). Nothing of the learner changes."""
+        from .lr_find import lr_find, valley
+
+        return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs or (valley,))
+
+    def plot_lr_find(self, path) -> Path:
+        """PNG of the last ``lr_find``'s curve and suggestions."""
+        from .plots import plot_lr_find
+
+        if getattr(self, "lr_finder", None) is None:
+            raise ConfigError("nothing to plot yet: run learn.lr_find() first")
+        return plot_lr_find(self.lr_finder, path)
+
     # --- pictures --------------------------------------------------------------------------------
     def plot_losses(self, path) -> Path:
         """PNG of the batch losses and the per-epoch train/valid losses."""
