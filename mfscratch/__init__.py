@@ -12,9 +12,11 @@ Where things live: ``reference.py`` (the maths in NumPy), ``kernels/`` (the comp
 ``model.py``, ``optim.py``, ``schedule.py``, ``data.py``, ``learner.py``, ``cli.py``.
 """
 
+from .api import fit
 from .callbacks import CancelFitException, EarlyStoppingCallback, SaveModelCallback
 from .data import CollabDataLoaders, URLs, Vocab, data_dir, untar_data
 from .errors import ConfigError, DataError, DivergenceError, MfscratchError, ModelFileError
+from .estimator import CollabRegressor
 from .export import load_learner
 from .io import load_model, save_model
 from .learner import Learner, collab_learner
@@ -39,6 +41,8 @@ __all__ = [
     "SGD",
     "read_ratings",
     "read_movielens",
+    "fit",
+    "CollabRegressor",
     "load_learner",
     "EarlyStoppingCallback",
     "SaveModelCallback",
