@@ -42,7 +42,7 @@ def _dot_bias_class():
             super().__init__()
             for name in TABLES:
                 w = torch.tensor(np.asarray(tables[name]), dtype=dtype)
-                setattr(self, name, torch.nn.Embedding(*w.shape, _weight=w.clone()))
+                setattr(self, name, torch.nn.Embedding(w.shape[0], w.shape[1], _weight=w.clone()))
             self.y_range = y_range
 
         def forward(self, users, items):
