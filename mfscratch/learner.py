@@ -22,6 +22,7 @@ from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
 from .learner_api import LearnerAPI
 from .model import EmbeddingDotBias
+from .notices import compile_notice
 from .optim import Adam, OptState, resolve_opt
 
 __all__ = ["Learner", "Recorder", "collab_learner", "format_time"]
@@ -164,7 +165,7 @@ class Learner(LearnerAPI):
         checks.check_fit(n_epoch, lr, wd, start_epoch)
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
-        with attached(self, cbs):
+        with attached(self, cbs), compile_notice(self.log):
             self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
 
     def fit_one_cycle(
@@ -197,7 +198,7 @@ class Learner(LearnerAPI):
             moms=list(moms),
         )
         total = n_epoch * self._steps_per_epoch()
-        with attached(self, cbs):
+        with attached(self, cbs), compile_notice(self.log):
             self._fit(
                 n_epoch,
                 lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),

@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from ..errors import MfscratchError
+from ..notices import compile_notice
 from .args import Parser
 from .bench import add_bench_parser
 from .cv import add_cv_parser
@@ -69,7 +70,9 @@ def main(argv=None) -> int:
                 warnings.simplefilter("always", DataWarning)
             if not args.debug:
                 warnings.showwarning = _OneLineWarnings()
-            return args.func(args)
+            quiet = getattr(args, "quiet", False)
+            with compile_notice(None if quiet else lambda line: print(f"note: {line}", file=sys.stderr)):
+                return args.func(args)
     except MfscratchError as e:
         if args.debug:
             raise
