@@ -18,6 +18,9 @@ from .args import (
 )
 
 SEED_TITLE = "Silence of the Lambs, The (1991)"
+#: The popularity floor of the nearest-item line: a barely rated item's embedding is mostly its random
+#: start, so its cosine similarity to anything is noise (unfloored, ML-100k's answer is a film rated 3 times).
+NEAREST_MIN_RATINGS = 50
 
 
 def add_train_parser(sub) -> None:
@@ -59,6 +62,13 @@ def _check_train_settings(args) -> None:
     if args.backend not in BACKENDS:
         raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
     get_backend(args.backend)  # a backend this machine cannot run (cuda without a GPU) says so now
+    if args.split is not None and args.valid_pct is not None:
+        raise ConfigError(
+            f"--split {args.split} validates on ML-100k's {args.split}.test file, so --valid-pct does not apply; "
+            "leave it out"
+        )
+    if args.ranking_threshold is not None and not (args.ranking_k or args.json):
+        raise ConfigError("--ranking-threshold applies to the ranking metrics; add --ranking-k K (or --json PATH)")
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
     from ..validate import check_output_path
@@ -139,18 +149,24 @@ def cmd_train(args) -> int:
     for name, bias in analysis.top_biases(learn.model, vocab, 5):
         say(f"  {bias:+.4f}  {name}")
     if SEED_TITLE in vocab.o2i:
-        ((near, sim),) = analysis.cosine_neighbours(learn.model, vocab, SEED_TITLE, 1)
-        say(f"Nearest to {SEED_TITLE!r} by cosine similarity: {near!r} ({sim:.3f})")
+        nearest = learn.similar(SEED_TITLE, 1, min_ratings=NEAREST_MIN_RATINGS)
+        if len(nearest):
+            near, sim = nearest["item"].iloc[0], nearest["similarity"].iloc[0]
+            say(
+                f"Nearest to {SEED_TITLE!r} by cosine similarity, among items rated at least "
+                f"{NEAREST_MIN_RATINGS} times: {near!r} ({sim:.3f})"
+            )
 
     ranking = None
+    threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
     if args.ranking_k or args.json:
-        ranking = learn.ranking(args.ranking_k or 10, args.ranking_threshold)
+        ranking = learn.ranking(args.ranking_k or 10, threshold)
         ranking = {k: None if v != v else v for k, v in ranking.items()}  # NaN (no relevant item) is not JSON
     if args.ranking_k:
         say(
             _ranking_line(ranking)
             if ranking["n_users"]
-            else f"Ranking: no validation rating is >= {args.ranking_threshold:g}, so there is nothing to find"
+            else f"Ranking: no validation rating is >= {threshold:g}, so there is nothing to find"
         )
     if args.plot:
         for path in _write_plots(learn, args.plot):
@@ -183,7 +199,7 @@ def cmd_train(args) -> int:
                 "y_range": list(y_range),
                 "y_range_from_data": args.y_range is None,
                 "optimizer": args.optimizer,
-                "valid_pct": args.valid_pct,
+                "valid_pct": None if args.split else _valid_pct(args),
                 "seed": args.seed,
                 "mode": args.mode,
                 "backend": args.backend,
@@ -214,7 +230,7 @@ def load_training_data(args):
 
     file_only = [
         f"--{n.replace('_', '-')}"
-        for n in ("user_col", "item_col", "rating_col", "items", "item_key", "title_col")
+        for n in ("user_col", "item_col", "rating_col", "items", "item_key", "title_col", "header")
         if getattr(args, n, None) is not None
     ]
     if args.ratings is None and file_only:
@@ -230,7 +246,7 @@ def load_training_data(args):
         if args.items is not None:
             items = read_items(args.items, _col(args.item_key, 0), _col(args.title_col, 1), header=args.header)
             table = attach_titles(table, items, items_source=args.items)
-        return table.loaders(args.valid_pct, args.seed, args.bs), args.ratings
+        return table.loaders(_valid_pct(args), args.seed, args.bs), args.ratings
     name = args.data or "ml-100k"
     if args.split is not None:
         if name != "ml-100k":
@@ -238,7 +254,11 @@ def load_training_data(args):
                 f"--split {args.split} is one of ML-100k's own splits; it does not apply to --data {name}"
             )
         return loaders_from_split(*read_ml100k_split(args.split), bs=args.bs), f"{name}/{args.split}"
-    return read_movielens(name).loaders(args.valid_pct, args.seed, args.bs), name
+    return read_movielens(name).loaders(_valid_pct(args), args.seed, args.bs), name
+
+
+def _valid_pct(args) -> float:
+    return 0.2 if args.valid_pct is None else args.valid_pct
 
 
 def _col(value, default):
