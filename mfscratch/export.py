@@ -111,6 +111,15 @@ def load_learner(path, dls=None, backend: str | None = None, log=print):
             f"the loaders' users and items differ from those of {path} (columns {user_name!r}, {item_name!r}); "
             "build them from the same ratings the model was trained on"
         )
+    chosen = backend or settings.get("backend", "cpu")
+    if backend is None and chosen != "cpu":
+        from .backends import available_backends
+
+        if chosen not in available_backends():
+            raise ConfigError(
+                f"{path} was trained on the {chosen} backend, which cannot run here; "
+                "load it with load_learner(path, backend='cpu')"
+            )
     learn = Learner(
         dls,
         model,
@@ -118,7 +127,7 @@ def load_learner(path, dls=None, backend: str | None = None, log=print):
         lr=settings.get("lr", 1e-3),
         wd=settings.get("wd"),
         sparse=settings.get("sparse", False),
-        backend=backend or settings.get("backend", "cpu"),
+        backend=chosen,
         log=log,
     )
     if dls.n_train == 0:  # the file's training pairs stand in for the absent data

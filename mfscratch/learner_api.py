@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from . import export as export_
+from . import lr_find as lr_find_
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ class LearnerAPI:
     model: EmbeddingDotBias
     log: Any
     recorder: Any
+    #: The last ``lr_find``'s curve and suggestions (``lr_find.LRFinderResult``), for ``plot_lr_find``.
+    lr_finder: Any = None
 
     #: fastai's ``learn.path / learn.model_dir``: where ``save(name)`` and ``load(name)`` keep ``name.npz``.
     path: Path = Path(".")
@@ -178,47 +182,21 @@ class LearnerAPI:
             self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold, first_item(t.item_vocab)
         )
 
-    # --- saving and loading (export.py) -----------------------------------------------------------
-    def export(self, fname="export.npz") -> Path:
-        """fastai's ``export``: the model, vocabularies, training pairs and settings at ``path / fname``,
-        for :func:`mfscratch.load_learner` (no training data, no optimiser state)."""
-        from .export import export
-
-        return export(self, fname)
-
-    def save(self, name, with_opt: bool = True) -> Path:
-        """fastai's ``save``: weights and optimiser state at ``path / model_dir / name.npz``, to continue a fit."""
-        from .export import save
-
-        return save(self, name, with_opt)
-
-    def load(self, name, with_opt: bool = True):
-        """fastai's ``load``: the weights (and optimiser state) of ``save(name)``; returns the learner."""
-        from .export import load
-
-        return load(self, name, with_opt)
-
-    # --- the learning-rate finder (lr_find.py) ----------------------------------------------------
-    def lr_find(
-        self,
-        start_lr: float = 1e-7,
-        end_lr: float = 10.0,
-        num_it: int = 100,
-        stop_div: bool = True,
-        show_plot: bool = True,
-        suggest_funcs=None,
-    ):
-        """fastai's ``lr_find``: an exponentially growing rate over ``num_it`` batches on a copy of the
-        weights; returns ``SuggestedLRs`` (``.valley`` by default). Nothing of the learner changes."""
-        from .lr_find import lr_find, valley
-
-        return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs or (valley,))
+    # --- saving and loading (export.py), the learning-rate finder (lr_find.py) ----------------------
+    #: fastai's ``export``: the model, vocabularies, training pairs and settings, for ``load_learner``.
+    export = export_.export
+    #: fastai's ``save``: weights and optimiser state at ``path / model_dir / name.npz``, to continue a fit.
+    save = export_.save
+    #: fastai's ``load``: the weights (and optimiser state) of ``save(name)``; returns the learner.
+    load = export_.load
+    #: fastai's ``lr_find``: returns ``SuggestedLRs`` (``.valley``); nothing of the learner changes.
+    lr_find = lr_find_.lr_find
 
     def plot_lr_find(self, path) -> Path:
         """PNG of the last ``lr_find``'s curve and suggestions."""
         from .plots import plot_lr_find
 
-        if getattr(self, "lr_finder", None) is None:
+        if self.lr_finder is None:
             raise ConfigError("nothing to plot yet: run learn.lr_find() first")
         return plot_lr_find(self.lr_finder, path)
 
