@@ -119,3 +119,15 @@ def test_cli_save_is_an_export(tmp_path, capsys):
     learn = load_learner(path, log=None)
     assert learn.model.n_factors == 3 and learn.dls.bs == 16
     assert len(learn.recommend(learn.dls.classes["user"][1], 3)) == 3
+
+
+def test_a_model_trained_on_a_gpu_loads_on_the_cpu_when_asked(dls, tmp_path):
+    from mfscratch.backends import available_backends
+
+    learn = trained(dls)
+    learn.backend_name = "cuda"  # as if trained on a GPU
+    path = learn.export(tmp_path / "gpu.npz")
+    if "cuda" not in available_backends():
+        with pytest.raises(ConfigError, match="backend='cpu'"):
+            load_learner(path)
+    assert load_learner(path, backend="cpu", log=None).backend_name == "cpu"
