@@ -8,12 +8,21 @@ The seed notebook runs with NumPy arrays where fastai has tensors::
     learn = collab_learner(dls, n_factors=50, y_range=(0, 5.5))
     learn.fit_one_cycle(5, 5e-3, wd=0.1)
 
+For programs: ``mfscratch.fit(df, user=..., item=..., rating=...)`` returns a trained learner,
+``CollabRegressor`` is the scikit-learn-style estimator, ``learn.export(path)`` and
+``load_learner(path)`` save and load.
+
 Where things live: ``reference.py`` (the maths in NumPy), ``kernels/`` (the compiled twins),
-``model.py``, ``optim.py``, ``schedule.py``, ``data.py``, ``learner.py``, ``cli.py``.
+``model.py``, ``optim.py``, ``schedule.py``, ``data.py``, ``learner.py`` (training) and
+``learner_api.py`` (predicting, inspecting, saving), ``cli/`` (the command).
 """
 
+from .api import fit
+from .callbacks import CancelFitException, EarlyStoppingCallback, SaveModelCallback
 from .data import CollabDataLoaders, URLs, Vocab, data_dir, untar_data
 from .errors import ConfigError, DataError, DivergenceError, MfscratchError, ModelFileError
+from .estimator import CollabRegressor
+from .export import load_learner
 from .io import load_model, save_model
 from .learner import Learner, collab_learner
 from .model import Embedding, EmbeddingDotBias
@@ -37,6 +46,12 @@ __all__ = [
     "SGD",
     "read_ratings",
     "read_movielens",
+    "fit",
+    "CollabRegressor",
+    "load_learner",
+    "EarlyStoppingCallback",
+    "SaveModelCallback",
+    "CancelFitException",
     "save_model",
     "load_model",
     "MfscratchError",

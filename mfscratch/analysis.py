@@ -14,16 +14,16 @@ midpoint ``(lo + hi) / 2``. Each such fallback issues a :class:`FallbackWarning`
 
 from __future__ import annotations
 
-import difflib
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from . import notices
 from .errors import ConfigError
 from .metrics import SeenItems, topk
 from .model import EmbeddingDotBias
+from .names import find_item, has_na, item_code, lookup
 
 __all__ = [
     "top_biases",
@@ -31,6 +31,8 @@ __all__ = [
     "FallbackWarning",
     "lookup",
     "predict_named",
+    "predict_codes",
+    "codes_of",
     "recommend",
     "similar",
     "biases",
@@ -44,13 +46,9 @@ class FallbackWarning(UserWarning):
     """A prediction or recommendation used only part of the model (an unknown user or item)."""
 
 
-def _has_na(vocab) -> bool:
-    return len(vocab) > 0 and vocab[0] == "#na#"
-
-
 def first_item(vocab) -> int:
     """The first code that names a real item: 1 when code 0 is ``#na#``, else 0."""
-    return 1 if _has_na(vocab) else 0
+    return 1 if has_na(vocab) else 0
 
 
 def _to_output(model: EmbeddingDotBias, x: np.ndarray) -> np.ndarray:
@@ -61,40 +59,6 @@ def _to_output(model: EmbeddingDotBias, x: np.ndarray) -> np.ndarray:
     return lo + (hi - lo) / (1.0 + np.exp(-x))
 
 
-def lookup(vocab, value) -> int | None:
-    """The code of ``value`` in ``vocab``, or ``None`` when it is unknown (never code 0, ``#na#``).
-
-    Values typed on a command line arrive as text: ``"196"`` also finds the integer user ``196``.
-    """
-    candidates = [value]
-    if isinstance(value, str):
-        text = value.strip()
-        candidates.append(text)
-        for conv in (int, float):
-            try:
-                candidates.append(conv(text))
-            except ValueError:
-                pass
-    else:
-        candidates.append(str(value))
-    for c in candidates:
-        code = vocab.o2i.get(c)
-        if code is not None and not (code == 0 and _has_na(vocab)):
-            return int(code)
-    return None
-
-
-def _unknown_item_error(vocab, name) -> ConfigError:
-    names = [str(v) for v in vocab[1 if _has_na(vocab) else 0 :]]
-    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    hint = (
-        f"; did you mean {' or '.join(repr(c) for c in close)}?"
-        if close
-        else " (check the spelling; MovieLens titles include the year)"
-    )
-    return ConfigError(f"item {name!r} is not in the model's vocabulary{hint}")
-
-
 # --- biases ------------------------------------------------------------------------------------
 def top_biases(model: EmbeddingDotBias, vocab, n: int = 5, lowest: bool = False) -> list:
     """The ``n`` items with the highest (or lowest) learned bias, as ``(name, bias)`` pairs.
@@ -103,7 +67,7 @@ def top_biases(model: EmbeddingDotBias, vocab, n: int = 5, lowest: bool = False)
     """
     bias = model.i_bias.weight[:, 0].astype(np.float64)
     codes = np.argsort(bias if lowest else -bias, kind="stable")
-    codes = codes[codes != 0] if _has_na(vocab) else codes
+    codes = codes[codes != 0] if has_na(vocab) else codes
     return [(vocab[c], float(bias[c])) for c in codes[:n]]
 
 
@@ -138,9 +102,7 @@ def similar(model: EmbeddingDotBias, vocab, name, n: int = 10, min_ratings: int 
     a barely-rated item's embedding is mostly its random start plus weight decay, so its
     "similarity" is noise. Columns: ``item``, ``similarity`` (and ``n_ratings`` when counts are known).
     """
-    code = lookup(vocab, name)
-    if code is None:
-        raise _unknown_item_error(vocab, name)
+    code = item_code(vocab, name)
     if min_ratings > 0 and item_counts is None:
         raise ConfigError(
             "--min-ratings needs the training counts per item, which this model does not carry; "
@@ -148,7 +110,7 @@ def similar(model: EmbeddingDotBias, vocab, name, n: int = 10, min_ratings: int 
         )
     sims = _cosine_to(model, code)
     sims[code] = -np.inf
-    if _has_na(vocab):
+    if has_na(vocab):
         sims[0] = -np.inf
     if min_ratings > 0:
         sims[np.asarray(item_counts) < min_ratings] = -np.inf
@@ -161,38 +123,49 @@ def similar(model: EmbeddingDotBias, vocab, name, n: int = 10, min_ratings: int 
 
 
 # --- predictions and recommendations ------------------------------------------------------------
-def predict_named(model: EmbeddingDotBias, user_vocab, item_vocab, users, items) -> np.ndarray:
-    """Predicted ratings for ``(users[r], items[r])`` given by name, with the fallbacks of the module
-    docstring for unknown names (and a :class:`FallbackWarning` naming them)."""
-    users, items = list(users), list(items)
-    if len(users) != len(items):
-        raise ConfigError(f"users and items must have the same length, got {len(users)} and {len(items)}")
-    uc, ic = (
-        np.array([-1 if c is None else c for c in (lookup(vocab, v) for v in values)], dtype=np.int64)
-        for vocab, values in ((user_vocab, users), (item_vocab, items))
-    )
+def codes_of(vocab, values, find=lookup) -> np.ndarray:
+    """The codes of ``values`` (``-1`` for unknown ones), each distinct value looked up once by ``find``."""
+    inverse, uniques = pd.factorize(np.asarray(list(values), dtype=object), use_na_sentinel=True)
+    found = np.array([-1 if c is None else c for c in (find(vocab, v) for v in uniques)] + [-1], dtype=np.int64)
+    return found[inverse]  # the sentinel -1 (a missing value) picks the trailing -1
+
+
+def predict_codes(model: EmbeddingDotBias, uc: np.ndarray, ic: np.ndarray) -> np.ndarray:
+    """Predictions for code pairs where ``-1`` marks an unknown side (the fallbacks of the module docstring)."""
     ku, ki = uc >= 0, ic >= 0
     both = ku & ki
-    x = np.zeros(len(users), dtype=np.float64)
+    x = np.zeros(len(uc), dtype=np.float64)
     uw, iw = model.u_weight.weight, model.i_weight.weight
     x[both] = np.einsum("ij,ij->i", uw[uc[both]].astype(np.float64), iw[ic[both]].astype(np.float64))
     x[ku] += model.u_bias.weight[uc[ku], 0]
     x[ki] += model.i_bias.weight[ic[ki], 0]
-    unknown_users = sorted({str(u) for u, k in zip(users, ku) if not k})
-    unknown_items = sorted({str(i) for i, k in zip(items, ki) if not k})
-    if unknown_users or unknown_items:
-        parts = []
-        if unknown_users:
-            parts.append(f"unknown user(s) {', '.join(unknown_users[:5])}{' ...' if len(unknown_users) > 5 else ''}")
-        if unknown_items:
-            parts.append(f"unknown item(s) {', '.join(unknown_items[:5])}{' ...' if len(unknown_items) > 5 else ''}")
-        warnings.warn(
+    return _to_output(model, x)
+
+
+def _few(values) -> str:
+    names = sorted({str(v) for v in values})
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+
+def predict_named(model: EmbeddingDotBias, user_vocab, item_vocab, users, items) -> np.ndarray:
+    """Predicted ratings for ``(users[r], items[r])`` given by id or name (``names.find_item``), with the
+    fallbacks of the module docstring for unknown ones (and a :class:`FallbackWarning` naming them)."""
+    users, items = list(users), list(items)
+    if len(users) != len(items):
+        raise ConfigError(f"users and items must have the same length, got {len(users)} and {len(items)}")
+    uc, ic = codes_of(user_vocab, users), codes_of(item_vocab, items, find_item)
+    parts = []
+    if (uc < 0).any():
+        parts.append(f"unknown user(s) {_few(u for u, c in zip(users, uc) if c < 0)}")
+    if (ic < 0).any():
+        parts.append(f"unknown item(s) {_few(i for i, c in zip(items, ic) if c < 0)}")
+    if parts:
+        notices.warn(
             f"{'; '.join(parts)}: predicted from the known biases only (the rating midpoint when "
             "neither side is known)",
             FallbackWarning,
-            stacklevel=2,
         )
-    return _to_output(model, x)
+    return predict_codes(model, uc, ic)
 
 
 def recommend(
@@ -207,21 +180,19 @@ def recommend(
     code = lookup(user_vocab, user)
     first = first_item(item_vocab)
     if code is None:
-        warnings.warn(
+        notices.warn(
             f"user {user!r} is not in the training data: ranking items by their learned bias alone "
             "(the model's popularity baseline)",
             FallbackWarning,
-            stacklevel=2,
         )
         zeros_w = np.zeros((1, model.n_factors), dtype=model.dtype)
         items, scores = topk(model, [0], None, n, first, u_weight=zeros_w, u_bias=np.zeros(1, model.dtype))
     else:
         if seen is None:
-            warnings.warn(
-                "this model does not carry its training pairs, so items the user already rated "
-                "may be recommended; retrain and save it with this version",
+            notices.warn(
+                "this model file does not carry its training pairs, so items the user already rated "
+                "may be recommended; write it with learn.export(path) or mfscratch train --save",
                 FallbackWarning,
-                stacklevel=2,
             )
         items, scores = topk(model, [code], seen, n, first)
     items, scores = items[0], scores[0]
@@ -242,7 +213,7 @@ def item_pca(model: EmbeddingDotBias, vocab, item_counts=None, n_top: int = 1000
     Without ``item_counts`` the items are taken in vocabulary order. PCA: centre the vectors and
     take the leading right singular vectors (the sign of each axis is arbitrary).
     """
-    start = 1 if _has_na(vocab) else 0
+    start = 1 if has_na(vocab) else 0
     codes = np.arange(start, len(vocab))
     if item_counts is not None:
         codes = codes[np.argsort(-np.asarray(item_counts)[codes], kind="stable")]

@@ -14,9 +14,9 @@ sparse mode with plain SGD and batches of one rating (per-rating SGD, the fused 
 its own documented setting :data:`PER_RATING_RECIPE` (the ``lr``/``wd``/``epochs`` given apply to
 the other modes only).
 
-The PyTorch row runs ``benchmarks/torch_loop.py`` from the repository (exact mode only). torch is
-imported only here, only when that row is asked for, and only through that file: the library
-never imports torch. Without torch or without the file the row is skipped and the reason logged.
+The PyTorch row runs the reference loop of ``mfscratch.torch_loop`` (exact mode only), which imports
+torch only when that row runs: the library never imports it. Without torch the default run leaves the
+row out and says why; ``--backend torch`` without torch is an error.
 The ``cornac`` row (asked for with ``--backend cornac``, with the ``sparse-sgd1`` mode) trains
 cornac's biased MF (Cython per-rating SGD) on the same training rows, for the per-rating
 comparison: seconds per epoch = the best of three 25-epoch fits / 25 (its setup included).
@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-from pathlib import Path
 
 from . import schedule
 from .backends import BACKENDS, available_backends
@@ -58,16 +57,11 @@ KEYS = ("backend", "mode", "seconds_per_epoch", "ratings_per_second", "speedup_v
 
 
 def load_torch_loop():
-    """``benchmarks/torch_loop.py`` as a module, or ``(None, reason)`` when torch or the file is missing."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_loop.py"
-    if not path.is_file():
-        return None, f"{path} not found (it ships with the source repository, not the package)"
-    if importlib.util.find_spec("torch") is None:
-        return None, "torch is not installed (pip install torch)"
-    spec = importlib.util.spec_from_file_location("_mfscratch_torch_loop", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, ""
+    """``mfscratch.torch_loop`` as a module, or ``(None, reason)`` when torch is not installed."""
+    from . import torch_loop
+
+    why = torch_loop.available()
+    return (None, why) if why else (torch_loop, "")
 
 
 def _row(backend, mode, seconds, n_train, valid_mse):
@@ -89,7 +83,12 @@ def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed, threads=1
 
 
 def check_names(backends, modes) -> list[str]:
-    """The backend names to run (``None``: the default set), after checking every name and mode."""
+    """The backend names to run (``None``: the default set), after checking every name and mode.
+
+    A backend named explicitly that cannot run here (torch or cornac not installed, cuda without a
+    GPU, cornac without the ``sparse-sgd1`` mode it is compared in) is a :class:`ConfigError`; the
+    default set leaves such rows out with a note instead.
+    """
     names = available_backends() + ["torch", "cornac"] if backends is None else list(backends)
     for name in names:
         if name not in ("torch", "cornac") and name not in BACKENDS:
@@ -97,7 +96,25 @@ def check_names(backends, modes) -> list[str]:
     for mode in modes:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+    if backends is not None:
+        for name in names:
+            why = _cannot_run(name, modes)
+            if why:
+                raise ConfigError(f"--backend {name} cannot run: {why}")
     return names
+
+
+def _cannot_run(name: str, modes) -> str | None:
+    """Why the row of backend ``name`` cannot run here, or ``None``."""
+    if name == "torch":
+        return load_torch_loop()[1] or None
+    if name == "cornac":
+        if "sparse-sgd1" not in modes:
+            return "cornac's row sits next to the sparse-sgd1 mode; add --mode sparse-sgd1"
+        return None if importlib.util.find_spec("cornac") else "cornac is not installed (pip install cornac)"
+    if name not in available_backends():
+        return f"the {name} backend is not available on this machine (no GPU or no numba-cuda)"
+    return None
 
 
 def bench_rows(

@@ -36,7 +36,17 @@ import numpy as np
 from .errors import ConfigError, ModelFileError
 from .io import _read_arrays, atomic_write
 
-__all__ = ["Checkpoint", "save", "load", "restore", "resume", "FILE_NAME", "FORMAT_VERSION"]
+__all__ = [
+    "Checkpoint",
+    "save",
+    "load",
+    "write_state",
+    "read_state",
+    "restore",
+    "resume",
+    "FILE_NAME",
+    "FORMAT_VERSION",
+]
 
 FILE_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
@@ -82,6 +92,15 @@ def save(directory, learner, epoch: int) -> Path:
     """Write ``directory/checkpoint.npz`` for ``learner`` after it finished epoch ``epoch`` (0-based)."""
     if learner.fit_args is None:
         raise ConfigError("nothing to checkpoint: the learner has not started a fit")
+    return write_state(Path(directory) / FILE_NAME, learner, epoch)
+
+
+def write_state(path, learner, epoch: int, extra: dict | None = None) -> Path:
+    """The full state of ``learner`` (see the module docstring) as the ``.npz`` at ``path``, atomically.
+
+    ``epoch`` is the last finished epoch (-1 before any); ``extra`` adds arrays (``learn.save`` adds
+    the vocabularies' digest). Also the format of ``learn.save`` (``export.py``).
+    """
     learner.backend.sync()  # on a GPU backend, bring params and moments back to the host first
     rec = learner.recorder
     arrays = {
@@ -98,10 +117,11 @@ def save(directory, learner, epoch: int) -> Path:
         "values": np.asarray(rec.values, dtype=np.float64).reshape(-1, 2),
         "fit_args": _json_array(_normalise(learner.fit_args)),
         "settings": _json_array(_settings(learner)),
+        **(extra or {}),
     }
     for name in _RECORDER_FIELDS:
         arrays[f"rec_{name}"] = np.asarray(getattr(rec, name), dtype=np.float64)
-    return atomic_write(Path(directory) / FILE_NAME, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 class Checkpoint:
@@ -119,10 +139,16 @@ def load(directory) -> dict | None:
     path = Path(directory) / FILE_NAME
     if not path.exists():
         return None
+    return read_state(path, "delete it (or the folder) and train again without --resume")
+
+
+def read_state(path: Path, fix: str) -> dict:
+    """The checked values of a file written by :func:`write_state` (``fix``: what to do when it is bad),
+    with any extra arrays under ``"extra"``."""
     data = _read_arrays(path)
 
     def bad(what):
-        return ModelFileError(f"{path} {what}; delete it (or the folder) and train again without --resume")
+        return ModelFileError(f"{path} {what}; {fix}")
 
     if str(data.get("format", "")) != _MAGIC:
         raise bad("is not an mfscratch checkpoint")
@@ -164,6 +190,7 @@ def load(directory) -> dict | None:
         state.update({f"rec_{n}": data[f"rec_{n}"].tolist() for n in _RECORDER_FIELDS})
     except (TypeError, ValueError) as e:
         raise bad(f"is damaged ({type(e).__name__}: {e})") from None
+    state["extra"] = {k: v for k, v in data.items() if k not in needed | {"format", "version"}}
     return state
 
 

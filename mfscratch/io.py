@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Vocab
-from .errors import ModelFileError
+from .errors import ConfigError, ModelFileError
 from .model import EmbeddingDotBias
 
 __all__ = ["save_model", "load_model", "atomic_write", "FORMAT_VERSION"]
@@ -93,15 +93,37 @@ def _vocab_array(vocab) -> tuple[np.ndarray, str]:
     return np.asarray([str(v) for v in values], dtype=np.str_), "plain"
 
 
+def _column_names(classes: dict | None, user_name: str | None, item_name: str | None) -> tuple[str, str]:
+    """The user and item column names: as given, else the two keys of ``classes`` in order (``dls.classes``
+    holds the user's vocabulary first), else ``"user"`` and ``"item"``."""
+    keys = list(classes or {})
+    if user_name is None and item_name is None and len(keys) == 2:
+        return keys[0], keys[1]
+    user_name, item_name = user_name or "user", item_name or "item"
+    missing = [n for n in (user_name, item_name) if classes is not None and n not in classes]
+    if missing:
+        raise ConfigError(
+            f"classes has the vocabularies {keys}, not {missing}: pass user_name= and item_name= "
+            "naming two of them (or save with learn.export(path), which knows them)"
+        )
+    return user_name, item_name
+
+
 def save_model(
     path,
     model: EmbeddingDotBias,
     classes: dict | None = None,
-    user_name: str = "user",
-    item_name: str = "item",
+    user_name: str | None = None,
+    item_name: str | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write the model (and the vocabularies, when given) to ``path`` atomically."""
+    """Write the model (and the vocabularies, when given) to ``path`` atomically.
+
+    ``user_name``/``item_name`` name the vocabularies in ``classes``; by default the two keys of
+    ``dls.classes`` in order. ``learn.export(path)`` writes the same file with the training pairs
+    and the learner's settings as well.
+    """
+    user_name, item_name = _column_names(classes, user_name, item_name)
     arrays = {"format": np.array(_MAGIC), "version": np.array(FORMAT_VERSION, dtype=np.int64)}
     arrays.update({name: np.asarray(t) for name, t in model.tables().items()})
     arrays["y_range"] = np.asarray(model.y_range if model.y_range is not None else [], dtype=np.float64)

@@ -17,9 +17,12 @@ from numba import njit
 from . import schedule
 from . import validate as checks  # not "validate": Learner has a validate() method
 from .backends import get_backend
+from .callbacks import CancelFitException, attached
 from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
+from .learner_api import LearnerAPI
 from .model import EmbeddingDotBias
+from .notices import compile_notice
 from .optim import Adam, OptState, resolve_opt
 
 __all__ = ["Learner", "Recorder", "collab_learner", "format_time"]
@@ -107,8 +110,9 @@ def _smooth(losses: np.ndarray, avg: float, count: int) -> tuple[float, int, flo
     return avg, count, smoothed
 
 
-class Learner:
-    """Trains an :class:`EmbeddingDotBias` on a :class:`CollabDataLoaders`.
+class Learner(LearnerAPI):
+    """Trains an :class:`EmbeddingDotBias` on a :class:`CollabDataLoaders` (predicting, inspecting,
+    saving and loading: :class:`~mfscratch.learner_api.LearnerAPI`).
 
     ``opt_func`` is ``Adam`` or ``SGD`` (or an instance / partial); ``wd`` overrides the optimiser's
     weight decay; ``seed`` fixes the order of the batches; ``sparse=True`` updates only the rows in
@@ -149,16 +153,20 @@ class Learner:
         checks.warn_ratings_outside_range(dls, model.y_range)
 
     # --- public API, as in fastai --------------------------------------------------------
-    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, start_epoch: int = 0) -> None:
+    def fit(
+        self, n_epoch: int, lr: float | None = None, wd: float | None = None, start_epoch: int = 0, cbs=None
+    ) -> None:
         """Train ``n_epoch`` epochs at a constant learning rate and the optimiser's own momentum.
 
-        ``start_epoch`` skips the epochs a restored checkpoint already trained (see ``checkpoint.py``).
+        ``start_epoch`` skips the epochs a restored checkpoint already trained (see ``checkpoint.py``);
+        ``cbs`` are callbacks for this fit only (``callbacks.py``: early stopping, keeping the best epoch).
         """
         lr = self.lr if lr is None else lr
         checks.check_fit(n_epoch, lr, wd, start_epoch)
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
-        self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
+        with attached(self, cbs), compile_notice(self.log):
+            self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
 
     def fit_one_cycle(
         self,
@@ -170,9 +178,11 @@ class Learner:
         wd: float | None = None,
         moms=None,
         start_epoch: int = 0,
+        cbs=None,
     ) -> None:
         """fastai's one-cycle: cosine warm-up of the learning rate to ``lr_max``, then annealing to
-        ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95))."""
+        ``lr_max / div_final``; momentum moves the opposite way (``moms``, default (0.95, 0.85, 0.95)).
+        ``cbs``: callbacks for this fit only, as in :meth:`fit`."""
         lr_max = self.lr if lr_max is None else lr_max
         checks.check_fit(n_epoch, lr_max, wd, start_epoch)
         checks.check_one_cycle(div, div_final, pct_start, moms)
@@ -188,39 +198,27 @@ class Learner:
             moms=list(moms),
         )
         total = n_epoch * self._steps_per_epoch()
-        self._fit(
-            n_epoch,
-            lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
-            wd,
-            start_epoch,
-        )
+        with attached(self, cbs), compile_notice(self.log):
+            self._fit(
+                n_epoch,
+                lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
+                wd,
+                start_epoch,
+            )
 
     def validate(self) -> float:
         """Exact mean squared error over the validation rows under the current weights."""
         self.backend.bind(self.model, self.opt_state, self.dls)
         return self._valid_loss()
 
-    def predict(self, users, items) -> np.ndarray:
-        """Predicted ratings for code pairs (see ``dls.classes[...].o2i`` to encode names)."""
-        return self.model.forward(users, items)
-
-    def bias(self, values, is_item: bool = True) -> np.ndarray:
-        """Learned biases for users or items given by their original names (fastai's ``learn.bias``)."""
-        table = self.model.i_bias if is_item else self.model.u_bias
-        return table.weight[self._codes(values, is_item), 0]
-
-    def weight(self, values, is_item: bool = True) -> np.ndarray:
-        """Learned embedding vectors for users or items given by name (fastai's ``learn.weight``)."""
-        table = self.model.i_weight if is_item else self.model.u_weight
-        return table.weight[self._codes(values, is_item)]
-
     # --- the loop ---------------------------------------------------------------------------
-    def _codes(self, values, is_item: bool) -> np.ndarray:
-        vocab = self.dls.classes[self.dls.item_name if is_item else self.dls.user_name]
-        return np.array([vocab.o2i[v] for v in values], dtype=np.int64)
-
     def _steps_per_epoch(self) -> int:
         steps = self.dls.n_train // self.dls.bs
+        if self.dls.n_train == 0:
+            raise ConfigError(
+                "this learner holds no training ratings (load_learner without dls=): "
+                "pass the ratings with load_learner(path, dls=...) to train it further"
+            )
         if steps < 1:
             raise ConfigError(
                 f"batch size {self.dls.bs} is larger than the {self.dls.n_train} training rows "
@@ -277,8 +275,11 @@ class Learner:
             rec.epoch_seconds.append(seconds)
             rec.train_seconds.append(t_train)
             self._log_row(epoch, train_loss, valid_loss, seconds)
-            for callback in self.after_epoch:
-                callback(self, epoch)
+            try:
+                for callback in self.after_epoch:
+                    callback(self, epoch)
+            except CancelFitException:  # a callback ends the fit after this epoch (early stopping)
+                break
         self.backend.sync()
 
     def warmup(self) -> None:
@@ -344,62 +345,6 @@ class Learner:
                 if len(part) < e - s or (len(part) and not np.isfinite(part[-1])):
                     break  # diverged (a deferred-rows backend has flushed): the caller reports it
         return np.concatenate(parts)
-
-    # --- using the trained model (the work is in analysis.py, metrics.py and plots.py) -----------
-    def trained(self):
-        """This learner's model, vocabularies and training pairs as an :class:`analysis.Trained`."""
-        from .analysis import Trained
-
-        if getattr(self, "_trained", None) is None or self._trained.model is not self.model:
-            self._trained = Trained.from_learner(self)
-        return self._trained
-
-    def recommend(self, user, n: int = 10):
-        """The user's ``n`` best unseen items (DataFrame ``item, predicted_rating, n_ratings``)."""
-        return self.trained().recommend(user, n)
-
-    def similar(self, item, n: int = 10, min_ratings: int = 0):
-        """The ``n`` items nearest ``item`` by cosine similarity, rated at least ``min_ratings`` times."""
-        return self.trained().similar(item, n, min_ratings)
-
-    def biases(self, n: int = 10):
-        """The ``n`` highest and ``n`` lowest item biases (DataFrame ``side, item, bias, n_ratings``)."""
-        return self.trained().biases(n)
-
-    def predict_named(self, users, items) -> np.ndarray:
-        """Predicted ratings for users and items given by name; unknown names fall back to the known biases."""
-        return self.trained().predict(users, items)
-
-    def ranking(self, k: int = 10, threshold: float = 4.0) -> dict:
-        """Precision@k, recall@k and NDCG@k over the validation rows (see ``metrics.ranking_metrics``)."""
-        from .analysis import first_item
-        from .metrics import ranking_metrics
-
-        d, t = self.dls, self.trained()
-        return ranking_metrics(
-            self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold, first_item(t.item_vocab)
-        )
-
-    def plot_losses(self, path):
-        """PNG of the batch losses and the per-epoch train/valid losses."""
-        from .plots import plot_losses
-
-        return plot_losses(self.recorder, path)
-
-    def plot_schedule(self, path):
-        """PNG of the learning rate and momentum at every step."""
-        from .plots import plot_schedule
-
-        return plot_schedule(self.recorder, path)
-
-    def plot_item_pca(self, path, n: int = 50):
-        """PNG of fastbook's 2-D PCA map of the most-rated items' embeddings, ``n`` of them labelled."""
-        from .analysis import item_pca
-        from .plots import plot_item_pca
-
-        t = self.trained()
-        names, coords = item_pca(self.model, t.item_vocab, t.item_counts)
-        return plot_item_pca(names, coords, path, n)
 
 
 def collab_learner(

@@ -1,8 +1,15 @@
-"""Pictures of a fit: loss curves, the learning-rate and momentum schedule, and the item PCA map (PNG).
+"""Pictures of a fit: loss curves, the learning-rate and momentum schedule, the item PCA map and the
+learning-rate finder's curve (PNG).
 
 matplotlib is an optional extra (``pip install 'mfscratch[plot]'``); without it every call raises a
 :class:`~mfscratch.errors.ConfigError` saying so. Figures are drawn on matplotlib's ``Figure``
 directly (Agg canvas), never through ``pyplot``, so nothing opens a window or touches global state.
+Each picture has a ``*_figure`` function returning the ``Figure`` and a ``plot_*`` one writing it.
+
+Legibility: every axis is labelled; text is drawn in colours dark enough to read on white
+(:data:`LABEL_COLOURS`, each at least 4.5:1 against white, WCAG's bar for normal text); the PCA
+map places each title where it overlaps no other (trying a ring of positions around its point)
+and leaves out a title that finds no free place rather than print it over another.
 """
 
 from __future__ import annotations
@@ -13,15 +20,32 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["plot_losses", "plot_schedule", "plot_item_pca", "write_all"]
+__all__ = [
+    "losses_figure",
+    "schedule_figure",
+    "item_pca_figure",
+    "lr_find_figure",
+    "plot_losses",
+    "plot_schedule",
+    "plot_item_pca",
+    "plot_lr_find",
+    "write_all",
+    "LABEL_COLOURS",
+]
+
+#: Dark, distinct colours for text on white (contrast ratios 7.5 to 12.6).
+LABEL_COLOURS = ("#1f3b73", "#8c2d04", "#1b5e20", "#5e1f78", "#9b1c1c", "#00504a", "#4e342e", "#263238")
 
 
 def _figure(figsize):
     try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise ConfigError("plots need matplotlib: pip install 'mfscratch[plot]' (or pip install matplotlib)") from None
-    return Figure(figsize=figsize, layout="constrained")
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig, path) -> Path:
@@ -37,7 +61,8 @@ def _need_fit(recorder) -> int:
     return len(recorder.lrs) // len(recorder.values)
 
 
-def plot_losses(recorder, path) -> Path:
+# --- losses and schedule -------------------------------------------------------------------------
+def losses_figure(recorder):
     """Batch losses per step (light; dark: their moving average over a twentieth of an epoch), and
     fastai's train_loss and the valid_loss at each epoch's end."""
     steps_per_epoch = _need_fit(recorder)
@@ -49,55 +74,150 @@ def plot_losses(recorder, path) -> Path:
     if recorder.losses:
         losses = np.asarray(recorder.losses, dtype=np.float64)
         x = np.arange(1, len(losses) + 1) / steps_per_epoch
-        ax.plot(x, losses, color="0.85", linewidth=0.5, label="batch loss")
+        ax.plot(x, losses, color="0.8", linewidth=0.5, label="batch loss")
         window = max(1, min(len(losses), steps_per_epoch // 20))
         moving = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(x[window - 1 :], moving, color="0.4", linewidth=1, label=f"batch loss, mean of {window} steps")
+        ax.plot(x[window - 1 :], moving, color="0.35", linewidth=1, label=f"batch loss, mean of {window} steps")
         top = max(top, float(np.nanpercentile(moving, 99)))
-    ax.plot(epochs, values[:, 0], "o-", label="train_loss (fastai's smoothed)")
-    ax.plot(epochs, values[:, 1], "s-", label="valid_loss")
+    ax.plot(epochs, values[:, 0], "o-", color=LABEL_COLOURS[0], label="train_loss (fastai's smoothed)")
+    ax.plot(epochs, values[:, 1], "s-", color=LABEL_COLOURS[1], label="valid_loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean squared error")
     ax.set_ylim(0, 1.2 * top)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Training and validation loss")
-    return _save(fig, path)
+    return fig
 
 
-def plot_schedule(recorder, path) -> Path:
+def schedule_figure(recorder):
     """The learning rate and the momentum at every step (one-cycle: up then down, and the mirror)."""
     _need_fit(recorder)
     fig = _figure((10, 4))
     ax_lr, ax_mom = fig.subplots(1, 2)
     steps = np.arange(len(recorder.lrs))
-    ax_lr.plot(steps, recorder.lrs)
+    ax_lr.plot(steps, recorder.lrs, color=LABEL_COLOURS[0])
     ax_lr.set_title("learning rate")
-    ax_mom.plot(steps, recorder.moms, color="tab:orange")
+    ax_lr.set_ylabel("learning rate")
+    ax_mom.plot(steps, recorder.moms, color=LABEL_COLOURS[1])
     ax_mom.set_title("momentum")
+    ax_mom.set_ylabel("momentum (Adam's beta1)")
     for ax in (ax_lr, ax_mom):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_item_pca(names, coords, path, n: int = 50, seed: int = 0) -> Path:
-    """fastbook's map: the first ``n`` items (most-rated first) at their first two PCA coordinates, labelled."""
+# --- the PCA map ---------------------------------------------------------------------------------
+def _overlaps(box, boxes) -> bool:
+    return any(box.overlaps(other) for other in boxes)
+
+
+def _place_labels(fig, ax, names, x, y, colours) -> None:
+    """Each title beside its point where it overlaps no title placed before it (most-rated first) and no point."""
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()  # settle the layout, then freeze it so the measured positions stay true
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    points = ax.transData.transform(np.c_[x, y])
+    # The points are obstacles too, so that no title covers another item's dot.
+    placed: list = [Bbox.from_bounds(px - 3, py - 3, 6, 6) for px, py in points]
+    pixels = fig.dpi / 72  # offsets are in points
+    ring = [
+        (dx, dy)
+        for r in (4, 9, 15)
+        for dx, dy in ((r, 0), (-r, 0), (0, r), (0, -r), (r, r), (-r, -r), (r, -r), (-r, r))
+    ]
+    for name, (px, py), colour in zip(names, points, colours):
+        probe = ax.text(0, 0, str(name), fontsize=9)
+        size = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = size.width, size.height
+        for dx, dy in ring:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+            x0 = px + dx * pixels - {"left": 0, "right": w, "center": w / 2}[ha]
+            y0 = py + dy * pixels - {"bottom": 0, "top": h, "center": h / 2}[va]
+            box = Bbox.from_bounds(x0, y0, w, h)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not _overlaps(box, placed):
+                placed.append(box)
+                ax.annotate(
+                    str(name),
+                    ax.transData.inverted().transform((px, py)),
+                    xytext=(dx, dy),
+                    textcoords="offset points",
+                    fontsize=9,
+                    color=colour,
+                    ha=ha,
+                    va=va,
+                )
+                break
+
+
+def item_pca_figure(names, coords, n: int = 50):
+    """fastbook's map: the first ``n`` items (most-rated first) at their first two PCA coordinates,
+    each titled where the title collides with no other."""
     coords = np.asarray(coords)
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise ConfigError("the PCA map needs at least two components (and two items with embeddings)")
     n = min(n, len(names))
-    rng = np.random.default_rng(seed)
     fig = _figure((12, 12))
     ax = fig.add_subplot()
     x, y = coords[:n, 0], coords[:n, 1]
-    ax.scatter(x, y, s=12)
-    for name, xi, yi in zip(names[:n], x, y):
-        ax.text(xi, yi, str(name), color=rng.random(3) * 0.7, fontsize=9)
+    colours = [LABEL_COLOURS[i % len(LABEL_COLOURS)] for i in range(n)]
+    ax.scatter(x, y, s=14, c=colours)
+    pad_x, pad_y = 0.15 * (np.ptp(x) or 1.0), 0.08 * (np.ptp(y) or 1.0)
+    ax.set_xlim(x.min() - pad_x, x.max() + pad_x)
+    ax.set_ylim(y.min() - pad_y, y.max() + pad_y)
     ax.set_xlabel("PCA component 1")
     ax.set_ylabel("PCA component 2")
     ax.set_title(f"Item embeddings of the {n} most-rated items (PCA)")
-    return _save(fig, path)
+    _place_labels(fig, ax, names[:n], x, y, colours)
+    return fig
+
+
+# --- the learning-rate finder ---------------------------------------------------------------------
+def lr_find_figure(result, skip_end: int = 5):
+    """fastai's ``plot_lr_find``: the smoothed loss against the learning rate (log scale, the last
+    ``skip_end`` points left out) and the suggestions."""
+    fig = _figure((7, 4.5))
+    ax = fig.add_subplot()
+    end = max(len(result.lrs) - skip_end, 1)
+    ax.plot(result.lrs[:end], result.losses[:end], color=LABEL_COLOURS[0])
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    for (lr, loss), name, colour in zip(result.points, result.names, LABEL_COLOURS[1:]):
+        ax.plot(lr, loss, "o", color=colour, label=f"{name}: {lr:.2e}")
+    if result.names:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title("Learning-rate finder")
+    return fig
+
+
+# --- files ---------------------------------------------------------------------------------------
+def plot_losses(recorder, path) -> Path:
+    """``losses_figure`` as a PNG at ``path``."""
+    return _save(losses_figure(recorder), path)
+
+
+def plot_schedule(recorder, path) -> Path:
+    """``schedule_figure`` as a PNG at ``path``."""
+    return _save(schedule_figure(recorder), path)
+
+
+def plot_item_pca(names, coords, path, n: int = 50) -> Path:
+    """``item_pca_figure`` as a PNG at ``path``."""
+    return _save(item_pca_figure(names, coords, n), path)
+
+
+def plot_lr_find(result, path) -> Path:
+    """``lr_find_figure`` as a PNG at ``path``."""
+    return _save(lr_find_figure(result), path)
 
 
 def write_all(learn, folder, n_items: int = 50) -> list[Path]:

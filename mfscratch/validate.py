@@ -28,12 +28,12 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import notices
 from .errors import ConfigError, DataError
 
 __all__ = [
@@ -225,12 +225,11 @@ def check_ratings(df: pd.DataFrame, user_name, item_name, rating_name) -> np.nda
     _check_ids(df, item_name, "item")
     dup = int(df.duplicated([user_name, item_name]).sum())
     if dup:
-        warnings.warn(
+        notices.warn(
             f"{where}{dup} row(s) repeat an earlier ({user_name!r}, {item_name!r}) pair; all rows are kept (as fastai "
             f"does), so a repeated pair counts once per row; to keep one rating per pair use "
             f"df.groupby([{user_name!r}, {item_name!r}], as_index=False)[{rating_name!r}].mean()",
             DataWarning,
-            stacklevel=3,
         )
     return y
 
@@ -261,10 +260,9 @@ def warn_ratings_outside_range(dls, y_range) -> None:
     y = np.concatenate(ys)
     outside = int(((y < lo) | (y > hi)).sum())
     if outside:
-        warnings.warn(
+        notices.warn(
             f"{outside} rating(s) in column {dls.rating_name!r} lie outside y_range ({lo:g}, {hi:g}) (data spans "
             f"{float(y.min()):g} to {float(y.max()):g}); the sigmoid output can never reach them: widen y_range "
             "a little beyond the data, as (0, 5.5) does for 1-5 stars",
             DataWarning,
-            stacklevel=3,
         )

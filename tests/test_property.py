@@ -112,7 +112,7 @@ def test_fit_and_predict_give_a_clean_error_or_finite_predictions_in_range(tmp_p
     lo, hi = y_range
     users = np.concatenate([dls.train_users, dls.valid_users, [0]])  # code 0: an unknown user/item
     items = np.concatenate([dls.train_items, dls.valid_items, [0]])
-    pred = learn.predict(users, items)
+    pred = learn.predict_codes(users, items)
     assert np.isfinite(pred).all() and (pred >= lo).all() and (pred <= hi).all(), (pred.min(), pred.max())
     assert np.isfinite(learn.recorder.values[0][0])
 

@@ -316,9 +316,7 @@ def test_cli_bad_rating_in_the_file(fake_data, capsys):
 
 def test_cli_warnings_are_one_line(fake_data, capsys):
     write_fake_ml100k(fake_data, n_ratings=800, extra_lines=["1\t1\t9\t874965758", "1\t1\t4\t874965759"])
-    rc, out, err = run_cli(
-        capsys, "train", "--quiet", "--epochs", "1", "--bs", "32", "--factors", "4", "--y-range", "0", "5.5"
-    )
+    rc, out, err = run_cli(capsys, "train", "--epochs", "1", "--bs", "32", "--factors", "4", "--y-range", "0", "5.5")
     assert rc == 0, err
     lines = err.strip().splitlines()
     assert lines and all(line.startswith("warning: ") for line in lines), err

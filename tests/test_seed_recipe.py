@@ -21,12 +21,14 @@ SEED_SCRIPT = textwrap.dedent("""
     dls = CollabDataLoaders.from_df(ratings, user_name='user', item_name='title', rating_name='rating', bs=64)
     learn = collab_learner(dls, n_factors=50, y_range=(0, 5.5))
     learn.fit_one_cycle(5, 5e-3, wd=0.1)
-    print(learn.model)                      # shows the four tables and their shapes, like fastai
+    print(learn.model)                      # the four tables and their shapes, like fastai
     print(learn.recorder.values)            # one [train_loss, valid_loss] row per epoch
     movie_bias = learn.model.i_bias.weight.squeeze()
     print([dls.classes['title'][i] for i in np.argsort(-movie_bias)[:5]])
     movie_factors = learn.model.i_weight.weight
     idx = dls.classes['title'].o2i['Silence of the Lambs, The (1991)']
+    distances = movie_factors @ movie_factors[idx] / (np.linalg.norm(movie_factors, axis=1) * np.linalg.norm(movie_factors[idx]))
+    print(dls.classes['title'][np.argsort(-distances)[1]])   # the nearest movie by cosine similarity
     loss, grads = learn.model.loss_and_grads(np.array([1, 2]), np.array([idx, 7]), np.array([4.0, 3.0]))
     # grads['u_weight'], grads['i_weight'], grads['u_bias'], grads['i_bias']: same shapes as the tables
     assert all(grads[k].shape == getattr(learn.model, k).weight.shape for k in grads)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import torch_loop
-from mfscratch import SGD, Adam, CollabDataLoaders, collab_learner, schedule
+from mfscratch import SGD, Adam, CollabDataLoaders, collab_learner, schedule, torch_loop
 from mfscratch.optim import resolve_opt
 
 

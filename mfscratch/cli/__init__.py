@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from ..errors import MfscratchError
+from ..notices import compile_notice
 from .args import Parser
 from .bench import add_bench_parser
 from .cv import add_cv_parser
@@ -21,7 +22,10 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = Parser(prog="mfscratch", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"mfscratch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(sub)
@@ -31,13 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings as one stderr line, printed when they happen: ``note:`` for a fallback the user asked
-    for (an unknown user or item), ``warning:`` for everything else."""
-    from ..analysis import FallbackWarning
+class _OneLineWarnings:
+    """``warnings.showwarning`` for a run: each warning as one stderr line, the first time it is issued
+    (``note:`` for a fallback the user asked for, an unknown user or item; ``warning:`` otherwise)."""
 
-    kind = "note" if issubclass(category, FallbackWarning) else "warning"
-    print(f"{kind}: {message}", file=sys.stderr)
+    def __init__(self):
+        self.seen: set[tuple[type, str]] = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None):
+        from ..analysis import FallbackWarning
+
+        if (category, str(message)) in self.seen:
+            return
+        self.seen.add((category, str(message)))
+        kind = "note" if issubclass(category, FallbackWarning) else "warning"
+        print(f"{kind}: {message}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -49,11 +61,18 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             from ..analysis import FallbackWarning
+            from ..validate import DataWarning
 
-            warnings.simplefilter("always", FallbackWarning)  # one note per unknown name, not one per place
+            if getattr(args, "quiet", False):  # --quiet: errors only
+                warnings.simplefilter("ignore")
+            else:  # each of mfscratch's warnings reaches the printer, which shows it once
+                warnings.simplefilter("always", FallbackWarning)
+                warnings.simplefilter("always", DataWarning)
             if not args.debug:
-                warnings.showwarning = _one_line_warning
-            return args.func(args)
+                warnings.showwarning = _OneLineWarnings()
+            quiet = getattr(args, "quiet", False)
+            with compile_notice(None if quiet else lambda line: print(f"note: {line}", file=sys.stderr)):
+                return args.func(args)
     except MfscratchError as e:
         if args.debug:
             raise

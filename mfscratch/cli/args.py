@@ -44,8 +44,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    """The recipe's hyper-parameters (defaults: the fastai book's seed recipe)."""
+def add_train_args(p: argparse.ArgumentParser, valid_pct: bool = True) -> None:
+    """The recipe's hyper-parameters (defaults: the fastai book's seed recipe); ``valid_pct=False`` for
+    commands whose validation rows are fixed (``cv``)."""
     g = p.add_argument_group("recipe (defaults: the fastai book's seed recipe)")
     g.add_argument(
         "--data",
@@ -53,11 +54,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a MovieLens set by name: ml-100k (default), ml-1m, ml-10m, ml-20m, ml-25m, ml-latest-small",
     )
-    g.add_argument("--epochs", type=positive_int, default=5)
+    g.add_argument("--epochs", type=positive_int, default=5, help="epochs of the one-cycle schedule (default 5)")
     g.add_argument("--lr", type=positive_float, default=5e-3, help="peak learning rate of the one-cycle schedule")
-    g.add_argument("--wd", type=nonneg_float, default=0.1, help="weight decay (decoupled for Adam)")
-    g.add_argument("--factors", type=positive_int, default=50, help="embedding size k")
-    g.add_argument("--bs", type=positive_int, default=64, help="batch size")
+    g.add_argument("--wd", type=nonneg_float, default=0.1, help="weight decay, decoupled for Adam (default 0.1)")
+    g.add_argument("--factors", type=positive_int, default=50, help="embedding size k (default 50)")
+    g.add_argument("--bs", type=positive_int, default=64, help="batch size (default 64)")
     g.add_argument(
         "--y-range",
         type=float,
@@ -66,8 +67,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="output range of the sigmoid (default: from the ratings, (0, 1.1 * max): (0, 5.5) for 1-5 stars)",
     )
-    g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    g.add_argument("--valid-pct", type=fraction, default=0.2)
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="fastai's Adam or SGD (default adam)")
+    if valid_pct:
+        g.add_argument(
+            "--valid-pct",
+            type=fraction,
+            help="fraction of the ratings held out at random for validation (default 0.2; not with --split)",
+        )
     g.add_argument("--seed", type=int, default=42, help="fixes split, init and batch order (default 42)")
     g.add_argument(
         "--mode",
@@ -81,7 +87,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backend",
         default="cpu",
-        help="where the kernels run: cpu, or cuda (an NVIDIA GPU; needs the cuda extra) (default cpu)",
+        help="where the kernels run: cpu (one core), parallel (every core; the same numbers as cpu in exact mode), "
+        "cuda (an NVIDIA GPU; needs the cuda extra) (default cpu)",
     )
 
 
@@ -118,7 +125,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="whether --ratings/--items start with a header line (default: detect)",
     )
-    g.add_argument("--items", metavar="FILE", help="an items file whose titles name the items of --ratings")
+    g.add_argument(
+        "--items", metavar="FILE", help="an items file whose titles name the items of --ratings (see --item-key)"
+    )
     g.add_argument("--item-key", metavar="COL", help="column of --items matching the item column (default 0)")
     g.add_argument("--title-col", metavar="COL", help="column of --items holding the title (default 1)")
 
@@ -133,9 +142,9 @@ def add_usage_output_args(g) -> None:
     g.add_argument(
         "--ranking-threshold",
         type=float,
-        default=4.0,
         metavar="T",
-        help="a validation rating >= T counts as relevant for the ranking metrics (default 4)",
+        help="a validation rating >= T counts as relevant for the ranking metrics (default 4; with --ranking-k "
+        "or --json)",
     )
     g.add_argument(
         "--plot", metavar="DIR", help="write losses.png, schedule.png and item_pca.png to DIR (needs matplotlib)"

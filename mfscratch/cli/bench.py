@@ -15,33 +15,32 @@ def add_bench_parser(sub) -> None:
         description="Time every backend and mode, and the PyTorch reference loop, on ML-100k "
         "or synthetic data; compile time excluded, best epoch reported.",
     )
-    bench.add_argument("--data", default="ml-100k", help="dataset when no synthetic shape is given (default ml-100k)")
+    bench.add_argument("--data", help="a MovieLens set by name, when no synthetic shape is given (default ml-100k)")
     bench.add_argument("--ratings", type=positive_int, help="synthetic data: number of ratings")
     bench.add_argument("--users", type=positive_int, help="synthetic data: number of users")
     bench.add_argument("--items", type=positive_int, help="synthetic data: number of items")
     bench.add_argument("--factors", type=positive_int, default=50, help="embedding size k (default 50)")
-    bench.add_argument("--epochs", type=positive_int, default=5, help="epochs timed per row (default 5)")
-    bench.add_argument("--bs", type=positive_int, default=64)
-    bench.add_argument("--lr", type=positive_float, default=5e-3)
-    bench.add_argument("--wd", type=nonneg_float, default=0.1)
-    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--epochs", type=positive_int, help="epochs timed per row (default 5)")
+    bench.add_argument("--bs", type=positive_int, help="batch size (default 64)")
+    bench.add_argument("--lr", type=positive_float, help="peak learning rate of the one-cycle schedule (default 5e-3)")
+    bench.add_argument("--wd", type=nonneg_float, help="weight decay (default 0.1)")
+    bench.add_argument("--seed", type=int, default=42, help="fixes the split, the initial weights and the batch order")
     bench.add_argument(
         "--mode",
         choices=("exact", "sparse", "sparse-sgd1"),
         action="append",
-        help="only this mode (repeatable; default all three; sparse-sgd1: sparse per-rating SGD, "
-        "bs 1, lr 0.02, wd 0.08, 12 epochs, whatever --bs/--lr/--wd/--epochs say)",
+        help="only this mode (repeatable; default all three; sparse-sgd1: sparse per-rating SGD with its "
+        "own recipe, bs 1, lr 0.02, wd 0.08, 12 epochs: --bs/--lr/--wd/--epochs apply to the other modes)",
     )
     bench.add_argument(
         "--backend",
         action="append",
-        help="only this backend (repeatable; 'torch' is the PyTorch row, 'cornac' cornac's biased "
-        "MF next to sparse-sgd1; default all)",
+        help="only this backend (repeatable): cpu, parallel, cuda, torch (the PyTorch reference loop, "
+        "exact mode) or cornac (cornac's biased MF, next to sparse-sgd1); default: all that can run here",
     )
     bench.add_argument(
         "--torch-threads",
         type=positive_int,
-        default=1,
         help="threads for the PyTorch row (default 1: faster than 2 for batches of 64)",
     )
     bench.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
@@ -52,7 +51,6 @@ def add_bench_parser(sub) -> None:
     )
     bench.add_argument(
         "--sizes",
-        default="100000,400000,1600000",
         help="comma-separated rating counts for --plot (default 100000,400000,1600000)",
     )
     add_debug_arg(bench)
@@ -69,19 +67,34 @@ def cmd_bench(args) -> int:
     shape = (args.ratings, args.users, args.items)
     if any(v is not None for v in shape) and None in shape:
         raise ConfigError("synthetic data needs all of --ratings, --users and --items")
+    if args.data is not None and args.ratings is not None:
+        raise ConfigError("give either --data NAME or a synthetic shape (--ratings, --users, --items), not both")
+    if args.sizes is not None and not args.plot:
+        raise ConfigError("--sizes sets the data sizes of the --plot sweep; add --plot PATH (or leave out --sizes)")
     try:
-        sizes = [int(float(v)) for v in args.sizes.split(",") if v.strip()]
+        sizes = [int(float(v)) for v in (args.sizes or "100000,400000,1600000").split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--sizes must be comma-separated numbers, got {args.sizes!r}") from None
-    if args.plot and (not sizes or min(sizes) < 2 * args.bs):
-        raise ConfigError(f"--sizes must be rating counts of at least {2 * args.bs}, got {args.sizes!r}")
     modes = tuple(dict.fromkeys(args.mode)) if args.mode else bench.MODES
+    recipe = {"epochs": args.epochs, "bs": args.bs, "lr": args.lr, "wd": args.wd}
+    given = [f"--{k}" for k, v in recipe.items() if v is not None]
+    if modes == ("sparse-sgd1",) and given:
+        raise ConfigError(
+            f"{', '.join(given)} do not apply to sparse-sgd1, which runs its own recipe (bs 1, lr 0.02, wd 0.08, "
+            "12 epochs); leave them out or add another --mode"
+        )
+    epochs, bs = args.epochs or 5, args.bs or 64
+    lr, wd = args.lr or 5e-3, 0.1 if args.wd is None else args.wd
+    if args.plot and (not sizes or min(sizes) < 2 * bs):
+        raise ConfigError(f"--sizes must be rating counts of at least {2 * bs}, got {args.sizes!r}")
     backends = list(dict.fromkeys(args.backend)) if args.backend else None
-    bench.check_names(backends, modes)  # before any data is read
+    names = bench.check_names(backends, modes)  # before any data is read
+    if args.torch_threads is not None and "torch" not in names:
+        raise ConfigError("--torch-threads sets the PyTorch row's threads; this run has no torch row")
     if args.ratings is not None:
         from ..synthetic import synthetic_dataloaders
 
-        dls = synthetic_dataloaders(args.ratings, args.users, args.items, bs=args.bs, seed=args.seed)
+        dls = synthetic_dataloaders(args.ratings, args.users, args.items, bs=bs, seed=args.seed)
         what, y_range = (
             f"synthetic data ({args.ratings:,} ratings, {args.users:,} users, {args.items:,} items)",
             (0.5, 5.5),
@@ -89,26 +102,26 @@ def cmd_bench(args) -> int:
     else:
         from ..data import CollabDataLoaders
 
-        df, user_name, item_name, rating_name = load_movielens_frame(args.data)
+        df, user_name, item_name, rating_name = load_movielens_frame(args.data or "ml-100k")
         dls = CollabDataLoaders.from_df(
-            df, user_name=user_name, item_name=item_name, rating_name=rating_name, seed=args.seed, bs=args.bs
+            df, user_name=user_name, item_name=item_name, rating_name=rating_name, seed=args.seed, bs=bs
         )
-        what, y_range = f"{args.data} (seed split {args.seed})", (0.0, 5.5)
+        what, y_range = f"{args.data or 'ml-100k'} (seed split {args.seed})", (0.0, 5.5)
     print(
-        f"{what}, k={args.factors}, bs={args.bs}, {args.epochs} epochs of one-cycle lr {args.lr} wd {args.wd}; "
+        f"{what}, k={args.factors}, bs={bs}, {epochs} epoch{'s' if epochs != 1 else ''} of one-cycle lr {lr} wd {wd}; "
         f"{numba.get_num_threads()} threads on {platform.machine()} ({numba.config.NUMBA_NUM_THREADS} cores seen)"
     )
     rows = bench.bench_rows(
         dls,
         backends,
         modes,
-        args.epochs,
+        epochs,
         args.factors,
-        args.lr,
-        args.wd,
+        lr,
+        wd,
         y_range,
         args.seed,
-        torch_threads=args.torch_threads,
+        torch_threads=args.torch_threads or 1,
     )
     print()
     print(bench.format_table(rows))

@@ -17,7 +17,7 @@ def add_cv_parser(sub) -> None:
         help="ML-100k's 5-fold protocol (u1..u5): RMSE and MAE per fold, mean and spread",
         description="Train on each of ML-100k's u1..u5 base files and test on its .test file.",
     )
-    add_train_args(cv)
+    add_train_args(cv, valid_pct=False)
     add_output_args(cv, "write a JSON report of the folds")
     add_debug_arg(cv)
     cv.set_defaults(func=cmd_cv)
@@ -28,7 +28,7 @@ def cmd_cv(args) -> int:
     import numpy as np
 
     from ..io import atomic_write
-    from ..learner import collab_learner
+    from ..learner import collab_learner, format_time
     from ..metrics import rating_errors
     from ..readers import default_y_range, loaders_from_split, read_ml100k_split
 
@@ -58,7 +58,7 @@ def cmd_cv(args) -> int:
         errors = rating_errors(learn.model, dls.valid_users, dls.valid_items, dls.valid_ratings)
         seconds = time.perf_counter() - t0
         folds.append({"fold": split, **errors, "n_test": dls.n_valid, "seconds": seconds})
-        say(f"{split:<6}{errors['rmse']:<10.4f}{errors['mae']:<10.4f}{dls.n_valid:<8}{seconds:<8.1f}")
+        say(f"{split:<6}{errors['rmse']:<10.4f}{errors['mae']:<10.4f}{dls.n_valid:<8}{format_time(seconds):<8}")
     summary = {}
     for metric in ("rmse", "mae"):
         values = np.array([f[metric] for f in folds])

@@ -14,9 +14,13 @@ from .args import (
     add_train_args,
     add_usage_output_args,
     check_y_range,
+    positive_int,
 )
 
 SEED_TITLE = "Silence of the Lambs, The (1991)"
+#: The popularity floor of the nearest-item line: a barely rated item's embedding is mostly its random
+#: start, so its cosine similarity to anything is noise (unfloored, ML-100k's answer is a film rated 3 times).
+NEAREST_MIN_RATINGS = 50
 
 
 def add_train_parser(sub) -> None:
@@ -37,6 +41,16 @@ def add_train_parser(sub) -> None:
         action="store_true",
         help="continue from the checkpoint in --checkpoint DIR (same settings; starts afresh if none)",
     )
+    watch = train.add_argument_group("watching the validation loss (fastai's EarlyStoppingCallback, SaveModelCallback)")
+    watch.add_argument(
+        "--early-stop",
+        type=positive_int,
+        metavar="PATIENCE",
+        help="stop when valid_loss has not improved for PATIENCE epochs in a row",
+    )
+    watch.add_argument(
+        "--keep-best", action="store_true", help="end with the weights of the epoch with the lowest valid_loss"
+    )
     add_debug_arg(train)
     train.set_defaults(func=cmd_train)
 
@@ -48,6 +62,13 @@ def _check_train_settings(args) -> None:
     if args.backend not in BACKENDS:
         raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
     get_backend(args.backend)  # a backend this machine cannot run (cuda without a GPU) says so now
+    if args.split is not None and args.valid_pct is not None:
+        raise ConfigError(
+            f"--split {args.split} validates on ML-100k's {args.split}.test file, so --valid-pct does not apply; "
+            "leave it out"
+        )
+    if args.ranking_threshold is not None and not (args.ranking_k or args.json):
+        raise ConfigError("--ranking-threshold applies to the ranking metrics; add --ranking-k K (or --json PATH)")
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
     from ..validate import check_output_path
@@ -92,7 +113,7 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from .. import analysis
-    from ..io import atomic_write, save_model
+    from ..io import atomic_write
     from ..learner import collab_learner
 
     y_range = check_y_range(args.y_range)
@@ -100,7 +121,7 @@ def cmd_train(args) -> int:
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
     dls, data_label = load_training_data(args)
-    user_name, item_name = dls.user_name, dls.item_name
+    item_name = dls.item_name
     y_range = _y_range_for(args, y_range, dls)
     learn = collab_learner(
         dls,
@@ -117,7 +138,7 @@ def cmd_train(args) -> int:
     compile_seconds = time.perf_counter() - t0
     start_epoch = _checkpointing(args, learn, say)
     t0 = time.perf_counter()
-    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch)
+    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch, cbs=_watchers(args))
     train_seconds = time.perf_counter() - t0
 
     vocab = dls.classes[item_name]
@@ -128,25 +149,31 @@ def cmd_train(args) -> int:
     for name, bias in analysis.top_biases(learn.model, vocab, 5):
         say(f"  {bias:+.4f}  {name}")
     if SEED_TITLE in vocab.o2i:
-        ((near, sim),) = analysis.cosine_neighbours(learn.model, vocab, SEED_TITLE, 1)
-        say(f"Nearest to {SEED_TITLE!r} by cosine similarity: {near!r} ({sim:.3f})")
+        nearest = learn.similar(SEED_TITLE, 1, min_ratings=NEAREST_MIN_RATINGS)
+        if len(nearest):
+            near, sim = nearest["item"].iloc[0], nearest["similarity"].iloc[0]
+            say(
+                f"Nearest to {SEED_TITLE!r} by cosine similarity, among items rated at least "
+                f"{NEAREST_MIN_RATINGS} times: {near!r} ({sim:.3f})"
+            )
 
     ranking = None
+    threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
     if args.ranking_k or args.json:
-        ranking = learn.ranking(args.ranking_k or 10, args.ranking_threshold)
+        ranking = learn.ranking(args.ranking_k or 10, threshold)
         ranking = {k: None if v != v else v for k, v in ranking.items()}  # NaN (no relevant item) is not JSON
     if args.ranking_k:
         say(
             _ranking_line(ranking)
             if ranking["n_users"]
-            else f"Ranking: no validation rating is >= {args.ranking_threshold:g}, so there is nothing to find"
+            else f"Ranking: no validation rating is >= {threshold:g}, so there is nothing to find"
         )
     if args.plot:
         for path in _write_plots(learn, args.plot):
             say(f"wrote {path}")
 
     if args.save:
-        save_model(args.save, learn.model, dls.classes, user_name, item_name, extra=_model_extras(dls))
+        learn.export(args.save)
         say(f"saved model to {args.save}")
     if args.json:
         report = {
@@ -172,11 +199,13 @@ def cmd_train(args) -> int:
                 "y_range": list(y_range),
                 "y_range_from_data": args.y_range is None,
                 "optimizer": args.optimizer,
-                "valid_pct": args.valid_pct,
+                "valid_pct": None if args.split else _valid_pct(args),
                 "seed": args.seed,
                 "mode": args.mode,
                 "backend": args.backend,
                 "schedule": "one_cycle",
+                "early_stop": args.early_stop,
+                "keep_best": args.keep_best,
             },
         }
         text = json.dumps(report, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
@@ -185,13 +214,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _watchers(args) -> list:
+    """The callbacks of ``--keep-best`` (first: it sees the last epoch before a stop) and ``--early-stop``."""
+    from ..callbacks import EarlyStoppingCallback, SaveModelCallback
+
+    cbs: list = [SaveModelCallback(fname=None)] if args.keep_best else []
+    if args.early_stop:
+        cbs.append(EarlyStoppingCallback(patience=args.early_stop))
+    return cbs
+
+
 def load_training_data(args):
     """The loaders a ``train`` run asks for, and a label for the report (dataset name or file)."""
     from ..readers import attach_titles, loaders_from_split, read_items, read_ml100k_split, read_movielens, read_ratings
 
     file_only = [
         f"--{n.replace('_', '-')}"
-        for n in ("user_col", "item_col", "rating_col", "items", "item_key", "title_col")
+        for n in ("user_col", "item_col", "rating_col", "items", "item_key", "title_col", "header")
         if getattr(args, n, None) is not None
     ]
     if args.ratings is None and file_only:
@@ -207,7 +246,7 @@ def load_training_data(args):
         if args.items is not None:
             items = read_items(args.items, _col(args.item_key, 0), _col(args.title_col, 1), header=args.header)
             table = attach_titles(table, items, items_source=args.items)
-        return table.loaders(args.valid_pct, args.seed, args.bs), args.ratings
+        return table.loaders(_valid_pct(args), args.seed, args.bs), args.ratings
     name = args.data or "ml-100k"
     if args.split is not None:
         if name != "ml-100k":
@@ -215,7 +254,11 @@ def load_training_data(args):
                 f"--split {args.split} is one of ML-100k's own splits; it does not apply to --data {name}"
             )
         return loaders_from_split(*read_ml100k_split(args.split), bs=args.bs), f"{name}/{args.split}"
-    return read_movielens(name).loaders(args.valid_pct, args.seed, args.bs), name
+    return read_movielens(name).loaders(_valid_pct(args), args.seed, args.bs), name
+
+
+def _valid_pct(args) -> float:
+    return 0.2 if args.valid_pct is None else args.valid_pct
 
 
 def _col(value, default):
@@ -239,12 +282,6 @@ def _y_range_for(args, y_range, dls):
             file=sys.stderr,
         )
     return y_range
-
-
-def _model_extras(dls) -> dict:
-    from ..metrics import SeenItems
-
-    return SeenItems.from_loaders(dls).arrays()
 
 
 def _ranking_line(r: dict) -> str:

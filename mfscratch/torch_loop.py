@@ -1,8 +1,9 @@
-"""A PyTorch training loop written from the contract (``shared/reference/fastai-collab-semantics.md``).
+"""The PyTorch reference loop: the same model and recipe written with ``torch.nn.Embedding``, autograd and
+``torch.optim``, which mfscratch is checked against (trajectory tests) and timed against (``mfscratch bench``).
 
-It is the reference that mfscratch is checked against (trajectory tests) and timed against
-(``mfscratch bench``). It lives outside the ``mfscratch`` package on purpose: torch is a test and
-benchmark dependency only, and the library never imports it.
+torch is imported inside the functions, never when this module or ``mfscratch`` is imported: it is
+an optional dependency (``pip install 'mfscratch[test]'`` or ``pip install torch``), and the
+library never needs it. :func:`available` says whether it can run here.
 
 The loop: ``torch.nn.Embedding`` tables (dense gradients, so every row is updated every step),
 the dot-bias forward, ``MSELoss``, and ``torch.optim.AdamW`` (decoupled decay), ``Adam`` (L2) or
@@ -12,34 +13,63 @@ momentum written into the parameter group before each step.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import time
 
 import numpy as np
-import torch
+
+__all__ = ["available", "DotBias", "make_optimizer", "train_steps", "evaluate", "fit_one_cycle", "TABLES"]
 
 TABLES = ("u_weight", "i_weight", "u_bias", "i_bias")
 
 
-class DotBias(torch.nn.Module):
-    def __init__(self, tables: dict, y_range=None, dtype=torch.float32):
-        super().__init__()
-        for name in TABLES:
-            w = torch.tensor(np.asarray(tables[name]), dtype=dtype)
-            setattr(self, name, torch.nn.Embedding(*w.shape, _weight=w.clone()))
-        self.y_range = y_range
+def available() -> str | None:
+    """``None`` when the loop can run here, else why not (one line, with the fix)."""
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed (pip install torch, or pip install 'mfscratch[test]')"
+    return None
 
-    def forward(self, users, items):
-        x = (self.u_weight(users) * self.i_weight(items)).sum(1) + self.u_bias(users)[:, 0] + self.i_bias(items)[:, 0]
-        if self.y_range is None:
-            return x
-        lo, hi = self.y_range
-        return torch.sigmoid(x) * (hi - lo) + lo
 
-    def tables(self) -> dict:
-        return {name: getattr(self, name).weight.detach().numpy().copy() for name in TABLES}
+@functools.cache
+def _dot_bias_class():
+    import torch
+
+    class DotBias(torch.nn.Module):
+        """The biased dot-product model in PyTorch, from the given starting tables."""
+
+        def __init__(self, tables: dict, y_range=None, dtype=torch.float32):
+            super().__init__()
+            for name in TABLES:
+                w = torch.tensor(np.asarray(tables[name]), dtype=dtype)
+                setattr(self, name, torch.nn.Embedding(w.shape[0], w.shape[1], _weight=w.clone()))
+            self.y_range = y_range
+
+        def forward(self, users, items):
+            x = (
+                (self.u_weight(users) * self.i_weight(items)).sum(1)
+                + self.u_bias(users)[:, 0]
+                + self.i_bias(items)[:, 0]
+            )
+            if self.y_range is None:
+                return x
+            lo, hi = self.y_range
+            return torch.sigmoid(x) * (hi - lo) + lo
+
+        def tables(self) -> dict:
+            return {name: getattr(self, name).weight.detach().numpy().copy() for name in TABLES}
+
+    return DotBias
+
+
+def DotBias(tables: dict, y_range=None, **kwargs):
+    """A ``DotBias`` module (a ``torch.nn.Module`` subclass, made when first asked for) from ``tables``."""
+    return _dot_bias_class()(tables, y_range, **kwargs)
 
 
 def make_optimizer(model, opt="adam", wd=0.0, decouple_wd=True, mom=0.9, sqr_mom=0.99, eps=1e-5):
+    import torch
+
     params = list(model.parameters())
     if opt == "adam":
         cls = torch.optim.AdamW if decouple_wd else torch.optim.Adam
@@ -52,6 +82,8 @@ def train_steps(
     model, optimizer, users, items, ratings, order, bs, lrs, moms, opt="adam", wd=0.0, decouple_wd=True, use_mom=True
 ):
     """Run ``len(lrs)`` steps on the batches ``order[s*bs:(s+1)*bs]`` and return the batch losses."""
+    import torch
+
     users_t = torch.as_tensor(np.asarray(users, dtype=np.int64))
     items_t = torch.as_tensor(np.asarray(items, dtype=np.int64))
     dtype = next(model.parameters()).dtype
@@ -82,6 +114,8 @@ def train_steps(
 
 
 def evaluate(model, users, items, ratings) -> float:
+    import torch
+
     with torch.no_grad():
         pred = model(
             torch.as_tensor(np.asarray(users, dtype=np.int64)), torch.as_tensor(np.asarray(items, dtype=np.int64))
@@ -95,6 +129,8 @@ def fit_one_cycle(dls, tables: dict, y_range, epochs, lrs, moms, wd, seed=0, thr
     ``lrs``/``moms`` are the per-step schedule (``mfscratch.schedule.one_cycle``); each epoch draws a
     fresh permutation from ``np.random.default_rng(seed)``.
     """
+    import torch
+
     if threads:
         torch.set_num_threads(threads)
     model = DotBias(tables, y_range)
