@@ -81,7 +81,8 @@ class Partition:
 
 def _read(source: str, columns: tuple, header, encoding: str) -> RawPartition:
     """Read one file with the project's reader; the ids must be present and the ratings finite numbers."""
-    table = readers.read_ratings(source, *columns, header=header, encoding=encoding)
+    user_col, item_col, rating_col = columns
+    table = readers.read_ratings(source, user_col, item_col, rating_col, header=header, encoding=encoding)
     df = table.df
     y = pd.to_numeric(df[table.rating], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(over="ignore"):
@@ -278,6 +279,6 @@ def read_ratings(
         )
     if n_train < 1:
         raise ConfigError(f"valid_pct={valid_pct} leaves no training rows; lower valid_pct or give more ratings")
-    return ClusterRatings(
-        client, sources, parts, *distinct, counts, names, (n_users, n_items, n_train, n_valid), (lo, hi), token
-    )
+    user_vocab, item_vocab = distinct
+    sizes = (n_users, n_items, n_train, n_valid)
+    return ClusterRatings(client, sources, parts, user_vocab, item_vocab, counts, names, sizes, (lo, hi), token)
