@@ -125,14 +125,14 @@ def block_layout(users, items, user_group, item_group, n_groups: int) -> tuple[n
 
 
 def stratum_order(block_start: np.ndarray, first: int, stop: int, seed: int) -> np.ndarray:
-    """Rows ``block_start[first]..block_start[stop]-1`` with blocks ``first..stop-1`` each shuffled.
+    """Blocks ``first..stop-1`` of a layout, each shuffled, as positions from ``block_start[first]``.
 
     Each block is shuffled exactly as ``cpu.shuffle_blocks`` shuffles block ``p`` of the whole
     layout from ``seed`` (its own splitmix64 stream, started from ``seed`` and ``p``), so a worker
     that holds only some blocks orders them as the local backend orders those blocks.
     """
     offset = int(block_start[first])
-    order = np.arange(offset, int(block_start[stop]), dtype=np.int64)
+    order = np.arange(int(block_start[stop]) - offset, dtype=np.int64)
     local = np.clip(block_start - offset, 0, order.shape[0])
     local[: first + 1] = 0
     local[stop:] = order.shape[0]

@@ -8,11 +8,10 @@ the file lies and each owner concatenates its pieces in file order, once, before
 shuffle that puts every rating next to its user rows. From then on the ratings stay put.
 
 On its worker a user group's ratings are sorted by block, in the stratum-major positions of
-``cpu.block_index``, keeping their order within each block; the codes become local ones, so that
-the kernels run on a buffer holding only the worker's user rows and the item groups it holds:
-user ``u`` is row ``u - first user code``, and item ``i`` of block ``(c, d)`` is row
-``j * cap + i - first code of group d`` of the item part, where ``j = c - w*m`` is the slot of the
-block's item group on the worker and ``cap`` the largest item group.
+``cpu.block_index``, keeping their order within each block, and the codes become local ones, so
+that the kernels run on a buffer holding only the worker's user rows and the item groups it holds:
+user ``u`` is row ``u - first user code``, and item ``i`` of group ``d`` is kept as ``i - first
+code of d``, its row within the group (``worker.py`` adds where the group sits in a stratum).
 """
 
 from __future__ import annotations
@@ -36,11 +35,6 @@ class Groups:
     item_group: np.ndarray
     user_start: np.ndarray  # g + 1 codes: group c is codes user_start[c]..user_start[c+1]-1
     item_start: np.ndarray
-
-    @property
-    def item_capacity(self) -> int:
-        """Rows of the largest item group: the size of one item slot on a worker."""
-        return int(np.diff(self.item_start).max())
 
 
 def _starts(group: np.ndarray, n_groups: int) -> np.ndarray:
@@ -83,10 +77,9 @@ class OwnerData:
     m: int  # user groups (and item slots) per worker
     u_lo: int  # first user code owned
     n_users: int  # user codes owned
-    cap: int  # rows per item slot
     item_start: np.ndarray
     users: np.ndarray  # local user rows, int32
-    items: np.ndarray  # local item rows (slot * cap + offset in the group), int32
+    items: np.ndarray  # each item's row within its group, int32
     ratings: np.ndarray
     block_start: np.ndarray  # g*g + 1 positions; only this worker's blocks are not empty
     valid_users: np.ndarray  # local user rows
@@ -104,8 +97,11 @@ class OwnerData:
         return np.array([self.block_start[stop] - self.block_start[first] for first, stop in bounds], dtype=np.int64)
 
     def slot_group(self, slot: int, t: int) -> int:
-        """The item group slot ``slot`` holds in stratum ``t``: ``(c + t) % g`` for its user group ``c``."""
+        """The item group of this worker's ``slot``-th block in stratum ``t``: ``(c + t) % g``, ``c = w*m + slot``."""
         return (self.worker * self.m + slot + t) % self.n_groups
+
+    def group_size(self, group: int) -> int:
+        return int(self.item_start[group + 1] - self.item_start[group])
 
     def global_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The training rows with global codes, in this worker's block order (for a reference run)."""
@@ -115,7 +111,7 @@ class OwnerData:
             for slot in range(self.m):
                 p = self.stratum_blocks(t)[0] + slot
                 rows = slice(self.block_start[p], self.block_start[p + 1])
-                items[rows] += self.item_start[self.slot_group(slot, t)] - slot * self.cap
+                items[rows] += self.item_start[self.slot_group(slot, t)]
         return users.astype(np.int32), items.astype(np.int32), self.ratings
 
     def valid_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,9 +127,7 @@ def owner_data(worker: int, groups: Groups, n_workers: int, *pieces: Piece) -> O
     users, items, ratings = users[canonical], items[canonical], ratings[canonical]
     u_lo = int(groups.user_start[worker * m])
     n_users = int(groups.user_start[(worker + 1) * m]) - u_lo
-    cap = groups.item_capacity
-    slot = groups.user_group[users] - worker * m
-    local_items = slot * cap + items - groups.item_start[groups.item_group[items]]
+    within = items - groups.item_start[groups.item_group[items]]
     valid_users, valid_items, valid_ratings = (np.concatenate([p.valid[a] for p in pieces]) for a in range(3))
     return OwnerData(
         worker,
@@ -141,10 +135,9 @@ def owner_data(worker: int, groups: Groups, n_workers: int, *pieces: Piece) -> O
         m,
         u_lo,
         n_users,
-        cap,
         groups.item_start,
         (users - u_lo).astype(np.int32),
-        local_items.astype(np.int32),
+        within.astype(np.int32),
         ratings,
         block_start,
         (valid_users - u_lo).astype(np.int32),

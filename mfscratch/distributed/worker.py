@@ -2,10 +2,11 @@
 
 A worker's tables are one flat buffer per trained quantity (weights; for lazy Adam/SGD the moments
 too) in the kernels' layout ``u_weight | i_weight | u_bias | i_bias``, holding only the worker's user
-rows and ``m`` item slots of ``cap`` rows (see ``layout.py``). In sub-epoch (stratum) ``t`` slot ``j``
-holds item group ``(w*m + j + t) % g``. Between two strata the slots move down by one: slots
-``1..m-1`` become ``0..m-2`` on the worker itself, and slot ``m-1`` receives the group that slot 0
-of worker ``w + 1`` held, so exactly one item group (its rows, with their moments) leaves each worker.
+rows and the ``m`` item groups it holds, one after another (its slots). In sub-epoch (stratum) ``t``
+slot ``j`` holds item group ``(w*m + j + t) % g``, the one its ``j``-th block of the stratum needs.
+Between two strata the slots move down by one: slots ``1..m-1`` become ``0..m-2`` on the worker itself,
+and the last slot receives the group that slot 0 of worker ``w + 1`` held, so exactly one item
+group (its rows, with their moments) leaves each worker.
 
 Every function here is pure: it copies what it changes and returns new objects. A task that Dask
 runs again (a worker died and its results were lost) therefore computes the same floats.
@@ -54,7 +55,7 @@ class WorkerTables:
     the epoch's loss so far (sum and count of step losses; ``diverged`` once a loss is not finite)."""
 
     n_users: int
-    n_items: int  # m * cap item rows
+    n_items: int  # item rows held: the slots' groups, one after another
     n_factors: int
     buffers: tuple
     slots: tuple  # item group per slot
@@ -77,22 +78,30 @@ class WorkerTables:
         self.__post_init__()
 
 
-def _slot_rows(data: OwnerData, slot: int, group: int) -> slice:
-    size = int(data.item_start[group + 1] - data.item_start[group])
-    return slice(slot * data.cap, slot * data.cap + size)
+def _slot_rows(data: OwnerData, slots: tuple) -> list:
+    """Where each slot's group sits in the item part: one slice of rows per slot."""
+    bounds = np.cumsum([0] + [data.group_size(d) for d in slots])
+    return [slice(int(bounds[j]), int(bounds[j + 1])) for j in range(len(slots))]
+
+
+def _new_tables(template: WorkerTables, n_items: int, slots: tuple) -> WorkerTables:
+    size = (template.n_users + n_items) * (template.n_factors + 1)
+    buffers = tuple(np.empty(size, dtype=b.dtype) for b in template.buffers)
+    return replace(template, n_items=n_items, buffers=buffers, slots=slots)
 
 
 def init_tables(data: OwnerData, n_factors: int, n_buffers: int, moving: int, seeds, dtype=np.float32):
     """The initial tables: this worker's user rows and the item groups of its slots for stratum 0."""
-    nu, ni, k = data.n_users, data.m * data.cap, n_factors
-    buffers = tuple(np.zeros((nu + ni) * (k + 1), dtype=dtype) for _ in range(n_buffers))
+    nu, k = data.n_users, n_factors
     slots = tuple(data.slot_group(j, 0) for j in range(data.m))
+    ni = sum(data.group_size(d) for d in slots)
+    buffers = tuple(np.zeros((nu + ni) * (k + 1), dtype=dtype) for _ in range(n_buffers))
     tables = WorkerTables(nu, ni, k, buffers, slots, moving)
     u_weight, i_weight, u_bias, i_bias = tables.tables[0]
     u_weight[:] = adapter.init_rows(seeds, 0, data.u_lo, data.u_lo + nu, k, dtype)
     u_bias[:] = adapter.init_rows(seeds, 2, data.u_lo, data.u_lo + nu, 1, dtype)[:, 0]
-    for j, d in enumerate(slots):
-        rows, first, stop = _slot_rows(data, j, d), int(data.item_start[d]), int(data.item_start[d + 1])
+    for rows, d in zip(_slot_rows(data, slots), slots):
+        first, stop = int(data.item_start[d]), int(data.item_start[d + 1])
         i_weight[rows] = adapter.init_rows(seeds, 1, first, stop, k, dtype)
         i_bias[rows] = adapter.init_rows(seeds, 3, first, stop, 1, dtype)[:, 0]
     return tables
@@ -101,18 +110,24 @@ def init_tables(data: OwnerData, n_factors: int, n_buffers: int, moving: int, se
 def _next_tables(prev: WorkerTables, data: OwnerData, incoming, reset_loss: bool) -> WorkerTables:
     """A copy of ``prev`` with the slots moved down by one and ``incoming`` in the last (``None``: no move)."""
     loss, count = (0.0, 0) if reset_loss else (prev.loss, prev.count)
-    buffers = tuple(b.copy() for b in prev.buffers)
     if incoming is None:
-        return replace(prev, buffers=buffers, loss=loss, count=count)
+        return replace(prev, buffers=tuple(b.copy() for b in prev.buffers), loss=loss, count=count)
     group, payload = incoming
-    tables = replace(prev, buffers=buffers, slots=prev.slots[1:] + (group,), loss=loss, count=count)
-    cap, last = data.cap, _slot_rows(data, data.m - 1, group)
+    leaving = data.group_size(prev.slots[0])
+    tables = _new_tables(prev, prev.n_items - leaving + data.group_size(group), prev.slots[1:] + (group,))
+    tables.loss, tables.count = loss, count
+    stay = prev.n_items - leaving
     for b, (old, new) in enumerate(zip(prev.tables, tables.tables)):
-        new[1][:-cap] = old[1][cap:]  # slots 1..m-1 -> 0..m-2, on this worker
-        new[3][:-cap] = old[3][cap:]
-        if b < len(payload):  # moments this optimiser never reads do not travel
-            new[1][last] = payload[b][:, :-1]
-            new[3][last] = payload[b][:, -1]
+        new[0][:] = old[0]
+        new[2][:] = old[2]
+        new[1][:stay] = old[1][leaving:]  # slots 1..m-1 -> 0..m-2, on this worker
+        new[3][:stay] = old[3][leaving:]
+        if b < len(payload):
+            new[1][stay:] = payload[b][:, :-1]
+            new[3][stay:] = payload[b][:, -1]
+        else:  # a moment this optimiser never reads does not travel
+            new[1][stay:] = 0.0
+            new[3][stay:] = 0.0
     return tables
 
 
@@ -124,9 +139,13 @@ def train_stratum(prev: WorkerTables, incoming, data: OwnerData, job: StratumJob
     n = int(data.block_start[stop] - data.block_start[first])
     if tables.diverged or n < job.bs:
         return tables
+    # The stratum's rows; an item's row is its row within its group plus where its block's slot starts.
+    a, b = int(data.block_start[first]), int(data.block_start[stop])
+    starts = [rows.start for rows in _slot_rows(data, tables.slots)]
+    offsets = np.repeat(np.array(starts, dtype=np.int32), np.diff(data.block_start[first : stop + 1]))
     order = adapter.stratum_order(data.block_start, first, stop, job.seed)
     shape = (tables.n_users, tables.n_items, tables.n_factors)
-    rows = (data.users, data.items, data.ratings, order)
+    rows = (data.users[a:b], data.items[a:b] + offsets, data.ratings[a:b], order)
     if job.per_rating:
         lrs, _ = adapter.steps_schedule(job.spec, job.step0, job.step0 + n)
         wd, decouple = job.opt.wd, job.opt.decouple_wd  # type: ignore[attr-defined]
@@ -151,7 +170,7 @@ def outgoing_rows(tables: WorkerTables, data: OwnerData) -> tuple:
     so that only these rows cross the network, not the worker's whole tables.
     """
     group = tables.slots[0]
-    rows = _slot_rows(data, 0, group)
+    rows = _slot_rows(data, tables.slots)[0]
     payload = tuple(np.column_stack([t[1][rows], t[3][rows]]) for t in tables.tables[: tables.moving])
     return group, payload
 
@@ -160,8 +179,8 @@ def item_rows(tables: WorkerTables, data: OwnerData) -> list:
     """``[(group, weights_and_bias)]`` for every slot: the item rows this worker holds (no moments)."""
     u_weight, i_weight, u_bias, i_bias = tables.tables[0]
     return [
-        (d, np.column_stack([i_weight[_slot_rows(data, j, d)], i_bias[_slot_rows(data, j, d)]]))
-        for j, d in enumerate(tables.slots)
+        (d, np.column_stack([i_weight[rows], i_bias[rows]]))
+        for rows, d in zip(_slot_rows(data, tables.slots), tables.slots)
     ]
 
 
