@@ -135,6 +135,8 @@ def train_stratum(prev: WorkerTables, incoming, data: OwnerData, job: StratumJob
     """Move the item slots (``incoming``: the group arriving in the last slot, ``None`` at the fit's start),
     then train this worker's blocks of stratum ``job.stratum``, shuffled from ``job.seed``."""
     tables = _next_tables(prev, data, incoming, reset_loss=job.stratum == 0)
+    if tables.slots != tuple(data.slot_group(j, job.stratum) for j in range(data.m)):
+        raise RuntimeError(f"worker {data.worker} holds item groups {tables.slots} in stratum {job.stratum}")
     first, stop = data.stratum_blocks(job.stratum)
     n = int(data.block_start[stop] - data.block_start[first])
     if tables.diverged or n < job.bs:
