@@ -155,10 +155,15 @@ def test_vocabularies_are_those_of_a_local_run_on_the_concatenated_files(client,
     from mfscratch.distributed import read_ratings
 
     df = make_ratings(n_ratings=900)  # integer users, text items
-    for f, rows in enumerate(np.array_split(np.arange(len(df)), 4)):
-        df.iloc[rows].to_csv(tmp_path / f"r{f}.tsv", sep="\t", index=False)
-    cluster = read_ratings(client, str(tmp_path / "r*.tsv"), valid_pct=0.25, seed=3)
-    local = pd.concat([read_local(p).df for p in sorted(tmp_path.glob("r*.tsv"))], ignore_index=True)
+    for f, rows in enumerate(np.array_split(np.arange(len(df)), 4)):  # three TSV files and a Parquet file
+        part = df.iloc[rows].reset_index(drop=True)
+        if f == 3:
+            part.to_parquet(tmp_path / "r3.parquet")
+        else:
+            part.to_csv(tmp_path / f"r{f}.tsv", sep="\t", index=False)
+    files = [*sorted(tmp_path.glob("r*.tsv")), tmp_path / "r3.parquet"]
+    cluster = read_ratings(client, [str(f) for f in files], valid_pct=0.25, seed=3)
+    local = pd.concat([read_local(p).df for p in files], ignore_index=True)
     dls = CollabDataLoaders.from_df(local, valid_pct=0.25, seed=3)
     assert cluster.classes() == dls.classes
     assert (cluster.n_users, cluster.n_items) == (dls.n_users, dls.n_items)

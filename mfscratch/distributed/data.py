@@ -31,7 +31,7 @@ from .. import readers
 from ..data import Vocab
 from ..errors import ConfigError, DataError
 
-__all__ = ["RATINGS_SUFFIXES", "Partition", "ClusterRatings", "list_sources", "read_ratings", "tree_reduce"]
+__all__ = ["RATINGS_SUFFIXES", "Partition", "ClusterRatings", "list_sources", "read_ratings", "tree_reduce", "gather"]
 
 #: The files a folder is searched for (a glob or a list may name any file).
 RATINGS_SUFFIXES = (".csv", ".tsv", ".txt", ".dat", ".data", ".parquet", ".pq")
@@ -173,6 +173,16 @@ def _add_counts(a: tuple, b: tuple) -> tuple:
     return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], min(a[4], b[4]), max(a[5], b[5]))
 
 
+def gather(client, futures, timeout: float, what: str):
+    """``client.gather(futures)`` once they are done (a task's error is raised here), waiting at most ``timeout`` s."""
+    from distributed import wait
+
+    done = wait(futures, timeout=timeout)
+    if done.not_done:
+        raise TimeoutError(f"{what} did not finish on the cluster within {timeout:g} s (timeout=)")
+    return client.gather(futures)
+
+
 def tree_reduce(client, combine, futures: list, name: str):
     """``combine`` over ``futures`` in a binary tree of tasks (left before right); one future."""
     level, depth = list(futures), 0
@@ -195,17 +205,19 @@ class ClusterRatings:
     the column names are on the client.
     """
 
-    def __init__(self, client, sources, partitions, user_vocab, item_vocab, counts, names, sizes, rating_range, token):
+    def __init__(
+        self, client, sources, partitions, user_vocab, item_vocab, counts, names, sizes, rating_range, timeout
+    ):
         self.client, self.sources, self.partitions = client, sources, partitions
         self.user_vocab, self.item_vocab, self.counts = user_vocab, item_vocab, counts
         self.user_name, self.item_name, self.rating_name = names
         self.n_users, self.n_items, self.n_train, self.n_valid = sizes
         self.rating_range = rating_range
-        self.token = token
+        self.timeout = timeout
 
     def classes(self) -> dict:
         """The vocabularies on the client, ``{user_name: Vocab, item_name: Vocab}``, as ``dls.classes``."""
-        users, items = self.client.gather([self.user_vocab, self.item_vocab])
+        users, items = gather(self.client, [self.user_vocab, self.item_vocab], self.timeout, "the vocabularies")
         return {
             self.user_name: Vocab(["#na#"] + users.values.tolist()),
             self.item_name: Vocab(["#na#"] + items.values.tolist()),
@@ -232,12 +244,14 @@ def read_ratings(
     encoding: str = "utf-8",
     valid_pct: float = 0.2,
     seed: int | None = None,
+    timeout: float = 600.0,
 ) -> ClusterRatings:
     """Read ratings files on the workers of ``client`` (a ``distributed.Client``); see the module docstring.
 
     ``source``: a folder, a glob (``"ratings/part-*.csv"``), a file or a list; the files must be
     readable from the workers under the same names. Columns and ``header`` as for a local file.
-    A problem in a file raises its one-line :class:`~mfscratch.errors.DataError` here.
+    A problem in a file raises its one-line :class:`~mfscratch.errors.DataError` here; ``timeout``
+    bounds each wait for the cluster, in seconds.
     """
     from ..validate import check_valid_pct
 
@@ -258,7 +272,7 @@ def read_ratings(
         )
         for side in (0, 1)
     ]
-    sizes = client.gather([client.submit(lambda d: d.values.shape[0] + 1, d) for d in distinct])
+    sizes = gather(client, [client.submit(lambda d: d.values.shape[0] + 1, d) for d in distinct], timeout, "reading")
     parts = [
         client.submit(_encode_split, r, *distinct, i, valid_pct, seeds, key=f"mf-part-{token}-{i}")
         for i, r in enumerate(raws)
@@ -270,8 +284,8 @@ def read_ratings(
         f"mf-counts-{token}",
     )
     n_users, n_items = sizes
-    _, _, n_train, n_valid, lo, hi = client.gather(client.submit(lambda c: (0, 0, *c[2:]), counts))
-    names = client.gather(client.submit(lambda r: r.names, raws[0]))
+    summary = [client.submit(lambda c: c[2:], counts), client.submit(lambda r: r.names, raws[0])]
+    (n_train, n_valid, lo, hi), names = gather(client, summary, timeout, "counting")
     if n_users < 3 or n_items < 3:  # #na# and at least two real ids on each side
         raise DataError(
             f"the ratings hold {n_users - 1} distinct user(s) and {n_items - 1} item(s); collaborative filtering "
@@ -281,4 +295,4 @@ def read_ratings(
         raise ConfigError(f"valid_pct={valid_pct} leaves no training rows; lower valid_pct or give more ratings")
     user_vocab, item_vocab = distinct
     sizes = (n_users, n_items, n_train, n_valid)
-    return ClusterRatings(client, sources, parts, user_vocab, item_vocab, counts, names, sizes, (lo, hi), token)
+    return ClusterRatings(client, sources, parts, user_vocab, item_vocab, counts, names, sizes, (lo, hi), timeout)

@@ -34,7 +34,7 @@ from ..errors import ConfigError, DivergenceError
 from ..model import EmbeddingDotBias
 from ..optim import SGD, resolve_opt
 from . import adapter, layout, worker
-from .data import ClusterRatings
+from .data import ClusterRatings, gather
 
 __all__ = ["DsgdTrainer"]
 
@@ -136,7 +136,7 @@ class DsgdTrainer:
             )
             for w in range(W)
         ]
-        sizes = self.client.gather([self.client.submit(layout.OwnerData.stratum_sizes, d) for d in self.data])
+        sizes = self._gather([self.client.submit(layout.OwnerData.stratum_sizes, d) for d in self.data], "the layout")
         self.stratum_sizes = np.array(sizes, dtype=np.int64).T  # [t, w]: training ratings of worker w in stratum t
         lazy = not self.per_rating
         moving = 1 + (lazy and self.opt.uses_momentum) + (lazy and self.opt.name == "adam")
@@ -182,14 +182,34 @@ class DsgdTrainer:
         checks.check_fit(n_epoch, lr, wd)
         self._fit(n_epoch, ("constant", n_epoch * self.steps_per_epoch, lr, self.opt.mom), wd)
 
+    @property
+    def range_args(self) -> tuple:
+        """``(lo, hi, has_range)`` as the kernels take them."""
+        return (0.0, 1.0, False) if self.y_range is None else (*self.y_range, True)
+
     def _jobs(self, epoch: int, seed: int, spec: tuple, opt) -> list:
-        """``[t][w]``: each worker's job in each stratum, its steps placed stratum by stratum, worker by worker."""
+        """``[t][w]``: each worker's job in each stratum, its steps placed stratum by stratum, worker by worker.
+
+        A job's first step in the fit's schedule is ``epoch * steps_per_epoch`` plus the steps before it;
+        its optimiser step count continues from the steps of earlier fits (``opt_step``), as the learner's.
+        """
         steps = self.stratum_sizes // self.bs
-        first = epoch * self.steps_per_epoch + np.concatenate([[0], np.cumsum(steps.ravel())[:-1]]).reshape(steps.shape)
-        range_args = (0.0, 1.0, False) if self.y_range is None else (*self.y_range, True)
+        before = np.concatenate([[0], np.cumsum(steps.ravel())[:-1]]).reshape(steps.shape)
+        first = epoch * self.steps_per_epoch + before
         return [
             [
-                worker.StratumJob(epoch, t, seed, int(first[t, w]), spec, opt, self.bs, self.per_rating, range_args)
+                worker.StratumJob(
+                    epoch,
+                    t,
+                    seed,
+                    int(first[t, w]),
+                    self.opt_step + int(before[t, w]),
+                    spec,
+                    opt,
+                    self.bs,
+                    self.per_rating,
+                    self.range_args,
+                )
                 for w in range(steps.shape[1])
             ]
             for t in range(steps.shape[0])
@@ -243,31 +263,26 @@ class DsgdTrainer:
 
     def _epoch_end(self, epoch: int) -> tuple[float, float]:
         """Wait for the epoch; its mean step loss and the validation MSE under the epoch's final weights."""
-        from distributed import wait
-
         W, name = len(self.workers), f"{self._fit_id}-{epoch}"
         losses = [self._submit(worker.epoch_loss, self.tables[w], key=f"loss-{name}-{w}", w=w) for w in range(W)]
         held = [
             self._submit(worker.item_rows, self.tables[w], self.data[w], key=f"items-{name}-{w}", w=w) for w in range(W)
         ]
-        range_args = (0.0, 1.0, False) if self.y_range is None else (*self.y_range, True)
         errors = [
             self._submit(
                 worker.squared_error,
                 self.tables[w],
                 self.data[w],
                 self.ratings.n_items,
-                range_args,
+                self.range_args,
                 *held,
                 key=f"valid-{name}-{w}",
                 w=w,
             )
             for w in range(W)
         ]
-        done = wait(losses + errors, timeout=self.timeout)
-        if done.not_done:
-            raise TimeoutError(f"epoch {epoch} did not finish on the cluster within {self.timeout:g} s (timeout=)")
-        losses, errors = self.client.gather(losses), self.client.gather(errors)
+        results = self._gather(losses + errors, f"epoch {epoch}")
+        losses, errors = results[:W], results[W:]
         total, count = sum(x[0] for x in losses), sum(x[1] for x in losses)
         if any(x[2] for x in losses) or not np.isfinite(total):
             raise DivergenceError(
@@ -276,6 +291,9 @@ class DsgdTrainer:
             )
         n_valid = sum(e[1] for e in errors)
         return total / max(count, 1), (sum(e[0] for e in errors) / n_valid if n_valid else float("nan"))
+
+    def _gather(self, futures: list, what: str) -> list:
+        return gather(self.client, futures, self.timeout, what)
 
     def _sent(self) -> dict:
         return self.client.run(_bytes_sent)
@@ -289,9 +307,10 @@ class DsgdTrainer:
     def model(self) -> EmbeddingDotBias:
         """The current weights, gathered to the client as an :class:`EmbeddingDotBias`."""
         n_users, n_items, k = self.ratings.n_users, self.ratings.n_items, self.n_factors
-        users = self.client.gather([self.client.submit(worker.user_rows, t, d) for t, d in zip(self.tables, self.data)])
-        items = self.client.gather([self.client.submit(worker.item_rows, t, d) for t, d in zip(self.tables, self.data)])
-        starts = self.client.gather(self.client.submit(lambda d: d.item_start, self.data[0]))
+        submit, pairs = self.client.submit, list(zip(self.tables, self.data))
+        users = self._gather([submit(worker.user_rows, t, d) for t, d in pairs], "gathering the user rows")
+        items = self._gather([submit(worker.item_rows, t, d) for t, d in pairs], "gathering the item rows")
+        starts = self._gather([submit(lambda d: d.item_start, self.data[0])], "gathering the groups")[0]
         dtype = users[0][1].dtype
         u_weight, u_bias = np.zeros((n_users, k), dtype=dtype), np.zeros(n_users, dtype=dtype)
         i_weight, i_bias = np.zeros((n_items, k), dtype=dtype), np.zeros(n_items, dtype=dtype)
@@ -314,12 +333,12 @@ class DsgdTrainer:
     def training_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The training rows (global codes) gathered to the client, worker by worker, each in block order:
         the rows a local run needs to reproduce this fit (small data and tests only)."""
-        rows = self.client.gather([self.client.submit(layout.OwnerData.global_rows, d) for d in self.data])
+        rows = self._gather([self.client.submit(layout.OwnerData.global_rows, d) for d in self.data], "gathering")
         return tuple(np.concatenate([r[a] for r in rows]) for a in range(3))  # type: ignore[return-value]
 
     def valid_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The validation rows (global codes) gathered to the client (small data and tests only)."""
-        rows = self.client.gather([self.client.submit(layout.OwnerData.valid_rows, d) for d in self.data])
+        rows = self._gather([self.client.submit(layout.OwnerData.valid_rows, d) for d in self.data], "gathering")
         return tuple(np.concatenate([r[a] for r in rows]) for a in range(3))  # type: ignore[return-value]
 
     def __repr__(self) -> str:

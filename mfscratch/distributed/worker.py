@@ -41,7 +41,8 @@ class StratumJob:
     epoch: int
     stratum: int
     seed: int  # the epoch's block-shuffle seed
-    step0: int  # the fit's step index of this worker's first step in this stratum
+    step0: int  # the fit's step index of this worker's first step in this stratum (the schedule)
+    opt_step0: int  # optimiser steps taken before it, this fit's and earlier fits' (Adam's bias correction)
     spec: tuple  # the fit's schedule (adapter.steps_schedule)
     opt: object  # Adam or SGD, weight decay resolved
     bs: int
@@ -157,7 +158,7 @@ def train_stratum(prev: WorkerTables, incoming, data: OwnerData, job: StratumJob
         expected = n // job.bs
         lrs, moms = adapter.steps_schedule(job.spec, job.step0, job.step0 + expected)
         losses = adapter.train_lazy(
-            tables.buffers, *shape, *rows, job.bs, lrs, moms, job.step0, job.opt, job.range_args
+            tables.buffers, *shape, *rows, job.bs, lrs, moms, job.opt_step0, job.opt, job.range_args
         )
     tables.loss += float(losses.sum())
     tables.count += losses.shape[0]
