@@ -287,6 +287,7 @@ class CollabDataLoaders:
         """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named."""
         user_name, item_name, rating_name = validate.resolve_columns(ratings, user_name, item_name, rating_name)
         validate.check_valid_pct(valid_pct)
+        seed = validate.check_seed(seed)
         bs = validate.positive_int("bs", bs)
         y = validate.check_ratings(ratings, user_name, item_name, rating_name)
         users, user_vocab = _encode(ratings[user_name], user_name)
@@ -328,6 +329,7 @@ class CollabDataLoaders:
         ``range(n_users)`` and ``range(n_items)``.
         """
         validate.check_valid_pct(valid_pct)
+        seed = validate.check_seed(seed)
         bs = validate.positive_int("bs", bs)
         users = np.ascontiguousarray(users, dtype=np.int32)
         items = np.ascontiguousarray(items, dtype=np.int32)

@@ -13,7 +13,10 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["plot_losses", "plot_schedule", "plot_item_pca", "write_all"]
+__all__ = ["plot_losses", "plot_schedule", "plot_item_pca", "write_all", "PLOT_FILES"]
+
+#: The files :func:`write_all` writes into its folder.
+PLOT_FILES = ("losses.png", "schedule.png", "item_pca.png")
 
 
 def _figure(figsize):
@@ -25,10 +28,10 @@ def _figure(figsize):
 
 
 def _save(fig, path) -> Path:
+    from .io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=110))
 
 
 def _need_fit(recorder) -> int:
@@ -102,9 +105,5 @@ def plot_item_pca(names, coords, path, n: int = 50, seed: int = 0) -> Path:
 
 def write_all(learn, folder, n_items: int = 50) -> list[Path]:
     """``losses.png``, ``schedule.png`` and ``item_pca.png`` for a trained learner, in ``folder``."""
-    folder = Path(folder)
-    return [
-        learn.plot_losses(folder / "losses.png"),
-        learn.plot_schedule(folder / "schedule.png"),
-        learn.plot_item_pca(folder / "item_pca.png", n=n_items),
-    ]
+    losses, sched, pca = (Path(folder) / name for name in PLOT_FILES)
+    return [learn.plot_losses(losses), learn.plot_schedule(sched), learn.plot_item_pca(pca, n=n_items)]

@@ -451,7 +451,7 @@ def _read_parquet(path: Path, plan: _Plan) -> tuple:
         out[names[pos]] = _typed(column, "id" if kind == "id" and is_text else "number")
     if table.num_rows == 0:
         raise DataError(f"{plan.what} file {path} has no rows")
-    return pd.DataFrame(out, copy=False), TableInfo(str(path), table.num_rows)
+    return pd.DataFrame(out, copy=False), TableInfo(str(path), table.num_rows, header=tuple(names))
 
 
 def _has_arrow() -> bool:

@@ -30,6 +30,11 @@ def nonneg_float(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
+def seed(text: str) -> int:
+    """``--seed``: an integer >= 0, as the library's ``seed=`` (NumPy's seeds are non-negative)."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
 def fraction(text: str) -> float:
     value = nonneg_float(text)
     if value >= 1:
@@ -68,7 +73,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     g.add_argument("--valid-pct", type=fraction, default=0.2)
-    g.add_argument("--seed", type=int, default=42, help="fixes split, init and batch order (default 42)")
+    g.add_argument("--seed", type=seed, default=42, help="fixes split, init and batch order (default 42)")
     g.add_argument(
         "--mode",
         choices=("exact", "sparse"),
@@ -117,6 +122,16 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="whether --ratings/--items start with a header line (default: detect)",
+    )
+    g.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help="encoding of --ratings/--items (default: a byte-order mark, else utf-8, cp1252, latin-1 in that order)",
+    )
+    g.add_argument(
+        "--sep",
+        metavar="SEP",
+        help="column separator of --ratings/--items: ',' ';' '|' '::' or 'tab' (default: detect)",
     )
     g.add_argument("--items", metavar="FILE", help="an items file whose titles name the items of --ratings")
     g.add_argument("--item-key", metavar="COL", help="column of --items matching the item column (default 0)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..errors import ConfigError
-from .args import add_debug_arg, nonneg_float, positive_float, positive_int
+from .args import add_debug_arg, nonneg_float, positive_float, positive_int, seed
 from .train import load_movielens_frame
 
 
@@ -24,7 +26,7 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--bs", type=positive_int, default=64)
     bench.add_argument("--lr", type=positive_float, default=5e-3)
     bench.add_argument("--wd", type=nonneg_float, default=0.1)
-    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--seed", type=seed, default=42)
     bench.add_argument(
         "--mode",
         choices=("exact", "sparse", "sparse-sgd1"),
@@ -75,6 +77,12 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--sizes must be comma-separated numbers, got {args.sizes!r}") from None
     if args.plot and (not sizes or min(sizes) < 2 * args.bs):
         raise ConfigError(f"--sizes must be rating counts of at least {2 * args.bs}, got {args.sizes!r}")
+    from ..data import DATASETS, data_dir
+    from ..outputs import Output, check_outputs, dataset_inputs
+
+    inputs = dataset_inputs(data_dir() / DATASETS[args.data].folder) if args.data in DATASETS else []
+    for note in check_outputs([Output("--json", args.json), Output("--plot", args.plot)], inputs):
+        print(f"note: {note}", file=sys.stderr)
     modes = tuple(dict.fromkeys(args.mode)) if args.mode else bench.MODES
     backends = list(dict.fromkeys(args.backend)) if args.backend else None
     bench.check_names(backends, modes)  # before any data is read
