@@ -6,8 +6,9 @@ Parquet file, compressed or not, in any of the encodings of :mod:`mfscratch.text
 1. **format and compression** from the first bytes (``textstream.compression_of``);
 2. **encoding**: a byte-order mark, else UTF-8, cp1252, latin-1 in that order (``encoding=`` forces one);
 3. **separator**: the first 64 KiB are split with each of ``::``, tab, ``,``, ``;``, ``|`` (honouring
-   ``"``-quoted fields); the one that splits every line into the same number of fields (two or more)
-   wins, the most fields first; whitespace when none does (``sep=`` forces one);
+   ``"``-quoted fields); of those that split every line into the same number of fields (two or more),
+   one that yields a column of numbers wins, then the most fields; whitespace when none does
+   (``sep=`` forces one);
 4. **header**, decided on the evidence of up to a thousand lines, never on the first line alone: the
    first line is a header when some column that holds numbers below has a name (text) on it, and
    no field of it is a number or a value that recurs in its column below. Evidence both ways (a
@@ -44,7 +45,7 @@ __all__ = ["SEPARATORS", "TableInfo", "read_columns", "sniff_separator", "sniff_
 SEPARATORS = ("::", "\t", ",", ";", "|")
 WHITESPACE = r"\s+"
 _EVIDENCE_LINES = 1000
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(\d+[.,]?\d*|[.,]\d+)([eE][+-]?\d+)?")  # 3,5: a decimal comma
 _DECIMAL_COMMA = r"\s*[+-]?\d+(,\d+)?\s*"
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|$)")
 _DAMAGED = (EOFError, OSError)  # a compressed stream that breaks off or fails its checksum
@@ -117,8 +118,8 @@ def _sep_name(sep) -> str:
 
 # --- sniffing ------------------------------------------------------------------------------------
 def _fields(line: str, sep: str) -> list[str]:
-    if sep == WHITESPACE:
-        return line.split()
+    if sep == WHITESPACE:  # runs of spaces and tabs, "quoted fields" kept whole (as pandas reads them)
+        return next(csv.reader([line.replace("\t", " ").strip(" ")], delimiter=" ", skipinitialspace=True))
     if sep == "::":
         return [f.strip(" \t") for f in line.split("::")]
     return [f.strip(" \t") for f in next(csv.reader([line], delimiter=sep, quotechar='"', strict=False))]
@@ -134,26 +135,34 @@ def _sample_lines(sample: bytes, complete: bool) -> list[tuple[int, str]]:
     return [(i + 1, line) for i, line in enumerate(lines) if line.strip(" \t")][:_EVIDENCE_LINES]
 
 
+def _has_number_column(rows: list[list[str]]) -> bool:
+    """Whether some column holds a number on every line (the first line aside: it may be a header)."""
+    body = rows[1:] or rows
+    return any(all(_is_number(r[j]) for r in body) for j in range(len(body[0])))
+
+
 def sniff_separator(lines: list[tuple[int, str]], path) -> str:
     """The separator that splits every line into the same number (>= 2) of fields (module docstring).
 
-    When none does but one splits most lines alike, the first line that differs is refused with its
-    number and text (a stray separator or quote), as the parser would refuse it.
+    Among those, one that gives a column of numbers (the ratings) wins over one that does not, then
+    the most fields: ``a|b,x|y,4`` is two text fields and a rating split by ``,``, not four by ``|``.
+    When none splits every line alike but one splits most lines alike, the first line that differs
+    is refused with its number and text (a stray separator or quote), as the parser would refuse it.
     """
-    best, best_n, near = None, 1, None
-    for sep in SEPARATORS:
-        counts = [len(_fields(line, sep)) for _, line in lines]
+    best, best_score, near = None, (False, False, 1), None
+    for sep in (*SEPARATORS, WHITESPACE):
+        rows = [_fields(line, sep) for _, line in lines]
+        counts = [len(r) for r in rows]
         mode = max(set(counts), key=counts.count)
         if mode < 2:
             continue
-        if counts.count(mode) == len(counts):
-            if mode > best_n:
-                best, best_n = sep, mode
+        if counts.count(mode) == len(counts):  # whitespace only when no separator gives a column of numbers
+            score = (_has_number_column(rows), sep != WHITESPACE, mode)
+            if score > best_score:
+                best, best_score = sep, score
         elif near is None or counts.count(mode) > near[0]:
             odd = next(k for k, c in enumerate(counts) if c != mode)
             near = (counts.count(mode), mode, counts[odd], lines[odd])
-    if best is None and len({len(line.split()) for _, line in lines}) == 1 and len(lines[0][1].split()) >= 2:
-        best = WHITESPACE
     if best is not None:
         return best
     if near is not None and near[0] >= len(lines) / 2:
@@ -314,6 +323,8 @@ def _parse_pandas(stream, sep: str, n_fields: int, wanted: dict, path) -> tuple[
         raise ts.WrongEncoding("utf-8", e.start, e.reason) from None
     except (pd.errors.ParserError, ValueError) as e:
         raise DataError(f"{path}: cannot parse it ({_one_line(e)}); check that line's separators and quotes") from None
+    if sep == WHITESPACE:  # pandas keeps a line of spaces as an empty row when lines end in '\r': blank, counted
+        df = df.dropna(how="all").reset_index(drop=True)
     return {j: df[j] for j in wanted}, len(df)
 
 
@@ -381,7 +392,7 @@ def _parse(stream: ts.Utf8Stream, path: Path, compression, encoding: str, plan: 
     if arrow and compression is None and encoding in ("utf-8", "utf-8-sig"):
         stream.close()
         columns, n_rows = _parse_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, path, lay.header_line)
-        return columns, n_rows, ts.count_lines(path)
+        return columns, n_rows, ts.count_lines(path, skip=stream.skipped)
     if lay.header is not None:
         stream.discard(lay.header_end)
     columns, n_rows = (_parse_arrow if arrow else _parse_pandas)(stream, lay.sep, lay.n_fields, lay.wanted, path)

@@ -239,11 +239,13 @@ class LineCounter:
         return int(self.state[1] + (1 if self.state[3] and not self.state[2] else 0))
 
 
-def count_lines(path: Path) -> LineCounter:
-    """The lines of a plain (uncompressed, ASCII-compatible) file, counted in one pass of 4 MiB reads."""
+def count_lines(path: Path, skip: int = 0) -> LineCounter:
+    """The lines of a plain (uncompressed, ASCII-compatible) file, counted in one pass of 4 MiB reads
+    (``skip``: the length of a byte-order mark, which belongs to no line)."""
     counter = LineCounter()
     buf = bytearray(_CHUNK)
     with open(path, "rb", buffering=0) as f:
+        f.seek(skip)
         while n := f.readinto(buf):
             counter.feed(buf, n)
     return counter
@@ -261,6 +263,7 @@ class Utf8Stream(io.RawIOBase):
     def __init__(self, raw, head: bytes, encoding: str, skip: int = 0):
         super().__init__()
         self._raw, self._head, self._encoding = raw, head[skip:], encoding
+        self.skipped = skip  # the byte-order mark dropped
         utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
         self._decoder = None if utf8 else codecs.getincrementaldecoder(encoding)("strict")
         self._ready = bytearray()
