@@ -334,6 +334,9 @@ class CollabDataLoaders:
         users = np.ascontiguousarray(users, dtype=np.int32)
         items = np.ascontiguousarray(items, dtype=np.int32)
         ratings = np.ascontiguousarray(ratings, dtype=np.float32)
+        for name, codes, size in (("user", users, n_users), ("item", items, n_items)):
+            if len(codes) != len(ratings) or (len(codes) and not 0 <= codes.min() <= codes.max() < size):
+                raise DataError(f"{name} codes must be {len(ratings)} integers in [0, {size}) (the {name}s given)")
         n = len(ratings)
         perm = np.random.default_rng(seed).permutation(n)
         n_valid = int(valid_pct * n)

@@ -87,9 +87,9 @@ def atomic_write(path, write) -> Path:
     folder is fsynced after the rename so that the rename itself is durable. An ``OSError`` (full disk,
     quota, read-only file system, permissions) becomes one :class:`OutputError` line.
     """
-    path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    from .outputs import check_target
+
+    path = check_target(path)
     existed = path.is_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +271,8 @@ def load_model(path):
     marker, the version, the tables' shapes, dtypes and finiteness, the range and the vocabularies,
     and raises :class:`ModelFileError` (one line) on anything that does not match.
     """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ModelFileError(f"a model path must be a file path, got {path!r}")
     path = Path(path)
     data = _read_arrays(path)
     if _scalar(data, "format", str, None) != _MAGIC:

@@ -431,6 +431,8 @@ def collab_learner(
         raise ConfigError("only the mean-squared-error loss is implemented; leave loss_func=None")
     if kwargs:
         raise ConfigError(f"unknown argument(s) to collab_learner: {', '.join(kwargs)}")
+    if not isinstance(dls, CollabDataLoaders):
+        raise ConfigError(f"collab_learner needs CollabDataLoaders (from_df or from_codes), got {type(dls).__name__}")
     n_factors = checks.positive_int("n_factors", n_factors)
     y_range = checks.check_y_range(y_range)
     seed = checks.check_seed(seed)

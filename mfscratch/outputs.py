@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .errors import OutputError
 
-__all__ = ["Output", "check_outputs", "dataset_inputs"]
+__all__ = ["Output", "check_outputs", "check_target", "dataset_inputs"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,23 @@ def _check_one(flag: str, path: Path, folder: bool) -> str | None:
     return note
 
 
+def check_target(path) -> Path:
+    """The file a write of ``path`` replaces: ``path`` itself or, for a symbolic link that ends at a
+    regular file, its target. Anything else that exists there (a folder, a device node, a FIFO, a
+    socket, a dangling link) is refused with an :class:`OutputError`: :func:`mfscratch.io.atomic_write`
+    calls this before every write, so no API call replaces ``/dev/null`` by a regular file either."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if path.is_symlink() and not target.exists():
+        raise OutputError(f"cannot write {path}: it is a symbolic link to {target}, which does not exist")
+    if target.exists():
+        mode = target.stat().st_mode
+        kind = "a folder" if stat.S_ISDIR(mode) else _kind(mode)
+        if kind is not None:
+            raise OutputError(f"cannot write {path}: it is {kind}, not a regular file; give a file path")
+    return target
+
+
 def _same(a: Path, b: Path) -> bool:
     """Whether two paths name one file: equal after resolving links, or the same inode (a hard link)."""
     if os.path.realpath(a) == os.path.realpath(b):
@@ -118,7 +135,10 @@ def check_outputs(outputs, inputs=()) -> list[str]:
     ``outputs``: :class:`Output` objects (``None`` paths are skipped); ``inputs``: ``(flag, path)``
     pairs of the files the command reads (``None`` paths skipped).
     """
-    outputs = [o for o in outputs if o.path not in (None, "")]
+    for out in outputs:
+        if out.path is not None and not str(out.path).strip():
+            raise OutputError(f"{out.flag} needs a path, got an empty one")
+    outputs = [o for o in outputs if o.path is not None]
     inputs = [(flag, Path(p)) for flag, p in inputs if p not in (None, "")]
     notes = []
     for out in outputs:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,9 +491,14 @@ def read_columns(
     name the columns in messages. The DataFrame's columns are the header names (positions when the
     file has none), in the order asked. See the module docstring for everything else.
     """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise DataError(f"the {what} file must be given as a path, got {path!r}")
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{what} file {path} does not exist; check the path")
+        exists = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise DataError(f"{what} file {path} {exists}; give the path of a CSV, TSV or Parquet file")
+    if header is not None and not isinstance(header, bool):
+        raise ConfigError(f"header must be True, False or None (detect), got {header!r}")
     if encoding is not None:
         try:
             encoding = codecs.lookup(encoding).name

@@ -100,6 +100,13 @@ def check_y_range(y_range) -> tuple[float, float] | None:
         raise ConfigError(
             f"y_range must be two finite numbers with lo < hi, got {y_range!r}; for 1-5 star ratings use (0, 5.5)"
         )
+    with np.errstate(over="ignore"):  # training runs in float32: the range must exist there too
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+        if not (np.isfinite(hi32 - lo32) and lo32 < hi32):
+            raise ConfigError(
+                f"y_range {y_range!r} does not fit float32, the training precision (its ends and hi - lo must be "
+                "finite, below 3.4e38, and distinct); for 1-5 star ratings use (0, 5.5)"
+            )
     return float(lo), float(hi)
 
 

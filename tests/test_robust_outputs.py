@@ -46,8 +46,8 @@ def test_absent_and_regular_paths_pass(files):
     assert check_outputs([Output("--save", files / "old.npz")]) == []
 
 
-def test_none_and_empty_paths_are_skipped(files):
-    assert check_outputs([Output("--save", None), Output("--json", "")], [("--ratings", None)]) == []
+def test_none_paths_are_skipped(files):
+    assert check_outputs([Output("--save", None)], [("--ratings", None)]) == []
 
 
 def test_output_equal_to_an_input_directly_through_a_link_or_a_hard_link(files):
@@ -92,8 +92,31 @@ def test_socket_is_refused(files):
         refused([Output("--json", path)], (), "a socket")
 
 
-def test_character_device_is_refused():
-    refused([Output("--json", "/dev/null")], (), "character device")
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_character_device_is_refused_and_never_replaced(tmp_path):
+    import stat
+
+    node = tmp_path / "null"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of the test's own
+    refused([Output("--json", node)], (), "character device")
+    with pytest.raises(OutputError, match="character device, not a regular file"):
+        atomic_write(node, lambda f: f.write(b"x"))  # the API's writes check too
+    assert stat.S_ISCHR(node.stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda p: p.mkdir(), lambda p: os.mkfifo(p), lambda p: p.symlink_to(p.parent / "nowhere")]
+)
+def test_atomic_write_refuses_what_is_not_a_regular_file(tmp_path, make):
+    path = tmp_path / "out"
+    make(path)
+    with pytest.raises(OutputError, match="cannot write"):
+        atomic_write(path, lambda f: f.write(b"x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_empty_output_path():
+    refused([Output("--save", "")], (), "--save needs a path")
 
 
 def test_symlink_to_a_regular_file_is_followed_and_said(files):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..errors import ConfigError
 
@@ -35,6 +36,10 @@ def seed(text: str) -> int:
     return _number(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
+def finite_float(text: str) -> float:
+    return _number(text, float, lambda v: abs(v) < float("inf"), "a finite number")
+
+
 def fraction(text: str) -> float:
     value = nonneg_float(text)
     if value >= 1:
@@ -43,7 +48,14 @@ def fraction(text: str) -> float:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that exits with status 2 and a one-line message (its default is also 2)."""
+    """argparse that exits with status 2 and a one-line message (its default is also 2).
+
+    Negative numbers in any notation (``-1e3`` too, not only ``-5`` and ``-0.5``) are values, not options.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
     def error(self, message):  # pragma: no cover - exercised through the CLI tests
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
@@ -147,7 +159,7 @@ def add_usage_output_args(g) -> None:
     )
     g.add_argument(
         "--ranking-threshold",
-        type=float,
+        type=finite_float,
         default=4.0,
         metavar="T",
         help="a validation rating >= T counts as relevant for the ranking metrics (default 4)",
@@ -163,4 +175,6 @@ def check_y_range(y_range) -> tuple[float, float] | None:
     lo, hi = y_range
     if not lo < hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
         raise ConfigError(f"--y-range needs finite LO < HI, got {lo} {hi}")
-    return lo, hi
+    from ..validate import check_y_range as check_library_range
+
+    return check_library_range((lo, hi))
