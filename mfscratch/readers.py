@@ -149,10 +149,20 @@ def attach_titles(
 ) -> RatingsTable:
     """Replace the item column by the item's title (``items``: columns ``key, title``).
 
-    Ratings whose item has no title keep their key as a name. Titles shared by different keys
-    are merged when ``merge_duplicates`` (the ML-100k recipe), else suffixed with ``[id KEY]``.
+    Ratings whose item has no title keep their key as a name (``[id KEY]`` when that text is some
+    other item's title). Titles shared by different keys are merged when ``merge_duplicates`` (the
+    ML-100k recipe), else suffixed with ``[id KEY]``. A key listed twice with two different titles
+    is refused: which one is meant cannot be told.
     """
-    items = items.drop_duplicates("key")
+    items = items.drop_duplicates()
+    twice = items["key"].duplicated(keep=False)
+    if twice.any():
+        key = items.loc[twice, "key"].tolist()[0]
+        shown = " and ".join(repr(t) for t in items.loc[items["key"] == key, "title"].astype(str).iloc[:2])
+        raise DataError(
+            f"{items_source}: key {key!r} has two titles ({shown}), and {int(twice.sum())} rows share a key; "
+            "keep one title per key"
+        )
     keys = table.df[table.item]
     if keys.dtype != items["key"].dtype:
         # "1" in one file and 1 in the other: compare as text.
@@ -169,10 +179,13 @@ def attach_titles(
             f"{items_source}: none of its keys match the ratings' {table.item!r} values "
             f"(e.g. {keys.iloc[0]!r}); check --item-key"
         )
-    named = named.where(named.notna(), keys.astype(str))
+    untitled = keys.astype(str)
+    untitled = untitled.where(~untitled.isin(set(titles)), "[id " + untitled + "]")  # never merged with a title
+    named = named.where(named.notna(), untitled)
     df = table.df.copy()
     df["title"] = named.to_numpy()
-    return RatingsTable(df[[table.user, "title", table.rating]], table.user, "title", table.rating, table.source)
+    df = df[[table.user, "title", table.rating]]
+    return RatingsTable(df, table.user, "title", table.rating, table.source, table.info)
 
 
 # --- MovieLens -----------------------------------------------------------------------------------
@@ -222,7 +235,16 @@ def _ml100k_titled(folder: Path, file: str) -> RatingsTable:
         names=("movie", "title"),
         header=None,
     )
-    return RatingsTable(ratings.merge(movies), "user", "title", "rating", str(folder / file))
+    titled = ratings.merge(movies)
+    if movies["movie"].duplicated().any():
+        raise DataError(f"{folder / 'u.item'} lists a movie id twice; restore the original u.item")
+    if len(titled) != len(ratings):  # an inner join drops ratings of movies u.item lacks: say so, never lose them
+        missing = sorted(set(ratings["movie"]) - set(movies["movie"]))
+        raise DataError(
+            f"{folder / 'u.item'} lacks {len(missing)} movie id(s) that {file} rates (e.g. {missing[:3]}), "
+            f"so {len(ratings) - len(titled)} ratings would be dropped; restore the original u.item"
+        )
+    return RatingsTable(titled, "user", "title", "rating", str(folder / file))
 
 
 def read_movielens(name: str = "ml-100k", titles: bool = True) -> RatingsTable:

@@ -453,3 +453,36 @@ def test_no_temporary_or_stray_files_are_left(tmp_path):
     path = write(tmp_path, "r.csv.gz", gzip.compress(CSV.encode()))
     read_ratings(path, "userId", "movieId", "rating")
     assert os.listdir(tmp_path) == ["r.csv.gz"]
+
+
+# --- titles joined to the ratings ------------------------------------------------------------------
+def test_items_key_with_two_titles_is_refused(tmp_path):
+    from mfscratch.readers import attach_titles
+
+    ratings = read_ratings(write(tmp_path, "r.csv", CSV), "userId", "movieId", "rating")
+    items = pd.DataFrame({"key": [10, 10, 20], "title": ["Heat (1995)", "Emma (1996)", "Up (2009)"]})
+    with pytest.raises(DataError, match="key 10 has two titles"):
+        attach_titles(ratings, items)
+    same_twice = pd.DataFrame({"key": [10, 10, 20, 30], "title": ["Heat", "Heat", "Up", "20"]})
+    titled = attach_titles(ratings, same_twice.iloc[:3])
+    assert titled.df["title"].tolist() == ["Heat", "Up", "Heat", "30", "Up"]
+    # an untitled key whose text is another item's title stays apart from it
+    collide = pd.DataFrame({"key": [10, 20], "title": ["30", "Up"]})
+    assert attach_titles(ratings, collide).df["title"].tolist() == ["30", "Up", "30", "[id 30]", "Up"]
+
+
+def test_ml100k_folder_whose_u_item_lacks_a_movie_is_refused(tmp_path, monkeypatch):
+    from robust_helpers import write_fake_ml100k
+
+    from mfscratch.readers import read_movielens
+
+    folder = write_fake_ml100k(tmp_path, n_items=20, n_ratings=200)
+    monkeypatch.setenv("MFSCRATCH_DATA", str(tmp_path))
+    assert len(read_movielens("ml-100k").df) == 200
+    lines = (folder / "u.item").read_text(encoding="latin-1").splitlines(keepends=True)
+    (folder / "u.item").write_text("".join(lines[1:]), encoding="latin-1")
+    with pytest.raises(DataError, match="lacks 1 movie id"):
+        read_movielens("ml-100k")
+    (folder / "u.item").write_text("".join(lines + lines[:1]), encoding="latin-1")
+    with pytest.raises(DataError, match="lists a movie id twice"):
+        read_movielens("ml-100k")
