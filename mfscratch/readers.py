@@ -105,7 +105,7 @@ def _column_spec(value):
     """A column given on the command line: a 0-based position (``"2"``) or a name."""
     if value is None or isinstance(value, int):
         return value
-    text = str(value)
+    text = str(value).strip()
     return int(text) if text.isdigit() else text
 
 

@@ -357,6 +357,8 @@ def _layout(stream: ts.Utf8Stream, path: Path, plan: _Plan) -> _Layout:
     """Separator, fields, header and the positions asked for, from the first 64 KiB of ``stream``."""
     sample = stream.peek(ts.SAMPLE_BYTES)
     lines = _sample_lines(sample, len(sample) < ts.SAMPLE_BYTES and stream.exhausted)
+    if not lines and len(sample) == ts.SAMPLE_BYTES:
+        raise DataError(f"{path}: its first line is longer than 64 KiB, so it is not a table of ratings or items")
     if not lines:
         raise DataError(f"{plan.what} file {path} is empty; it needs at least one row")
     sep = plan.sep or sniff_separator(lines, path)
@@ -426,7 +428,8 @@ def _read_text(path: Path, compression, encoding: str, bom: int, head: bytes, ra
         if kind == "number" and (fixed := _decimal_commas(column)) is not None:
             column = fixed
             notes.append(f"decimal commas in column {pos} read as decimal points")
-        out[lay.names[pos] if lay.names else pos] = column
+        key = lay.names[pos] if lay.names else pos
+        out[f"{key} ({pos})" if key in out else key] = column  # a header may repeat a name
     info = TableInfo(
         str(path),
         n_rows,

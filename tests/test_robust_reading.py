@@ -486,3 +486,9 @@ def test_ml100k_folder_whose_u_item_lacks_a_movie_is_refused(tmp_path, monkeypat
     (folder / "u.item").write_text("".join(lines + lines[:1]), encoding="latin-1")
     with pytest.raises(DataError, match="lists a movie id twice"):
         read_movielens("ml-100k")
+
+
+def test_a_repeated_header_name_read_by_position_and_a_giant_first_line(tmp_path):
+    t = read_ratings(write(tmp_path, "r.csv", "id,id,rating\n1,2,3\n4,5,6\n"), 0, 1, " 2 ")
+    assert t.df.columns.tolist() == ["id", "id (1)", "rating"] and t.df["id (1)"].tolist() == [2, 5]
+    refused(write(tmp_path, "g.csv", "x" * 70_000 + "\n1,2,3\n"), "longer than 64 KiB")
