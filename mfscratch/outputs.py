@@ -158,7 +158,7 @@ def check_outputs(outputs, inputs=()) -> list[str]:
             for flag, other in written:
                 if _same(target, other):
                     raise OutputError(
-                        f"{out.flag} {out.path} and {flag} write the same file {other}; give them different paths"
+                        f"{flag} and {out.flag} {out.path} both write the same file {other}; give them different paths"
                     )
             written.append((out.flag, target))
         if not out.folder:

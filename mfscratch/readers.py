@@ -154,7 +154,8 @@ def attach_titles(
     ML-100k recipe), else suffixed with ``[id KEY]``. A key listed twice with two different titles
     is refused: which one is meant cannot be told.
     """
-    items = items.drop_duplicates()
+    has_title = items["title"].notna() & items["title"].astype(str).str.strip().ne("")
+    items = items[has_title].drop_duplicates()  # an empty title names nothing: the key stays the name
     twice = items["key"].duplicated(keep=False)
     if twice.any():
         key = items.loc[twice, "key"].tolist()[0]

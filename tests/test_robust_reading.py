@@ -469,6 +469,8 @@ def test_items_key_with_two_titles_is_refused(tmp_path):
     # an untitled key whose text is another item's title stays apart from it
     collide = pd.DataFrame({"key": [10, 20], "title": ["30", "Up"]})
     assert attach_titles(ratings, collide).df["title"].tolist() == ["30", "Up", "30", "[id 30]", "Up"]
+    untitled = pd.DataFrame({"key": [10, 20, 30], "title": ["Heat", None, "  "]})  # never the title "nan"
+    assert attach_titles(ratings, untitled).df["title"].tolist() == ["Heat", "20", "Heat", "30", "20"]
 
 
 def test_ml100k_folder_whose_u_item_lacks_a_movie_is_refused(tmp_path, monkeypatch):
