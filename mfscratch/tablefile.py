@@ -5,16 +5,9 @@ Parquet file, compressed or not, in any of the encodings of :mod:`mfscratch.text
 
 1. **format and compression** from the first bytes (``textstream.compression_of``);
 2. **encoding**: a byte-order mark, else UTF-8, cp1252, latin-1 in that order (``encoding=`` forces one);
-3. **separator**: the first 64 KiB are split with each of ``::``, tab, ``,``, ``;``, ``|`` (honouring
-   ``"``-quoted fields); of those that split every line into the same number of fields (two or more),
-   one that yields a column of numbers wins, then the most fields; whitespace when none does
-   (``sep=`` forces one);
-4. **header**, decided on the evidence of up to a thousand lines, never on the first line alone: the
-   first line is a header when some column that holds numbers below has a name (text) on it, and
-   no field of it is a number or a value that recurs in its column below. Evidence both ways (a
-   name over one column, a number in another: a data row with a bad value, or a header with a
-   numeric name) is refused with a line asking for ``--header`` or ``--no-header``; column names
-   over a first line that is data are refused too (``header=`` forces the choice);
+3. **separator** and 4. **header**, from the first 64 KiB and on the evidence of many lines
+   (:mod:`mfscratch.sniff`; ``sep=`` and ``header=`` force them); column names over a first line
+   that is data are refused;
 5. **parse**: pyarrow's multi-threaded CSV reader where installed (pandas' C parser otherwise, and for
    whitespace); id columns are read as text and typed by :func:`mfscratch.ids.parse_ids`; a
    rating column written with decimal commas (``3,5`` in a ``;`` file) is read as numbers;
@@ -27,9 +20,7 @@ Parquet file, compressed or not, in any of the encodings of :mod:`mfscratch.text
 from __future__ import annotations
 
 import codecs
-import csv
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,16 +30,21 @@ import pandas as pd
 from . import textstream as ts
 from .errors import ConfigError, DataError
 from .ids import parse_ids
+from .sniff import (
+    WHITESPACE,
+    bad_row,
+    fields,
+    header_end,
+    one_line,
+    sample_lines,
+    sep_name,
+    sniff_header,
+    sniff_separator,
+)
 
-__all__ = ["SEPARATORS", "TableInfo", "read_columns", "sniff_separator", "sniff_header"]
+__all__ = ["TableInfo", "read_columns"]
 
-#: Separators tried, in order of preference when two split the lines equally well.
-SEPARATORS = ("::", "\t", ",", ";", "|")
-WHITESPACE = r"\s+"
-_EVIDENCE_LINES = 1000
-_NUMBER = re.compile(r"[+-]?(\d+[.,]?\d*|[.,]\d+)([eE][+-]?\d+)?")  # 3,5: a decimal comma
 _DECIMAL_COMMA = r"\s*[+-]?\d+(,\d+)?\s*"
-_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|$)")
 _DAMAGED = (EOFError, OSError)  # a compressed stream that breaks off or fails its checksum
 
 
@@ -70,7 +66,7 @@ class TableInfo:
         """One line: ``read 20,000 rows from r.csv.gz (gzip, utf-8, ','-separated, header ...): 20,001 lines = ...``."""
         if self.n_lines is None:
             return f"read {self.n_rows:,} rows from {self.source} (Parquet)"
-        how = [self.compression or "", self.encoding or "", f"{_sep_name(self.sep)}-separated"]
+        how = [self.compression or "", self.encoding or "", f"{sep_name(self.sep)}-separated"]
         how.append(f"header: {', '.join(map(str, self.header))}" if self.header else "no header")
         parts = [f"{self.n_rows:,} rows"] + (["1 header line"] if self.header else [])
         parts += [f"{self.n_blank:,} blank line(s) skipped"] if self.n_blank else []
@@ -111,101 +107,6 @@ class _Layout:
         return dict(zip(self.positions, self.kinds))
 
     kinds: list = field(default_factory=list)
-
-
-def _sep_name(sep) -> str:
-    return {"\t": "tab", WHITESPACE: "whitespace"}.get(sep, repr(sep))
-
-
-# --- sniffing ------------------------------------------------------------------------------------
-def _fields(line: str, sep: str) -> list[str]:
-    if sep == WHITESPACE:  # runs of spaces and tabs, "quoted fields" kept whole (as pandas reads them)
-        return next(csv.reader([line.replace("\t", " ").strip(" ")], delimiter=" ", skipinitialspace=True))
-    if sep == "::":
-        return [f.strip(" \t") for f in line.split("::")]
-    return [f.strip(" \t") for f in next(csv.reader([line], delimiter=sep, quotechar='"', strict=False))]
-
-
-def _sample_lines(sample: bytes, complete: bool) -> list[tuple[int, str]]:
-    """The non-blank lines of the sample with their 1-based line numbers (the last one dropped when the
-    sample cuts it)."""
-    text = sample.decode("utf-8", errors="replace")
-    lines = re.split(r"\r\n|\r|\n", text)
-    if not complete:
-        lines = lines[:-1]
-    return [(i + 1, line) for i, line in enumerate(lines) if line.strip(" \t")][:_EVIDENCE_LINES]
-
-
-def _has_number_column(rows: list[list[str]]) -> bool:
-    """Whether some column holds a number on every line (the first line aside: it may be a header)."""
-    body = rows[1:] or rows
-    return any(all(_is_number(r[j]) for r in body) for j in range(len(body[0])))
-
-
-def sniff_separator(lines: list[tuple[int, str]], path) -> str:
-    """The separator that splits every line into the same number (>= 2) of fields (module docstring).
-
-    Among those, one that gives a column of numbers (the ratings) wins over one that does not, then
-    the most fields: ``a|b,x|y,4`` is two text fields and a rating split by ``,``, not four by ``|``.
-    When none splits every line alike but one splits most lines alike, the first line that differs
-    is refused with its number and text (a stray separator or quote), as the parser would refuse it.
-    """
-    best, best_score, near = None, (False, False, 1), None
-    for sep in (*SEPARATORS, WHITESPACE):
-        rows = [_fields(line, sep) for _, line in lines]
-        counts = [len(r) for r in rows]
-        mode = max(set(counts), key=counts.count)
-        if mode < 2:
-            continue
-        if counts.count(mode) == len(counts):  # whitespace only when no separator gives a column of numbers
-            score = (_has_number_column(rows), sep != WHITESPACE, mode)
-            if score > best_score:
-                best, best_score = sep, score
-        elif near is None or counts.count(mode) > near[0]:
-            odd = next(k for k, c in enumerate(counts) if c != mode)
-            near = (counts.count(mode), mode, counts[odd], lines[odd])
-    if best is not None:
-        return best
-    if near is not None and near[0] >= len(lines) / 2:
-        _, mode, count, (number, line) = near
-        raise _bad_row(path, mode, count, line, number)
-    shown = ", ".join(f"line {n}: {line[:40]!r}" for n, line in lines[:2])
-    raise DataError(
-        f"{path}: cannot tell its column separator: none of tab, ',', ';', '|', '::' or spaces splits its "
-        f"first {len(lines)} lines into the same number of fields ({shown}); give the separator (--sep)"
-    )
-
-
-def _is_number(text: str) -> bool:
-    return _NUMBER.fullmatch(text) is not None
-
-
-def sniff_header(rows: list[list[str]], path) -> bool:
-    """Whether ``rows[0]`` is a header, on the evidence of the other rows (module docstring, step 4)."""
-    first, rest = rows[0], rows[1:]
-    if not rest:  # a single line: a header when it holds names only (the file then has no rows)
-        return all(f and not _is_number(f) for f in first)
-    numeric_below = [all(_is_number(r[j]) for r in rest if r[j]) and any(r[j] for r in rest) for j in range(len(first))]
-    names = [j for j, f in enumerate(first) if f and not _is_number(f) and numeric_below[j]]
-    numbers = [j for j, f in enumerate(first) if f and _is_number(f)]
-    repeats = [j for j, f in enumerate(first) if f and not _is_number(f) and any(r[j] == f for r in rest)]
-    if not names:
-        return False
-    if not numbers and not repeats:
-        return True
-    j = (numbers or repeats)[0]
-    raise DataError(
-        f"{path}: cannot tell whether its first line is a header: {first[names[0]]!r} reads as a column name "
-        f"but {first[j]!r} as a value; say which with --header or --no-header (header=True/False)"
-    )
-
-
-def _header_end(sample: bytes) -> int:
-    """Byte offset just past the first non-blank line (the header) of the sample."""
-    for m in _LINE.finditer(sample):
-        if m.group().strip(b" \t\r\n"):
-            return m.end()
-    return len(sample)
 
 
 # --- resolving the columns asked for -------------------------------------------------------------
@@ -298,8 +199,8 @@ def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows:
         if bad and colon:
             raise _Fallback from None  # a ':' inside a field of a '::' file
         if bad:
-            raise _bad_row(path, bad[0].expected_columns, bad[0].actual_columns, bad[0].text) from None
-        raise DataError(f"{path}: cannot parse it ({_one_line(e)})") from None
+            raise bad_row(path, bad[0].expected_columns, bad[0].actual_columns, bad[0].text) from None
+        raise DataError(f"{path}: cannot parse it ({one_line(e)})") from None
     if colon and any(table[names[j]].null_count != len(table) for j in range(1, physical, 2)):
         raise _Fallback
     return {j: table[names[at(j)]] for j in wanted}, len(table)
@@ -323,24 +224,10 @@ def _parse_pandas(stream, sep: str, n_fields: int, wanted: dict, path) -> tuple[
     except UnicodeDecodeError as e:
         raise ts.WrongEncoding("utf-8", e.start, e.reason) from None
     except (pd.errors.ParserError, ValueError) as e:
-        raise DataError(f"{path}: cannot parse it ({_one_line(e)}); check that line's separators and quotes") from None
+        raise DataError(f"{path}: cannot parse it ({one_line(e)}); check that line's separators and quotes") from None
     if sep == WHITESPACE:  # pandas keeps a line of spaces as an empty row when lines end in '\r': blank, counted
         df = df.dropna(how="all").reset_index(drop=True)
     return {j: df[j] for j in wanted}, len(df)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _bad_row(path, expected: int, actual: int, text: str, number: int | None = None) -> DataError:
-    where = f"line {number:,}" if number else "a line"
-    return DataError(
-        f"{path}: {where} has {actual} field(s) where the other lines have {expected}: {text[:80]!r}; "
-        "fix its separators or quotes (a field holding the separator must be quoted, a '\"' inside a "
-        'quoted field doubled as "")'
-    )
 
 
 def _decimal_commas(column: pd.Series) -> pd.Series | None:
@@ -356,13 +243,13 @@ def _decimal_commas(column: pd.Series) -> pd.Series | None:
 def _layout(stream: ts.Utf8Stream, path: Path, plan: _Plan) -> _Layout:
     """Separator, fields, header and the positions asked for, from the first 64 KiB of ``stream``."""
     sample = stream.peek(ts.SAMPLE_BYTES)
-    lines = _sample_lines(sample, len(sample) < ts.SAMPLE_BYTES and stream.exhausted)
+    lines = sample_lines(sample, len(sample) < ts.SAMPLE_BYTES and stream.exhausted)
     if not lines and len(sample) == ts.SAMPLE_BYTES:
         raise DataError(f"{path}: its first line is longer than 64 KiB, so it is not a table of ratings or items")
     if not lines:
         raise DataError(f"{plan.what} file {path} is empty; it needs at least one row")
     sep = plan.sep or sniff_separator(lines, path)
-    rows = [_fields(line, sep) for _, line in lines]
+    rows = [fields(line, sep) for _, line in lines]
     n_fields = max(len(r) for r in rows)
     rows = [r + [""] * (n_fields - len(r)) for r in rows]
     has_header = plan.header
@@ -381,7 +268,7 @@ def _layout(stream: ts.Utf8Stream, path: Path, plan: _Plan) -> _Layout:
         n_fields,
         header,
         lines[0][0] if has_header else 0,
-        _header_end(sample) if has_header else 0,
+        header_end(sample) if has_header else 0,
         names,
         _positions(plan, names, n_fields, path),
         plan.kinds,
@@ -456,7 +343,7 @@ def _read_parquet(path: Path, plan: _Plan) -> tuple:
     except DataError:
         raise
     except Exception as e:  # pyarrow raises its own error types for damaged files
-        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {_one_line(e)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {one_line(e)})") from None
     import pyarrow as pa
 
     out = {}

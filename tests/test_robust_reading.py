@@ -268,53 +268,18 @@ def test_items_in_any_encoding(tmp_path, encode, expected):
 
 def test_latin1_items_like_ml100k_u_item(tmp_path, monkeypatch, capsys):
     """On main: 'cannot parse it as a table (UnicodeDecodeError...)' and no --encoding."""
-    ratings = write(
-        tmp_path,
-        "u.data",
-        "".join(f"{u}\t{i}\t{r}\t8749657{u}{i}\n" for u in range(1, 9) for i, r in ((1, 4), (2, 3), (3, 5))),
-    )
-    items = write(
-        tmp_path,
-        "u.item",
-        "1|Amélie (2001)|01-Jan-2001||http://x|0|1\n2|Léon (1994)|01-Jan-1994||"
-        "http://y|1|0\n3|Heat (1995)|01-Jan-1995||http://z|1|0\n".encode("latin-1"),
-    )
+    rows = "".join(f"{u}\t{i}\t{r}\t8749657{u}{i}\n" for u in range(1, 9) for i, r in ((1, 4), (2, 3), (3, 5)))
+    ratings = write(tmp_path, "u.data", rows)
+    titles = ["Amélie (2001)", "Léon (1994)", "Heat (1995)"]
+    lines = "".join(f"{k}|{t}|01-Jan-2001||http://x|0|1\n" for k, t in enumerate(titles, 1))
+    items = write(tmp_path, "u.item", lines.encode("latin-1"))
     monkeypatch.setenv("MFSCRATCH_DATA", str(tmp_path / "nodata"))
-    rc, out, err = run_cli(
-        capsys,
-        "train",
-        "--quiet",
-        "--epochs",
-        "1",
-        "--bs",
-        "4",
-        "--factors",
-        "2",
-        "--ratings",
-        ratings,
-        "--items",
-        items,
-        "--save",
-        tmp_path / "m.npz",
-    )
+    train = ("train", "--quiet", "--epochs", "1", "--bs", "4", "--factors", "2", "--ratings", ratings, "--items", items)
+    rc, out, err = run_cli(capsys, *train, "--save", tmp_path / "m.npz")
     assert rc == 0, err
     rc, out, err = run_cli(capsys, "similar", "--model", tmp_path / "m.npz", "Amélie (2001)", "-n", "1")
     assert rc == 0 and ("Léon" in out or "Heat" in out), (out, err)
-    rc, out, err = run_cli(
-        capsys,
-        "train",
-        "--quiet",
-        "--epochs",
-        "1",
-        "--bs",
-        "4",
-        "--ratings",
-        ratings,
-        "--items",
-        items,
-        "--encoding",
-        "latin-1",
-    )
+    rc, out, err = run_cli(capsys, *train, "--encoding", "latin-1")
     assert rc == 0, err
 
 
