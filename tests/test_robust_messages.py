@@ -140,3 +140,46 @@ def test_recommend_for_an_unknown_user_with_a_huge_n(dls):
     with pytest.warns(UserWarning, match="not in the training data"):
         out = learn.recommend("nobody", 10**12)
     assert isinstance(out, pd.DataFrame) and len(out) == dls.n_items - 1
+
+
+# --- found by the hostile pass -----------------------------------------------------------------------
+def test_y_range_that_float32_cannot_hold(dls):
+    for bad in ((0, 1e300), (-1e39, 5.0)):
+        with pytest.raises(ConfigError, match="does not fit float32"):
+            collab_learner(dls, y_range=bad, log=None)
+
+
+def test_cli_numbers_in_exponent_notation_and_non_finite_thresholds(capsys):
+    from robust_helpers import run_cli
+
+    rc, _, err = run_cli(capsys, "train", "--y-range", "-1e300", "1e300")
+    assert rc == 2 and "does not fit float32" in err  # -1e300 is a value, not an unknown option
+    rc, _, err = run_cli(capsys, "train", "--ranking-threshold", "nan")
+    assert rc == 2 and "expected a finite number" in err
+
+
+def test_entry_points_given_nonsense(tmp_path):
+    from mfscratch import load_model, read_ratings
+    from mfscratch.errors import DataError, ModelFileError
+
+    with pytest.raises(ConfigError, match="needs CollabDataLoaders"):
+        collab_learner(None)
+    with pytest.raises(DataError, match="must be given as a path"):
+        read_ratings(None)
+    with pytest.raises(DataError, match="is a folder"):
+        read_ratings(tmp_path)
+    (tmp_path / "r.csv").write_text("u,i,r\n1,2,3\n")
+    with pytest.raises(ConfigError, match="header must be True, False or None"):
+        read_ratings(tmp_path / "r.csv", header="yes")
+    with pytest.raises(ModelFileError, match="must be a file path"):
+        load_model(None)
+
+
+def test_from_codes_out_of_range_are_refused_not_read_out_of_bounds():
+    from mfscratch.errors import DataError
+
+    for users in ([-1, 1], [1, 3]):
+        with pytest.raises(DataError, match=r"user codes must be 2 integers in \[0, 3\)"):
+            CollabDataLoaders.from_codes(users, [0, 1], [3.0, 4.0], 3, 3)
+    with pytest.raises(DataError, match="item codes must be 2"):
+        CollabDataLoaders.from_codes([0, 1], [0], [3.0, 4.0], 3, 3)
