@@ -65,14 +65,15 @@ class TableInfo:
     def summary(self) -> str:
         """One line: ``read 20,000 rows from r.csv.gz (gzip, utf-8, ','-separated, header ...): 20,001 lines = ...``."""
         if self.n_lines is None:
-            return f"read {self.n_rows:,} rows from {self.source} (Parquet)"
+            return f"read {self.n_rows:,} row{'' if self.n_rows == 1 else 's'} from {self.source} (Parquet)"
         how = [self.compression or "", self.encoding or "", f"{sep_name(self.sep)}-separated"]
         how.append(f"header: {', '.join(map(str, self.header))}" if self.header else "no header")
-        parts = [f"{self.n_rows:,} rows"] + (["1 header line"] if self.header else [])
+        rows = f"{self.n_rows:,} row{'' if self.n_rows == 1 else 's'}"
+        parts = [rows] + (["1 header line"] if self.header else [])
         parts += [f"{self.n_blank:,} blank line(s) skipped"] if self.n_blank else []
         notes = "; " + "; ".join(self.notes) if self.notes else ""
         return (
-            f"read {self.n_rows:,} rows from {self.source} ({', '.join(h for h in how if h)}): "
+            f"read {rows} from {self.source} ({', '.join(h for h in how if h)}): "
             f"{self.n_lines:,} lines = {' + '.join(parts)}{notes}"
         )
 
@@ -101,12 +102,12 @@ class _Layout:
     header_end: int  # byte offset just past the header line
     names: list | None
     positions: list[int]
+    kinds: list = field(default_factory=list)
 
     @property
     def wanted(self) -> dict:
+        """``{position: kind}`` of the columns to read."""
         return dict(zip(self.positions, self.kinds))
-
-    kinds: list = field(default_factory=list)
 
 
 # --- resolving the columns asked for -------------------------------------------------------------
@@ -350,7 +351,7 @@ def _read_parquet(path: Path, plan: _Plan) -> tuple:
     for pos, kind in zip(positions, plan.kinds):
         column = table[names[pos]]
         is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-        out[names[pos]] = _typed(column, "id" if kind == "id" and is_text else "number")
+        out[names[pos]] = _typed(column, "id" if kind == "id" and is_text else "as typed")
     if table.num_rows == 0:
         raise DataError(f"{plan.what} file {path} has no rows")
     return pd.DataFrame(out, copy=False), TableInfo(str(path), table.num_rows, header=tuple(names))
