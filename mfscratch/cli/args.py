@@ -123,7 +123,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         choices=("u1", "u2", "u3", "u4", "u5", "ua", "ub"),
         help="ML-100k's own base/test files instead of a random split (valid = the .test file)",
     )
-    g.add_argument("--ratings", metavar="FILE", help="a ratings file: CSV, TSV, '::'-separated or Parquet")
+    g.add_argument(
+        "--ratings",
+        metavar="FILE",
+        help="a ratings file: CSV, TSV, ';', '|', '::' or space separated, or Parquet; gz/bz2/xz/zip/zst too",
+    )
     g.add_argument(
         "--user-col", metavar="COL", help="user column of --ratings: a name or a 0-based position (default 0)"
     )
