@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
+from pathlib import Path
 
 from . import schedule
 from .backends import BACKENDS, available_backends
@@ -240,10 +240,9 @@ def format_table(rows) -> str:
 
 
 def write_json(path, rows) -> None:
-    from .io import atomic_write
+    from . import io
 
-    text = json.dumps([{k: r[k] for k in KEYS} for r in rows], indent=2)
-    atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
+    io.write_json(path, [{k: r[k] for k in KEYS} for r in rows])
 
 
 def size_sweep(
@@ -293,5 +292,9 @@ def plot_sweep(rows, path) -> None:
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from .io import atomic_write
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:] or "png"))
+    finally:
+        plt.close(fig)

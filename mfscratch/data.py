@@ -287,6 +287,7 @@ class CollabDataLoaders:
         """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named."""
         user_name, item_name, rating_name = validate.resolve_columns(ratings, user_name, item_name, rating_name)
         validate.check_valid_pct(valid_pct)
+        seed = validate.check_seed(seed)
         bs = validate.positive_int("bs", bs)
         y = validate.check_ratings(ratings, user_name, item_name, rating_name)
         users, user_vocab = _encode(ratings[user_name], user_name)
@@ -328,10 +329,14 @@ class CollabDataLoaders:
         ``range(n_users)`` and ``range(n_items)``.
         """
         validate.check_valid_pct(valid_pct)
+        seed = validate.check_seed(seed)
         bs = validate.positive_int("bs", bs)
         users = np.ascontiguousarray(users, dtype=np.int32)
         items = np.ascontiguousarray(items, dtype=np.int32)
         ratings = np.ascontiguousarray(ratings, dtype=np.float32)
+        for name, codes, size in (("user", users, n_users), ("item", items, n_items)):
+            if len(codes) != len(ratings) or (len(codes) and not 0 <= codes.min() <= codes.max() < size):
+                raise DataError(f"{name} codes must be {len(ratings)} integers in [0, {size}) (the {name}s given)")
         n = len(ratings)
         perm = np.random.default_rng(seed).permutation(n)
         n_valid = int(valid_pct * n)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MfscratchError", "DataError", "ConfigError", "ModelFileError", "DivergenceError"]
+__all__ = ["MfscratchError", "DataError", "ConfigError", "ModelFileError", "DivergenceError", "OutputError"]
 
 
 class MfscratchError(ValueError):
@@ -23,3 +23,10 @@ class ModelFileError(MfscratchError):
 
 class DivergenceError(MfscratchError):
     """The loss became NaN or infinite during training."""
+
+
+class OutputError(MfscratchError, OSError):
+    """An output cannot or must not be written (a folder, a device, an input, a full disk); nothing is replaced.
+
+    Also an ``OSError``, so that code catching the write's own error keeps working.
+    """

@@ -18,6 +18,10 @@ File format (``FORMAT_VERSION`` 1), all plain arrays:
 
 from __future__ import annotations
 
+import errno
+import glob
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -25,26 +29,75 @@ from pathlib import Path
 import numpy as np
 
 from .data import Vocab
-from .errors import ConfigError, ModelFileError
+from .errors import ConfigError, ModelFileError, OutputError
 from .model import EmbeddingDotBias
 
-__all__ = ["save_model", "load_model", "atomic_write", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "atomic_write", "write_json", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _MAGIC = "mfscratch-model"
 
 
+#: The temporary files of :func:`atomic_write`: ``.NAME.mfscratch-PID-RANDOM.tmp`` beside the target.
+TEMP_MARK = ".mfscratch-"
+
+_FIXES = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere"),
+    errno.EROFS: ("the file system is read-only", "choose a writable folder"),
+    errno.EACCES: ("permission denied", "choose a writable folder"),
+    errno.EPERM: ("operation not permitted", "choose a writable folder"),
+}
+
+
+def _write_error(path: Path, error: OSError, existed: bool) -> OutputError:
+    reason, fix = _FIXES.get(error.errno or 0, (error.strerror or str(error), "choose another path"))
+    code = errno.errorcode.get(error.errno or 0, "")
+    kept = "the existing file is unchanged" if existed else "nothing was written"
+    return OutputError(f"cannot write {path}: {reason}{f' ({code})' if code else ''}; {kept}: {fix}")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete this target's temporary files left by a process that no longer runs (killed mid-write)."""
+    if os.name != "posix":  # os.kill(pid, 0) tests a pid only on POSIX (on Windows it would end the process)
+        return
+    try:
+        stale = list(path.parent.glob(f".{glob.escape(path.name)}{TEMP_MARK}*.tmp"))
+    except OSError:
+        return
+    for tmp in stale:
+        pid = tmp.name[len(path.name) + 1 + len(TEMP_MARK) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):  # alive under another user, or no such pid at all
+            continue
+
+
 def atomic_write(path, write) -> Path:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, and rename it into place.
 
-    An interrupted run leaves either the old file or the new one, never half of one. The new file
-    keeps the permissions of the one it replaces (``0o644`` for a new file, not ``mkstemp``'s
-    ``0o600``), and the folder is fsynced after the rename so that the rename itself is durable.
+    An interrupted run leaves either the old file or the new one, never half of one, and no temporary
+    file (one left by a process killed with SIGKILL is deleted by the next write to the same path).
+    A symbolic link is followed: its target is replaced and the link kept. The new file keeps the
+    permissions of the one it replaces (``0o644`` for a new file, not ``mkstemp``'s ``0o600``), and the
+    folder is fsynced after the rename so that the rename itself is durable. An ``OSError`` (full disk,
+    quota, read-only file system, permissions) becomes one :class:`OutputError` line.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from .outputs import check_target
+
+    path = check_target(path)
+    existed = path.is_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        mode = path.stat().st_mode & 0o777 if existed else 0o644
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e, existed) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -52,11 +105,39 @@ def atomic_write(path, write) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_error(path, e, existed) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _json_safe(obj):
+    """``obj`` with NaN and infinities as ``None`` and NumPy values as Python ones (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def write_json(path, obj) -> Path:
+    """Write ``obj`` as strict JSON (``null`` for NaN and infinities, never ``NaN``), atomically.
+
+    Every report of the command line (``train --json``, ``cv --json``, ``bench --json``) goes through it.
+    """
+    text = json.dumps(_json_safe(obj), indent=2, allow_nan=False)
+    return atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -212,6 +293,8 @@ def load_model(path):
     marker, the version, the tables' shapes, dtypes and finiteness, the range and the vocabularies,
     and raises :class:`ModelFileError` (one line) on anything that does not match.
     """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ModelFileError(f"a model path must be a file path, got {path!r}")
     path = Path(path)
     data = _read_arrays(path)
     if _scalar(data, "format", str, None) != _MAGIC:

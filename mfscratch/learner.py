@@ -144,6 +144,7 @@ class Learner(LearnerAPI):
         self.backend_name = backend
         self.backend = get_backend(backend)
         self.log = log
+        seed = checks.check_seed(seed)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1] if seed is not None else None)
         self.opt_state = OptState.zeros_like(model.params)
         self.recorder = Recorder()
@@ -261,10 +262,9 @@ class Learner(LearnerAPI):
             if len(losses) < steps or not np.isfinite(losses[-1]):
                 self.backend.sync()
                 bad = len(losses)
-                raise DivergenceError(
-                    f"training diverged at epoch {epoch}, step {bad} (loss {losses[-1] if bad else float('nan')}); "
-                    f"the learning rate ({ep_lrs[bad - 1]:.3g} at that step) is probably too high: lower it"
-                )
+                loss, lr = (losses[-1], max(ep_lrs[:bad])) if bad else (float("nan"), ep_lrs[0])
+                decoupled = opt.decouple_wd or not isinstance(opt, Adam)  # the decay multiplies by 1 - lr * wd
+                raise DivergenceError(checks.divergence_message(epoch, bad, loss, lr, opt.wd, decoupled))
             self.opt_state.step += steps
             self._smooth_avg, self._smooth_count, train_loss = _smooth(losses, self._smooth_avg, self._smooth_count)
             valid_loss = self._valid_loss()
@@ -376,8 +376,15 @@ def collab_learner(
         raise ConfigError("only the mean-squared-error loss is implemented; leave loss_func=None")
     if kwargs:
         raise ConfigError(f"unknown argument(s) to collab_learner: {', '.join(kwargs)}")
+    if not isinstance(dls, CollabDataLoaders):
+        raise ConfigError(f"collab_learner needs CollabDataLoaders (from_df or from_codes), got {type(dls).__name__}")
     n_factors = checks.positive_int("n_factors", n_factors)
     y_range = checks.check_y_range(y_range)
+    seed = checks.check_seed(seed)
+    checks.check_memory(dls.n_users, dls.n_items, n_factors)
     init_seed = np.random.SeedSequence(seed).spawn(2)[0] if seed is not None else None
-    model = EmbeddingDotBias(n_factors, dls.n_users, dls.n_items, y_range=y_range, seed=init_seed)
-    return Learner(dls, model, opt_func=opt_func, lr=lr, wd=wd, seed=seed, sparse=sparse, backend=backend, log=log)
+    try:
+        model = EmbeddingDotBias(n_factors, dls.n_users, dls.n_items, y_range=y_range, seed=init_seed)
+        return Learner(dls, model, opt_func=opt_func, lr=lr, wd=wd, seed=seed, sparse=sparse, backend=backend, log=log)
+    except MemoryError:
+        raise checks.memory_error(dls.n_users, dls.n_items, n_factors, checks.available_memory()) from None

@@ -90,6 +90,7 @@ def topk(model, users, seen: SeenItems | None, k: int, first_item: int = 1, u_we
     if int(k) != k or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     uw, iw, ub, ib = model.kernel_tables()
+    k = min(int(k), iw.shape[0])  # no more slots than items: a huge k (-n 10000000000) is every item
     uw = uw if u_weight is None else np.ascontiguousarray(u_weight, dtype=uw.dtype)
     ub = ub if u_bias is None else np.ascontiguousarray(u_bias, dtype=ub.dtype)
     if seen is None:

@@ -31,10 +31,14 @@ __all__ = [
     "plot_lr_find",
     "write_all",
     "LABEL_COLOURS",
+    "PLOT_FILES",
 ]
 
 #: Dark, distinct colours for text on white (contrast ratios 7.5 to 12.6).
 LABEL_COLOURS = ("#1f3b73", "#8c2d04", "#1b5e20", "#5e1f78", "#9b1c1c", "#00504a", "#4e342e", "#263238")
+
+#: The files :func:`write_all` writes into its folder.
+PLOT_FILES = ("losses.png", "schedule.png", "item_pca.png")
 
 
 def _figure(figsize):
@@ -49,10 +53,10 @@ def _figure(figsize):
 
 
 def _save(fig, path) -> Path:
+    from .io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=110))
 
 
 def _need_fit(recorder) -> int:
@@ -222,9 +226,5 @@ def plot_lr_find(result, path) -> Path:
 
 def write_all(learn, folder, n_items: int = 50) -> list[Path]:
     """``losses.png``, ``schedule.png`` and ``item_pca.png`` for a trained learner, in ``folder``."""
-    folder = Path(folder)
-    return [
-        learn.plot_losses(folder / "losses.png"),
-        learn.plot_schedule(folder / "schedule.png"),
-        learn.plot_item_pca(folder / "item_pca.png", n=n_items),
-    ]
+    losses, sched, pca = (Path(folder) / name for name in PLOT_FILES)
+    return [learn.plot_losses(losses), learn.plot_schedule(sched), learn.plot_item_pca(pca, n=n_items)]

@@ -27,9 +27,13 @@ import pandas as pd
 
 from .data import DATASETS, CollabDataLoaders, untar_data
 from .errors import ConfigError, DataError
+from .ids import parse_ids
+from .tablefile import TableInfo, read_columns
 
 __all__ = [
     "RatingsTable",
+    "TableInfo",
+    "parse_ids",
     "read_ratings",
     "read_items",
     "attach_titles",
@@ -43,8 +47,6 @@ __all__ = [
 
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 MOVIELENS = tuple(DATASETS)
-_TEXT_SEPARATORS = ("::", "\t", ",", ";", "|")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass
@@ -56,9 +58,12 @@ class RatingsTable:
     item: str
     rating: str
     source: str = ""
+    info: TableInfo | None = None
 
     def loaders(self, valid_pct: float = 0.2, seed: int | None = None, bs: int = 64) -> CollabDataLoaders:
         """``CollabDataLoaders.from_df`` on this table with its column names."""
+        if self.source:
+            self.df.attrs["source"] = self.source
         return CollabDataLoaders.from_df(
             self.df,
             valid_pct=valid_pct,
@@ -96,158 +101,47 @@ def _check_file(path, what: str) -> Path:
     return path
 
 
-def _sniff_separator(first_line: str, path: Path) -> str:
-    for sep in _TEXT_SEPARATORS:
-        if sep in first_line:
-            return sep
-    if len(first_line.split()) >= 2:
-        return r"\s+"
-    raise DataError(
-        f"{path}: cannot tell the column separator from its first line {first_line[:60]!r}; "
-        "use a CSV, TSV or '::'-separated file (or Parquet)"
-    )
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _split_line(line: str, sep: str) -> list[str]:
-    return line.split() if sep == r"\s+" else [f.strip().strip('"') for f in line.split(sep)]
-
-
-def _head_lines(path: Path, encoding: str, n: int = 2) -> list[str]:
-    with open(path, encoding=encoding, errors="replace") as f:
-        lines = []
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\r\n"))
-            if len(lines) == n:
-                break
-    return lines
-
-
-def _sniff_header(lines: list[str], sep: str, columns) -> bool:
-    """A header is present when a column named by text, or the rating column's first field, is not a number.
-
-    Named columns need a header; with positions only, the first line is a header when one of its
-    fields is text where the second line holds a number (``userId,movieId,rating`` over ``1,31,2.5``).
-    """
-    if any(isinstance(c, str) for c in columns if c is not None):
-        return True
-    first = _split_line(lines[0], sep)
-    second = _split_line(lines[1], sep) if len(lines) > 1 else None
-    if second is None:
-        return not all(_is_number(f) for f in first)
-    return any(not _is_number(a) and _is_number(b) for a, b in zip(first, second))
-
-
 def _column_spec(value):
     """A column given on the command line: a 0-based position (``"2"``) or a name."""
     if value is None or isinstance(value, int):
         return value
-    text = str(value)
+    text = str(value).strip()
     return int(text) if text.isdigit() else text
 
 
-def _resolve_column(df: pd.DataFrame, spec, role: str, path: Path) -> str:
-    cols = list(df.columns)
-    if isinstance(spec, int):
-        if not 0 <= spec < len(cols):
-            raise DataError(
-                f"{path}: {role} column position {spec} is out of range; the file has {len(cols)} "
-                f"columns (0-based positions 0..{len(cols) - 1})"
-            )
-        return cols[spec]
-    if spec in df.columns:
-        return spec
-    raise DataError(f"{path}: {role} column {spec!r} not found; its columns are {[str(c) for c in cols]}")
-
-
-def read_table(
-    path, columns=(), header: bool | None = None, encoding: str = "utf-8", what: str = "ratings"
-) -> pd.DataFrame:
-    """A CSV, TSV, ``::``-separated or Parquet file as a DataFrame (all columns).
-
-    The format follows the suffix (``.parquet``/``.pq``) or, for text, the separator found on the
-    first line. ``header=None`` sniffs it (see :func:`_sniff_header`); ``columns`` are the column
-    specs the caller will ask for (names imply a header). Files without a header get integer
-    column names ``0, 1, 2, ...``.
-    """
-    path = _check_file(path, what)
-    if path.suffix.lower() in _PARQUET_SUFFIXES:
-        try:
-            df = pd.read_parquet(path)
-        except ImportError:
-            raise ConfigError("reading Parquet needs pyarrow: pip install 'mfscratch[parquet]'") from None
-        except Exception as e:  # pyarrow raises its own error types for damaged files
-            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-    else:
-        lines = _head_lines(path, encoding)
-        if not lines:
-            raise DataError(f"{what} file {path} is empty; it needs at least one row")
-        sep = _sniff_separator(lines[0], path)
-        has_header = _sniff_header(lines, sep, columns) if header is None else bool(header)
-        df = _read_text(path, sep, has_header, encoding)
-    if len(df) == 0:
-        raise DataError(f"{what} file {path} has no rows")
-    return df
-
-
-def _read_text(path: Path, sep: str, has_header: bool, encoding: str) -> pd.DataFrame:
-    hdr = 0 if has_header else None
-    try:
-        if sep == "::":
-            # pandas' C parser takes one-character separators only: "a::b" read with ":" gives an empty
-            # field between the two, which we drop. Much faster than the Python engine on millions of
-            # rows; it assumes no field holds a ":" (true of ratings; MovieLens titles are read apart).
-            raw = pd.read_csv(path, sep=":", header=None, skiprows=1 if has_header else 0, encoding=encoding)
-            raw = raw.iloc[:, ::2]
-            names = _head_lines(path, encoding, 1)[0].split("::") if has_header else list(range(raw.shape[1]))
-            if len(names) != raw.shape[1]:
-                raise DataError(f"{path}: its header names {len(names)} columns but the rows have {raw.shape[1]}")
-            raw.columns = names
-            return raw
-        return pd.read_csv(path, sep=sep, header=hdr, encoding=encoding, engine="python" if sep == r"\s+" else "c")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: cannot parse it as a table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-
-
 def read_ratings(
-    path, user_col=0, item_col=1, rating_col=2, header: bool | None = None, encoding: str = "utf-8"
+    path,
+    user_col=0,
+    item_col=1,
+    rating_col=2,
+    header: bool | None = None,
+    encoding: str | None = None,
+    sep: str | None = None,
 ) -> RatingsTable:
-    """Ratings from a CSV, TSV, ``::`` or Parquet file.
+    """Ratings from a CSV, TSV, ``;``, ``|``, ``::``, whitespace-separated or Parquet file, compressed or not.
 
     ``user_col``, ``item_col``, ``rating_col``: a column name, or a 0-based position (``2`` or
-    ``"2"``). With or without a header line (``header=None`` sniffs it).
+    ``"2"``). ``header``, ``encoding`` and ``sep`` are detected unless given (see
+    :mod:`mfscratch.tablefile`); ids keep their identity as written (:func:`parse_ids`).
+    ``table.info`` says how the file was read and counts its lines.
     """
-    path = Path(path)
     specs = [_column_spec(c) for c in (user_col, item_col, rating_col)]
-    df = read_table(path, specs, header, encoding)
-    names = [_resolve_column(df, spec, role, path) for spec, role in zip(specs, ("user", "item", "rating"))]
-    if len(set(names)) < 3:
-        raise DataError(f"{path}: user, item and rating must be three different columns, got {names}")
-    df = df[names]
-    df.columns = [str(c) if not isinstance(c, str) else c for c in df.columns]
-    if not isinstance(names[0], str):  # a file without a header: give the columns the usual names
+    df, info = read_columns(path, specs, ("id", "id", "number"), ("user", "item", "rating"), header, encoding, sep)
+    if info.header is None:  # a file without a header: give the columns the usual names
         df.columns = ["user", "item", "rating"]
+    df.columns = [str(c) for c in df.columns]
     user, item, rating = df.columns
-    return RatingsTable(df.reset_index(drop=True), user, item, rating, str(path))
+    return RatingsTable(df, user, item, rating, str(path), info)
 
 
-def read_items(path, key_col=0, title_col=1, header: bool | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+def read_items(
+    path, key_col=0, title_col=1, header: bool | None = None, encoding: str | None = None, sep: str | None = None
+) -> pd.DataFrame:
     """An items file as a two-column DataFrame ``key, title`` (names or 0-based positions)."""
-    path = Path(path)
     specs = [_column_spec(key_col), _column_spec(title_col)]
-    df = read_table(path, specs, header, encoding, what="items")
-    key, title = (_resolve_column(df, spec, role, path) for spec, role in zip(specs, ("item key", "title")))
-    out = df[[key, title]].copy()
-    out.columns = ["key", "title"]
-    return out
+    df, _ = read_columns(path, specs, ("id", "text"), ("item key", "title"), header, encoding, sep, what="items")
+    df.columns = ["key", "title"]
+    return df
 
 
 def attach_titles(
@@ -255,10 +149,21 @@ def attach_titles(
 ) -> RatingsTable:
     """Replace the item column by the item's title (``items``: columns ``key, title``).
 
-    Ratings whose item has no title keep their key as a name. Titles shared by different keys
-    are merged when ``merge_duplicates`` (the ML-100k recipe), else suffixed with ``[id KEY]``.
+    Ratings whose item has no title keep their key as a name (``[id KEY]`` when that text is some
+    other item's title). Titles shared by different keys are merged when ``merge_duplicates`` (the
+    ML-100k recipe), else suffixed with ``[id KEY]``. A key listed twice with two different titles
+    is refused: which one is meant cannot be told.
     """
-    items = items.drop_duplicates("key")
+    has_title = items["title"].notna() & items["title"].astype(str).str.strip().ne("")
+    items = items[has_title].drop_duplicates()  # an empty title names nothing: the key stays the name
+    twice = items["key"].duplicated(keep=False)
+    if twice.any():
+        key = items.loc[twice, "key"].tolist()[0]
+        shown = " and ".join(repr(t) for t in items.loc[items["key"] == key, "title"].astype(str).iloc[:2])
+        raise DataError(
+            f"{items_source}: key {key!r} has two titles ({shown}), and {int(twice.sum())} rows share a key; "
+            "keep one title per key"
+        )
     keys = table.df[table.item]
     if keys.dtype != items["key"].dtype:
         # "1" in one file and 1 in the other: compare as text.
@@ -275,10 +180,13 @@ def attach_titles(
             f"{items_source}: none of its keys match the ratings' {table.item!r} values "
             f"(e.g. {keys.iloc[0]!r}); check --item-key"
         )
-    named = named.where(named.notna(), keys.astype(str))
+    untitled = keys.astype(str)
+    untitled = untitled.where(~untitled.isin(set(titles)), "[id " + untitled + "]")  # never merged with a title
+    named = named.where(named.notna(), untitled)
     df = table.df.copy()
     df["title"] = named.to_numpy()
-    return RatingsTable(df[[table.user, "title", table.rating]], table.user, "title", table.rating, table.source)
+    df = df[[table.user, "title", table.rating]]
+    return RatingsTable(df, table.user, "title", table.rating, table.source, table.info)
 
 
 # --- MovieLens -----------------------------------------------------------------------------------
@@ -328,7 +236,16 @@ def _ml100k_titled(folder: Path, file: str) -> RatingsTable:
         names=("movie", "title"),
         header=None,
     )
-    return RatingsTable(ratings.merge(movies), "user", "title", "rating", str(folder / file))
+    titled = ratings.merge(movies)
+    if movies["movie"].duplicated().any():
+        raise DataError(f"{folder / 'u.item'} lists a movie id twice; restore the original u.item")
+    if len(titled) != len(ratings):  # an inner join drops ratings of movies u.item lacks: say so, never lose them
+        missing = sorted(set(ratings["movie"]) - set(movies["movie"]))
+        raise DataError(
+            f"{folder / 'u.item'} lacks {len(missing)} movie id(s) that {file} rates (e.g. {missing[:3]}), "
+            f"so {len(ratings) - len(titled)} ratings would be dropped; restore the original u.item"
+        )
+    return RatingsTable(titled, "user", "title", "rating", str(folder / file))
 
 
 def read_movielens(name: str = "ml-100k", titles: bool = True) -> RatingsTable:

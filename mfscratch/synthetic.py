@@ -25,6 +25,7 @@ import numpy as np
 
 from .data import CollabDataLoaders
 from .errors import ConfigError
+from .validate import check_seed
 
 __all__ = ["popularity_weights", "synthetic_ratings", "synthetic_dataloaders", "ML_25M_SHAPE"]
 
@@ -68,7 +69,7 @@ def synthetic_ratings(
     if not lo < hi or not rating_step > 0:
         raise ConfigError(f"rating_range must have lo < hi and rating_step > 0, got {rating_range}, {rating_step}")
     n_ratings, n_users, n_items = int(n_ratings), int(n_users), int(n_items)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     user_cdf = np.cumsum(popularity_weights(n_users, user_exponent, offset, rng))
     item_cdf = np.cumsum(popularity_weights(n_items, item_exponent, offset, rng))
     scale = k_true**-0.25

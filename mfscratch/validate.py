@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,12 @@ __all__ = [
     "check_split",
     "warn_ratings_outside_range",
     "check_output_path",
+    "check_seed",
+    "divergence_message",
+    "available_memory",
+    "model_memory",
+    "memory_error",
+    "check_memory",
     "positive_int",
     "positive_float",
     "nonneg_float",
@@ -95,6 +100,13 @@ def check_y_range(y_range) -> tuple[float, float] | None:
         raise ConfigError(
             f"y_range must be two finite numbers with lo < hi, got {y_range!r}; for 1-5 star ratings use (0, 5.5)"
         )
+    with np.errstate(over="ignore"):  # training runs in float32: the range must exist there too
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+        if not (np.isfinite(hi32 - lo32) and lo32 < hi32):
+            raise ConfigError(
+                f"y_range {y_range!r} does not fit float32, the training precision (its ends and hi - lo must be "
+                "finite, below 3.4e38, and distinct); for 1-5 star ratings use (0, 5.5)"
+            )
     return float(lo), float(hi)
 
 
@@ -120,23 +132,112 @@ def check_one_cycle(div, div_final, pct_start, moms) -> None:
             raise ConfigError(f"moms must be three momenta in [0, 1) such as (0.95, 0.85, 0.95), got {moms!r}")
 
 
-def check_output_path(flag: str, path, folder: bool = False) -> None:
-    """An output path the run will write at its end: refuse it now, not after an hour of training.
+def check_seed(seed) -> int | None:
+    """``None`` or an integer >= 0: NumPy's generators take non-negative seeds (of any size).
 
-    The nearest existing ancestor must be a writable folder, and ``path`` itself must not be a
-    folder (or, with ``folder=True``, must not be a file).
+    The command line's ``--seed`` and every ``seed=`` of the API refuse the same values.
     """
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        want = "a folder" if folder else "a file path, not a folder"
-        raise ConfigError(f"{flag} {path}: expected {want}")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: {parent} is a file, so the path cannot be created; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0 (or None), got {seed!r}; NumPy's seeds are non-negative")
+    return int(seed)
+
+
+def divergence_message(epoch: int, step: int, loss: float, lr: float, wd: float, decoupled: bool) -> str:
+    """What a NaN/inf loss at ``(epoch, step)`` most likely comes from, in one line (``lr``: the largest
+    learning rate the epoch reached up to that step).
+
+    A decoupled (or plain SGD) weight decay multiplies every weight by ``1 - lr * wd`` each step: once
+    ``lr * wd >= 1`` that factor is <= 0, so the weights flip their sign (and grow once it is below
+    -1). The message blames weight decay when that holds and ``wd`` is the outlier (``wd >= 1``; a
+    typo such as ``1e3`` for ``1e-3``), else the learning rate (mentioning the decay when it flips too).
+    """
+    head = f"training diverged at epoch {epoch}, step {step} (loss {loss})"
+    flips = decoupled and wd > 0 and lr * wd >= 1
+    decay = (
+        f"lr x wd = {lr:.3g} x {wd:g} = {lr * wd:.3g} >= 1, so each step multiplies the weights by "
+        f"1 - lr x wd = {1 - lr * wd:.3g} and flips their sign"
+    )
+    if flips and wd >= 1:
+        exponent = math.log10(wd)
+        typo = f" (was {wd:g} meant as {10 ** -round(exponent):g}?)" if exponent == round(exponent) else ""
+        return f"{head}; the weight decay wd={wd:g} is too large: {decay}; lower wd below {1 / lr:.3g}{typo}"
+    also = f" (and {decay})" if flips else ""
+    return f"{head}; the learning rate ({lr:.3g} at its highest so far) is probably too high: lower it{also}"
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, as far as the system says (``None`` when it cannot tell).
+
+    The smallest of: available RAM plus free swap (``/proc/meminfo``), the cgroup's limit less its
+    usage (containers), and the address-space limit (``ulimit -v``) less what the process maps.
+    """
+    limits = []
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        kib = {k: int(v.split()[0]) for k, v in info.items() if k in ("MemAvailable", "SwapFree")}
+        if "MemAvailable" in kib:
+            limits.append(1024 * (kib["MemAvailable"] + kib.get("SwapFree", 0)))
+    except (OSError, ValueError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit.isdigit() and int(limit) < 2**60:
+                limits.append(int(limit) - int(Path(usage_file).read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            status = Path("/proc/self/status").read_text()
+            mapped = next((int(ln.split()[1]) * 1024 for ln in status.splitlines() if ln.startswith("VmSize:")), 0)
+            limits.append(soft - mapped)
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(0, min(limits)) if limits else None
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def model_memory(n_users: int, n_items: int, n_factors: int, itemsize: int = 4) -> int:
+    """Bytes a model of this size needs to train: its tables, the optimiser's two moments and the
+    gradients (four copies of the parameters), plus the float64 draw of its initial weights."""
+    n_params = (n_users + n_items) * (n_factors + 1)
+    return n_params * (4 * itemsize + 8)
+
+
+def memory_error(n_users: int, n_items: int, n_factors: int, available: int | None = None) -> ConfigError:
+    """The one line for a model that does not fit in memory."""
+    need = model_memory(n_users, n_items, n_factors)
+    have = f", and about {_gib(available)} is available" if available is not None else ""
+    return ConfigError(
+        f"a model of {n_users:,} users and {n_items:,} items with n_factors={n_factors:,} needs about {_gib(need)} "
+        f"to train (tables, optimiser state, gradients){have}; lower n_factors (--factors) or free memory"
+    )
+
+
+def check_memory(n_users: int, n_items: int, n_factors: int) -> None:
+    """Refuse, before anything is allocated, a model that cannot fit in the memory available."""
+    available = available_memory()
+    if available is not None and model_memory(n_users, n_items, n_factors) > available:
+        raise memory_error(n_users, n_items, n_factors, available)
+
+
+def check_output_path(flag: str, path, folder: bool = False) -> None:
+    """One output path the run will write at its end, refused now rather than after the training
+    (``mfscratch.outputs.check_outputs`` does the checking, for all of a command's outputs at once)."""
+    from .outputs import Output, check_outputs
+
+    check_outputs([Output(flag, path, folder=folder)])
 
 
 # --- data --------------------------------------------------------------------------------------

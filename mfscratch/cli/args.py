@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..errors import ConfigError
 
@@ -30,6 +31,15 @@ def nonneg_float(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
+def seed(text: str) -> int:
+    """``--seed``: an integer >= 0, as the library's ``seed=`` (NumPy's seeds are non-negative)."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def finite_float(text: str) -> float:
+    return _number(text, float, lambda v: abs(v) < float("inf"), "a finite number")
+
+
 def fraction(text: str) -> float:
     value = nonneg_float(text)
     if value >= 1:
@@ -38,7 +48,14 @@ def fraction(text: str) -> float:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that exits with status 2 and a one-line message (its default is also 2)."""
+    """argparse that exits with status 2 and a one-line message (its default is also 2).
+
+    Negative numbers in any notation (``-1e3`` too, not only ``-5`` and ``-0.5``) are values, not options.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
     def error(self, message):  # pragma: no cover - exercised through the CLI tests
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
@@ -74,7 +91,7 @@ def add_train_args(p: argparse.ArgumentParser, valid_pct: bool = True) -> None:
             type=fraction,
             help="fraction of the ratings held out at random for validation (default 0.2; not with --split)",
         )
-    g.add_argument("--seed", type=int, default=42, help="fixes split, init and batch order (default 42)")
+    g.add_argument("--seed", type=seed, default=42, help="fixes split, init and batch order (default 42)")
     g.add_argument(
         "--mode",
         choices=("exact", "sparse"),
@@ -113,7 +130,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         choices=("u1", "u2", "u3", "u4", "u5", "ua", "ub"),
         help="ML-100k's own base/test files instead of a random split (valid = the .test file)",
     )
-    g.add_argument("--ratings", metavar="FILE", help="a ratings file: CSV, TSV, '::'-separated or Parquet")
+    g.add_argument(
+        "--ratings",
+        metavar="FILE",
+        help="a ratings file: CSV, TSV, ';', '|', '::' or space separated, or Parquet; gz/bz2/xz/zip/zst too",
+    )
     g.add_argument(
         "--user-col", metavar="COL", help="user column of --ratings: a name or a 0-based position (default 0)"
     )
@@ -124,6 +145,16 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="whether --ratings/--items start with a header line (default: detect)",
+    )
+    g.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help="encoding of --ratings/--items (default: a byte-order mark, else utf-8, cp1252, latin-1 in that order)",
+    )
+    g.add_argument(
+        "--sep",
+        metavar="SEP",
+        help="column separator of --ratings/--items: ',' ';' '|' '::' or 'tab' (default: detect)",
     )
     g.add_argument(
         "--items", metavar="FILE", help="an items file whose titles name the items of --ratings (see --item-key)"
@@ -141,7 +172,7 @@ def add_usage_output_args(g) -> None:
     )
     g.add_argument(
         "--ranking-threshold",
-        type=float,
+        type=finite_float,
         metavar="T",
         help="a validation rating >= T counts as relevant for the ranking metrics (default 4; with --ranking-k "
         "or --json)",
@@ -157,4 +188,6 @@ def check_y_range(y_range) -> tuple[float, float] | None:
     lo, hi = y_range
     if not lo < hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
         raise ConfigError(f"--y-range needs finite LO < HI, got {lo} {hi}")
-    return lo, hi
+    from ..validate import check_y_range as check_library_range
+
+    return check_library_range((lo, hi))

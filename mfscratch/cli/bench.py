@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..errors import ConfigError
-from .args import add_debug_arg, nonneg_float, positive_float, positive_int
+from .args import add_debug_arg, nonneg_float, positive_float, positive_int, seed
 from .train import load_movielens_frame
 
 
@@ -24,7 +26,7 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--bs", type=positive_int, help="batch size (default 64)")
     bench.add_argument("--lr", type=positive_float, help="peak learning rate of the one-cycle schedule (default 5e-3)")
     bench.add_argument("--wd", type=nonneg_float, help="weight decay (default 0.1)")
-    bench.add_argument("--seed", type=int, default=42, help="fixes the split, the initial weights and the batch order")
+    bench.add_argument("--seed", type=seed, default=42, help="fixes the split, the initial weights and the batch order")
     bench.add_argument(
         "--mode",
         choices=("exact", "sparse", "sparse-sgd1"),
@@ -75,6 +77,13 @@ def cmd_bench(args) -> int:
         sizes = [int(float(v)) for v in (args.sizes or "100000,400000,1600000").split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--sizes must be comma-separated numbers, got {args.sizes!r}") from None
+    from ..data import DATASETS, data_dir
+    from ..outputs import Output, check_outputs, dataset_inputs
+
+    data = args.data or ("ml-100k" if args.ratings is None else None)
+    inputs = dataset_inputs(data_dir() / DATASETS[data].folder) if data in DATASETS else []
+    for note in check_outputs([Output("--json", args.json), Output("--plot", args.plot)], inputs):
+        print(f"note: {note}", file=sys.stderr)
     modes = tuple(dict.fromkeys(args.mode)) if args.mode else bench.MODES
     recipe = {"epochs": args.epochs, "bs": args.bs, "lr": args.lr, "wd": args.wd}
     given = [f"--{k}" for k, v in recipe.items() if v is not None]

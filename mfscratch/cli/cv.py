@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -27,15 +26,19 @@ def cmd_cv(args) -> int:
     """ML-100k u1..u5: train on each base file, test on its test file; RMSE/MAE per fold, mean and std."""
     import numpy as np
 
-    from ..io import atomic_write
+    from ..data import data_dir
+    from ..io import write_json
     from ..learner import collab_learner, format_time
     from ..metrics import rating_errors
+    from ..outputs import Output, check_outputs, dataset_inputs
     from ..readers import default_y_range, loaders_from_split, read_ml100k_split
 
     if (args.data or "ml-100k") != "ml-100k":
         raise ConfigError(f"cv runs ML-100k's u1..u5 folds; --data {args.data} has no such folds")
     y_range = check_y_range(args.y_range)
     say = (lambda *a, **k: None) if args.quiet else print
+    for note in check_outputs([Output("--json", args.json)], dataset_inputs(data_dir() / "ml-100k")):
+        say(f"note: {note}", file=sys.stderr)
     folds = []
     say(f"{'fold':<6}{'rmse':<10}{'mae':<10}{'n_test':<8}{'time':<8}")
     for split in ("u1", "u2", "u3", "u4", "u5"):
@@ -91,6 +94,6 @@ def cmd_cv(args) -> int:
                 "backend": args.backend,
             },
         }
-        atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
+        write_json(args.json, report)
         say(f"wrote report to {args.json}")
     return 0

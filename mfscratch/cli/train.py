@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -71,15 +70,28 @@ def _check_train_settings(args) -> None:
         raise ConfigError("--ranking-threshold applies to the ranking metrics; add --ranking-k K (or --json PATH)")
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
-    from ..validate import check_output_path
+    _check_outputs(args)
 
-    for flag, path, folder in (
-        ("--save", args.save, False),
-        ("--json", args.json, False),
-        ("--checkpoint", args.checkpoint, True),
-    ):
-        if path:
-            check_output_path(flag, path, folder)
+
+def _check_outputs(args) -> None:
+    """Every file the run will write, checked now against its inputs and each other (``mfscratch.outputs``)."""
+    from ..checkpoint import FILE_NAME
+    from ..data import DATASETS, data_dir
+    from ..outputs import Output, check_outputs, dataset_inputs
+    from ..plots import PLOT_FILES
+
+    outputs = [
+        Output("--save", args.save),
+        Output("--json", args.json),
+        Output("--plot", args.plot, folder=True, files=PLOT_FILES),
+        Output("--checkpoint", args.checkpoint, folder=True, files=(FILE_NAME,)),
+    ]
+    inputs = [("--ratings", args.ratings), ("--items", args.items)]
+    if args.ratings is None and (args.data or "ml-100k") in DATASETS:
+        inputs += dataset_inputs(data_dir() / DATASETS[args.data or "ml-100k"].folder)
+    for note in check_outputs(outputs, inputs):
+        if not args.quiet:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def load_movielens_frame(name: str):
@@ -110,10 +122,8 @@ def _checkpointing(args, learn, say) -> int:
 
 
 def cmd_train(args) -> int:
-    import numpy as np
-
     from .. import analysis
-    from ..io import atomic_write
+    from ..io import write_json
     from ..learner import collab_learner
 
     y_range = check_y_range(args.y_range)
@@ -140,6 +150,9 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd, start_epoch=start_epoch, cbs=_watchers(args))
     train_seconds = time.perf_counter() - t0
+    if args.save:  # first, before any optional extra (ranking, report, plots) can fail
+        learn.export(args.save)
+        say(f"saved model to {args.save}")
 
     vocab = dls.classes[item_name]
     say()
@@ -161,20 +174,12 @@ def cmd_train(args) -> int:
     threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
     if args.ranking_k or args.json:
         ranking = learn.ranking(args.ranking_k or 10, threshold)
-        ranking = {k: None if v != v else v for k, v in ranking.items()}  # NaN (no relevant item) is not JSON
     if args.ranking_k:
         say(
             _ranking_line(ranking)
             if ranking["n_users"]
             else f"Ranking: no validation rating is >= {threshold:g}, so there is nothing to find"
         )
-    if args.plot:
-        for path in _write_plots(learn, args.plot):
-            say(f"wrote {path}")
-
-    if args.save:
-        learn.export(args.save)
-        say(f"saved model to {args.save}")
     if args.json:
         report = {
             "epochs": [
@@ -208,9 +213,11 @@ def cmd_train(args) -> int:
                 "keep_best": args.keep_best,
             },
         }
-        text = json.dumps(report, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
-        atomic_write(args.json, lambda f: f.write(text.encode() + b"\n"))
+        write_json(args.json, report)
         say(f"wrote report to {args.json}")
+    if args.plot:
+        for path in _write_plots(learn, args.plot):
+            say(f"wrote {path}")
     return 0
 
 
@@ -230,7 +237,7 @@ def load_training_data(args):
 
     file_only = [
         f"--{n.replace('_', '-')}"
-        for n in ("user_col", "item_col", "rating_col", "items", "item_key", "title_col", "header")
+        for n in ("user_col", "item_col", "rating_col", "items", "item_key", "title_col", "header", "encoding", "sep")
         if getattr(args, n, None) is not None
     ]
     if args.ratings is None and file_only:
@@ -240,11 +247,14 @@ def load_training_data(args):
     if args.ratings is not None:
         if args.data is not None or args.split is not None:
             raise ConfigError("give either --ratings FILE or --data NAME/--split, not both")
-        table = read_ratings(
-            args.ratings, _col(args.user_col, 0), _col(args.item_col, 1), _col(args.rating_col, 2), header=args.header
-        )
+        sep = "\t" if args.sep in ("tab", "\\t") else args.sep
+        cols = (_col(args.user_col, 0), _col(args.item_col, 1), _col(args.rating_col, 2))
+        table = read_ratings(args.ratings, *cols, header=args.header, encoding=args.encoding, sep=sep)
+        if table.info is not None and not args.quiet:
+            print(f"note: {table.info.summary()}", file=sys.stderr)
         if args.items is not None:
-            items = read_items(args.items, _col(args.item_key, 0), _col(args.title_col, 1), header=args.header)
+            key_title = (_col(args.item_key, 0), _col(args.title_col, 1))
+            items = read_items(args.items, *key_title, header=args.header, encoding=args.encoding, sep=sep)
             table = attach_titles(table, items, items_source=args.items)
         return table.loaders(_valid_pct(args), args.seed, args.bs), args.ratings
     name = args.data or "ml-100k"

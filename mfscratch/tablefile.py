@@ -1,0 +1,431 @@
+"""Reading some columns of one table file of any dialect, every line accounted for.
+
+:func:`read_columns` reads a CSV, TSV, ``;``/``|``/``::``-separated, whitespace-separated or
+Parquet file, compressed or not, in any of the encodings of :mod:`mfscratch.textstream`:
+
+1. **format and compression** from the first bytes (``textstream.compression_of``);
+2. **encoding**: a byte-order mark, else UTF-8, cp1252, latin-1 in that order (``encoding=`` forces one);
+3. **separator** and 4. **header**, from the first 64 KiB and on the evidence of many lines
+   (:mod:`mfscratch.sniff`; ``sep=`` and ``header=`` force them); column names over a first line
+   that is data are refused;
+5. **parse**: pyarrow's multi-threaded CSV reader where installed (pandas' C parser otherwise, and for
+   whitespace); id columns are read as text and typed by :func:`mfscratch.ids.parse_ids`; a
+   rating column written with decimal commas (``3,5`` in a ``;`` file) is read as numbers;
+6. **count**: the lines of the file are counted as they stream past, and the rows read plus the
+   header and the blank lines must equal them (:class:`TableInfo` reports the sum), so that no row
+   is lost unseen. A quoted field never spans lines: a row with the wrong number of fields (an
+   unbalanced ``"``, a stray separator) stops the read with its text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import textstream as ts
+from .errors import ConfigError, DataError
+from .ids import parse_ids
+from .sniff import (
+    WHITESPACE,
+    bad_row,
+    fields,
+    header_end,
+    one_line,
+    sample_lines,
+    sep_name,
+    sniff_header,
+    sniff_separator,
+)
+
+__all__ = ["TableInfo", "read_columns"]
+
+_DECIMAL_COMMA = r"\s*[+-]?\d+(,\d+)?\s*"
+_DAMAGED = (EOFError, OSError)  # a compressed stream that breaks off or fails its checksum
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """How a file was read, and the count of its lines: ``n_lines == n_rows + header + n_blank``."""
+
+    source: str
+    n_rows: int
+    compression: str | None = None
+    encoding: str | None = None
+    sep: str | None = None
+    header: tuple | None = None
+    n_lines: int | None = None
+    n_blank: int = 0
+    notes: tuple = ()
+
+    def summary(self) -> str:
+        """One line: ``read 20,000 rows from r.csv.gz (gzip, utf-8, ','-separated, header ...): 20,001 lines = ...``."""
+        if self.n_lines is None:
+            return f"read {self.n_rows:,} row{'' if self.n_rows == 1 else 's'} from {self.source} (Parquet)"
+        how = [self.compression or "", self.encoding or "", f"{sep_name(self.sep)}-separated"]
+        how.append(f"header: {', '.join(map(str, self.header))}" if self.header else "no header")
+        rows = f"{self.n_rows:,} row{'' if self.n_rows == 1 else 's'}"
+        parts = [rows] + (["1 header line"] if self.header else [])
+        parts += [f"{self.n_blank:,} blank line(s) skipped"] if self.n_blank else []
+        notes = "; " + "; ".join(self.notes) if self.notes else ""
+        return (
+            f"read {rows} from {self.source} ({', '.join(h for h in how if h)}): "
+            f"{self.n_lines:,} lines = {' + '.join(parts)}{notes}"
+        )
+
+
+@dataclass
+class _Plan:
+    """What the caller asks for: the columns (``specs``, their ``kinds`` and ``roles``) and any forced choices."""
+
+    specs: list
+    kinds: list
+    roles: list
+    header: bool | None
+    sep: str | None
+    what: str
+    arrow: bool
+
+
+@dataclass
+class _Layout:
+    """What the first 64 KiB say: the separator, the fields, the header and where the asked columns are."""
+
+    sep: str
+    n_fields: int
+    header: list[str] | None
+    header_line: int  # 1-based line number of the header, 0 without one
+    header_end: int  # byte offset just past the header line
+    names: list | None
+    positions: list[int]
+    kinds: list = field(default_factory=list)
+
+    @property
+    def wanted(self) -> dict:
+        """``{position: kind}`` of the columns to read."""
+        return dict(zip(self.positions, self.kinds))
+
+
+# --- resolving the columns asked for -------------------------------------------------------------
+def _resolve(spec, names: list | None, n_fields: int, role: str, path) -> int:
+    """The 0-based position of ``spec`` (a position or a header name)."""
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        if not 0 <= spec < n_fields:
+            raise DataError(
+                f"{path}: {role} column position {spec} is out of range; the file has {n_fields} "
+                f"columns (0-based positions 0..{n_fields - 1})"
+            )
+        return int(spec)
+    if names is None:
+        raise DataError(
+            f"{path}: {role} column {spec!r} is a name, but the file has no header line; "
+            "give its 0-based position, or --header if the first line does name the columns"
+        )
+    hits = [j for j, n in enumerate(names) if n == spec]
+    if len(hits) > 1:
+        raise DataError(f"{path}: {role} column {spec!r} appears {len(hits)} times in the header; give its position")
+    if not hits:
+        raise DataError(f"{path}: {role} column {spec!r} not found; its columns are {[str(n) for n in names]}")
+    return hits[0]
+
+
+def _positions(plan: _Plan, names: list | None, n_fields: int, path) -> list[int]:
+    positions = [_resolve(s, names, n_fields, r, path) for s, r in zip(plan.specs, plan.roles)]
+    if len(set(positions)) < len(positions):
+        shown = [names[p] if names else p for p in positions]
+        raise DataError(f"{path}: {', '.join(plan.roles)} must be different columns, got {shown}")
+    return positions
+
+
+def _column_names(header: list[str] | None, n_fields: int) -> list | None:
+    if header is None:
+        return None
+    padded = header + [""] * (n_fields - len(header))
+    return [h if h else f"column_{j}" for j, h in enumerate(padded)]
+
+
+# --- parsing -------------------------------------------------------------------------------------
+def _typed(column, kind: str) -> pd.Series:
+    if kind == "id":
+        return parse_ids(column)
+    series = column if isinstance(column, pd.Series) else column.to_pandas()
+    return series.reset_index(drop=True)
+
+
+class _Fallback(Exception):
+    """The fast reader cannot read this dialect (a ``::`` file with ``:`` inside a field)."""
+
+
+def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows: int = 0) -> tuple[dict, int]:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    colon = sep == "::"
+    physical = 2 * n_fields - 1 if colon else n_fields
+    at = (lambda j: 2 * j) if colon else (lambda j: j)
+    names = [f"f{j}" for j in range(physical)]
+    include = [names[at(j)] for j in wanted] + ([names[j] for j in range(1, physical, 2)] if colon else [])
+    bad = []
+
+    def on_bad_row(row):
+        if not row.text.strip(" \t\r\n"):
+            return "skip"  # a line of spaces: counted among the blank lines
+        bad.append(row)
+        return "error"
+
+    try:
+        table = pcsv.read_csv(
+            source,
+            read_options=pcsv.ReadOptions(column_names=names, skip_rows=skip_rows, block_size=1 << 22),
+            parse_options=pcsv.ParseOptions(
+                delimiter=":" if colon else sep, newlines_in_values=False, invalid_row_handler=on_bad_row
+            ),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=include,
+                column_types={names[at(j)]: pa.string() for j, kind in wanted.items() if kind != "number"},
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        if str(e).startswith("Empty CSV file"):
+            return {}, 0  # nothing but blank lines below the header: counted, then refused as "no rows"
+        if "UTF8" in str(e) or "UTF-8" in str(e):
+            raise ts.WrongEncoding("utf-8", None, "invalid UTF-8") from None
+        if bad and colon:
+            raise _Fallback from None  # a ':' inside a field of a '::' file
+        if bad:
+            raise bad_row(path, bad[0].expected_columns, bad[0].actual_columns, bad[0].text) from None
+        raise DataError(f"{path}: cannot parse it ({one_line(e)})") from None
+    if colon and any(table[names[j]].null_count != len(table) for j in range(1, physical, 2)):
+        raise _Fallback
+    return {j: table[names[at(j)]] for j in wanted}, len(table)
+
+
+def _parse_pandas(stream, sep: str, n_fields: int, wanted: dict, path) -> tuple[dict, int]:
+    try:
+        df = pd.read_csv(
+            stream,
+            sep=sep,
+            header=None,
+            names=list(range(n_fields)),
+            usecols=list(wanted),
+            dtype={j: "str" for j, kind in wanted.items() if kind != "number"},
+            keep_default_na=False,
+            na_values=[""],
+            skip_blank_lines=True,
+            engine="python" if sep == "::" else "c",
+            encoding="utf-8",
+        )
+    except UnicodeDecodeError as e:
+        raise ts.WrongEncoding("utf-8", e.start, e.reason) from None
+    except (pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{path}: cannot parse it ({one_line(e)}); check that line's separators and quotes") from None
+    if sep == WHITESPACE:  # pandas keeps a line of spaces as an empty row when lines end in '\r': blank, counted
+        df = df.dropna(how="all").reset_index(drop=True)
+    return {j: df[j] for j in wanted}, len(df)
+
+
+def _decimal_commas(column: pd.Series) -> pd.Series | None:
+    """A text column of numbers written with decimal commas (``3,5``), as numbers; else ``None``."""
+    if column.dtype.kind in "biufc" or not len(column):
+        return None
+    text = column.dropna().astype(str)
+    if not len(text) or not text.str.fullmatch(_DECIMAL_COMMA).all() or not text.str.contains(",").any():
+        return None
+    return pd.to_numeric(column.astype(str).str.replace(",", ".", regex=False).where(column.notna()))
+
+
+def _layout(stream: ts.Utf8Stream, path: Path, plan: _Plan) -> _Layout:
+    """Separator, fields, header and the positions asked for, from the first 64 KiB of ``stream``."""
+    sample = stream.peek(ts.SAMPLE_BYTES)
+    lines = sample_lines(sample, len(sample) < ts.SAMPLE_BYTES and stream.exhausted)
+    if not lines and len(sample) == ts.SAMPLE_BYTES:
+        raise DataError(f"{path}: its first line is longer than 64 KiB, so it is not a table of ratings or items")
+    if not lines:
+        raise DataError(f"{plan.what} file {path} is empty; it needs at least one row")
+    sep = plan.sep or sniff_separator(lines, path)
+    rows = [fields(line, sep) for _, line in lines]
+    n_fields = max(len(r) for r in rows)
+    rows = [r + [""] * (n_fields - len(r)) for r in rows]
+    has_header = plan.header
+    if has_header is None:
+        has_header = sniff_header(rows, path)
+        if not has_header and any(isinstance(s, str) for s in plan.specs):
+            named = ", ".join(repr(s) for s in plan.specs if isinstance(s, str))
+            raise DataError(
+                f"{path}: columns are named ({named}) but its first line {lines[0][1][:60]!r} is data, not a "
+                "header; give 0-based positions, or --header if that line does name the columns"
+            )
+    header = rows[0] if has_header else None
+    names = _column_names(header, n_fields)
+    return _Layout(
+        sep,
+        n_fields,
+        header,
+        lines[0][0] if has_header else 0,
+        header_end(sample) if has_header else 0,
+        names,
+        _positions(plan, names, n_fields, path),
+        plan.kinds,
+    )
+
+
+def _parse(stream: ts.Utf8Stream, path: Path, compression, encoding: str, plan: _Plan, lay: _Layout):
+    """``(columns, n_rows, counter)``: pyarrow straight from the file for plain UTF-8 (counting the lines
+    in a pass of their own), else either parser on the decoded stream, which counts as it goes."""
+    arrow = plan.arrow and lay.sep != WHITESPACE
+    if arrow and compression is None and encoding in ("utf-8", "utf-8-sig"):
+        stream.close()
+        columns, n_rows = _parse_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, path, lay.header_line)
+        return columns, n_rows, ts.count_lines(path, skip=stream.skipped)
+    if lay.header is not None:
+        stream.discard(lay.header_end)
+    columns, n_rows = (_parse_arrow if arrow else _parse_pandas)(stream, lay.sep, lay.n_fields, lay.wanted, path)
+    stream.read()  # anything the parser left (nothing, normally), so that every line is counted
+    return columns, n_rows, stream.counter
+
+
+def _read_text(path: Path, compression, encoding: str, bom: int, head: bytes, raw, plan: _Plan) -> tuple:
+    """One attempt at reading the file as ``encoding``: ``(DataFrame, TableInfo)``; ``raw`` is past ``head``."""
+    stream = ts.Utf8Stream(raw, head, encoding, bom)
+    try:
+        lay = _layout(stream, path, plan)
+        columns, n_rows, counter = _parse(stream, path, compression, encoding, plan, lay)
+    except _DAMAGED as e:
+        raise ts.read_damaged(path, compression, e) from None
+    finally:
+        stream.close()
+    has_header = lay.header is not None
+    expected = counter.lines - counter.blank - (1 if has_header else 0)
+    if n_rows != expected:
+        raise DataError(
+            f"{path}: {counter.lines:,} lines hold {expected:,} data lines but {n_rows:,} rows were read; "
+            "a quoted field probably spans lines (an unbalanced '\"'): fix the quoting"
+        )
+    if n_rows == 0:
+        raise DataError(f"{plan.what} file {path} has no rows" + (" below its header" if has_header else ""))
+    out, notes = {}, []
+    for pos, kind in zip(lay.positions, plan.kinds):
+        column = _typed(columns[pos], kind)
+        if kind == "number" and (fixed := _decimal_commas(column)) is not None:
+            column = fixed
+            notes.append(f"decimal commas in column {pos} read as decimal points")
+        key = lay.names[pos] if lay.names else pos
+        out[f"{key} ({pos})" if key in out else key] = column  # a header may repeat a name
+    info = TableInfo(
+        str(path),
+        n_rows,
+        compression,
+        encoding.replace("-sig", ""),
+        lay.sep,
+        tuple(lay.header) if lay.header else None,
+        counter.lines,
+        counter.blank,
+        tuple(notes),
+    )
+    return pd.DataFrame(out, copy=False), info
+
+
+def _read_parquet(path: Path, plan: _Plan) -> tuple:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("reading Parquet needs pyarrow: pip install 'mfscratch[parquet]'") from None
+    try:
+        names = pq.read_schema(path).names
+        positions = _positions(plan, names, len(names), path)
+        table = pq.read_table(path, columns=[names[p] for p in dict.fromkeys(positions)])
+    except DataError:
+        raise
+    except Exception as e:  # pyarrow raises its own error types for damaged files
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {one_line(e)})") from None
+    import pyarrow as pa
+
+    out = {}
+    for pos, kind in zip(positions, plan.kinds):
+        column = table[names[pos]]
+        is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        out[names[pos]] = _typed(column, "id" if kind == "id" and is_text else "as typed")
+    if table.num_rows == 0:
+        raise DataError(f"{plan.what} file {path} has no rows")
+    return pd.DataFrame(out, copy=False), TableInfo(str(path), table.num_rows, header=tuple(names))
+
+
+def _has_arrow() -> bool:
+    try:
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def read_columns(
+    path,
+    specs,
+    kinds,
+    roles=None,
+    header: bool | None = None,
+    encoding: str | None = None,
+    sep: str | None = None,
+    what: str = "ratings",
+) -> tuple[pd.DataFrame, TableInfo]:
+    """Columns ``specs`` (0-based positions or header names) of the table file at ``path``.
+
+    ``kinds``: ``"id"`` (typed by :func:`~mfscratch.ids.parse_ids`), ``"text"`` or ``"number"``
+    (inferred; a column that is not all numbers stays text for the caller to report). ``roles``
+    name the columns in messages. The DataFrame's columns are the header names (positions when the
+    file has none), in the order asked. See the module docstring for everything else.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise DataError(f"the {what} file must be given as a path, got {path!r}")
+    path = Path(path)
+    if not path.is_file():
+        exists = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise DataError(f"{what} file {path} {exists}; give the path of a CSV, TSV or Parquet file")
+    if header is not None and not isinstance(header, bool):
+        raise ConfigError(f"header must be True, False or None (detect), got {header!r}")
+    if encoding is not None:
+        try:
+            encoding = codecs.lookup(encoding).name
+        except (LookupError, TypeError):
+            raise ConfigError(f"unknown encoding {encoding!r}; give a codec name such as utf-8 or latin-1") from None
+    if sep is not None and (not isinstance(sep, str) or not sep.strip(" ") and sep != "\t" or len(sep) > 2):
+        raise ConfigError(f"sep must be one or two characters such as ',' or '::' ('\\t' for tab), got {sep!r}")
+    roles = list(roles or [f"column {s}" for s in specs])
+    plan = _Plan(list(specs), list(kinds), roles, header, sep, what, _has_arrow())
+    compression = ts.compression_of(path)
+    if compression == "parquet":
+        return _read_parquet(path, plan)
+    tried: list[str] = []
+    while True:
+        raw = ts.open_decompressed(path, compression)
+        try:
+            head = raw.read(ts.SAMPLE_BYTES)
+        except _DAMAGED as e:
+            raw.close()
+            raise ts.read_damaged(path, compression, e) from None
+        found, bom = ts.sniff_encoding(head, path) if encoding is None else (encoding, 0)
+        if encoding == "utf-8" and head.startswith(codecs.BOM_UTF8):
+            bom = len(codecs.BOM_UTF8)
+        at_end = len(head) < ts.SAMPLE_BYTES
+        candidates = [found] if found else [e for e in ts.ENCODINGS if e not in tried and ts.decodes(head, e, at_end)]
+        if not candidates:
+            raw.close()
+            raise DataError(f"{path} does not decode as {', '.join(tried)}; give its encoding (--encoding NAME)")
+        try:
+            return _read_text(path, compression, candidates[0], bom, head, raw, plan)
+        except ts.WrongEncoding as e:
+            if found:
+                at = f" (byte {e.position:,})" if e.position is not None else ""
+                raise DataError(
+                    f"{path} is not valid {e.encoding}{at}; give its encoding (--encoding NAME, e.g. latin-1 or cp1252)"
+                ) from None
+            tried.append(candidates[0])
+        except _Fallback:
+            plan.arrow = False
