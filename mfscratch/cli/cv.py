@@ -7,7 +7,7 @@ import sys
 import time
 
 from ..errors import ConfigError
-from .args import add_debug_arg, add_output_args, add_train_args, check_y_range
+from .args import add_debug_arg, add_output_args, add_train_args, check_y_range, resolve_recipe
 
 
 def add_cv_parser(sub) -> None:
@@ -35,6 +35,7 @@ def cmd_cv(args) -> int:
     if (args.data or "ml-100k") != "ml-100k":
         raise ConfigError(f"cv runs ML-100k's u1..u5 folds; --data {args.data} has no such folds")
     y_range = check_y_range(args.y_range)
+    resolve_recipe(args)
     say = (lambda *a, **k: None) if args.quiet else print
     folds = []
     say(f"{'fold':<6}{'rmse':<10}{'mae':<10}{'n_test':<8}{'time':<8}")
@@ -50,9 +51,10 @@ def cmd_cv(args) -> int:
             y_range=y_range,
             opt_func=args.optimizer,
             seed=args.seed,
-            sparse=args.mode == "sparse",
+            sparse=args.mode != "exact",
             backend=args.backend,
             log=None,
+            threads=args.threads,
         )
         learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
         errors = rating_errors(learn.model, dls.valid_users, dls.valid_items, dls.valid_ratings)

@@ -14,6 +14,7 @@ from .args import (
     add_train_args,
     add_usage_output_args,
     check_y_range,
+    resolve_recipe,
 )
 
 SEED_TITLE = "Silence of the Lambs, The (1991)"
@@ -47,7 +48,7 @@ def _check_train_settings(args) -> None:
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
-    get_backend(args.backend)  # a backend this machine cannot run (cuda without a GPU) says so now
+    get_backend(args.backend, args.threads)  # a backend this machine cannot run (cuda without a GPU) says so now
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
     from ..validate import check_output_path
@@ -96,6 +97,7 @@ def cmd_train(args) -> int:
     from ..learner import collab_learner
 
     y_range = check_y_range(args.y_range)
+    resolve_recipe(args)
     _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
@@ -108,9 +110,10 @@ def cmd_train(args) -> int:
         y_range=y_range,
         opt_func=args.optimizer,
         seed=args.seed,
-        sparse=args.mode == "sparse",
+        sparse=args.mode != "exact",
         backend=args.backend,
         log=None if args.quiet else print,
+        threads=args.threads,
     )
     t0 = time.perf_counter()
     learn.warmup()
