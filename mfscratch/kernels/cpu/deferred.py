@@ -56,19 +56,20 @@ class Side(NamedTuple):
 
 
 class Scratch(NamedTuple):
-    """The replay's scratch rows: weights and bias ``pw``, ``m0`` in ``pm``, ``sqrt(v0)`` in ``prv``."""
+    """The replay's scratch rows (weights and bias): ``p``, the moment ``m0`` and ``root_v0 = sqrt(v0)``."""
 
-    pw: np.ndarray
-    pm: np.ndarray
-    prv: np.ndarray
+    p: np.ndarray
+    m0: np.ndarray
+    root_v0: np.ndarray
 
 
 @njit(cache=True, inline="always")
 def _adam_catch_up(side, row, first, stop, replay, scratch):
     r"""Apply the missed Adam steps ``first..stop-1`` to ``side``'s row ``row`` (weights and bias), g = 0.
 
-    The recurrence is ``p_t = p_{t-1} d_t - m0 a'_t / (y r_t + eps)`` with ``y = sqrt(v0)``, ``a'_t = a_t prod(mom)``
-    and the row scalar ``r_t = sqrt(sqr_mom)^n / sqrt(c2_t)``. float64 tables run it as it stands (exact);
+    The recurrence is ``p_t = p_{t-1} d_t - m0 a'_t / (root_v0 r_t + eps)`` with ``a'_t = a_t prod_mom``
+    and the row scalar ``r_t = sqrt(sqr_mom)^n / sqrt(c2_t)`` (docs/math.md, section 5). float64 tables
+    run it as it stands (exact);
     float32 tables run it in segments over which ``r`` stays within ``r0 (1 +- SEGMENT_SPREAD)``, each
     segment one division and a 6-term series per element (docs/math.md derives both and the bound).
     The row is copied into scratch rows padded to whole vector blocks (padding 0, 0, 1: it stays 0).
@@ -76,70 +77,69 @@ def _adam_catch_up(side, row, first, stop, replay, scratch):
     if first >= stop:
         return
     w, m, v, wb, mb, vb = side
-    pw, pm, prv = scratch
+    pw, m0, root_v0 = scratch
     T = w.dtype.type
     k = w.shape[1]
     padded = pw.shape[0]
     for j in range(k):
         pw[j] = w[row, j]
-        pm[j] = m[row, j]
-        prv[j] = math.sqrt(v[row, j])
+        m0[j] = m[row, j]
+        root_v0[j] = math.sqrt(v[row, j])
     pw[k] = wb[row, 0]
-    pm[k] = mb[row, 0]
-    prv[k] = math.sqrt(vb[row, 0])
+    m0[k] = mb[row, 0]
+    root_v0[k] = math.sqrt(vb[row, 0])
     eps = T(replay.eps)
     prod_mom = 1.0
     root_decay_v = 1.0
     if T(0.1) == 0.1:  # float64: the exact recurrence
-        for q in range(first, stop):
-            prod_mom *= replay.moms[q]
+        for step in range(first, stop):
+            prod_mom *= replay.moms[step]
             root_decay_v *= replay.root_sqr_mom
-            d = T(replay.decay[q])
-            a = T(replay.step_size[q] * prod_mom)
-            r = T(root_decay_v * replay.inv_root_debias2[q])
+            d = T(replay.decay[step])
+            a = T(replay.step_size[step] * prod_mom)
+            r = T(root_decay_v * replay.inv_root_debias2[step])
             for j in range(padded):
-                pw[j] = pw[j] * d - a * pm[j] / (prv[j] * r + eps)
+                pw[j] = pw[j] * d - a * m0[j] / (root_v0[j] * r + eps)
     else:
         low = (1.0 - SEGMENT_SPREAD) / (1.0 + SEGMENT_SPREAD)  # r may fall to low * (segment's first r)
-        q = first
-        while q < stop:
-            r = root_decay_v * replay.root_sqr_mom * replay.inv_root_debias2[q]
+        step = first
+        while step < stop:
+            r = root_decay_v * replay.root_sqr_mom * replay.inv_root_debias2[step]
             r_min = r * low
             r0 = r / (1.0 + SEGMENT_SPREAD)  # r / r0 - 1 runs from spread down to -spread
             inv_r0 = 1.0 / r0
-            b0 = b1 = b2 = b3 = b4 = b5 = 0.0
+            sum0 = sum1 = sum2 = sum3 = sum4 = sum5 = 0.0
             prod_decay = 1.0
-            while q < stop:
-                r = root_decay_v * replay.root_sqr_mom * replay.inv_root_debias2[q]
+            while step < stop:
+                r = root_decay_v * replay.root_sqr_mom * replay.inv_root_debias2[step]
                 if r < r_min:
                     break
                 root_decay_v *= replay.root_sqr_mom
-                prod_mom *= replay.moms[q]
-                d = replay.decay[q]
+                prod_mom *= replay.moms[step]
+                d = replay.decay[step]
                 prod_decay *= d
-                a = replay.step_size[q] * prod_mom
+                a = replay.step_size[step] * prod_mom
                 delta = r * inv_r0 - 1.0
-                b0 = b0 * d + a
+                sum0 = sum0 * d + a
                 a *= delta
-                b1 = b1 * d + a
+                sum1 = sum1 * d + a
                 a *= delta
-                b2 = b2 * d + a
+                sum2 = sum2 * d + a
                 a *= delta
-                b3 = b3 * d + a
+                sum3 = sum3 * d + a
                 a *= delta
-                b4 = b4 * d + a
+                sum4 = sum4 * d + a
                 a *= delta
-                b5 = b5 * d + a
-                q += 1
-            r0_ = T(r0)
-            dd = T(prod_decay)
-            c0, c1, c2, c3, c4, c5 = T(b0), T(b1), T(b2), T(b3), T(b4), T(b5)
+                sum5 = sum5 * d + a
+                step += 1
+            r0_t, prod_decay_t = T(r0), T(prod_decay)  # the segment's scalars, rounded to T
+            e0, e1, e2, e3, e4, e5 = T(sum0), T(sum1), T(sum2), T(sum3), T(sum4), T(sum5)
             for j in range(padded):
-                y = prv[j] * r0_
-                inv = T(1.0) / (y + eps)
-                z = -(y * inv)
-                series = ((((c5 * z + c4) * z + c3) * z + c2) * z + c1) * z + c0
-                pw[j] = pw[j] * dd - pm[j] * inv * series
+                h = root_v0[j] * r0_t
+                q = T(1.0) / (h + eps)
+                neg_z = -(h * q)
+                series = ((((e5 * neg_z + e4) * neg_z + e3) * neg_z + e2) * neg_z + e1) * neg_z + e0
+                pw[j] = pw[j] * prod_decay_t - m0[j] * q * series
     m_scale = T(prod_mom)
     v_scale = T(replay.sqr_mom ** (stop - first))
     for j in range(k):
@@ -165,18 +165,18 @@ def _sgd_catch_up(side, row, first, stop, replay, use_mom):
     k = w.shape[1]
     if not use_mom:
         prod_decay = 1.0
-        for q in range(first, stop):
-            prod_decay *= replay.decay[q]
+        for step in range(first, stop):
+            prod_decay *= replay.decay[step]
         d = T(prod_decay)
         for j in range(k):
             w[row, j] *= d
         wb[row, 0] *= d
         return
     prod_mom = 1.0
-    for q in range(first, stop):
-        prod_mom *= replay.moms[q]
-        d = T(replay.decay[q])
-        a = T(replay.step_size[q] * prod_mom)
+    for step in range(first, stop):
+        prod_mom *= replay.moms[step]
+        d = T(replay.decay[step])
+        a = T(replay.step_size[step] * prod_mom)
         for j in range(k):
             w[row, j] = w[row, j] * d - a * m[row, j]
         wb[row, 0] = wb[row, 0] * d - a * mb[row, 0]
