@@ -231,3 +231,29 @@ def test_repeat_and_resume(name, settings, mode, tmp_path):
     same(resumed.model.params, straight.model.params)
     same(resumed.opt_state.exp_avg, straight.opt_state.exp_avg)
     same(np.array(resumed.recorder.values), np.array(straight.recorder.values))
+
+
+def test_parallel_thread_count_changes_only_the_block_layout():
+    """``threads=1``: one group, the learner's permutation, so the parallel backend's per-rating fit is
+    the serial backend's bit for bit; a thread count the machine lacks is one clear error."""
+    fits = []
+    for backend, threads in (("cpu", None), ("parallel", 1)):
+        learn = collab_learner(
+            _dls("per-rating"),
+            n_factors=4,
+            seed=3,
+            log=None,
+            backend=backend,
+            threads=threads,
+            opt_func=SGD,
+            sparse=True,
+        )
+        learn.fit_one_cycle(2, 2e-2, wd=0.05)
+        fits.append(learn.model.params)
+    np.testing.assert_array_equal(fits[0], fits[1])
+    from mfscratch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="threads must be between 1 and"):
+        collab_learner(_dls("exact"), n_factors=4, log=None, backend="parallel", threads=10_000)
+    with pytest.raises(ConfigError, match="cpu backend runs one thread"):
+        collab_learner(_dls("exact"), n_factors=4, log=None, backend="cpu", threads=2)

@@ -386,7 +386,23 @@ def test_documented_sparse_setting_on_ml100k(ml100k, tmp_path):
     assert _train_json(tmp_path, "--mode", "sparse") <= 0.82
 
 
-def test_documented_per_rating_setting_on_ml100k(ml100k, tmp_path):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--mode", "per-rating"],  # its documented recipe by default
+        ["--mode", "sparse", "--optimizer", "sgd", "--bs", "1", "--lr", "0.02", "--wd", "0.08", "--epochs", "12"],
+    ],
+    ids=["per-rating", "long-form"],
+)
+def test_documented_per_rating_setting_on_ml100k(ml100k, tmp_path, argv):
     """docs/speed.md: per-rating SGD (sparse, sgd, bs 1, lr 0.02, wd 0.08, 12 epochs) reaches <= 0.82."""
-    argv = ["--mode", "sparse", "--optimizer", "sgd", "--bs", "1", "--lr", "0.02", "--wd", "0.08", "--epochs", "12"]
     assert _train_json(tmp_path, *argv) <= 0.82
+
+
+@pytest.mark.parametrize("argv", [["--optimizer", "adam"], ["--bs", "64"]])
+def test_per_rating_mode_refuses_other_optimizer_or_batch_size(argv, capsys):
+    from mfscratch import cli
+
+    assert cli.main(["train", "--mode", "per-rating", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --mode per-rating trains with")
