@@ -118,8 +118,7 @@ def bench_rows(
     ``backends`` defaults to every backend that can run here (cuda only with a GPU) plus ``'torch'``
     and ``'cornac'``. ``'torch'`` adds the PyTorch row, run with ``torch_threads`` threads (default
     one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two cores,
-    and when another process holds a core each op waits for it; measured: 0.9 s per ML-100k epoch
-    with one thread, 15 to 100 s with two on a loaded 2-core machine). ``'cornac'`` adds cornac's
+    and when another process holds a core each op waits for it: docs/speed.md). ``'cornac'`` adds cornac's
     row when ``per-rating`` is among the modes and cornac is installed.
     """
     log = log or (lambda *a: None)
