@@ -26,71 +26,52 @@ _dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capabilit
 def main() -> int:
     from numba import cuda
 
+    from mfscratch.kernels.records import (
+        EpochOut,
+        Hyper,
+        Moments,
+        Ratings,
+        Shape,
+        Steps,
+        Tables,
+        YRange,
+        split_flat,
+        step_scalars,
+    )
+
     f32, i32, i64 = np.float32, np.int32, np.int64
-    n_users, n_items, k, bs = 5, 7, 3, 4
-    params = np.zeros((n_users + n_items) * (k + 1), f32)
-    u_w, i_w = np.zeros((n_users, k), f32), np.zeros((n_items, k), f32)
-    u_b, i_b = np.zeros(n_users, f32), np.zeros(n_items, f32)
-    idx32, idx64 = np.zeros(bs, i32), np.zeros(bs, i64)
-    ratings, loss = np.zeros(bs, f32), np.zeros(1)
-    tables = (u_w, i_w, u_b, i_b)
-    rng = (0.0, 5.5, True)
-    adam = (1e-3, 0.9, 0.99, 1e-5, 0.01, True, 3)
+    shape, bs = Shape(5, 7, 3), 4
+    params = np.zeros((shape.n_users + shape.n_items) * (shape.n_factors + 1), f32)
+    tables: Tables = split_flat(params, shape)
+    idx32 = np.zeros(bs, i32)
+    batch = Ratings(idx32, idx32, np.zeros(bs, f32))
+    moments = Moments(params, params)
+    hyper = Hyper(True, True, 0.99, 1e-5, 0.01, True)
+    sc = step_scalars(1e-3, 0.9, 3, hyper)
+    y_range = YRange(0.0, 5.5, True)
+    owners = ck.Owners(np.zeros(shape.n_users, i32), np.zeros(shape.n_items, i32))
+    steps = Steps(np.zeros(bs, i64), bs, np.zeros(1), np.zeros(1), 0)
     epoch = (
         params,
         params,
-        params,
-        params,
-        n_users,
-        n_items,
-        k,
-        idx32,
-        idx32,
-        ratings,
-        idx64,
-        bs,
-        np.zeros(1),
-        np.zeros(1),
-        0,
-        True,
-        True,
-        0.99,
-        1e-5,
-        0.01,
-        True,
-        *rng,
-        np.zeros(1),
-        idx32,
-        idx32,
+        moments,
+        shape,
+        batch,
+        steps,
+        hyper,
+        y_range,
+        EpochOut(np.zeros(1), np.zeros(1, i64)),
+        owners,
         32,
     )
     calls = {
-        "forward_backward": (*tables, idx32, idx32, ratings, *rng, *tables, loss),
-        "predict": (*tables, idx32, idx32, *rng, ratings),
-        "score_items": (*tables, 1, *rng, ratings),
-        "evaluate_mse": (*tables, idx32, idx32, ratings, *rng, loss),
-        "adam_update_dense": (params, params, params, params, *adam),
-        "sgd_update_dense": (params, params, params, 1e-3, 0.9, 0.01, True, True),
-        "mark_rows": (idx32, idx32, idx32, idx32),
-        "adam_update_sparse": (params, params, params, params, n_users, n_items, k, idx32, idx32, idx32, idx32, *adam),
-        "sgd_update_sparse": (
-            params,
-            params,
-            params,
-            n_users,
-            n_items,
-            k,
-            idx32,
-            idx32,
-            idx32,
-            idx32,
-            1e-3,
-            0.9,
-            0.01,
-            True,
-            True,
-        ),
-        "gather_rows": (idx32, idx32, ratings, idx64, idx32, idx32, ratings),
+        "forward_backward": (tables, batch, y_range, tables, np.zeros(1)),
+        "evaluate_mse": (tables, batch, y_range, np.zeros(1)),
+        "adam_update_dense": (params, params, moments, sc, hyper),
+        "sgd_update_dense": (params, params, params, sc, hyper),
+        "mark_rows": (idx32, idx32, owners),
+        "update_sparse": (params, params, moments, shape, idx32, idx32, owners, sc, hyper),
+        "gather_rows": (batch, np.zeros(bs, i64), batch),
         "train_epoch_dense": epoch,
         "train_epoch_sparse": epoch,
     }

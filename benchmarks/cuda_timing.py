@@ -7,7 +7,7 @@ simulator on tiny sizes, to check the script itself; simulator times mean nothin
    synthetic set of the given shape (``--data synthetic --ratings N --users N --items N``);
 2. fits ``collab_learner(..., backend='cuda')`` with one-cycle for ``--epochs`` epochs (the learner's
    own timings: ``train_seconds`` per epoch includes the host permutation and the uploads);
-3. times one more epoch through ``backend.train_epoch`` alone (upload of ``order`` included), and
+3. times one more epoch through the backend's epoch runner alone (upload of ``order`` included), and
    the upload of ``order`` by itself, so the kernel time can be read off.
 
 Example: ``python benchmarks/cuda_timing.py --data synthetic --ratings 25000095 --users 162541
@@ -58,19 +58,20 @@ def run(args) -> dict:
     )
     learn.backend = CudaBackend(args.loop, args.group, args.max_blocks)
     t0 = time.perf_counter()
-    learn.backend.warmup(learn.model.dtype)
+    learn.warmup()
     compile_seconds = time.perf_counter() - t0
     learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
     loop_used = learn.backend.loop  # 'host' if the cooperative launch was refused
 
-    # One more epoch through the backend alone (weights already trained: only the time matters).
+    # One more epoch through the backend's runner alone (weights already trained: only the time matters).
     steps = dls.n_train // dls.bs
     order = np.random.default_rng(1).permutation(dls.n_train)
     lrs, moms = np.full(steps, args.lr / 25), np.full(steps, 0.9)
     backend = learn.backend
     backend.bind(learn.model, learn.opt_state, dls)
+    runner = backend.runner(learn.opt, learn.mode, dls.bs)
     t0 = time.perf_counter()
-    backend.train_epoch(order, lrs, moms, learn.opt, args.mode == "sparse", learn.opt_state.step)
+    runner.train_epoch(np.random.default_rng(1), lrs, moms, learn.opt_state.step)
     direct = time.perf_counter() - t0
     t0 = time.perf_counter()
     cuda.to_device(order)
@@ -86,7 +87,7 @@ def run(args) -> dict:
         "data": args.data,
         "mode": args.mode,
         "loop": loop_used,
-        "group": backend._group() if loop_used == "device" else None,
+        "group": backend.group_size() if loop_used == "device" else None,
         "blocks": backend.blocks,
         "threads_per_block": backend.ck.THREADS,
         "n_train": dls.n_train,

@@ -108,7 +108,7 @@ timing 60 "${ML25M[@]}" --mode sparse --bs 1024 --epochs 1 --loop device
 # --- headline numbers ---------------------------------------------------------------------------------------
 "$PY" - "$RESULTS" >>"$SUMMARY" 2>&1 <<'EOF'
 import json, sys
-print("results (kernel_seconds_estimate = one epoch through backend.train_epoch minus the order upload):")
+print("results (kernel_seconds_estimate = one epoch through the backend runner minus the order upload):")
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if "kernel_seconds_estimate" in r:

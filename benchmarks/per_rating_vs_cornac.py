@@ -5,10 +5,10 @@
 Prints one JSON line per row, best epoch of ``--repeats``, on the seed recipe's training rows
 (seed split 42, 80,000 ratings):
 
-* ``kernel``: ``cpu.train_epoch_sgd_per_rating`` (serial) and its parallel twin on its blocks
-  (``per_rating_groups``), timed alone on a fixed shuffled order: what cornac's number measures.
+* ``kernel``: ``cpu.train_epoch_per_rating`` (serial) and its parallel twin on its blocks
+  (``backends.cpu.per_rating_groups``), timed alone on a fixed shuffled order: what cornac's number measures.
 * ``kernel+order``: the same, plus the epoch's order as the learner gets it: a fresh permutation
-  (NumPy's shuffle; serial), or the blocks shuffled in place (parallel, ``backend.epoch_order``).
+  (NumPy's shuffle; serial), or the blocks shuffled in place (parallel): the backend's epoch runner.
 * ``learner``: ``fit_one_cycle`` with the documented setting (``mfscratch bench``'s row: the
   recorder's ``train_seconds``).
 * cornac 3.x ``MF(k=50, max_iter=25, learning_rate=0.01, lambda_reg=0.02, use_bias=True)``: with
@@ -24,14 +24,13 @@ import importlib.util
 import json
 import time
 
-import numba
 import numpy as np
 
 from mfscratch import SGD, collab_learner
-from mfscratch.backends import per_rating_groups
 from mfscratch.bench import PER_RATING_RECIPE, cornac_row
 from mfscratch.cli.train import load_movielens_frame
 from mfscratch.data import CollabDataLoaders
+from mfscratch.kernels.records import EpochOut
 
 
 def _best(fn, repeats: int) -> float:
@@ -72,56 +71,31 @@ def main() -> None:
         learn = collab_learner(
             dls, n_factors=50, y_range=(0.0, 5.5), seed=42, sparse=True, opt_func=SGD, backend=backend, log=None
         )
-        learn.backend.warmup(learn.model.dtype)
-        learn.backend.bind(learn.model, learn.opt_state, dls)
-        m, (users, items, ratings) = learn.model, learn.backend._train
-        threads = 1 if backend == "cpu" else numba.get_num_threads()
-        groups = per_rating_groups(m.params.nbytes, threads)
-        kernel = learn.backend._per_rating_epoch
-        lrs, losses = np.full(n, 0.01), np.empty(n)
+        learn.warmup()
+        b = learn.backend
+        b.bind(learn.model, learn.opt_state, dls)
+        runner = b.runner(SGD(wd=0.08), "per-rating", 1)
+        threads, groups = b.n_threads(), runner.layout.n_groups
+        lrs = np.full(n, 0.01)
         rng = np.random.default_rng(0)
-        fixed = rng.permutation(n)
-        fixed_layout = learn.backend._block_layout(fixed, groups) if groups > 1 else (fixed, np.array([0, n]))
-        fixed_layout = (fixed_layout[0].copy(), fixed_layout[1])
-        params = m.params.copy()
+        runner.train_epoch(rng, lrs, lrs, 0)  # one epoch's order (blocks, or a permutation), kept fixed
+        fixed = runner.layout._replace(order=runner.order.copy())
+        out = EpochOut(np.empty(n), np.zeros(1, dtype=np.int64))
+        params = learn.model.params.copy()
 
-        def epoch(order, block_start):
-            kernel(
-                params,
-                m.n_users,
-                m.n_items,
-                m.n_factors,
-                users,
-                items,
-                ratings,
-                order,
-                block_start,
-                groups,
-                lrs,
-                0.08,
-                True,
-                0.0,
-                5.5,
-                True,
-                losses,
-            )
+        def epoch(runner=runner, b=b, params=params, fixed=fixed, lrs=lrs, out=out):
+            runner.kernel(params, b.shape, b.data, fixed, lrs, 0.08, b.y_range, out)
 
-        emit("kernel", backend, _best(lambda: epoch(*fixed_layout), args.repeats), threads=threads, groups=groups)
-
-        def epoch_with_order():  # what the learner does: the backend's order if it picks one, else a permutation
-            order = learn.backend.epoch_order(rng, SGD(), True)
-            if order is None:
-                epoch(rng.permutation(n), np.array([0, n]))
-            else:
-                epoch(order, learn.backend._blocks[2])
-
-        emit("kernel+order", backend, _best(epoch_with_order, args.repeats), threads=threads, groups=groups)
+        emit("kernel", backend, _best(epoch, args.repeats), threads=threads, groups=groups)
+        # what the learner runs: the epoch's order drawn (blocks shuffled, or a permutation), then the kernel
+        best = _best(lambda runner=runner, rng=rng, lrs=lrs: runner.train_epoch(rng, lrs, lrs, 0), args.repeats)
+        emit("kernel+order", backend, best, threads=threads, groups=groups)
 
         run_dls = copy.copy(dls)
         learn = collab_learner(
             run_dls, n_factors=50, y_range=(0.0, 5.5), seed=42, sparse=True, opt_func=SGD, backend=backend, log=None
         )
-        learn.backend.warmup(learn.model.dtype)
+        learn.warmup()
         learn.fit_one_cycle(PER_RATING_RECIPE["epochs"], PER_RATING_RECIPE["lr"], wd=PER_RATING_RECIPE["wd"])
         emit(
             "learner",

@@ -6,10 +6,11 @@
 
 ``--per-rating`` times the per-rating SGD kernel (sparse mode, SGD, bs 1) directly, not through the
 learner: at bs 1 the learner keeps per-step arrays (learning rates, momenta, losses: 8 bytes each a
-rating, plus its Python recorder lists), too big at 25M steps. The kernel gets an int32 permutation
-made once (its cost, and the learner's int64 one, are printed apart), a constant learning rate
-(float32) and float32 losses; ``--blocks g`` splits users and items into ``g`` groups (a power of
-two) and trains the ``g`` blocks of each stratum on the Numba threads (``g = 1``: serial order).
+rating), too big at 25M steps. The ratings are sorted in place into their blocks once
+(``kernels.cpu.sort_by_block``) and each epoch reads them in sequence, with one learning rate for
+every step and no loss array (the kernel's big-data settings); ``--blocks g`` sets the number of user
+and item groups (default: ``backends.cpu.per_rating_groups``), whose blocks of each stratum train on
+the Numba threads.
 
 Generates MovieLens-like ratings (``mfscratch.synthetic``: 25,000,095 ratings, 162,541 users,
 59,047 items by default, 2% held out), trains ``--epochs`` epochs of one-cycle in sparse mode
@@ -76,7 +77,7 @@ def main() -> None:
         backend=args.backend,
         log=None,
     )
-    learn.backend.warmup(learn.model.dtype)
+    learn.warmup()
     learn.fit_one_cycle(args.epochs, lr, wd=args.wd)
     train_s = min(learn.recorder.train_seconds)
     ratings_bytes = sum(a.nbytes for a in (dls.train_users.base, dls.train_items.base, dls.train_ratings.base))
@@ -129,8 +130,9 @@ def _vm_hwm_bytes() -> int:
 def per_rating(args) -> None:
     import numpy as np
 
-    from mfscratch.backends import per_rating_groups
+    from mfscratch.backends.cpu import per_rating_groups
     from mfscratch.kernels import cpu
+    from mfscratch.kernels.records import BlockLayout, EpochOut, Groups, Ratings
     from mfscratch.model import EmbeddingDotBias
 
     t0 = time.perf_counter()
@@ -139,78 +141,38 @@ def per_rating(args) -> None:
     )
     gen_seconds = time.perf_counter() - t0
     n = dls.n_train
-    users, items, ratings = dls.train_users, dls.train_items, dls.train_ratings
+    data = Ratings(dls.train_users, dls.train_items, dls.train_ratings)
     model = EmbeddingDotBias(args.factors, dls.n_users, dls.n_items, y_range=(0.0, 5.5), seed=0)
     threads = numba.get_num_threads()
     groups = args.blocks or per_rating_groups(model.params.nbytes, threads)
-    kernel = cpu.train_epoch_sgd_per_rating if threads == 1 else cpu.train_epoch_sgd_per_rating_parallel
+    kernel = cpu.train_epoch_per_rating if threads == 1 else cpu.train_epoch_per_rating_parallel
     lr = np.array([args.lr or 0.02])  # one lr for every step, and no per-step losses: see the docstring
-    no_losses = np.empty(0, dtype=np.float32)
-    tiny = np.arange(64, dtype=np.int64)
-    kernel(
-        model.params,
-        model.n_users,
-        model.n_items,
-        model.n_factors,
-        users[:64],
-        items[:64],
-        ratings[:64],
-        tiny,
-        np.array([0, 64]),
-        1,
-        lr,
-        args.wd,
-        True,
-        0.0,
-        5.5,
-        True,
-        no_losses,
-    )  # compile outside the timing
+    no_losses = EpochOut(np.empty(0), np.zeros(1, dtype=np.int64))
+    tiny = BlockLayout(np.arange(64, dtype=np.int64), np.array([0, 64]), 1)
+    head = Ratings(*(a[:64] for a in data))
+    kernel(model.params, model.shape, head, tiny, lr, args.wd, model.y_range_record, no_losses)  # compile first
     model = EmbeddingDotBias(args.factors, dls.n_users, dls.n_items, y_range=(0.0, 5.5), seed=0)
     peak_reset = _training_peak_reset()
     # Once for the fit: the ratings moved in place into their blocks (no index array, and an
     # epoch reads them in sequence; within a block, the data's order, random for this set).
     t0 = time.perf_counter()
+    user_group = cpu.balanced_groups(data.users, model.n_users, groups)
     block_start = cpu.sort_by_block(
-        users,
-        items,
-        ratings,
-        cpu.balanced_groups(users, model.n_users, groups),
-        cpu.balanced_groups(items, model.n_items, groups),
-        groups,
+        data, Groups(user_group, cpu.balanced_groups(data.items, model.n_items, groups), groups)
     )
-    in_order = np.empty(0, dtype=np.int64)
+    in_place = BlockLayout(np.empty(0, dtype=np.int64), block_start, groups)
     layout_seconds = time.perf_counter() - t0
     seconds = []
     for _ in range(args.epochs):
         t0 = time.perf_counter()
-        done = kernel(
-            model.params,
-            model.n_users,
-            model.n_items,
-            model.n_factors,
-            users,
-            items,
-            ratings,
-            in_order,
-            block_start,
-            groups,
-            lr,
-            args.wd,
-            True,
-            0.0,
-            5.5,
-            True,
-            no_losses,
-        )
+        done = kernel(model.params, model.shape, data, in_place, lr, args.wd, model.y_range_record, no_losses)
         seconds.append(time.perf_counter() - t0)
         assert done == n, "diverged"
     training_peak = _vm_hwm_bytes() if peak_reset else None
-    mse = cpu.evaluate_mse(
-        *model.kernel_tables(), dls.valid_users, dls.valid_items, dls.valid_ratings, *model.range_args
-    )
+    valid = Ratings(dls.valid_users, dls.valid_items, dls.valid_ratings)
+    mse = cpu.evaluate_mse(model.kernel_tables(), valid, model.y_range_record)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    ratings_bytes = sum(a.nbytes for a in (users.base, items.base, ratings.base))
+    ratings_bytes = sum(a.nbytes for a in (data.users.base, data.items.base, data.ratings.base))
     mb = 2**20
     print(
         json.dumps(

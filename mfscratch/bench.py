@@ -9,15 +9,16 @@ Every row trains the same model from the same initial weights with the same one-
 * ``speedup_vs_torch``: the PyTorch row's seconds per epoch / this row's (``None`` without torch);
 * ``valid_mse``: after the last epoch.
 
-The modes are ``exact`` and ``sparse`` (the seed recipe's hyper-parameters) and ``sparse-sgd1``:
-sparse mode with plain SGD and batches of one rating (per-rating SGD, the fused kernel), run with
-its own documented setting :data:`PER_RATING_RECIPE` (the ``lr``/``wd``/``epochs`` given apply to
-the other modes only).
+The modes are ``exact`` and ``sparse`` (the seed recipe's hyper-parameters) and ``per-rating``:
+sparse mode with plain SGD and batches of one rating (the fused kernel), run with its own documented
+setting :data:`PER_RATING_RECIPE` (the ``lr``/``wd``/``epochs`` given apply to the other modes only).
+Version 0.1 called it ``sparse-sgd1``; that name is accepted, with a DeprecationWarning, for one
+more release (as a ``--mode`` value and in rows read back with :func:`read_json`).
 
 The PyTorch row runs the reference loop of ``mfscratch.torch_loop`` (exact mode only), which imports
 torch only when that row runs: the library never imports it. Without torch the default run leaves the
 row out and says why; ``--backend torch`` without torch is an error.
-The ``cornac`` row (asked for with ``--backend cornac``, with the ``sparse-sgd1`` mode) trains
+The ``cornac`` row (asked for with ``--backend cornac``, with the ``per-rating`` mode) trains
 cornac's biased MF (Cython per-rating SGD) on the same training rows, for the per-rating
 comparison: seconds per epoch = the best of three 25-epoch fits / 25 (its setup included).
 """
@@ -26,10 +27,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 from . import schedule
-from .backends import BACKENDS, available_backends
+from .backends import BACKENDS, MODES, available_backends, normalise_mode
 from .errors import ConfigError
 from .learner import collab_learner
 from .optim import SGD, Adam
@@ -44,11 +46,11 @@ __all__ = [
     "size_sweep",
     "format_table",
     "write_json",
+    "read_json",
     "plot_sweep",
 ]
 
-MODES = ("exact", "sparse", "sparse-sgd1")
-#: The documented per-rating SGD setting (``sparse-sgd1``; seed split 42: valid MSE 0.813 on ML-100k).
+#: The documented per-rating SGD setting (seed split 42: valid MSE 0.813 on ML-100k).
 PER_RATING_RECIPE = {"lr": 0.02, "wd": 0.08, "epochs": 12}
 #: cornac's biased MF as compared in docs/speed.md (its defaults but k = 50 and 25 epochs).
 CORNAC_SETTINGS = {"k": 50, "max_iter": 25, "learning_rate": 0.01, "lambda_reg": 0.02}
@@ -82,26 +84,25 @@ def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed, threads=1
     return _row("torch", "exact", min(s["seconds"] for s in stats), dls.n_train, stats[-1]["valid_mse"])
 
 
-def check_names(backends, modes) -> list[str]:
-    """The backend names to run (``None``: the default set), after checking every name and mode.
+def check_names(backends, modes) -> tuple[list[str], tuple[str, ...]]:
+    """The backend names (``None``: the default set) and modes to run, after checking every one.
 
-    A backend named explicitly that cannot run here (torch or cornac not installed, cuda without a
-    GPU, cornac without the ``sparse-sgd1`` mode it is compared in) is a :class:`ConfigError`; the
-    default set leaves such rows out with a note instead.
+    An old mode name is accepted with a DeprecationWarning and returned under its new name. A backend
+    named explicitly that cannot run here (torch or cornac not installed, cuda without a GPU, cornac
+    without the ``per-rating`` mode it is compared in) is a :class:`ConfigError`; the default set
+    leaves such rows out with a note instead.
     """
     names = available_backends() + ["torch", "cornac"] if backends is None else list(backends)
     for name in names:
         if name not in ("torch", "cornac") and name not in BACKENDS:
             raise ConfigError(f"unknown backend {name!r}: use one of {', '.join([*BACKENDS, 'torch', 'cornac'])}")
-    for mode in modes:
-        if mode not in MODES:
-            raise ConfigError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+    modes = tuple(dict.fromkeys(normalise_mode(mode) for mode in modes))
     if backends is not None:
         for name in names:
             why = _cannot_run(name, modes)
             if why:
                 raise ConfigError(f"--backend {name} cannot run: {why}")
-    return names
+    return names, modes
 
 
 def _cannot_run(name: str, modes) -> str | None:
@@ -109,8 +110,8 @@ def _cannot_run(name: str, modes) -> str | None:
     if name == "torch":
         return load_torch_loop()[1] or None
     if name == "cornac":
-        if "sparse-sgd1" not in modes:
-            return "cornac's row sits next to the sparse-sgd1 mode; add --mode sparse-sgd1"
+        if "per-rating" not in modes:
+            return "cornac's row sits next to the per-rating mode; add --mode per-rating"
         return None if importlib.util.find_spec("cornac") else "cornac is not installed (pip install cornac)"
     if name not in available_backends():
         return f"the {name} backend is not available on this machine (no GPU or no numba-cuda)"
@@ -136,19 +137,18 @@ def bench_rows(
     ``backends`` defaults to every backend that can run here (cuda only with a GPU) plus ``'torch'``
     and ``'cornac'``. ``'torch'`` adds the PyTorch row, run with ``torch_threads`` threads (default
     one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two cores,
-    and when another process holds a core each op waits for it; measured: 0.9 s per ML-100k epoch
-    with one thread, 15 to 100 s with two on a loaded 2-core machine). ``'cornac'`` adds cornac's
-    row when ``sparse-sgd1`` is among the modes and cornac is installed.
+    and when another process holds a core each op waits for it: docs/speed.md). ``'cornac'`` adds cornac's
+    row when ``per-rating`` is among the modes and cornac is installed.
     """
     log = log or (lambda *a: None)
-    names = check_names(backends, modes)
+    names, modes = check_names(backends, modes)
     rows, start_tables = [], None
     for name in names:
         if name in ("torch", "cornac"):
             continue
         for mode in modes:
             run_dls, opt, run = dls, Adam, {"lr": lr, "wd": wd, "epochs": epochs}
-            if mode == "sparse-sgd1":  # per-rating SGD: batches of one rating, its own recipe
+            if mode == "per-rating":  # batches of one rating, plain SGD, its own recipe
                 run_dls, opt, run = copy.copy(dls), SGD, PER_RATING_RECIPE
                 run_dls.bs = 1
             learn = collab_learner(
@@ -167,12 +167,12 @@ def bench_rows(
             learn.fit_one_cycle(run["epochs"], run["lr"], wd=run["wd"])
             rows.append(_row(name, mode, min(learn.recorder.train_seconds), dls.n_train, learn.recorder.values[-1][1]))
             log(f"  {name:<9}{mode:<12}{rows[-1]['seconds_per_epoch']:.4f} s/epoch")
-    if "cornac" in names and "sparse-sgd1" in modes:
+    if "cornac" in names and "per-rating" in modes:
         if importlib.util.find_spec("cornac") is None:
             log("  skipping the cornac row: cornac is not installed (pip install cornac)")
         else:
             rows.append(cornac_row(dls, seed))
-            log(f"  cornac   sparse-sgd1 {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
+            log(f"  cornac   per-rating  {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
     if "torch" in names and torch:
         torch_loop, why = load_torch_loop()
         if torch_loop is None:
@@ -223,7 +223,7 @@ def cornac_row(dls, seed: int | None = 42, repeats: int = 3, num_threads: int = 
     both = ok_u & ok_i
     pred[both] += (model.u_factors[uidx[both]] * model.i_factors[iidx[both]]).sum(axis=1)
     mse = float(np.mean((pred - dls.valid_ratings) ** 2))
-    return _row("cornac", "sparse-sgd1", best / CORNAC_SETTINGS["max_iter"], dls.n_train, mse)
+    return _row("cornac", "per-rating", best / CORNAC_SETTINGS["max_iter"], dls.n_train, mse)
 
 
 def format_table(rows) -> str:
@@ -245,6 +245,12 @@ def write_json(path, rows) -> None:
     io.write_json(path, [{k: r[k] for k in KEYS} for r in rows])
 
 
+def read_json(path) -> list[dict]:
+    """Rows written by :func:`write_json` (or ``mfscratch bench --json``), with 0.1's mode names renamed."""
+    rows = json.loads(Path(path).read_text())
+    return [{**row, "mode": normalise_mode(row["mode"])} for row in rows]
+
+
 def size_sweep(
     sizes, n_factors: int = 50, epochs: int = 1, backends=None, modes=MODES, seed: int = 0, log=print
 ) -> list[dict]:
@@ -256,7 +262,7 @@ def size_sweep(
 
     n25, u25, i25 = ML_25M_SHAPE
     # The per-rating mode records one loss per rating for 12 epochs: too much at the sweep's sizes.
-    modes = [m for m in modes if m != "sparse-sgd1"]
+    modes = [m for m in check_names([], modes)[1] if m != "per-rating"]
     out = []
     for n in sizes:
         n_users, n_items = max(50, round(n * u25 / n25)), max(50, round(n * i25 / n25))

@@ -11,7 +11,8 @@ checkpoint holds everything the next epoch reads:
 
 It also records the settings that must match for a resume to make sense (table sizes, dtype,
 ``y_range``, optimiser, mode, batch size, and a SHA-256 of the encoded split) and refuses a
-checkpoint that does not match them.
+checkpoint that does not match them. Checkpoints of version 1 (mfscratch 0.1, which recorded
+``sparse`` instead of the mode) still load.
 
 File: ``DIR/checkpoint.npz``, plain arrays only (no pickles), replaced atomically after each epoch
 (:func:`mfscratch.io.atomic_write`), so a run killed mid-write leaves the previous epoch's checkpoint.
@@ -49,7 +50,9 @@ __all__ = [
 ]
 
 FILE_NAME = "checkpoint.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this mfscratch reads: 1 (0.1: ``sparse`` in the settings instead of ``mode``) and 2.
+READABLE_VERSIONS = (1, 2)
 _MAGIC = "mfscratch-checkpoint"
 _RECORDER_FIELDS = ("losses", "lrs", "moms", "epoch_seconds", "train_seconds")
 
@@ -77,10 +80,26 @@ def _settings(learner) -> dict:
         "dtype": str(m.dtype),
         "y_range": list(m.y_range) if m.y_range is not None else None,
         "optimizer": dataclasses.asdict(learner.opt),
-        "sparse": learner.sparse,
+        "mode": learner.mode,
         "bs": learner.dls.bs,
         "data_sha256": _data_digest(learner.dls),
     }
+
+
+def _upgrade_settings(settings: dict) -> dict:
+    """Version 1's settings in version 2's words: the mode a fit ran instead of its ``sparse`` flag."""
+    if "mode" in settings or "sparse" not in settings:
+        return settings
+    from types import SimpleNamespace
+
+    from .backends import mode_of
+
+    settings = dict(settings)
+    opt = settings["optimizer"]
+    uses_momentum = opt["name"] == "adam" or opt.get("mom", 0.0) != 0.0
+    opt = SimpleNamespace(name=opt["name"], uses_momentum=uses_momentum)
+    settings["mode"] = mode_of(settings.pop("sparse"), opt, settings["bs"])
+    return settings
 
 
 def _normalise(obj):
@@ -152,8 +171,8 @@ def read_state(path: Path, fix: str) -> dict:
 
     if str(data.get("format", "")) != _MAGIC:
         raise bad("is not an mfscratch checkpoint")
-    if data["version"].shape != () or int(data["version"]) != FORMAT_VERSION:
-        raise bad(f"has format version {data['version']}, this mfscratch reads version {FORMAT_VERSION}")
+    if data["version"].shape != () or int(data["version"]) not in READABLE_VERSIONS:
+        raise bad(f"has format version {data['version']}, this mfscratch reads versions {READABLE_VERSIONS}")
     needed = {
         "params",
         "exp_avg",
@@ -185,7 +204,7 @@ def read_state(path: Path, fix: str) -> dict:
             "smooth_count": int(data["smooth_count"]),
             "values": data["values"].tolist(),
             "fit_args": json.loads(str(data["fit_args"])),
-            "settings": json.loads(str(data["settings"])),
+            "settings": _upgrade_settings(json.loads(str(data["settings"]))),
         }
         state.update({f"rec_{n}": data[f"rec_{n}"].tolist() for n in _RECORDER_FIELDS})
     except (TypeError, ValueError) as e:

@@ -1,7 +1,6 @@
 """Datasets and data loaders: MovieLens download (checksum-verified, cached) and ``CollabDataLoaders``.
 
-What ``CollabDataLoaders.from_df`` does, following fastai (see the contract in
-``shared/reference/fastai-collab-semantics.md``):
+What ``CollabDataLoaders.from_df`` does, following fastai (docs/math.md, §8):
 
 * split: a random permutation of the rows; the first ``int(valid_pct * n)`` are validation;
 * encoding: each of user and item gets the vocabulary ``['#na#'] + sorted(unique values)``,

@@ -1,8 +1,9 @@
 """The learner: fastai's ``collab_learner``, ``fit`` and ``fit_one_cycle``, and the recorder.
 
-The path of a batch: ``dls`` holds the encoded arrays -> :meth:`Learner._fit` draws the epoch's
-permutation and the per-step learning rates and momenta -> the backend's ``train_epoch`` runs the
-compiled kernels (forward, backward, optimiser update) -> the model's flat parameter buffer.
+The path of a batch: ``dls`` holds the encoded arrays -> :meth:`Learner._fit` makes the per-step
+learning rates and momenta -> the backend's epoch runner (``backends/``) draws the epoch's order and
+runs the compiled kernel (``kernels/``: forward, backward, optimiser update) -> the model's flat
+parameter buffer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from numba import njit
 
 from . import schedule
 from . import validate as checks  # not "validate": Learner has a validate() method
-from .backends import get_backend
+from .backends import get_backend, mode_of
 from .callbacks import CancelFitException, attached
 from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
@@ -92,12 +93,6 @@ def _moving_average(losses, avg, beta):
     return avg
 
 
-@njit(cache=True)
-def _fill_range(out):
-    for i in range(out.shape[0]):
-        out[i] = i
-
-
 def _smooth(losses: np.ndarray, avg: float, count: int) -> tuple[float, int, float]:
     """Advance fastai's debiased moving average over ``losses``; returns ``(avg, count, smoothed)``.
 
@@ -119,6 +114,8 @@ class Learner(LearnerAPI):
     each batch instead of every row (not the fastai recipe; see ``optim.py``); ``backend`` picks
     where the kernels run. ``log`` receives each line of the results table (``None``: silent).
 
+    ``threads`` sets the Numba threads of the ``parallel`` backend (default: all of them).
+
     ``after_epoch`` is a list of callables ``cb(learner, epoch)`` run after each finished epoch
     (``mfscratch.checkpoint.Checkpoint`` is one); ``fit_args`` holds the arguments of the current
     fit, so that a checkpoint can resume it (``fit(..., start_epoch=...)``, as in fastai).
@@ -135,6 +132,7 @@ class Learner(LearnerAPI):
         sparse: bool = False,
         backend: str = "cpu",
         log=print,
+        threads: int | None = None,
     ):
         self.dls, self.model = dls, model
         self.opt = resolve_opt(opt_func)
@@ -142,7 +140,7 @@ class Learner(LearnerAPI):
         self.wd = None if wd is None else checks.nonneg_float("wd", wd)
         self.sparse = bool(sparse)
         self.backend_name = backend
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, threads=threads)
         self.log = log
         seed = checks.check_seed(seed)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1] if seed is not None else None)
@@ -212,6 +210,11 @@ class Learner(LearnerAPI):
         self.backend.bind(self.model, self.opt_state, self.dls)
         return self._valid_loss()
 
+    @property
+    def mode(self) -> str:
+        """The mode a fit runs: ``exact``, ``sparse`` or ``per-rating`` (sparse plain SGD with ``bs = 1``)."""
+        return mode_of(self.sparse, self.opt, self.dls.bs)
+
     # --- the loop ---------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int:
         steps = self.dls.n_train // self.dls.bs
@@ -242,6 +245,7 @@ class Learner(LearnerAPI):
         opt = dataclasses.replace(self.opt) if wd is None else dataclasses.replace(self.opt, wd=float(wd))
         steps = self._steps_per_epoch()
         self.backend.bind(self.model, self.opt_state, self.dls)
+        runner = self.backend.runner(opt, mode_of(self.sparse, opt, self.dls.bs), self.dls.bs)
         if start_epoch == 0:  # fastai resets the smoother at each fit; a resumed fit keeps the restored one
             self._smooth_avg, self._smooth_count = 0.0, 0
         if start_epoch < n_epoch:
@@ -251,13 +255,7 @@ class Learner(LearnerAPI):
             # outside train_seconds (at bs 1 on 5M ratings, 0.15 s of cosines).
             ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps)
             t0 = time.perf_counter()
-            order = self.backend.epoch_order(self.rng, opt, self.sparse)
-            order = self._epoch_order() if order is None else order
-            try:
-                losses = self._train_epoch(order, ep_lrs, ep_moms, opt, epoch, n_epoch)
-            except BaseException:  # e.g. Ctrl-C between two calls of an epoch: leave no row deferred
-                self.backend.sync()
-                raise
+            losses = self._train_epoch(runner, ep_lrs, ep_moms, epoch, n_epoch)
             t_train = time.perf_counter() - t0
             if len(losses) < steps or not np.isfinite(losses[-1]):
                 self.backend.sync()
@@ -284,21 +282,7 @@ class Learner(LearnerAPI):
 
     def warmup(self) -> None:
         """Compile (or load from Numba's cache) the kernels this learner's fits run, before timing them."""
-        kind = self.backend.epoch_kind(self.opt, self.sparse, self.dls.bs, self.model.params.size)
-        self.backend.warmup(self.model.dtype, {kind})
-
-    def _epoch_order(self) -> np.ndarray:
-        """The epoch's order of the training rows: ``self.rng.permutation(n_train)``, in a reused buffer.
-
-        NumPy's permutation is ``arange`` then ``shuffle``; doing both in place gives the same numbers
-        without a fresh allocation's page faults (0.5 ms of ML-100k's 5 ms per-rating epoch).
-        """
-        n = self.dls.n_train
-        if getattr(self, "_order", None) is None or self._order.shape[0] != n:
-            self._order = np.empty(n, dtype=np.int64)
-        _fill_range(self._order)
-        self.rng.shuffle(self._order)
-        return self._order
+        self.backend.warmup(self.model, self.dls, self.opt, self.mode)
 
     def _log_header(self) -> None:
         if self.log is not None:
@@ -319,32 +303,34 @@ class Learner(LearnerAPI):
             return bool(self.progress)
         return self.log is not None and self.dls.n_train > self.PROGRESS_MIN_ROWS and sys.stderr.isatty()
 
-    def _train_epoch(self, order, lrs, moms, opt, epoch: int, n_epoch: int) -> np.ndarray:
-        """One epoch through the backend; with a progress bar, as about 100 consecutive calls.
-
-        Step ``s`` of the epoch sees the same rows, lr, momentum and optimiser step count either way
-        (``step0`` advances with the chunks), and only the last call flushes the rows a deferred-rows
-        epoch keeps pending (``flush``), so the bar does not change the result, bit for bit.
-        """
+    def _train_epoch(self, runner, lrs, moms, epoch: int, n_epoch: int) -> np.ndarray:
+        """One epoch through the backend's runner: one call; with a progress bar, a thread polls the
+        runner's step counter while the epoch runs, so the bar changes nothing the epoch computes."""
         step0 = self.opt_state.step
         if not self._show_progress():
-            return self.backend.train_epoch(order, lrs, moms, opt, self.sparse, step0)
+            return runner.train_epoch(self.rng, lrs, moms, step0)
+        import threading
+
         from tqdm import tqdm
 
-        bs, steps = self.dls.bs, len(lrs)
-        chunk = max(1, steps // 100)
-        parts = []
-        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{n_epoch}", unit="step", leave=False, file=sys.stderr) as bar:
-            for s in range(0, steps, chunk):
-                e = min(s + chunk, steps)
-                part = self.backend.train_epoch(
-                    order[s * bs : e * bs], lrs[s:e], moms[s:e], opt, self.sparse, step0 + s, flush=e == steps
-                )
-                parts.append(part)
-                bar.update(len(part))
-                if len(part) < e - s or (len(part) and not np.isfinite(part[-1])):
-                    break  # diverged (a deferred-rows backend has flushed): the caller reports it
-        return np.concatenate(parts)
+        done = threading.Event()
+        with tqdm(
+            total=len(lrs), desc=f"epoch {epoch + 1}/{n_epoch}", unit="step", leave=False, file=sys.stderr
+        ) as bar:
+
+            def poll():
+                while not done.wait(0.1):
+                    bar.update(int(runner.progress.sum()) - bar.n)
+
+            watcher = threading.Thread(target=poll, daemon=True)
+            watcher.start()
+            try:
+                losses = runner.train_epoch(self.rng, lrs, moms, step0)
+            finally:
+                done.set()
+                watcher.join()
+            bar.update(len(losses) - bar.n)
+        return losses
 
 
 def collab_learner(
@@ -363,6 +349,7 @@ def collab_learner(
     sparse: bool = False,
     backend: str = "cpu",
     log=print,
+    threads: int | None = None,
     **kwargs,
 ) -> Learner:
     """fastai's ``collab_learner`` for the dot-product model (``use_nn=False``).
@@ -385,6 +372,17 @@ def collab_learner(
     init_seed = np.random.SeedSequence(seed).spawn(2)[0] if seed is not None else None
     try:
         model = EmbeddingDotBias(n_factors, dls.n_users, dls.n_items, y_range=y_range, seed=init_seed)
-        return Learner(dls, model, opt_func=opt_func, lr=lr, wd=wd, seed=seed, sparse=sparse, backend=backend, log=log)
+        return Learner(
+            dls,
+            model,
+            opt_func=opt_func,
+            lr=lr,
+            wd=wd,
+            seed=seed,
+            sparse=sparse,
+            backend=backend,
+            log=log,
+            threads=threads,
+        )
     except MemoryError:
         raise checks.memory_error(dls.n_users, dls.n_items, n_factors, checks.available_memory()) from None

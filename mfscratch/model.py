@@ -14,6 +14,7 @@ import numpy as np
 from . import reference
 from .errors import ConfigError
 from .kernels import cpu
+from .kernels.records import Ratings, Shape, Tables, YRange, y_range_of
 
 __all__ = ["Embedding", "EmbeddingDotBias", "table_shapes", "init_params"]
 
@@ -107,16 +108,18 @@ class EmbeddingDotBias:
         return self.params.dtype
 
     @property
-    def range_args(self) -> tuple[float, float, bool]:
-        """``(lo, hi, has_range)`` as the kernels take them."""
-        if self.y_range is None:
-            return 0.0, 1.0, False
-        return self.y_range[0], self.y_range[1], True
+    def shape(self) -> Shape:
+        """The table sizes as the kernels take them (``records.Shape``)."""
+        return Shape(self.n_users, self.n_items, self.n_factors)
 
-    def kernel_tables(self, params: np.ndarray | None = None):
-        """``(u_weight, i_weight, u_bias, i_bias)`` with the biases as 1-D vectors (views, no copies)."""
-        p = self.params if params is None else params
-        return cpu.split_flat(p, self.n_users, self.n_items, self.n_factors)
+    @property
+    def y_range_record(self) -> YRange:
+        """``y_range`` as the kernels take it (``records.YRange``: ``lo, hi, has_range``)."""
+        return y_range_of(self.y_range)
+
+    def kernel_tables(self, params: np.ndarray | None = None) -> Tables:
+        """``Tables(u_weight, i_weight, u_bias, i_bias)`` with the biases as 1-D vectors (views, no copies)."""
+        return cpu.split_flat(self.params if params is None else params, self.shape)
 
     def tables(self) -> dict[str, np.ndarray]:
         """The four tables by name (views into ``params``)."""
@@ -144,7 +147,7 @@ class EmbeddingDotBias:
         """Predicted ratings for the code pairs ``(users[r], items[r])``."""
         users, items = self._batch(users, items)
         out = np.empty(users.shape[0], dtype=self.dtype)
-        return cpu.predict(*self.kernel_tables(), users, items, *self.range_args, out)
+        return cpu.predict(self.kernel_tables(), users, items, self.y_range_record, out)
 
     __call__ = forward
 
@@ -156,9 +159,8 @@ class EmbeddingDotBias:
         """
         users, items, ratings = self._batch(users, items, ratings)
         grads = np.zeros_like(self.params)
-        loss = cpu.forward_backward(
-            *self.kernel_tables(), users, items, ratings, *self.range_args, *self.kernel_tables(grads)
-        )
+        batch = Ratings(users, items, ratings)
+        loss = cpu.forward_backward(self.kernel_tables(), batch, self.y_range_record, self.kernel_tables(grads))
         out, offset = {}, 0
         for name, (rows, cols) in table_shapes(self.n_users, self.n_items, self.n_factors).items():
             out[name] = grads[offset : offset + rows * cols].reshape(rows, cols)

@@ -1,7 +1,7 @@
 """Optimisers: fastai's ``Adam`` and ``SGD`` hyper-parameters, and the state they carry between steps.
 
 The update rules themselves are written out in :func:`mfscratch.reference.adam_step` and
-:func:`mfscratch.reference.sgd_step` and compiled in ``kernels/cpu.py``. Two ways of applying them:
+:func:`mfscratch.reference.sgd_step` and compiled in ``kernels/cpu/updates.py``. Two ways of applying them:
 
 * **exact** (the fastai recipe): every element of every table is updated at every step, including
   rows the batch did not touch (zero gradient, but decay and the moments still move them);

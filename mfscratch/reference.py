@@ -1,6 +1,6 @@
 r"""The maths of the biased dot-product model, in plain NumPy.
 
-This module is the readable reference: every fast kernel (``kernels/cpu.py``, ``kernels/cuda.py``)
+This module is the readable reference: every fast kernel (``kernels/cpu/``, ``kernels/cuda/``)
 is tested against these functions, and these functions are tested against PyTorch autograd.
 Nothing here is used on the training hot path.
 

@@ -14,8 +14,8 @@ collisions). The generator plants it on purpose:
   ``z`` is rounded to the rating step and clipped to ``[lo, hi]`` (1-5 stars, or 0.5-5 in half
   stars). The mean is about 3.5 and the standard deviation about 1, as on MovieLens.
 
-Memory: the output is three arrays (int32, int32, float32: 12 bytes a rating) written in chunks,
-so the peak is the output plus one chunk; 25M ratings take 300 MB. Pairs may repeat (a user can
+Memory: the output is three arrays (int32, int32, float32: 12 bytes a rating) written in passes,
+so the peak is the output plus one pass; 25M ratings take 300 MB. Pairs may repeat (a user can
 rate an item twice), which MovieLens does not do; for training speed it makes no difference.
 """
 
@@ -32,7 +32,7 @@ __all__ = ["popularity_weights", "synthetic_ratings", "synthetic_dataloaders", "
 #: ML-25M's shape: ratings, users, items.
 ML_25M_SHAPE = (25_000_095, 162_541, 59_047)
 
-_CHUNK = 1 << 21  # ratings per chunk: keeps the temporaries (chunk x k_true floats) near 16 MB
+_RATINGS_PER_PASS = 1 << 21  # keeps the temporaries (ratings x k_true floats) near 16 MB
 
 
 def popularity_weights(n: int, exponent: float, offset: float, rng: np.random.Generator) -> np.ndarray:
@@ -81,8 +81,8 @@ def synthetic_ratings(
     users = np.empty(n_ratings, dtype=np.int32)
     items = np.empty(n_ratings, dtype=np.int32)
     ratings = np.empty(n_ratings, dtype=np.float32)
-    for start in range(0, n_ratings, _CHUNK):
-        stop = min(start + _CHUNK, n_ratings)
+    for start in range(0, n_ratings, _RATINGS_PER_PASS):
+        stop = min(start + _RATINGS_PER_PASS, n_ratings)
         u = np.searchsorted(user_cdf, rng.random(stop - start), side="right").clip(0, n_users - 1)
         i = np.searchsorted(item_cdf, rng.random(stop - start), side="right").clip(0, n_items - 1)
         z = np.einsum("rk,rk->r", P[u], Q[i]) * np.float32(0.6)

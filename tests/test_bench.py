@@ -21,7 +21,7 @@ def test_bench_rows_json_and_torch_speedup(tmp_path, capsys):
     assert [(r["backend"], r["mode"]) for r in rows] == [
         ("cpu", "exact"),
         ("cpu", "sparse"),
-        ("cpu", "sparse-sgd1"),
+        ("cpu", "per-rating"),
         ("torch", "exact"),
     ]
     for r in rows:
@@ -42,14 +42,29 @@ def test_bench_mode_restriction_without_torch(monkeypatch):
 
 
 def test_bench_per_rating_row_and_cornac():
-    """sparse-sgd1 runs per-rating SGD with its own recipe; cornac's row sits next to it."""
+    """per-rating runs per-rating SGD with its own recipe; cornac's row sits next to it."""
     pytest.importorskip("cornac")
     dls = synthetic_dataloaders(2000, 20, 30, bs=32, seed=0)
-    rows = bench.bench_rows(dls, ["cpu", "cornac"], ("sparse-sgd1",), epochs=1, n_factors=4, log=None)
-    assert [(r["backend"], r["mode"]) for r in rows] == [("cpu", "sparse-sgd1"), ("cornac", "sparse-sgd1")]
+    rows = bench.bench_rows(dls, ["cpu", "cornac"], ("per-rating",), epochs=1, n_factors=4, log=None)
+    assert [(r["backend"], r["mode"]) for r in rows] == [("cpu", "per-rating"), ("cornac", "per-rating")]
     assert dls.bs == 32  # the row trained on a copy of the loaders with bs 1
     for r in rows:
         assert 0 < r["valid_mse"] < 5 and r["seconds_per_epoch"] > 0
+
+
+def test_old_mode_name_is_an_alias_with_a_deprecation_warning(tmp_path, capsys, monkeypatch):
+    """0.1's ``sparse-sgd1`` still works for one release: as ``--mode`` and in rows read back."""
+    monkeypatch.setattr(bench, "load_torch_loop", lambda: (None, "torch is not installed"))
+    out = tmp_path / "rows.json"
+    shape = TINY[: TINY.index("--epochs")]  # per-rating runs its own recipe: no --epochs
+    assert cli.main(["bench", *shape, "--backend", "cpu", "--mode", "sparse-sgd1", "--json", str(out)]) == 0
+    assert "'sparse-sgd1' is now called 'per-rating'" in capsys.readouterr().err
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["per-rating"]
+    rows[0]["mode"] = "sparse-sgd1"  # as 0.1 wrote it
+    out.write_text(json.dumps(rows))
+    with pytest.warns(DeprecationWarning, match="sparse-sgd1"):
+        assert [r["mode"] for r in bench.read_json(out)] == ["per-rating"]
 
 
 def test_library_does_not_import_torch():

@@ -159,3 +159,20 @@ def test_cli_resume_without_a_checkpoint_starts_afresh(tmp_path, monkeypatch, ca
     rc, _, err = run_cli(capsys, *ARGS[:-1], "1", "--checkpoint", tmp_path / "ckpt", "--resume")
     assert rc == 0 and "no checkpoint" in err
     assert (tmp_path / "ckpt" / ck.FILE_NAME).is_file()
+
+
+@pytest.mark.parametrize("name", ["exact", "per-rating"])
+def test_checkpoint_and_model_written_by_version_0_1_still_load(name):
+    """Files written by mfscratch 0.1 (tests/data/v0.1/make.py): its model file loads, and its
+    checkpoint (``sparse`` in the settings, not the mode) resumes to the very weights 0.1 ended with."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data" / "v0.1"
+    want, classes, _ = load_model(folder / f"{name}-model.npz")
+    frame = pd.read_csv(folder / "ratings.csv")
+    kw = {"opt_func": SGD, "sparse": True} if name == "per-rating" else {}
+    dls = CollabDataLoaders.from_df(frame, seed=1, bs=1 if name == "per-rating" else 16)
+    learn = collab_learner(dls, n_factors=4, y_range=(0, 5.5), seed=3, log=None, **kw)
+    assert learn.mode == name and list(classes["item"]) == list(dls.classes["item"])
+    ck.resume(learn, folder / f"{name}-checkpoint")
+    np.testing.assert_array_equal(learn.model.params, want.params)

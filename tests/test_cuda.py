@@ -19,6 +19,7 @@ from mfscratch.data import CollabDataLoaders
 from mfscratch.errors import ConfigError
 from mfscratch.kernels import cpu
 from mfscratch.kernels import cuda as ck
+from mfscratch.kernels.records import Hyper, Moments, Ratings, Shape, YRange, step_scalars
 from mfscratch.learner import collab_learner
 from mfscratch.model import EmbeddingDotBias
 from mfscratch.optim import SGD, Adam, OptState
@@ -32,8 +33,9 @@ def cudasim(test):
 
 
 N_USERS, N_ITEMS, K, B = 5, 6, 4, 12
-RANGE = (0.5, 5.5, True)
-NO_RANGE = (0.0, 1.0, False)
+SHAPE = Shape(N_USERS, N_ITEMS, K)
+RANGE = YRange(0.5, 5.5, True)
+NO_RANGE = YRange(0.0, 1.0, False)
 T = ck.THREADS
 
 
@@ -50,26 +52,24 @@ def _batch(seed=1, n=B):
     items = rng.integers(0, N_ITEMS, n).astype(np.int32)
     users[1] = users[0]  # make sure of at least one repeat on each side
     items[2] = items[0]
-    return users, items, rng.uniform(1, 5, n).astype(np.float32)
+    return Ratings(users, items, rng.uniform(1, 5, n).astype(np.float32))
 
 
 def _split(flat):
-    return cpu.split_flat(flat, N_USERS, N_ITEMS, K)
+    return cpu.split_flat(flat, SHAPE)
 
 
 @cudasim
 @pytest.mark.parametrize("range_args", [RANGE, NO_RANGE], ids=["y_range", "no_range"])
 def test_forward_backward_matches_cpu_with_repeated_rows(range_args):
     m = _model()
-    users, items, ratings = _batch()
-    assert len(set(users)) < B and len(set(items)) < B
+    batch = _batch()
+    assert len(set(batch.users)) < B and len(set(batch.items)) < B
     g_cpu, g_gpu = np.zeros_like(m.params), np.zeros_like(m.params)
-    loss_cpu = cpu.forward_backward(*_split(m.params), users, items, ratings, *range_args, *_split(g_cpu))
+    loss_cpu = cpu.forward_backward(_split(m.params), batch, range_args, _split(g_cpu))
     loss = np.zeros(1)
     # Two blocks of fewer threads than the batch: the loss crosses blocks through the atomic add.
-    ck.forward_backward[ck.blocks_for(B), T](
-        *_split(m.params), users, items, ratings, *range_args, *_split(g_gpu), loss
-    )
+    ck.forward_backward[ck.blocks_for(B), T](_split(m.params), batch, range_args, _split(g_gpu), loss)
     np.testing.assert_allclose(loss[0], loss_cpu, rtol=1e-6)
     np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-5, atol=1e-7)
 
@@ -82,20 +82,24 @@ def test_dense_updates_match_cpu_and_zero_the_gradient(decouple_wd):
     p0, g0 = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
     m0, v0 = rng.normal(size=n).astype(np.float32) * 0.1, rng.uniform(size=n).astype(np.float32) * 0.1
     # Adam, at step 3 with the current momentum 0.93
+    hyper = Hyper(True, True, 0.99, 1e-5, 0.1, decouple_wd)
+    sc = step_scalars(1e-2, 0.93, 3, hyper)
     p, g, m, v = p0.copy(), g0.copy(), m0.copy(), v0.copy()
-    cpu.adam_update_dense(p, g, m, v, 1e-2, 0.93, 0.99, 1e-5, 0.1, decouple_wd, 3)
+    cpu.adam_update_dense(p, g, m, v, sc)
     pg, gg, mg, vg = p0.copy(), g0.copy(), m0.copy(), v0.copy()
     # Fewer blocks than elements / THREADS: the grid-stride loop must cover the rest.
-    ck.adam_update_dense[2, T](pg, gg, mg, vg, 1e-2, 0.93, 0.99, 1e-5, 0.1, decouple_wd, 3)
+    ck.adam_update_dense[2, T](pg, gg, Moments(mg, vg), sc, hyper)
     for got, want in ((pg, p), (mg, m), (vg, v)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert not gg.any()
     # SGD with and without momentum
     for use_mom in (True, False):
+        hyper = Hyper(False, use_mom, 0.0, 0.0, 0.1, decouple_wd)
+        sc = step_scalars(1e-2, 0.9, 1, hyper)
         p, g, m = p0.copy(), g0.copy(), m0.copy()
-        cpu.sgd_update_dense(p, g, m, 1e-2, 0.9, 0.1, decouple_wd, use_mom)
+        cpu.sgd_update_dense(p, g, m, sc, use_mom)
         pg, gg, mg = p0.copy(), g0.copy(), m0.copy()
-        ck.sgd_update_dense[2, T](pg, gg, mg, 1e-2, 0.9, 0.1, decouple_wd, use_mom)
+        ck.sgd_update_dense[2, T](pg, gg, mg, sc, hyper)
         np.testing.assert_allclose(pg, p, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(mg, m, rtol=1e-6, atol=1e-7)
         assert not gg.any()
@@ -131,7 +135,8 @@ def lazy_reference_step(
 @pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.1)], ids=["adam", "sgd"])
 def test_sparse_update_touches_each_batch_row_once_and_nothing_else(opt):
     m = _model(seed=3)
-    users, items, ratings = _batch(seed=4, n=6)  # 6 ratings: some users and items stay untouched
+    batch = _batch(seed=4, n=6)  # 6 ratings: some users and items stay untouched
+    users, items, ratings = batch
     rng = np.random.default_rng(5)
     n = m.params.shape[0]
     m0, v0 = rng.normal(size=n) * 0.01, rng.uniform(size=n) * 0.01
@@ -141,34 +146,13 @@ def test_sparse_update_touches_each_batch_row_once_and_nothing_else(opt):
     p, g = m.params.copy(), np.zeros(n, dtype=np.float32)
     exp_avg, exp_avg_sq = m0.astype(np.float32), v0.astype(np.float32)
     loss = np.zeros(1)
-    ck.forward_backward[1, T](*_split(p), users, items, ratings, *RANGE, *_split(g), loss)
-    owners = np.full(N_USERS, -1, np.int32), np.full(N_ITEMS, -1, np.int32)
-    ck.mark_rows[1, T](users, items, *owners)
+    ck.forward_backward[1, T](_split(p), batch, RANGE, _split(g), loss)
+    owners = ck.Owners(np.full(N_USERS, -1, np.int32), np.full(N_ITEMS, -1, np.int32))
+    ck.mark_rows[1, T](users, items, owners)
     lazy_blocks = ck.blocks_for(2 * len(users) * (K + 1))
-    if opt.name == "adam":
-        ck.adam_update_sparse[lazy_blocks, T](
-            p,
-            g,
-            exp_avg,
-            exp_avg_sq,
-            N_USERS,
-            N_ITEMS,
-            K,
-            users,
-            items,
-            *owners,
-            1e-2,
-            0.9,
-            opt.sqr_mom,
-            opt.eps,
-            opt.wd,
-            opt.decouple_wd,
-            7,
-        )
-    else:
-        ck.sgd_update_sparse[lazy_blocks, T](
-            p, g, exp_avg, N_USERS, N_ITEMS, K, users, items, *owners, 1e-2, 0.9, opt.wd, opt.decouple_wd, True
-        )
+    hyper = Hyper(opt.name == "adam", True, opt.sqr_mom, opt.eps, opt.wd, opt.decouple_wd)
+    sc = step_scalars(1e-2, 0.9, 7, hyper)
+    ck.update_sparse[lazy_blocks, T](p, g, Moments(exp_avg, exp_avg_sq), SHAPE, users, items, owners, sc, hyper)
     np.testing.assert_allclose(p, want_p, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(exp_avg, want_m, rtol=1e-5, atol=1e-7)
     if opt.name == "adam":
@@ -180,27 +164,12 @@ def test_sparse_update_touches_each_batch_row_once_and_nothing_else(opt):
 
 @cudasim
 @pytest.mark.parametrize("range_args", [RANGE, NO_RANGE], ids=["y_range", "no_range"])
-def test_evaluation_and_prediction_match_cpu(range_args):
+def test_evaluation_matches_cpu(range_args):
     m = _model(seed=6)
-    users, items, ratings = _batch(seed=7, n=3 * T + 5)  # several blocks of partial sums
+    data = _batch(seed=7, n=3 * T + 5)  # several blocks of partial sums
     out = np.zeros(1)
-    ck.evaluate_mse[2, T](*_split(m.params), users, items, ratings, *range_args, out)  # grid-stride: 2 blocks
-    want = cpu.evaluate_mse(*_split(m.params), users, items, ratings, *range_args)
-    np.testing.assert_allclose(out[0], want, rtol=1e-6)
-
-    pred, want = np.empty(len(users), np.float32), np.empty(len(users), np.float32)
-    ck.predict[ck.blocks_for(len(users)), T](*_split(m.params), users, items, *range_args, pred)
-    np.testing.assert_allclose(
-        pred, cpu.predict(*_split(m.params), users, items, *range_args, want), rtol=1e-6, atol=1e-6
-    )
-
-    scores = np.empty(N_ITEMS, np.float32)
-    ck.score_items[1, T](*_split(m.params), 2, *range_args, scores)
-    all_items = np.arange(N_ITEMS, dtype=np.int32)
-    want = cpu.predict(
-        *_split(m.params), np.full(N_ITEMS, 2, np.int32), all_items, *range_args, np.empty(N_ITEMS, np.float32)
-    )
-    np.testing.assert_allclose(scores, want, rtol=1e-6, atol=1e-6)
+    ck.evaluate_mse[2, T](_split(m.params), data, range_args, out)  # grid-stride: 2 blocks
+    np.testing.assert_allclose(out[0], cpu.evaluate_mse(_split(m.params), data, range_args), rtol=1e-6)
 
 
 # --- the backend: a few steps of training, CUDA against CPU ---------------------------------------------
@@ -221,103 +190,47 @@ def _model_for(dls, seed):
     return (np.random.default_rng(seed).normal(scale=0.3, size=n)).astype(np.float32)
 
 
-def _epoch_inputs(dls, seed=10):
-    rng = np.random.default_rng(seed)
+def _epochs(backend, dls, opt, mode, n_epochs=2):
+    """``n_epochs`` epochs through ``backend``'s runner (orders from a seeded generator); returns the losses."""
+    runner = backend.runner(opt, mode, dls.bs)
     steps = dls.n_train // dls.bs
-    return rng.permutation(dls.n_train), np.linspace(1e-2, 3e-2, steps), np.linspace(0.95, 0.9, steps)
+    rng = np.random.default_rng(10)
+    out = []
+    for epoch in range(n_epochs):
+        out.append(
+            runner.train_epoch(rng, np.linspace(1e-2, 3e-2, steps), np.linspace(0.95, 0.9, steps), epoch * steps)
+        )
+    return out
+
+
+def _cpu_and_cuda(gpu_b):
+    """A CPU backend and ``gpu_b`` bound to the same weights and data: ``(cpu_b, [(model, state)] * 2, dls)``."""
+    dls = _dls()
+    cpu_b = CpuBackend()
+    return cpu_b, [_bound(b, dls) for b in (cpu_b, gpu_b)], dls
 
 
 @cudasim
-@pytest.mark.parametrize("loop, group", [("device", None), ("device", 1), ("device", 2), ("device", 8), ("host", None)])
+@pytest.mark.parametrize(
+    "mode, loop, group",
+    [("exact", "device", g) for g in (None, 1, 2, 8)]
+    + [("exact", "host", None)]
+    + [("sparse", loop, None) for loop in CudaBackend.LOOPS],
+)
 @pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.05, decouple_wd=False)], ids=["adam", "sgd"])
-def test_exact_epochs_on_cuda_equal_cpu(loop, group, opt):
-    # group 2: two columns per lane; 8: idle lanes, two rounds
-    (cpu_b, gpu_b), dls = _two_epochs_cpu_and_cuda(CudaBackend(loop, group), opt, sparse=False)
-    np.testing.assert_allclose(
-        gpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings),
-        cpu_b.evaluate(dls.valid_users, dls.valid_items, dls.valid_ratings),
-        rtol=1e-5,
-    )
-
-
-def _two_epochs_cpu_and_cuda(gpu_b, opt, sparse):
-    """Two epochs (the global step carries over) on the CPU and on ``gpu_b`` from the same weights;
-    asserts equal losses, weights and moments, and returns ``((cpu, gpu), dls)``."""
-    dls = _dls()
-    cpu_b = CpuBackend()
-    (m_cpu, s_cpu), (m_gpu, s_gpu) = _bound(cpu_b, dls), _bound(gpu_b, dls)
-    for epoch, step0 in ((0, 0), (1, 5)):
-        order, lrs, moms = _epoch_inputs(dls, seed=epoch)
-        want = cpu_b.train_epoch(order, lrs, moms, opt, sparse, step0)
-        got = gpu_b.train_epoch(order, lrs, moms, opt, sparse, step0)
+def test_epochs_on_cuda_equal_cpu(mode, loop, group, opt, monkeypatch):
+    """Both loops and several thread-group sizes (2: two columns per lane; 8: idle lanes, two rounds)
+    against the CPU backend's dense or sparse kernel: losses, weights, moments, evaluation."""
+    monkeypatch.setattr(CpuBackend, "defer_rows", False)  # the dense kernel, as on the GPU
+    gpu_b = CudaBackend(loop, group)
+    cpu_b, ((m_cpu, s_cpu), (m_gpu, s_gpu)), dls = _cpu_and_cuda(gpu_b)
+    for want, got in zip(_epochs(cpu_b, dls, opt, mode), _epochs(gpu_b, dls, opt, mode)):
         np.testing.assert_allclose(got, want, rtol=1e-5)
     gpu_b.sync()
     np.testing.assert_allclose(m_gpu.params, m_cpu.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s_gpu.exp_avg, s_cpu.exp_avg, rtol=1e-4, atol=1e-7)
-    return (cpu_b, gpu_b), dls
-
-
-@cudasim
-@pytest.mark.parametrize("loop", CudaBackend.LOOPS)
-@pytest.mark.parametrize("opt", [Adam(wd=0.1), SGD(mom=0.9, wd=0.05)], ids=["adam", "sgd"])
-def test_sparse_epochs_on_cuda_equal_cpu(loop, opt):
-    """The CUDA lazy update against the CPU's ``train_epoch_sparse``: a row repeated in a batch moves once."""
-    _two_epochs_cpu_and_cuda(CudaBackend(loop), opt, sparse=True)
-
-
-@cudasim
-@pytest.mark.parametrize("loop", CudaBackend.LOOPS)
-def test_sparse_epoch_on_cuda_equals_numpy_lazy_reference(loop):
-    dls, opt = _dls(), Adam(wd=0.1)
-    backend = CudaBackend(loop)
-    model, state = _bound(backend, dls)
-    p, m, v = model.params.astype(np.float64), np.zeros(model.params.shape), np.zeros(model.params.shape)
-    order, lrs, moms = _epoch_inputs(dls)
-    got = backend.train_epoch(order, lrs, moms, opt, True, 3)
-    want = []
-    for s in range(len(lrs)):
-        rows = order[s * dls.bs : (s + 1) * dls.bs]
-        want.append(
-            lazy_reference_step(
-                p,
-                m,
-                v,
-                dls.train_users[rows],
-                dls.train_items[rows],
-                dls.train_ratings[rows],
-                (0.5, 5.5),
-                opt,
-                lrs[s],
-                moms[s],
-                3 + s + 1,
-                dls.n_users,
-                dls.n_items,
-            )
-        )
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    backend.sync()
-    np.testing.assert_allclose(model.params, p, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(state.exp_avg_sq, v, rtol=1e-4, atol=1e-9)
-
-
-@cudasim
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's NumPy scalars report the overflow
-def test_divergence_stops_the_epoch_where_the_cpu_does():
-    dls, opt = _dls(), Adam()
-    cpu_b, gpu_b = CpuBackend(), CudaBackend("device")
-    (m_cpu, _), (m_gpu, _) = _bound(cpu_b, dls), _bound(gpu_b, dls)
-    for m in (m_cpu, m_gpu):
-        m.y_range = None  # without the sigmoid an absurd learning rate overflows the loss
-    for b in (cpu_b, gpu_b):
-        b.bind(b.model, b.state, dls)
-    order, _, moms = _epoch_inputs(dls)
-    lrs = np.full(len(moms), 1e30)
-    want = cpu_b.train_epoch(order, lrs, moms, opt, False, 0)
-    got = gpu_b.train_epoch(order, lrs, moms, opt, False, 0)
-    assert len(want) < len(lrs) and not np.isfinite(want[-1])
-    assert len(got) == len(want) and not np.isfinite(got[-1])
-    gpu_b.sync()
-    np.testing.assert_allclose(m_gpu.params, m_cpu.params, rtol=1e-5)  # the diverging update was not applied
+    valid = (dls.valid_users, dls.valid_items, dls.valid_ratings)
+    np.testing.assert_allclose(gpu_b.evaluate(*valid), cpu_b.evaluate(*valid), rtol=1e-5)
 
 
 @cudasim
@@ -326,37 +239,13 @@ def test_a_refused_cooperative_launch_falls_back_to_the_host_loop(monkeypatch):
         raise RuntimeError("cooperative launch not supported")
 
     monkeypatch.setattr(ck, "cooperative_blocks", refuse)
-    dls, opt = _dls(), Adam()
-    cpu_b, gpu_b = CpuBackend(), CudaBackend("device")
-    (m_cpu, _), (m_gpu, _) = _bound(cpu_b, dls), _bound(gpu_b, dls)
-    order, lrs, moms = _epoch_inputs(dls)
+    monkeypatch.setattr(CpuBackend, "defer_rows", False)
+    gpu_b = CudaBackend("device")
+    cpu_b, _, dls = _cpu_and_cuda(gpu_b)
     with pytest.warns(UserWarning, match="host loop"):
-        got = gpu_b.train_epoch(order, lrs, moms, opt, False, 0)
+        got = _epochs(gpu_b, dls, Adam(), "exact", n_epochs=1)
     assert gpu_b.loop == "host"
-    np.testing.assert_allclose(got, cpu_b.train_epoch(order, lrs, moms, opt, False, 0), rtol=1e-5)
-
-
-@cudasim
-def test_short_fit_through_the_learner_api():
-    dls = _dls(bs=8)
-    learn = collab_learner(dls, n_factors=K, y_range=(0.5, 5.5), seed=11, backend="cuda", log=None)
-    learn.backend.warmup()
-    learn.fit_one_cycle(2, 1e-2, wd=0.1)
-    values = np.array(learn.recorder.values)
-    assert values.shape == (2, 2) and np.isfinite(values).all()
-    assert np.isfinite(learn.recorder.losses).all() and len(learn.recorder.losses) == 10
-    # sync() brought the weights home: the host model reproduces the device's validation loss
-    np.testing.assert_allclose(
-        values[-1, 1],
-        cpu.evaluate_mse(
-            *learn.model.kernel_tables(), dls.valid_users, dls.valid_items, dls.valid_ratings, *learn.model.range_args
-        ),
-        rtol=1e-5,
-    )
-    scores = learn.backend.score_items(1)
-    np.testing.assert_allclose(
-        scores, learn.model.forward(np.ones(dls.n_items, int), np.arange(dls.n_items)), rtol=1e-5
-    )
+    np.testing.assert_allclose(got[0], _epochs(cpu_b, dls, Adam(), "exact", n_epochs=1)[0], rtol=1e-5)
 
 
 # --- without CUDA -------------------------------------------------------------------------------------

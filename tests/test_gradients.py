@@ -6,6 +6,7 @@ import torch
 
 from mfscratch import EmbeddingDotBias, reference
 from mfscratch.kernels import cpu
+from mfscratch.kernels.records import Shape, YRange
 
 TABLES = reference.TABLES
 
@@ -74,7 +75,7 @@ def test_kernel_forward_matches_reference():
     want, _, _ = reference.forward(*(tables[k] for k in TABLES), users, items, (0.0, 5.5))
     params = np.concatenate([tables[k].ravel() for k in TABLES])
     out = np.empty(len(users))
-    cpu.predict(*cpu.split_flat(params, 7, 9, 5), users, items, 0.0, 5.5, True, out)
+    cpu.predict(cpu.split_flat(params, Shape(7, 9, 5)), users, items, YRange(0.0, 5.5, True), out)
     np.testing.assert_allclose(out, want, rtol=1e-13)
 
 

@@ -6,6 +6,7 @@ import torch
 
 from mfscratch import reference
 from mfscratch.kernels import cpu
+from mfscratch.kernels.records import Hyper, step_scalars
 
 
 def state(seed, n=50):
@@ -43,7 +44,9 @@ def test_adam_matches_torch(decouple_wd):
     # compiled, dense over a flat buffer
     p2, m2, v2 = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
     for t, g in enumerate(grads, start=1):
-        cpu.adam_update_dense(p2, g.copy(), m2, v2, lr, mom, 0.99, 1e-5, wd, decouple_wd, t)
+        cpu.adam_update_dense(
+            p2, g.copy(), m2, v2, step_scalars(lr, mom, t, Hyper(True, True, 0.99, 1e-5, wd, decouple_wd))
+        )
     np.testing.assert_allclose(p2, want, rtol=1e-12, atol=1e-14)
 
 
@@ -56,7 +59,7 @@ def test_adam_formula_written_out():
     v = sqr * v0 + (1 - sqr) * g * g
     want = p - lr / (1 - mom**t) * m / (np.sqrt(v / (1 - sqr**t)) + eps)
     got, mm, vv = p0.copy(), m0.copy(), v0.copy()
-    cpu.adam_update_dense(got, g.copy(), mm, vv, lr, mom, sqr, eps, wd, True, t)
+    cpu.adam_update_dense(got, g.copy(), mm, vv, step_scalars(lr, mom, t, Hyper(True, True, sqr, eps, wd, True)))
     np.testing.assert_allclose(got, want, rtol=1e-13)
     np.testing.assert_allclose(mm, m, rtol=1e-13)
     np.testing.assert_allclose(vv, v, rtol=1e-13)
@@ -75,16 +78,16 @@ def test_sgd_matches_torch(mom, decouple_wd):
     np.testing.assert_allclose(p, want, rtol=1e-12, atol=1e-14)
     p2, buf2 = p0.copy(), np.zeros_like(p0)
     for g in grads:
-        cpu.sgd_update_dense(p2, g.copy(), buf2, lr, mom, wd, decouple_wd, mom != 0.0)
+        sc = step_scalars(lr, mom, 1, Hyper(False, mom != 0.0, 0.0, 0.0, wd, decouple_wd))
+        cpu.sgd_update_dense(p2, g.copy(), buf2, sc, mom != 0.0)
     np.testing.assert_allclose(p2, want, rtol=1e-12, atol=1e-14)
 
 
 def test_float32_update_matches_float64_to_rounding():
     p0, g, v0, m0 = state(9)
     ref = p0.copy()
-    cpu.adam_update_dense(ref, g.copy(), m0.copy(), v0.copy(), 5e-3, 0.9, 0.99, 1e-5, 0.1, True, 3)
+    sc = step_scalars(5e-3, 0.9, 3, Hyper(True, True, 0.99, 1e-5, 0.1, True))
+    cpu.adam_update_dense(ref, g.copy(), m0.copy(), v0.copy(), sc)
     p32 = p0.astype(np.float32)
-    cpu.adam_update_dense(
-        p32, g.astype(np.float32), m0.astype(np.float32), v0.astype(np.float32), 5e-3, 0.9, 0.99, 1e-5, 0.1, True, 3
-    )
+    cpu.adam_update_dense(p32, g.astype(np.float32), m0.astype(np.float32), v0.astype(np.float32), sc)
     np.testing.assert_allclose(p32, ref, rtol=1e-5, atol=1e-6)

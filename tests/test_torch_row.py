@@ -25,7 +25,7 @@ def test_a_backend_that_cannot_run_is_an_error_not_an_empty_table(monkeypatch, c
     assert captured.err == "error: --backend torch cannot run: torch is not installed (pip install torch)\n"
     assert "valid MSE" not in captured.out  # no table
     assert cli.main(["bench", *TINY, "--backend", "cornac", "--mode", "exact"]) == 2
-    assert "add --mode sparse-sgd1" in capsys.readouterr().err
+    assert "add --mode per-rating" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_a_backend_that_cannot_run_is_an_error_not_an_empty_table(monkeypatch, c
     [
         (["--sizes", "1000,2000"], "--sizes sets the data sizes of the --plot sweep"),
         (["--backend", "cpu", "--torch-threads", "2"], "this run has no torch row"),
-        (["--mode", "sparse-sgd1", "--lr", "0.1"], "--lr do not apply to sparse-sgd1"),
+        (["--mode", "per-rating", "--lr", "0.1"], "--lr do not apply to per-rating"),
         (["--data", "ml-1m"], "not both"),
     ],
 )

@@ -29,16 +29,17 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--seed", type=seed, default=42, help="fixes the split, the initial weights and the batch order")
     bench.add_argument(
         "--mode",
-        choices=("exact", "sparse", "sparse-sgd1"),
+        choices=("exact", "sparse", "per-rating", "sparse-sgd1"),
         action="append",
-        help="only this mode (repeatable; default all three; sparse-sgd1: sparse per-rating SGD with its "
-        "own recipe, bs 1, lr 0.02, wd 0.08, 12 epochs: --bs/--lr/--wd/--epochs apply to the other modes)",
+        help="only this mode (repeatable; default all three; per-rating: sparse mode, plain SGD, bs 1, with its "
+        "own recipe lr 0.02, wd 0.08, 12 epochs: --bs/--lr/--wd/--epochs apply to the other modes; sparse-sgd1: "
+        "its old name, deprecated)",
     )
     bench.add_argument(
         "--backend",
         action="append",
         help="only this backend (repeatable): cpu, parallel, cuda, torch (the PyTorch reference loop, "
-        "exact mode) or cornac (cornac's biased MF, next to sparse-sgd1); default: all that can run here",
+        "exact mode) or cornac (cornac's biased MF, next to per-rating); default: all that can run here",
     )
     bench.add_argument(
         "--torch-threads",
@@ -61,6 +62,7 @@ def add_bench_parser(sub) -> None:
 
 def cmd_bench(args) -> int:
     import platform
+    import warnings
 
     import numba
 
@@ -84,20 +86,21 @@ def cmd_bench(args) -> int:
     inputs = dataset_inputs(data_dir() / DATASETS[data].folder) if data in DATASETS else []
     for note in check_outputs([Output("--json", args.json), Output("--plot", args.plot)], inputs):
         print(f"note: {note}", file=sys.stderr)
-    modes = tuple(dict.fromkeys(args.mode)) if args.mode else bench.MODES
+    backends = list(dict.fromkeys(args.backend)) if args.backend else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DeprecationWarning)  # an old mode name says so on the command line
+        names, modes = bench.check_names(backends, args.mode or bench.MODES)  # before any data is read
     recipe = {"epochs": args.epochs, "bs": args.bs, "lr": args.lr, "wd": args.wd}
     given = [f"--{k}" for k, v in recipe.items() if v is not None]
-    if modes == ("sparse-sgd1",) and given:
+    if modes == ("per-rating",) and given:
         raise ConfigError(
-            f"{', '.join(given)} do not apply to sparse-sgd1, which runs its own recipe (bs 1, lr 0.02, wd 0.08, "
+            f"{', '.join(given)} do not apply to per-rating, which runs its own recipe (bs 1, lr 0.02, wd 0.08, "
             "12 epochs); leave them out or add another --mode"
         )
     epochs, bs = args.epochs or 5, args.bs or 64
     lr, wd = args.lr or 5e-3, 0.1 if args.wd is None else args.wd
     if args.plot and (not sizes or min(sizes) < 2 * bs):
         raise ConfigError(f"--sizes must be rating counts of at least {2 * bs}, got {args.sizes!r}")
-    backends = list(dict.fromkeys(args.backend)) if args.backend else None
-    names = bench.check_names(backends, modes)  # before any data is read
     if args.torch_threads is not None and "torch" not in names:
         raise ConfigError("--torch-threads sets the PyTorch row's threads; this run has no torch row")
     if args.ratings is not None:

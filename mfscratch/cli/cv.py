@@ -6,7 +6,7 @@ import sys
 import time
 
 from ..errors import ConfigError
-from .args import add_debug_arg, add_output_args, add_train_args, check_y_range
+from .args import add_debug_arg, add_output_args, add_train_args, check_y_range, resolve_recipe
 
 
 def add_cv_parser(sub) -> None:
@@ -36,6 +36,7 @@ def cmd_cv(args) -> int:
     if (args.data or "ml-100k") != "ml-100k":
         raise ConfigError(f"cv runs ML-100k's u1..u5 folds; --data {args.data} has no such folds")
     y_range = check_y_range(args.y_range)
+    resolve_recipe(args)
     say = (lambda *a, **k: None) if args.quiet else print
     for note in check_outputs([Output("--json", args.json)], dataset_inputs(data_dir() / "ml-100k")):
         say(f"note: {note}", file=sys.stderr)
@@ -53,9 +54,10 @@ def cmd_cv(args) -> int:
             y_range=y_range,
             opt_func=args.optimizer,
             seed=args.seed,
-            sparse=args.mode == "sparse",
+            sparse=args.mode != "exact",
             backend=args.backend,
             log=None,
+            threads=args.threads,
         )
         learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
         errors = rating_errors(learn.model, dls.valid_users, dls.valid_items, dls.valid_ratings)

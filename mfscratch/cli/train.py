@@ -14,6 +14,7 @@ from .args import (
     add_usage_output_args,
     check_y_range,
     positive_int,
+    resolve_recipe,
 )
 
 SEED_TITLE = "Silence of the Lambs, The (1991)"
@@ -60,7 +61,7 @@ def _check_train_settings(args) -> None:
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
-    get_backend(args.backend)  # a backend this machine cannot run (cuda without a GPU) says so now
+    get_backend(args.backend, args.threads)  # a backend this machine cannot run (cuda without a GPU) says so now
     if args.split is not None and args.valid_pct is not None:
         raise ConfigError(
             f"--split {args.split} validates on ML-100k's {args.split}.test file, so --valid-pct does not apply; "
@@ -127,6 +128,7 @@ def cmd_train(args) -> int:
     from ..learner import collab_learner
 
     y_range = check_y_range(args.y_range)
+    resolve_recipe(args)
     _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
@@ -139,9 +141,10 @@ def cmd_train(args) -> int:
         y_range=y_range,
         opt_func=args.optimizer,
         seed=args.seed,
-        sparse=args.mode == "sparse",
+        sparse=args.mode != "exact",
         backend=args.backend,
         log=None if args.quiet else print,
+        threads=args.threads,
     )
     t0 = time.perf_counter()
     learn.warmup()

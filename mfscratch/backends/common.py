@@ -1,0 +1,79 @@
+"""What every backend shares: the mode names, the epoch's permutation and the warm-up's tiny problem."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+from numba import njit
+
+from ..errors import ConfigError
+
+__all__ = ["MODES", "mode_of", "normalise_mode", "permutation_into", "tiny_problem"]
+
+#: The training modes: every row every step (the fastai recipe), only the batch's rows, and per-rating
+#: SGD (sparse mode with plain SGD, no momentum, batches of one rating: a fused kernel).
+MODES = ("exact", "sparse", "per-rating")
+#: Names that version 0.1 used, accepted for one more release with a DeprecationWarning.
+OLD_MODE_NAMES = {"sparse-sgd1": "per-rating"}
+
+
+def mode_of(sparse: bool, opt, bs: int) -> str:
+    """The mode a fit runs: ``exact`` unless ``sparse``; sparse plain SGD with ``bs = 1`` is ``per-rating``."""
+    if not sparse:
+        return "exact"
+    return "per-rating" if bs == 1 and opt.name == "sgd" and not opt.uses_momentum else "sparse"
+
+
+def normalise_mode(name: str) -> str:
+    """``name`` as one of :data:`MODES`; an old name is accepted with a DeprecationWarning."""
+    if name in OLD_MODE_NAMES:
+        new = OLD_MODE_NAMES[name]
+        warnings.warn(
+            f"mode {name!r} is now called {new!r}; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return new
+    if name not in MODES:
+        raise ConfigError(f"unknown mode {name!r}: use {', '.join(MODES)}")
+    return name
+
+
+@njit(cache=True)
+def _fill_range(out):
+    for i in range(out.shape[0]):
+        out[i] = i
+
+
+def permutation_into(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """``rng.permutation(len(out))`` written into ``out`` (int64): the same numbers, no fresh allocation.
+
+    NumPy's permutation is ``arange`` then ``shuffle``; both in place skip a fresh array's page faults.
+    """
+    _fill_range(out)
+    rng.shuffle(out)
+    return out
+
+
+def tiny_problem(model, dls, mode: str):
+    """A model of 2 users, 2 items and k = 2 and loaders of 2 ratings with the dtypes of ``model`` and
+    ``dls``: what a backend's warm-up trains so that the real fit finds its kernels compiled."""
+    from ..model import EmbeddingDotBias
+
+    tiny = EmbeddingDotBias(2, 2, 2, y_range=model.y_range, seed=0, dtype=model.dtype)
+    codes = np.array([0, 1])
+    users, items = codes.astype(dls.train_users.dtype), codes.astype(dls.train_items.dtype)
+    ratings = np.array([0.5, 1.0], dtype=dls.train_ratings.dtype)
+    loaders = SimpleNamespace(
+        bs=1 if mode == "per-rating" else 2,
+        n_train=2,
+        train_users=users,
+        train_items=items,
+        train_ratings=ratings,
+        valid_users=users,
+        valid_items=items,
+        valid_ratings=ratings,
+    )
+    return tiny, loaders

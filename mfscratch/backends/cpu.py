@@ -1,0 +1,295 @@
+"""The CPU backends: Numba kernels on the host, updating ``model.params`` in place.
+
+``cpu`` runs the serial kernels (every result reproducible bit for bit); ``parallel`` runs their
+``parallel=True`` twins on the Numba threads. Each fit gets one epoch runner for its mode:
+
+* ``exact``: the deferred-rows kernel when weight decay is decoupled or zero (``defer_rows``), else
+  the dense kernel; the parallel backend splits the dense update over the threads for models of
+  ``min_parallel_params`` or more;
+* ``sparse``: the lazy kernel (Hogwild! on the parallel backend: not reproducible run to run);
+* ``per-rating``: the fused per-rating SGD kernel, on conflict-free blocks of users x items once
+  there is more than one thread or the tables outgrow the caches (:func:`per_rating_groups`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..errors import ConfigError
+from ..kernels import cpu
+from ..kernels.records import BlockLayout, EpochOut, Groups, Moments, Ratings, Steps, hyper_of
+from .common import permutation_into, tiny_problem
+
+__all__ = ["CpuBackend", "ParallelBackend", "per_rating_groups", "PER_RATING_GROUP_BYTES"]
+
+#: Per-rating SGD on tables of more bytes than this trains cache-sized blocks (see per_rating_groups).
+PER_RATING_GROUP_BYTES = 4 << 20
+
+
+def per_rating_groups(table_bytes: int, n_threads: int = 1) -> int:
+    """How many user (and item) groups per-rating SGD's epoch splits into (``kernels.cpu.blocks``).
+
+    One per thread, so that the threads train blocks that share no row; and for tables over
+    :data:`PER_RATING_GROUP_BYTES` enough groups that one block's rows (a user group's and an item
+    group's) take about that many bytes and stay in cache while the block trains (ML-25M's shape,
+    58 MB of tables: 14 groups; docs/speed.md). A multiple of the thread count, so that each thread
+    gets as many blocks of a stratum.
+    """
+    n_threads = max(1, int(n_threads))
+    cache_groups = -(-int(table_bytes) // PER_RATING_GROUP_BYTES)
+    return n_threads * max(1, -(-cache_groups // n_threads)) if cache_groups > 1 else n_threads
+
+
+class _Runner:
+    """What the CPU runners share: the bound arrays, the epoch's records, a reused order buffer."""
+
+    def __init__(self, backend, opt, mode: str, bs: int, lanes: int = 1):
+        self.backend, self.mode, self.bs = backend, mode, bs
+        self.hyper = hyper_of(opt)
+        self.progress = np.zeros(lanes, dtype=np.int64)
+        self.order = np.empty(0, dtype=np.int64)  # the last epoch's rows, in the order trained
+
+    def _permutation(self, rng) -> np.ndarray:
+        """The learner's batch order: ``rng.permutation(n_train)``, in a buffer reused every epoch."""
+        if self.order.shape[0] != self.backend.data.users.shape[0]:
+            self.order = np.empty(self.backend.data.users.shape[0], dtype=np.int64)
+        return permutation_into(rng, self.order)
+
+    def train_epoch(self, rng, lrs, moms, step0: int) -> np.ndarray:
+        self.progress[:] = 0
+        with self.backend.threads_in_use():
+            return self._epoch(rng, lrs, moms, int(step0))
+
+    def _epoch(self, rng, lrs, moms, step0: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _steps(self, rng, lrs, moms, step0: int) -> tuple[Steps, EpochOut]:
+        order = self._permutation(rng)
+        losses = np.empty(order.shape[0] // self.bs, dtype=np.float64)
+        return Steps(order, self.bs, lrs, moms, step0), EpochOut(losses, self.progress)
+
+
+class _DenseRunner(_Runner):
+    """Exact mode, every row every step (``kernels.cpu.dense``), with its dense gradient buffer."""
+
+    def __init__(self, backend, opt, mode, bs, kernel):
+        super().__init__(backend, opt, mode, bs)
+        self.kernel = kernel
+        self.grads = np.zeros_like(backend.model.params)
+
+    def _epoch(self, rng, lrs, moms, step0):
+        b = self.backend
+        steps, out = self._steps(rng, lrs, moms, step0)
+        n = self.kernel(b.model.params, self.grads, b.moments, b.shape, b.data, steps, self.hyper, b.y_range, out)
+        return out.losses[:n]
+
+
+class _DeferredRunner(_Runner):
+    """Exact mode with untouched rows deferred (``kernels.cpu.deferred``): one kernel call an epoch."""
+
+    def _epoch(self, rng, lrs, moms, step0):
+        b = self.backend
+        steps, out = self._steps(rng, lrs, moms, step0)
+        n = cpu.train_epoch_deferred(b.model.params, b.moments, b.shape, b.data, steps, self.hyper, b.y_range, out)
+        return out.losses[:n]
+
+
+class _SparseRunner(_Runner):
+    """Sparse mode (``kernels.cpu.sparse``): ``n_ranges`` contiguous ranges of steps, one a thread."""
+
+    def __init__(self, backend, opt, mode, bs, kernel, n_ranges: int):
+        super().__init__(backend, opt, mode, bs, lanes=n_ranges)
+        self.kernel, self.n_ranges = kernel, n_ranges
+
+    def _epoch(self, rng, lrs, moms, step0):
+        b = self.backend
+        steps, out = self._steps(rng, lrs, moms, step0)
+        n = self.kernel(b.model.params, b.moments, b.shape, b.data, steps, self.hyper, b.y_range, out, self.n_ranges)
+        return out.losses[:n]
+
+
+class _PerRatingRunner(_Runner):
+    """Per-rating SGD (``kernels.cpu.per_rating``) over the learner's permutation (one group), or over
+    blocks of users x items, each block shuffled in place on the threads from one seed drawn from the
+    learner's generator. The groups and each rating's block are made once a fit; every epoch starts
+    from the same layout, so the order depends on the seed alone and a resumed fit equals an
+    uninterrupted one."""
+
+    def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int):
+        super().__init__(backend, opt, mode, bs)
+        self.kernel, self.shuffle, self.wd = kernel, shuffle, float(opt.wd)
+        data, shape = backend.data, backend.shape
+        n = data.users.shape[0]
+        if n_groups == 1:
+            self.layout = BlockLayout(np.empty(0, dtype=np.int64), np.array([0, n], dtype=np.int64), 1)
+            return
+        groups = Groups(
+            cpu.balanced_groups(data.users, shape.n_users, n_groups),
+            cpu.balanced_groups(data.items, shape.n_items, n_groups),
+            n_groups,
+        )
+        block = np.empty(n, dtype=np.int32)
+        cpu.block_index(data, groups, block)
+        self._canonical = np.empty(n, dtype=np.int64)  # every rating, the blocks in code order
+        block_start = cpu.block_layout(np.empty(0, dtype=np.int64), block, n_groups * n_groups, self._canonical)
+        self.layout = BlockLayout(np.empty(n, dtype=np.int64), block_start, n_groups)
+
+    def _epoch_layout(self, rng) -> BlockLayout:
+        if self.layout.n_groups == 1:
+            return self.layout._replace(order=self._permutation(rng))
+        self.order = self.layout.order
+        np.copyto(self.order, self._canonical)
+        self.shuffle(self.order, self.layout.block_start, int(rng.integers(2**63)))
+        return self.layout
+
+    def _epoch(self, rng, lrs, moms, step0):
+        b = self.backend
+        layout = self._epoch_layout(rng)
+        out = EpochOut(np.empty(layout.order.shape[0], dtype=np.float64), self.progress)
+        n = self.kernel(b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
+        return out.losses[:n]
+
+
+class CpuBackend:
+    """Numba kernels on the host, one thread, updating ``model.params`` in place; every mode reproducible."""
+
+    name = "cpu"
+    #: True (default): exact mode with decoupled (or no) weight decay runs ``kernels.cpu.deferred``, which
+    #: replays an untouched row's steps when the row is next needed: equal to the dense kernel to
+    #: rounding (not bit for bit) at the end of each epoch, and faster. False: the dense kernel, bit-equal
+    #: to ``reference.adam_step`` / ``sgd_step`` step by step (docs/speed.md, "Deferred rows").
+    defer_rows = True
+    _dense_epoch = staticmethod(cpu.train_epoch_dense)
+    _sparse_epoch = staticmethod(cpu.train_epoch_sparse)
+    _per_rating_epoch = staticmethod(cpu.train_epoch_per_rating)
+    _shuffle_blocks = staticmethod(cpu.shuffle_blocks)
+
+    def __init__(self, threads: int | None = None):
+        if threads not in (None, 1):
+            raise ConfigError(f"the cpu backend runs one thread (threads={threads}); use backend 'parallel'")
+        self.threads = threads
+        self.model: Any = None
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    def n_threads(self) -> int:
+        """The threads this backend's kernels use (1 here)."""
+        return 1
+
+    def threads_in_use(self):
+        """A context in which the Numba threads are this backend's count (nothing to set here)."""
+        return contextlib.nullcontext()
+
+    def bind(self, model, state, dls) -> None:
+        self.model, self.state = model, state
+        self.moments = Moments(state.exp_avg, state.exp_avg_sq)
+        self.shape, self.y_range = model.shape, model.y_range_record
+        self.data = Ratings(
+            np.ascontiguousarray(dls.train_users),
+            np.ascontiguousarray(dls.train_items),
+            np.ascontiguousarray(dls.train_ratings),
+        )
+
+    def _dense_kernel(self, n_params: int):
+        """The exact-mode dense kernel for a buffer of ``n_params`` elements."""
+        return self._dense_epoch
+
+    def runner(self, opt, mode: str, bs: int, sized_as=None) -> _Runner:
+        """The epoch runner of a fit in ``mode``; ``sized_as`` (a model) makes the size-dependent choices
+        as for that model (the warm-up's tiny problem compiles what the real fit runs)."""
+        params = (sized_as or self.model).params
+        if mode == "exact":
+            dense = self._dense_kernel(params.size)
+            if self.defer_rows and (opt.decouple_wd or opt.wd == 0) and dense is cpu.train_epoch_dense:
+                return _DeferredRunner(self, opt, mode, bs)
+            return _DenseRunner(self, opt, mode, bs, dense)
+        if mode == "sparse":
+            return _SparseRunner(self, opt, mode, bs, self._sparse_epoch, self.n_threads())
+        if mode == "per-rating":
+            n_groups = per_rating_groups(params.nbytes, self.n_threads())
+            return _PerRatingRunner(self, opt, mode, bs, self._per_rating_epoch, self._shuffle_blocks, n_groups)
+        raise ConfigError(f"unknown mode {mode!r}: use exact, sparse or per-rating")
+
+    def evaluate(self, users, items, ratings) -> float:
+        m = self.model
+        data = Ratings(np.ascontiguousarray(users), np.ascontiguousarray(items), np.ascontiguousarray(ratings))
+        return float(cpu.evaluate_mse(m.kernel_tables(), data, m.y_range_record))
+
+    def sync(self) -> None:
+        """Nothing to do: the kernels update ``model.params`` and the moments in place."""
+
+    def reproducible(self, mode: str) -> bool:
+        return True
+
+    def _copy(self):
+        """A fresh backend with this one's settings (threads, ``defer_rows``, ``min_parallel_params``)."""
+        copy = type(self)(threads=self.threads)
+        copy.__dict__.update({k: v for k, v in vars(self).items() if k in ("defer_rows", "min_parallel_params")})
+        return copy
+
+    def warmup(self, model, dls, opt, mode: str) -> None:
+        """Compile (or load from Numba's cache) what a fit of ``model`` on ``dls`` in ``mode`` runs,
+        by running that runner for one epoch on a tiny problem of the same types, and the evaluation."""
+        from ..optim import OptState
+
+        tiny, loaders = tiny_problem(model, dls, mode)
+        scratch = self._copy()
+        scratch.bind(tiny, OptState.zeros_like(tiny.params), loaders)
+        runner = scratch.runner(opt, mode, loaders.bs, sized_as=model)
+        n_steps = loaders.n_train // loaders.bs
+        runner.train_epoch(np.random.default_rng(0), np.full(n_steps, 1e-3), np.full(n_steps, 0.9), 0)
+        scratch.evaluate(loaders.valid_users, loaders.valid_items, loaders.valid_ratings)
+
+
+class ParallelBackend(CpuBackend):
+    """The same kernels compiled with ``parallel=True``, on ``threads`` Numba threads (default: all).
+
+    * exact mode: each step's dense update runs ``prange`` over the elements of the flat buffer,
+      deterministic and equal to the serial dense kernel bit for bit; models under
+      ``min_parallel_params`` parameters run the serial kernels exactly as the ``cpu`` backend;
+    * sparse mode: **Hogwild!**: one contiguous range of steps per thread, run at once on the shared
+      tables without locks; not reproducible run to run;
+    * per-rating: stratified blocks, no Hogwild: the threads train blocks that share no row, so the
+      result is deterministic and depends on the thread count only through the block layout.
+    """
+
+    name = "parallel"
+    _dense_epoch = staticmethod(cpu.train_epoch_dense_parallel)
+    _sparse_epoch = staticmethod(cpu.train_epoch_sparse_parallel)
+    _per_rating_epoch = staticmethod(cpu.train_epoch_per_rating_parallel)
+    _shuffle_blocks = staticmethod(cpu.shuffle_blocks_parallel)
+    #: Exact mode opens one parallel region per step; below this many parameters a step's update is
+    #: too short to pay for the wait on a descheduled thread at each region's end (docs/speed.md), so
+    #: smaller models run the serial kernels. Set it to 0 to always split the update.
+    min_parallel_params = 1_000_000
+
+    def __init__(self, threads: int | None = None):
+        cores = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        if threads is not None and not 1 <= int(threads) <= cores:
+            raise ConfigError(f"threads must be between 1 and {cores} (the cores Numba sees), got {threads}")
+        self.threads = None if threads is None else int(threads)
+        self.model: Any = None
+
+    def n_threads(self) -> int:
+        return self.threads or numba.get_num_threads()
+
+    @contextlib.contextmanager
+    def threads_in_use(self):
+        before = numba.get_num_threads()
+        numba.set_num_threads(self.n_threads())
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
+
+    def _dense_kernel(self, n_params: int):
+        return self._dense_epoch if n_params >= self.min_parallel_params else cpu.train_epoch_dense
+
+    def reproducible(self, mode: str) -> bool:
+        return mode != "sparse"

@@ -1,0 +1,103 @@
+"""Two LLVM intrinsics the kernels use for speed: a prefetch hint and a 16-lane dot-product chunk.
+
+Neither changes what is computed: the prefetch is a hint, and the chunked dot product sums in a fixed
+order (deterministic; it differs from a left-to-right sum by float rounding only). Why each exists and
+what it measured: docs/speed.md ("Sparse per-rating SGD", "Scale").
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit
+from numba import types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["PREFETCH_AHEAD", "PREFETCH_MIN_BYTES", "DOT_LANES", "prefetch", "prefetch_row", "dot_rows"]
+
+#: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: twice as far).
+PREFETCH_AHEAD = 4
+#: Tables (and rating arrays) smaller than this many bytes are not prefetched: they live in cache anyway.
+PREFETCH_MIN_BYTES = 1 << 23
+#: Lanes of the explicit vector chunk in :func:`dot_rows` (one AVX-512 register of float32).
+DOT_LANES = 16
+
+
+@intrinsic
+def prefetch(typingctx, flat, index):
+    """Hint the CPU to start loading ``flat[index]``'s cache line (``llvm.prefetch``; no effect on results)."""
+    sig = nbtypes.void(flat, index)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]], wraparound=False)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        # read (0), high temporal locality (3), data cache (1)
+        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def prefetch_row(flat, start, length):
+    """Prefetch every 64-byte line of ``flat[start:start+length]``."""
+    per_line = 64 // flat.itemsize
+    for off in range(0, length, per_line):
+        prefetch(flat, start + off)
+
+
+def _lane_indices(n, start=0):
+    """The constant lane-index vector ``<start, ..., start + n - 1>`` that picks lanes in a shuffle."""
+    return ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(start, start + n)))
+
+
+@intrinsic
+def _dot_chunk(typingctx, flat, a, b):
+    """``sum(flat[a:a+16] * flat[b:b+16])`` as one vector multiply and a fixed pairwise sum.
+
+    Written in LLVM IR because LLVM's loop vectoriser takes 64 float32 lanes a trip, so for k = 50 or
+    64 its vector loop barely runs, and a loop over 16 fixed lanes is not vectorised either (the two
+    rows may alias, for all LLVM knows). The sum is lanes 0-7 plus lanes 8-15, then 0-3 plus 4-7, and
+    so on: a fixed order, so the result is deterministic.
+    """
+    sig = flat.dtype(flat, a, b)
+
+    def codegen(context, builder, signature, args):
+        flat_type = signature.args[0]
+        array = context.make_array(flat_type)(context, builder, args[0])
+        vec_type = ir.VectorType(context.get_value_type(flat_type.dtype), DOT_LANES)
+        align = flat_type.dtype.bitwidth // 8
+        rows = []
+        for index in args[1:]:
+            ptr = cgutils.get_item_pointer(context, builder, flat_type, array, [index], wraparound=False)
+            rows.append(builder.load(builder.bitcast(ptr, vec_type.as_pointer()), align=align))
+        vec, n = builder.fmul(rows[0], rows[1]), DOT_LANES
+        while n > 1:
+            n //= 2
+            vec = builder.fadd(
+                builder.shuffle_vector(vec, vec, _lane_indices(n)),
+                builder.shuffle_vector(vec, vec, _lane_indices(n, n)),
+            )
+        return builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def dot_rows(flat, a, b, k):
+    """``flat[a:a+k] . flat[b:b+k]`` summed in ``flat``'s dtype: 16-lane chunks, then the last ``k % 16``.
+
+    The per-rating kernel's dot product (a plain loop at k = 50 compiles to a scalar chain).
+    """
+    tail = k - k % DOT_LANES
+    x = flat.dtype.type(0.0)
+    for j in range(0, tail, DOT_LANES):
+        x += _dot_chunk(flat, a + j, b + j)
+    for j in range(tail, k):
+        x += flat[a + j] * flat[b + j]
+    return x

@@ -1,0 +1,166 @@
+"""Per-rating SGD's blocks: user and item groups, strata, the block layout, shuffles and the in-place sort.
+
+Users and items are split into ``g`` groups (:func:`balanced_groups`); block ``(c, d)`` holds the
+ratings of user group ``c`` and item group ``d``, and stratum ``t`` is the blocks ``(c, (c + t) % g)``
+for every ``c``: they share no user and no item, so threads can train them at once (the stratified
+SGD of DSGD and LIBMF). Blocks are laid out stratum by stratum: block ``(c, (c + t) % g)`` is the
+``t * g + c``-th. Groups, blocks and strata are described with the records ``Groups`` and ``BlockLayout``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._compile import twin
+
+__all__ = [
+    "balanced_groups",
+    "block_index",
+    "block_layout",
+    "shuffle_blocks",
+    "shuffle_blocks_parallel",
+    "sort_by_block",
+]
+
+
+@njit(cache=True)
+def balanced_groups(codes, n_codes, n_groups):
+    """``group[code]`` for ``n_groups`` contiguous code ranges holding about equal numbers of ``codes``.
+
+    Contiguous, so that a group's rows are one stretch of the table (cache- and TLB-friendly); cut at
+    equal shares of the ratings, not of the codes, because in real data the codes follow the popularity
+    (equal code ranges leave one thread most of the ratings: docs/speed.md).
+    """
+    counts = np.zeros(n_codes, dtype=np.int64)
+    for s in range(codes.shape[0]):
+        counts[codes[s]] += 1
+    group = np.empty(n_codes, dtype=np.int32)
+    total, seen = codes.shape[0], 0
+    for code in range(n_codes):
+        # the group of the code's middle rating, so that a code heavier than a share is not split off late
+        group[code] = min(n_groups - 1, (seen + counts[code] // 2) * n_groups // max(total, 1))
+        seen += counts[code]
+    return group
+
+
+@njit(cache=True)
+def _stratum_positions(g):
+    """``position[c * g + d]``: where block ``(c, d)`` sits stratum-major: ``t * g + c`` for ``d = (c + t) % g``."""
+    position = np.empty(g * g, dtype=np.int64)
+    for t in range(g):
+        for c in range(g):
+            position[c * g + (c + t) % g] = t * g + c
+    return position
+
+
+@njit(cache=True)
+def _block_counts(data, groups, position):
+    """``block_start`` (``g * g + 1`` entries) of the ratings of ``data`` laid out by block."""
+    g = groups.n_groups
+    block_start = np.zeros(g * g + 1, dtype=np.int64)
+    for r in range(data.users.shape[0]):
+        block_start[position[groups.user_group[data.users[r]] * g + groups.item_group[data.items[r]]] + 1] += 1
+    for p in range(g * g):
+        block_start[p + 1] += block_start[p]
+    return block_start
+
+
+@njit(cache=True)
+def block_index(data, groups, block):
+    """Each rating's place in the block layout into ``block``; returns the full layout's ``block_start``.
+
+    ``block[r]`` is the stratum-major position of rating ``r``'s block; ``block_start[p]`` is where the
+    ``p``-th block starts when all the ratings are laid out (:func:`block_layout`), the last entry the
+    number of ratings. Made once a fit: the training set does not change between epochs. ``block`` may
+    be any integer dtype holding ``n_groups**2`` (uint16 at 25M ratings: 50 MB).
+    """
+    g = groups.n_groups
+    position = _stratum_positions(g)
+    for r in range(data.users.shape[0]):
+        block[r] = position[groups.user_group[data.users[r]] * g + groups.item_group[data.items[r]]]
+    return _block_counts(data, groups, position)
+
+
+@njit(cache=True)
+def block_layout(order, block, n_blocks, blocked):
+    """``order`` sorted by block (``block[order[s]]``), stably, into ``blocked``; returns ``block_start``.
+
+    Each block keeps ``order``'s order (a counting sort); the ``p``-th block is
+    ``blocked[block_start[p]:block_start[p + 1]]``; ``blocked`` must not overlap ``order``. An empty
+    ``order`` stands for all the ratings, ``0..n-1`` (no permutation array needed at 25M ratings).
+    """
+    n = block.shape[0] if order.shape[0] == 0 else order.shape[0]
+    block_start = np.zeros(n_blocks + 1, dtype=np.int64)
+    for s in range(n):
+        block_start[block[s if order.shape[0] == 0 else order[s]] + 1] += 1
+    for p in range(n_blocks):
+        block_start[p + 1] += block_start[p]
+    fill = block_start[:-1].copy()
+    for s in range(n):
+        row = s if order.shape[0] == 0 else order[s]
+        p = block[row]
+        blocked[fill[p]] = row
+        fill[p] += 1
+    return block_start
+
+
+@njit(cache=True, inline="always")
+def _splitmix64(state):
+    """One step of splitmix64 (Steele, Lea, Flood 2014): ``(new_state, 64 random bits)``."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return state, z ^ (z >> np.uint64(31))
+
+
+def _shuffle_blocks_body(blocked, block_start, seed):
+    """Shuffle each block of ``blocked`` in place (Fisher-Yates), the blocks on the Numba threads.
+
+    Block ``p`` draws from its own splitmix64 stream, started from ``seed`` and ``p``, so the result
+    depends on ``seed`` only, not on the thread count or timing. Each draw is a 53-bit uniform scaled
+    to the range (a bias below 2^-30 at 80k ratings a block, and no division).
+    """
+    for p in prange(block_start.shape[0] - 1):
+        first = block_start[p]
+        state, _ = _splitmix64(np.uint64(seed) ^ (np.uint64(p) * np.uint64(0xD1B54A32D192ED03)))
+        for s in range(block_start[p + 1] - 1, first, -1):
+            state, bits = _splitmix64(state)
+            j = first + np.int64((bits >> np.uint64(11)) * (1.0 / 9007199254740992.0) * (s - first + 1))
+            blocked[s], blocked[j] = blocked[j], blocked[s]
+
+
+shuffle_blocks = njit(cache=True)(_shuffle_blocks_body)
+shuffle_blocks_parallel = njit(parallel=True, cache=True)(twin(_shuffle_blocks_body))
+
+
+@njit(cache=True)
+def sort_by_block(data, groups):
+    """Reorder the ``Ratings`` record ``data`` **in place** into the block layout; returns ``block_start``.
+
+    The same blocks, in the same stratum-major layout, as :func:`block_index` (whose ``block_start``
+    this equals), but the ratings themselves move, so that an epoch reads them in sequence (an empty
+    ``order``) and no index array is needed: at 25M ratings this saves the 100 MB layout and a random
+    read per rating. An in-place counting sort (American flag sort): each rating is swapped straight
+    into the next free slot of its block. Within a block the ratings end up in an order fixed by the
+    data, as LIBMF trains after its one shuffle.
+    """
+    users, items, ratings = data
+    user_group, item_group, g = groups
+    position = _stratum_positions(g)
+    block_start = _block_counts(data, groups, position)
+    fill = block_start[:-1].copy()
+    for p in range(g * g):
+        while fill[p] < block_start[p + 1]:
+            r = fill[p]
+            q = position[user_group[users[r]] * g + item_group[items[r]]]
+            while q != p:  # rating r belongs to block q: swap it into q's next free slot
+                dest = fill[q]
+                fill[q] += 1
+                users[r], users[dest] = users[dest], users[r]
+                items[r], items[dest] = items[dest], items[r]
+                ratings[r], ratings[dest] = ratings[dest], ratings[r]
+                q = position[user_group[users[r]] * g + item_group[items[r]]]
+            fill[p] += 1
+    return block_start

@@ -1,0 +1,117 @@
+"""The model's maths, compiled: what a student reads first (the NumPy twin is ``reference.py``).
+
+Symbols as in docs/math.md: the tables P, Q, b, c are ``u_weight, i_weight, u_bias, i_bias`` (a
+:class:`~mfscratch.kernels.records.Tables` record of views into the flat buffer ``params``), the logit
+``x``, its sigmoid ``s``, the prediction ``pred``, the error ``err = pred - y`` and ``dx = dL/dx``.
+Batches are :class:`~mfscratch.kernels.records.Ratings` records, the output range a ``YRange``.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .. import records
+
+__all__ = ["sigmoid", "dot", "logit", "error_and_dx", "split_flat", "forward_backward", "predict", "evaluate_mse"]
+
+
+#: ``s = 1 / (1 + exp(-x))`` without overflow (``records.sigmoid``, the one copy both packages compile).
+sigmoid = njit(cache=True, inline="always")(records.sigmoid)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def dot(u_weight, i_weight, u, i):
+    """``P[u] . Q[i]``, summed in float64.
+
+    ``reassoc`` lets LLVM split the sum into vector lanes (a strict left-to-right sum cannot
+    vectorise); the products are float32 and the sum float64, so the order moves the result by about
+    1e-16 relative, far below float32 rounding. The only fastmath flag in the kernels; LLVM inlines
+    this function, keeping the flag on these instructions only.
+    """
+    x = 0.0
+    for j in range(u_weight.shape[1]):
+        x += u_weight[u, j] * i_weight[i, j]
+    return x
+
+
+@njit(cache=True, inline="always")
+def logit(tables, u, i):
+    """``x = P[u] . Q[i] + (b[u] + c[i])`` (the two biases added first, in the tables' dtype)."""
+    x = dot(tables.u_weight, tables.i_weight, u, i)
+    x += tables.u_bias[u] + tables.i_bias[i]
+    return x
+
+
+@njit(cache=True, inline="always")
+def error_and_dx(x, y, y_range, scale):
+    """From the logit ``x`` of one rating ``y``: ``err = pred - y`` and ``dx = scale err dpred/dx``.
+
+    ``scale`` is ``2/B``; ``dpred/dx = (hi - lo) s (1 - s)`` with ``s = sigmoid(x)`` (1 without a range).
+    """
+    lo, hi = y_range.lo, y_range.hi
+    if y_range.has_range:
+        s = sigmoid(x)
+        err = lo + (hi - lo) * s - y
+        return err, scale * err * (hi - lo) * s * (1.0 - s)
+    err = x - y
+    return err, scale * err
+
+
+#: The tables of a flat buffer as a ``Tables`` record of views (``records.split_flat``, shared with CUDA).
+split_flat = njit(cache=True)(records.split_flat)
+
+
+@njit(cache=True)
+def forward_backward(tables, batch, y_range, grads):
+    """Mean squared error of one batch; *adds* its gradient into the ``grads`` tables (repeats add up).
+
+    ``dx = (2/B)(pred - y)(hi - lo) s (1 - s)``, then ``dP[u] += dx Q[i]``, ``dQ[i] += dx P[u]``,
+    ``db[u] += dx``, ``dc[i] += dx``. The caller zeroes the gradient rows it wants fresh.
+    """
+    u_weight, i_weight, u_bias, i_bias = tables
+    du_weight, di_weight, du_bias, di_bias = grads
+    B = batch.users.shape[0]
+    scale = 2.0 / B
+    loss = 0.0
+    for r in range(B):
+        u = batch.users[r]
+        i = batch.items[r]
+        err, dx = error_and_dx(logit(tables, u, i), batch.ratings[r], y_range, scale)
+        loss += err * err
+        for j in range(u_weight.shape[1]):
+            # Read both before writing either (safe even if a caller passes one table twice).
+            pu = u_weight[u, j]
+            qi = i_weight[i, j]
+            du_weight[u, j] += dx * qi
+            di_weight[i, j] += dx * pu
+        du_bias[u] += dx
+        di_bias[i] += dx
+    return loss / B
+
+
+@njit(cache=True)
+def predict(tables, users, items, y_range, out):
+    """``out[r] = lo + (hi - lo) sigmoid(P[u_r] . Q[i_r] + b[u_r] + c[i_r])`` (the logit without a range)."""
+    lo, hi = y_range.lo, y_range.hi
+    for r in range(users.shape[0]):
+        u = users[r]
+        i = items[r]
+        x = logit(tables, u, i)
+        out[r] = lo + (hi - lo) * sigmoid(x) if y_range.has_range else x
+    return out
+
+
+@njit(cache=True)
+def evaluate_mse(tables, data, y_range):
+    """Exact mean squared error over all rows of ``data`` (accumulated in float64)."""
+    lo, hi = y_range.lo, y_range.hi
+    n = data.users.shape[0]
+    total = 0.0
+    for r in range(n):
+        u = data.users[r]
+        i = data.items[r]
+        x = logit(tables, u, i)
+        pred = lo + (hi - lo) * sigmoid(x) if y_range.has_range else x
+        err = pred - data.ratings[r]
+        total += err * err
+    return total / max(n, 1)
