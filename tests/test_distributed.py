@@ -97,7 +97,7 @@ def local_learner(tr, params, backend="parallel", opt_func=SGD, bs=1):
     dls = CollabDataLoaders(*rows, r.classes(), r.user_name, r.item_name, r.rating_name, bs=bs)
     model = EmbeddingDotBias(tr.n_factors, r.n_users, r.n_items, y_range=tr.y_range, params=params.copy())
     learn = Learner(dls, model, opt_func=opt_func, seed=42, sparse=True, backend=backend, log=None)
-    learn.backend._n_chunks = lambda: len(tr.workers)  # groups = per_rating_groups(.., workers), as on the cluster
+    learn.backend.per_rating_n_groups = len(tr.workers)  # groups = per_rating_groups(.., workers), as on the cluster
     return learn
 
 
@@ -223,7 +223,7 @@ def test_per_rating_weights_equal_the_parallel_backend_bit_for_bit(cluster_ratin
     start = tr.model().params
     tr.fit_one_cycle(3, 0.02, wd=0.08)
     learn = local_learner(tr, start)
-    learn.backend._n_chunks = lambda: n_groups
+    learn.backend.per_rating_n_groups = n_groups
     learn.fit_one_cycle(3, 0.02, wd=0.08)
     np.testing.assert_array_equal(tr.model().params, learn.model.params)
     np.testing.assert_allclose(tr.values[-1][1], learn.recorder.values[-1][1], rtol=1e-5)

@@ -167,6 +167,9 @@ class CpuBackend:
     _sparse_epoch = staticmethod(cpu.train_epoch_sparse)
     _per_rating_epoch = staticmethod(cpu.train_epoch_per_rating)
     _shuffle_blocks = staticmethod(cpu.shuffle_blocks)
+    #: Per-rating SGD's user (and item) groups; None: :func:`per_rating_groups` of the tables' bytes and
+    #: the thread count. Setting it reproduces another layout (a distributed fit's, with its W groups).
+    per_rating_n_groups: int | None = None
 
     def __init__(self, threads: int | None = None):
         if threads not in (None, 1):
@@ -212,7 +215,7 @@ class CpuBackend:
         if mode == "sparse":
             return _SparseRunner(self, opt, mode, bs, self._sparse_epoch, self.n_threads())
         if mode == "per-rating":
-            n_groups = per_rating_groups(params.nbytes, self.n_threads())
+            n_groups = self.per_rating_n_groups or per_rating_groups(params.nbytes, self.n_threads())
             return _PerRatingRunner(self, opt, mode, bs, self._per_rating_epoch, self._shuffle_blocks, n_groups)
         raise ConfigError(f"unknown mode {mode!r}: use exact, sparse or per-rating")
 
@@ -230,7 +233,9 @@ class CpuBackend:
     def _copy(self):
         """A fresh backend with this one's settings (threads, ``defer_rows``, ``min_parallel_params``)."""
         copy = type(self)(threads=self.threads)
-        copy.__dict__.update({k: v for k, v in vars(self).items() if k in ("defer_rows", "min_parallel_params")})
+        copy.__dict__.update(
+            {k: v for k, v in vars(self).items() if k in ("defer_rows", "min_parallel_params", "per_rating_n_groups")}
+        )
         return copy
 
     def warmup(self, model, dls, opt, mode: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import backends, schedule
 from ..kernels import cpu
+from ..kernels.records import BlockLayout, EpochOut, Groups, Moments, Ratings, Shape, Steps, Tables, YRange, hyper_of
 
 __all__ = [
     "EPOCH_SEED_BOUND",
@@ -65,7 +66,7 @@ def default_groups(n_users: int, n_items: int, n_factors: int, n_workers: int, i
 
 def uses_per_rating_kernel(opt, bs: int) -> bool:
     """Whether the fit runs the fused per-rating SGD kernel (SGD without momentum, ``bs = 1``)."""
-    return backends.per_rating_sgd(opt, bs)
+    return backends.mode_of(True, opt, bs) == "per-rating"
 
 
 def fit_generators(seed: int | None) -> tuple[np.random.SeedSequence, np.random.Generator]:
@@ -107,7 +108,7 @@ def init_rows(
 
 def split_tables(flat: np.ndarray, n_users: int, n_items: int, n_factors: int) -> tuple:
     """``(u_weight, i_weight, u_bias, i_bias)``: views of a flat buffer in the kernels' layout (``cpu.split_flat``)."""
-    return cpu.split_flat(flat, n_users, n_items, n_factors)
+    return tuple(cpu.split_flat(flat, Shape(n_users, n_items, n_factors)))
 
 
 def block_layout(users, items, user_group, item_group, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +119,8 @@ def block_layout(users, items, user_group, item_group, n_groups: int) -> tuple[n
     every position (``n_groups**2 + 1``); blocks without rows here are empty.
     """
     block = np.empty(users.shape[0], dtype=np.int32)
-    cpu.block_index(users, items, user_group, item_group, n_groups, block)
+    data = Ratings(users, items, np.empty(0, dtype=np.float32))
+    cpu.block_index(data, Groups(user_group, item_group, n_groups), block)
     canonical = np.empty(users.shape[0], dtype=np.int64)
     block_start = cpu.block_layout(np.empty(0, dtype=np.int64), block, n_groups * n_groups, canonical)
     return canonical, block_start
@@ -145,28 +147,23 @@ def train_per_rating(
 ) -> np.ndarray:
     """Per-rating SGD over ``order`` (one run of blocks, serially); returns each step's squared error.
 
-    ``cpu.train_epoch_sgd_per_rating`` with one group: the rows of ``order`` in turn, rating ``s``
+    ``cpu.train_epoch_per_rating`` with one group: the rows of ``order`` in turn, rating ``s``
     at learning rate ``lrs[s]``. The returned array is cut after the first non-finite loss.
     """
     losses = np.empty(order.shape[0], dtype=np.float64)
-    block_start = np.array([0, order.shape[0]], dtype=np.int64)
+    layout = BlockLayout(order, np.array([0, order.shape[0]], dtype=np.int64), 1)
     lrs = np.ascontiguousarray(lrs, dtype=np.float64)
-    done = cpu.train_epoch_sgd_per_rating(
+    out = EpochOut(losses, np.zeros(1, dtype=np.int64))
+    # plain SGD: decoupled and L2 weight decay are the same update (kernels.cpu.per_rating)
+    done = cpu.train_epoch_per_rating(
         params,
-        n_users,
-        n_items,
-        n_factors,
-        users,
-        items,
-        ratings,
-        order,
-        block_start,
-        1,
+        Shape(n_users, n_items, n_factors),
+        Ratings(users, items, ratings),
+        layout,
         lrs,
         float(wd),
-        bool(decouple_wd),
-        *range_args,
-        losses,
+        YRange(*range_args),
+        out,
     )
     return losses[:done]
 
@@ -181,29 +178,23 @@ def train_lazy(
     """
     params, exp_avg, exp_avg_sq = buffers
     losses = np.empty(order.shape[0] // bs, dtype=np.float64)
-    done = cpu.train_epoch_sparse(
-        params,
-        exp_avg,
-        exp_avg_sq,
-        n_users,
-        n_items,
-        n_factors,
-        users,
-        items,
-        ratings,
+    steps = Steps(
         order,
-        bs,
+        int(bs),
         np.ascontiguousarray(lrs, dtype=np.float64),
         np.ascontiguousarray(moms, dtype=np.float64),
         int(step0),
-        opt.name == "adam",
-        opt.uses_momentum,
-        float(opt.sqr_mom),
-        float(opt.eps),
-        float(opt.wd),
-        bool(opt.decouple_wd),
-        *range_args,
-        losses,
+    )
+    hyper = hyper_of(opt)
+    done = cpu.train_epoch_sparse(
+        params,
+        Moments(exp_avg, exp_avg_sq),
+        Shape(n_users, n_items, n_factors),
+        Ratings(users, items, ratings),
+        steps,
+        hyper,
+        YRange(*range_args),
+        EpochOut(losses, np.zeros(1, dtype=np.int64)),
         1,
     )
     return losses[:done]
@@ -214,7 +205,8 @@ def squared_error(u_weight, i_weight, u_bias, i_bias, users, items, ratings, ran
     n = users.shape[0]
     if n == 0:
         return 0.0
-    return float(cpu.evaluate_mse(u_weight, i_weight, u_bias, i_bias, users, items, ratings, *range_args)) * n
+    tables = Tables(u_weight, i_weight, u_bias, i_bias)
+    return float(cpu.evaluate_mse(tables, Ratings(users, items, ratings), YRange(*range_args))) * n
 
 
 def steps_schedule(spec: tuple, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
