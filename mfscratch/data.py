@@ -18,6 +18,7 @@ import http.client
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -270,6 +271,8 @@ class CollabDataLoaders:
         self.n_items = len(classes[item_name])
         self.train_users, self.train_items, self.train_ratings = users[train_idx], items[train_idx], ratings[train_idx]
         self.valid_users, self.valid_items, self.valid_ratings = users[valid_idx], items[valid_idx], ratings[valid_idx]
+        #: Seconds ``from_df`` spent on each phase (``check``, ``encode``, ``split``); empty when not made by it.
+        self.phase_seconds: dict[str, float] = {}
 
     @classmethod
     def from_df(
@@ -288,15 +291,18 @@ class CollabDataLoaders:
         validate.check_valid_pct(valid_pct)
         seed = validate.check_seed(seed)
         bs = validate.positive_int("bs", bs)
+        t0 = time.perf_counter()
         y = validate.check_ratings(ratings, user_name, item_name, rating_name)
+        t1 = time.perf_counter()
         users, user_vocab = _encode(ratings[user_name], user_name)
         items, item_vocab = _encode(ratings[item_name], item_name)
+        t2 = time.perf_counter()
         n = len(ratings)
         perm = np.random.default_rng(seed).permutation(n)
         n_valid = int(valid_pct * n)
         validate.check_split(n, n_valid, valid_pct)
         classes = {user_name: user_vocab, item_name: item_vocab}
-        return cls(
+        dls = cls(
             users,
             items,
             y.astype(np.float32),
@@ -309,6 +315,8 @@ class CollabDataLoaders:
             bs,
             seed,
         )
+        dls.phase_seconds = {"check": t1 - t0, "encode": t2 - t1, "split": time.perf_counter() - t2}
+        return dls
 
     @classmethod
     def from_codes(

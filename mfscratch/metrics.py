@@ -5,7 +5,9 @@ Ranking protocol (``ranking_metrics``). For each user ``u``:
 * candidates: every item except ``#na#`` and the items ``u`` rated in training (``seen``);
 * ``L``: the ``k`` candidates with the highest predicted rating (``kernels.ranking.topk_items``);
 * relevant ``R``: the items ``u`` rated at or above ``threshold`` in the validation rows, minus seen ones;
-* users with an empty ``R`` are skipped (nothing to find); the metrics are means over the others:
+* users with an empty ``R`` are skipped (nothing to find); the metrics are means over the others
+  (the eligible users), or over a seeded sample of them when scoring them all would cost more
+  than :data:`RANKING_EXACT_SCORES` scores (``users=`` chooses: ``"auto"``, ``"all"`` or a number):
 
   ``precision@k = |L ∩ R| / k``,  ``recall@k = |L ∩ R| / |R|``,
   ``NDCG@k = DCG / IDCG`` with ``DCG = sum_{j<k} [L_j in R] / log2(j + 2)`` and
@@ -19,9 +21,25 @@ import time
 import numpy as np
 
 from .errors import ConfigError
-from .kernels.ranking import topk_items
+from .kernels.ranking import pairs_in_rows, seen_rows, topk_items
 
-__all__ = ["SeenItems", "rating_errors", "topk", "ranking_from_topk", "ranking_metrics"]
+__all__ = [
+    "SeenItems",
+    "rating_errors",
+    "topk",
+    "ranking_from_topk",
+    "ranking_users",
+    "ranking_metrics",
+    "RANKING_EXACT_SCORES",
+    "RANKING_MIN_SAMPLE",
+]
+
+#: The ranking metrics score every eligible user while users x items is at most this many scores
+#: (ML-1M: 6,040 x 3,706 = 22M); above it, a seeded sample of ``RANKING_EXACT_SCORES // n_items``
+#: users (ML-25M's shape: 1,693 of about 160,000), which costs about one per-rating epoch.
+RANKING_EXACT_SCORES = 100_000_000
+#: The smallest sample the ranking metrics draw (when items are so many that the budget allows fewer).
+RANKING_MIN_SAMPLE = 1_000
 
 
 class SeenItems:
@@ -36,13 +54,17 @@ class SeenItems:
 
     @classmethod
     def from_pairs(cls, users, items, n_users: int, n_items: int) -> SeenItems:
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
-        counts = np.bincount(items, minlength=n_items)
-        keys = np.unique(users * n_items + items)  # sorted by user, then item; duplicates dropped
-        indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(keys // n_items, minlength=n_users), out=indptr[1:])
-        return cls(indptr, keys % n_items, counts)
+        users = np.ascontiguousarray(users)
+        items = np.ascontiguousarray(items)
+        if len(users) and not (
+            0 <= users.min() and users.max() < n_users and 0 <= items.min() and items.max() < n_items
+        ):
+            raise ConfigError(f"user codes must lie in [0, {n_users}) and item codes in [0, {n_items})")
+        counts = np.bincount(items, minlength=n_items).astype(np.int64)
+        indptr = np.empty(n_users + 1, dtype=np.int64)
+        indices = np.empty(len(users), dtype=np.int64)
+        used = seen_rows(users, items, int(n_users), indptr, indices)  # sorted by user, then item; repeats dropped
+        return cls(indptr, indices if used == len(indices) else indices[:used].copy(), counts)
 
     @classmethod
     def from_loaders(cls, dls) -> SeenItems:
@@ -127,6 +149,24 @@ def ranking_from_topk(top_items, users, rel_users, rel_items, n_items: int) -> d
     }
 
 
+def ranking_users(n_eligible: int, n_items: int, users="auto") -> int:
+    """How many of ``n_eligible`` users the ranking metrics score (see the module docstring).
+
+    ``users``: ``"auto"`` (every user while ``n_eligible * n_items`` is at most
+    :data:`RANKING_EXACT_SCORES`, else ``RANKING_EXACT_SCORES // n_items`` of them, at least
+    :data:`RANKING_MIN_SAMPLE`), ``"all"``, or a number of users (all of them when there are fewer).
+    """
+    if users == "all":
+        return n_eligible
+    if users == "auto":
+        if n_eligible * n_items <= RANKING_EXACT_SCORES:
+            return n_eligible
+        return min(n_eligible, max(RANKING_MIN_SAMPLE, RANKING_EXACT_SCORES // max(n_items, 1)))
+    if isinstance(users, (bool, np.bool_)) or not isinstance(users, (int, np.integer)) or users < 1:
+        raise ConfigError(f"users must be 'auto', 'all' or a positive number of users, got {users!r}")
+    return min(n_eligible, int(users))
+
+
 def ranking_metrics(
     model,
     seen: SeenItems,
@@ -136,30 +176,43 @@ def ranking_metrics(
     k: int = 10,
     threshold: float = 4.0,
     first_item: int = 1,
+    users="auto",
+    seed: int = 0,
 ) -> dict:
     """Precision@k, recall@k and NDCG@k over the validation rows (protocol in the module docstring).
 
-    Returns ``{"k", "threshold", "precision", "recall", "ndcg", "n_users", "seconds"}``;
-    ``n_users`` is the number of users scored (0, with NaN metrics, when nobody has a relevant item).
+    ``users``: which users are scored (:func:`ranking_users`); a sample is drawn with ``seed``.
+    Returns ``{"k", "threshold", "precision", "recall", "ndcg", "n_users", "n_users_eligible",
+    "sampled", "sample_seed", "seconds"}``; ``n_users`` is the number of users scored (0, with NaN
+    metrics, when nobody has a relevant item), ``n_users_eligible`` the users with a relevant item,
+    ``sample_seed`` the seed of the sample (``None`` when every eligible user is scored).
     """
     t0 = time.perf_counter()
     n_items = model.n_items
-    vu = np.asarray(valid_users, dtype=np.int64)
-    vi = np.asarray(valid_items, dtype=np.int64)
+    vu = np.asarray(valid_users)
+    vi = np.asarray(valid_items)
     keep = (np.asarray(valid_ratings) >= threshold) & (vi >= first_item)
     vu, vi = vu[keep], vi[keep]
     if len(vu):
         # A validation item the user also rated in training can never be recommended: not relevant.
-        # The CSR rows are sorted by user, then item, so these keys come out sorted.
-        seen_keys = np.repeat(np.arange(len(seen.indptr) - 1), np.diff(seen.indptr)) * n_items + seen.indices
-        unseen = ~_isin_sorted(vu * n_items + vi, seen_keys)
-        vu, vi = vu[unseen], vi[unseen]
-    users = np.unique(vu)
+        seen_before = np.empty(len(vu), dtype=np.bool_)
+        pairs_in_rows(seen.indptr, seen.indices, np.ascontiguousarray(vu), np.ascontiguousarray(vi), seen_before)
+        vu, vi = vu[~seen_before], vi[~seen_before]
+    eligible = np.unique(vu)
+    n_scored = ranking_users(len(eligible), n_items, users)
+    sampled = n_scored < len(eligible)
+    chosen = np.sort(np.random.default_rng(seed).choice(eligible, n_scored, replace=False)) if sampled else eligible
     result = {"k": int(k), "threshold": float(threshold)}
-    if len(users) == 0:
+    if len(chosen) == 0:
         result.update(precision=float("nan"), recall=float("nan"), ndcg=float("nan"), n_users=0)
     else:
-        top_items, _ = topk(model, users, seen, k, first_item)
-        result.update(ranking_from_topk(top_items, users, vu, vi, n_items), n_users=int(len(users)))
+        if sampled:
+            rows = np.isin(vu, chosen)
+            vu, vi = vu[rows], vi[rows]
+        top_items, _ = topk(model, chosen, seen, k, first_item)
+        result.update(ranking_from_topk(top_items, chosen, vu, vi, n_items), n_users=int(len(chosen)))
+    result.update(
+        n_users_eligible=int(len(eligible)), sampled=bool(sampled), sample_seed=int(seed) if sampled else None
+    )
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -69,6 +69,8 @@ def _check_train_settings(args) -> None:
         )
     if args.ranking_threshold is not None and not (args.ranking_k or args.json):
         raise ConfigError("--ranking-threshold applies to the ranking metrics; add --ranking-k K (or --json PATH)")
+    if args.ranking_users is not None and not (args.ranking_k or args.json):
+        raise ConfigError("--ranking-users applies to the ranking metrics; add --ranking-k K (or --json PATH)")
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
     _check_outputs(args)
@@ -127,12 +129,17 @@ def cmd_train(args) -> int:
     from ..io import write_json
     from ..learner import collab_learner
 
+    t_start = time.perf_counter()
     y_range = check_y_range(args.y_range)
     resolve_recipe(args)
     _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
+    t0 = time.perf_counter()
     dls, data_label = load_training_data(args)
+    data_phases = dict(getattr(dls, "phase_seconds", {}))  # check, encode, split (CollabDataLoaders.from_df)
+    read_seconds = time.perf_counter() - t0 - sum(data_phases.values())
+    t0 = time.perf_counter()
     item_name = dls.item_name
     y_range = _y_range_for(args, y_range, dls)
     learn = collab_learner(
@@ -146,6 +153,7 @@ def cmd_train(args) -> int:
         log=None if args.quiet else print,
         threads=args.threads,
     )
+    init_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     learn.warmup()
     compile_seconds = time.perf_counter() - t0
@@ -157,6 +165,7 @@ def cmd_train(args) -> int:
         learn.export(args.save)
         say(f"saved model to {args.save}")
 
+    t_report = time.perf_counter()
     vocab = dls.classes[item_name]
     say()
     say(learn.model)
@@ -176,7 +185,8 @@ def cmd_train(args) -> int:
     ranking = None
     threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
     if args.ranking_k or args.json:
-        ranking = learn.ranking(args.ranking_k or 10, threshold)
+        users = "auto" if args.ranking_users is None else args.ranking_users
+        ranking = learn.ranking(args.ranking_k or 10, threshold, users=users, seed=args.seed or 0)
     if args.ranking_k:
         say(
             _ranking_line(ranking)
@@ -184,13 +194,30 @@ def cmd_train(args) -> int:
             else f"Ranking: no validation rating is >= {threshold:g}, so there is nothing to find"
         )
     if args.json:
+        rec = learn.recorder
         report = {
             "epochs": [
-                {"epoch": i, "train_loss": tl, "valid_loss": vl, "seconds": s}
-                for i, ((tl, vl), s) in enumerate(zip(learn.recorder.values, learn.recorder.epoch_seconds))
+                {
+                    "epoch": i,
+                    "train_loss": tl,
+                    "valid_loss": vl,
+                    "seconds": s,
+                    "train_seconds": ts,
+                    "valid_seconds": vs,
+                    "mean_loss": ml,
+                }
+                for i, ((tl, vl), s, ts, vs, ml) in enumerate(
+                    zip(rec.values, rec.epoch_seconds, rec.train_seconds, rec.valid_seconds, rec.mean_losses)
+                )
             ],
             "train_seconds": train_seconds,
             "compile_seconds": compile_seconds,
+            "read_seconds": read_seconds,
+            **{f"{phase}_seconds": data_phases.get(phase) for phase in ("check", "encode", "split")},
+            "init_seconds": init_seconds,
+            "setup_seconds": rec.setup_seconds,
+            "report_seconds": time.perf_counter() - t_report,
+            "total_seconds": time.perf_counter() - t_start,
             "n_users": dls.n_users,
             "n_items": dls.n_items,
             "n_train": dls.n_train,
@@ -299,8 +326,13 @@ def _y_range_for(args, y_range, dls):
 
 def _ranking_line(r: dict) -> str:
     k = r["k"]
+    who = (
+        f"{r['n_users']} of {r['n_users_eligible']} validation users (a sample, seed {r['sample_seed']})"
+        if r.get("sampled")
+        else f"{r['n_users']} validation users"
+    )
     return (
-        f"Ranking of all unseen items for {r['n_users']} validation users (relevant: rated >= {r['threshold']:g}): "
+        f"Ranking of all unseen items for {who} (relevant: rated >= {r['threshold']:g}): "
         f"precision@{k} {r['precision']:.4f}  recall@{k} {r['recall']:.4f}  NDCG@{k} {r['ndcg']:.4f}"
     )
 

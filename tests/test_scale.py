@@ -1,0 +1,146 @@
+"""The path at scale (issue 17): the report's phase fields, the recorder's bounded memory, ranking
+metrics on a sample of users, the compiled seen-items matrix. Correctness only, never timings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from robust_helpers import assert_one_line_error, run_cli
+
+from benchmarks.ml25m_path import write_ratings_csv
+from mfscratch import SGD, collab_learner, metrics
+from mfscratch.learner import Recorder
+from mfscratch.metrics import SeenItems, ranking_metrics, ranking_users
+from mfscratch.synthetic import synthetic_dataloaders
+
+PHASES = ("read", "check", "encode", "split", "init", "compile", "setup", "report", "total")
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    return write_ratings_csv(tmp_path_factory.mktemp("scale") / "ratings.csv", 6000, 120, 90, seed=3)
+
+
+def _train(capsys, csv, tmp_path, *extra):
+    report = tmp_path / "r.json"
+    argv = ["train", "--ratings", csv, "--user-col", "userId", "--item-col", "movieId", "--rating-col", "rating"]
+    rc, out, err = run_cli(capsys, *argv, "--quiet", "--json", report, *extra)
+    assert rc == 0, err
+    return json.loads(report.read_text())
+
+
+def test_report_has_every_phase_and_the_old_keys(capsys, small_csv, tmp_path):
+    r = _train(capsys, small_csv, tmp_path, "--epochs", "2", "--mode", "sparse", "--optimizer", "sgd", "--bs", "1")
+    for key in ("epochs", "train_seconds", "compile_seconds", "n_users", "n_items", "n_train", "n_valid", "ranking"):
+        assert key in r  # the keys reports had before
+    for phase in PHASES:
+        assert isinstance(r[f"{phase}_seconds"], float) and r[f"{phase}_seconds"] >= 0, phase
+    assert r["n_train"] + r["n_valid"] == 6000  # every row read, none lost
+    assert len(r["epochs"]) == 2
+    for e in r["epochs"]:
+        assert set(e) >= {"epoch", "train_loss", "valid_loss", "seconds", "train_seconds", "valid_seconds", "mean_loss"}
+        assert (
+            0 < e["train_seconds"]
+            and 0 <= e["valid_seconds"]
+            and e["train_seconds"] + e["valid_seconds"] <= e["seconds"]
+        )
+    assert r["train_seconds"] >= sum(e["seconds"] for e in r["epochs"])  # the fit's wall time holds the epochs
+    assert r["total_seconds"] >= r["train_seconds"] + r["read_seconds"] + r["compile_seconds"]
+    ranking = r["ranking"]
+    assert ranking["sampled"] is False and ranking["sample_seed"] is None
+    assert ranking["n_users"] == ranking["n_users_eligible"] > 0
+
+
+def test_ranking_users_on_the_command_line(capsys, small_csv, tmp_path):
+    r = _train(capsys, small_csv, tmp_path, "--epochs", "1", "--ranking-users", "7", "--seed", "5")
+    assert r["ranking"]["n_users"] == 7 and r["ranking"]["sampled"] and r["ranking"]["sample_seed"] == 5
+    everyone = _train(capsys, small_csv, tmp_path, "--epochs", "1", "--ranking-users", "all")["ranking"]
+    assert not everyone["sampled"] and everyone["n_users"] == everyone["n_users_eligible"]
+    rc, _, err = run_cli(capsys, "train", "--ratings", small_csv, "--ranking-users", "0")
+    assert rc == 2
+    assert_one_line_error(err, "--ranking-users")
+    rc, _, err = run_cli(capsys, "train", "--ratings", small_csv, "--ranking-users", "10")
+    assert rc == 2
+    assert_one_line_error(err, "--ranking-users", "--ranking-k")
+
+
+def _per_rating_fit(epochs=3, seed=0):
+    dls = synthetic_dataloaders(4000, 60, 50, bs=1, seed=seed)
+    learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), opt_func=SGD, sparse=True, seed=1, log=None)
+    learn.fit_one_cycle(epochs, 0.02)
+    return learn
+
+
+def test_recorder_keeps_a_seeded_sample_of_long_epochs(monkeypatch):
+    everything = _per_rating_fit().recorder
+    steps_per_epoch = 3200
+    assert everything.steps == list(range(3 * steps_per_epoch)) and not everything.sampled
+    monkeypatch.setattr(Recorder, "STEPS_KEPT", 1000)
+    monkeypatch.setattr(Recorder, "SAMPLE_STEPS", 100)
+    sample = _per_rating_fit().recorder
+    assert sample.sampled and len(sample.losses) == len(sample.lrs) == len(sample.moms) == len(sample.steps) == 300
+    steps = np.array(sample.steps)
+    assert (np.diff(steps) > 0).all() and steps[0] >= 0 and steps[-1] < 3 * steps_per_epoch
+    for e in range(3):  # a sample inside every epoch
+        assert ((steps >= e * steps_per_epoch) & (steps < (e + 1) * steps_per_epoch)).sum() == 100
+    # the kept values are the values of those steps, and the fit itself is unchanged
+    np.testing.assert_array_equal(sample.losses, np.array(everything.losses)[steps])
+    np.testing.assert_array_equal(sample.lrs, np.array(everything.lrs)[steps])
+    assert sample.values == everything.values
+    # each epoch's mean is over all its steps, not the sample
+    full = np.array(everything.losses).reshape(3, steps_per_epoch)
+    np.testing.assert_allclose(sample.mean_losses, full.mean(axis=1), rtol=1e-12)
+    assert _per_rating_fit().recorder.mean_losses == everything.mean_losses
+
+
+def test_per_rating_runner_reuses_its_loss_buffer():
+    learn = _per_rating_fit(epochs=1)
+    backend = learn.backend
+    backend.bind(learn.model, learn.opt_state, learn.dls)
+    runner = backend.runner(learn.opt, "per-rating", 1)
+    lrs = np.full(learn.dls.n_train, 1e-3)
+    first = runner.train_epoch(np.random.default_rng(0), lrs, lrs, 0)
+    kept = first.copy()
+    second = runner.train_epoch(np.random.default_rng(1), lrs, lrs, 0)
+    assert np.shares_memory(first, second)  # no new 8-bytes-a-rating array every epoch
+    assert not np.array_equal(kept, second)
+
+
+def test_seen_items_match_the_sorted_unique_pairs():
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 300, 20000).astype(np.int32)
+    items = rng.integers(0, 200, 20000).astype(np.int32)
+    seen = SeenItems.from_pairs(users, items, 301, 200)
+    keys = np.unique(users.astype(np.int64) * 200 + items)
+    np.testing.assert_array_equal(seen.indices, keys % 200)
+    np.testing.assert_array_equal(np.diff(seen.indptr), np.bincount(keys // 200, minlength=301))
+    np.testing.assert_array_equal(seen.item_counts, np.bincount(items, minlength=200))
+    from mfscratch.kernels.ranking import pairs_in_rows
+
+    qu, qi = rng.integers(0, 301, 5000), rng.integers(0, 200, 5000)
+    got = np.empty(5000, dtype=np.bool_)
+    pairs_in_rows(seen.indptr, seen.indices, qu, qi, got)
+    np.testing.assert_array_equal(got, np.isin(qu * 200 + qi, keys))
+
+
+def test_ranking_samples_users_above_the_budget(monkeypatch):
+    learn = _per_rating_fit(epochs=1)
+    d, t = learn.dls, learn.trained()
+    args = (learn.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, 5, 3.0)
+    exact = ranking_metrics(*args)
+    assert not exact["sampled"] and exact["n_users"] == exact["n_users_eligible"] > 20
+    assert ranking_metrics(*args, users="all") | {"seconds": 0} == exact | {"seconds": 0}
+    sample = ranking_metrics(*args, users=20, seed=3)
+    assert sample["sampled"] and sample["n_users"] == 20 and sample["sample_seed"] == 3
+    assert sample | {"seconds": 0} == ranking_metrics(*args, users=20, seed=3) | {"seconds": 0}  # seeded
+    assert ranking_metrics(*args, users=10**6)["n_users"] == exact["n_users"]
+    # the automatic rule: above the budget of scores, RANKING_EXACT_SCORES // n_items users (at least the minimum)
+    monkeypatch.setattr(metrics, "RANKING_EXACT_SCORES", 10 * learn.model.n_items)
+    monkeypatch.setattr(metrics, "RANKING_MIN_SAMPLE", 4)
+    auto = ranking_metrics(*args)
+    assert auto["sampled"] and auto["n_users"] == 10
+    assert ranking_users(5, 10**9) == 4 and ranking_users(3, 10**9) == 3
+    with pytest.raises(Exception, match="users must be"):
+        ranking_users(10, 10, users=0)
