@@ -284,20 +284,45 @@ class CollabDataLoaders:
         rating_name=None,
         seed: int | None = None,
         bs: int = 64,
+        consume: bool = False,
         **kwargs,
     ) -> CollabDataLoaders:
-        """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named."""
+        """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named.
+
+        The checks run on the way (``validate``): the ratings, then each id column before and after
+        its encoding, then the repeated pairs on the codes. ``consume=True`` deletes each of the
+        three columns from ``ratings`` once it is encoded, so that a table read only to be trained
+        on (the command line's) is not held twice. ``phase_seconds`` of the result holds the
+        seconds of the ``check``, ``encode`` and ``split`` phases.
+        """
         user_name, item_name, rating_name = validate.resolve_columns(ratings, user_name, item_name, rating_name)
         validate.check_valid_pct(valid_pct)
         seed = validate.check_seed(seed)
         bs = validate.positive_int("bs", bs)
+        names = (user_name, item_name, rating_name)
         t0 = time.perf_counter()
-        y = validate.check_ratings(ratings, user_name, item_name, rating_name)
-        t1 = time.perf_counter()
-        users, user_vocab = _encode(ratings[user_name], user_name)
-        items, item_vocab = _encode(ratings[item_name], item_name)
+        y = validate.check_rating_values(ratings, rating_name).astype(np.float32)
+        if consume:
+            del ratings[rating_name]
+        check, encode = time.perf_counter() - t0, 0.0
+        encoded = []
+        for role, name in (("user", user_name), ("item", item_name)):
+            t0 = time.perf_counter()
+            validate.check_id_values(ratings, name, role)
+            t1 = time.perf_counter()
+            codes, vocab = _encode(ratings[name], name)
+            t2 = time.perf_counter()
+            validate.check_distinct(ratings, name, role, len(vocab) - 1, vocab[1] if len(vocab) > 1 else None)
+            if consume:
+                del ratings[name]
+            check, encode = check + (t1 - t0) + (time.perf_counter() - t2), encode + (t2 - t1)
+            encoded.append((codes, vocab))
+        (users, user_vocab), (items, item_vocab) = encoded
+        t0 = time.perf_counter()
+        validate.warn_repeated_pairs(ratings, users, items, len(user_vocab), len(item_vocab), names)
+        check += time.perf_counter() - t0
         t2 = time.perf_counter()
-        n = len(ratings)
+        n = len(y)
         perm = np.random.default_rng(seed).permutation(n)
         n_valid = int(valid_pct * n)
         validate.check_split(n, n_valid, valid_pct)
@@ -305,7 +330,7 @@ class CollabDataLoaders:
         dls = cls(
             users,
             items,
-            y.astype(np.float32),
+            y,
             perm[n_valid:],
             perm[:n_valid],
             classes,
@@ -315,7 +340,7 @@ class CollabDataLoaders:
             bs,
             seed,
         )
-        dls.phase_seconds = {"check": t1 - t0, "encode": t2 - t1, "split": time.perf_counter() - t2}
+        dls.phase_seconds = {"check": check, "encode": encode, "split": time.perf_counter() - t2}
         return dls
 
     @classmethod

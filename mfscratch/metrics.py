@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 from .errors import ConfigError
-from .kernels.ranking import pairs_in_rows, seen_rows, topk_items
+from .kernels.pairs import pairs_in_rows, seen_rows
+from .kernels.ranking import topk_items
 
 __all__ = [
     "SeenItems",

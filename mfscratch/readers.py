@@ -60,8 +60,11 @@ class RatingsTable:
     source: str = ""
     info: TableInfo | None = None
 
-    def loaders(self, valid_pct: float = 0.2, seed: int | None = None, bs: int = 64) -> CollabDataLoaders:
-        """``CollabDataLoaders.from_df`` on this table with its column names."""
+    def loaders(
+        self, valid_pct: float = 0.2, seed: int | None = None, bs: int = 64, consume: bool = False
+    ) -> CollabDataLoaders:
+        """``CollabDataLoaders.from_df`` on this table with its column names (``consume=True``: the
+        table's columns are deleted as they are encoded; the table is empty afterwards)."""
         if self.source:
             self.df.attrs["source"] = self.source
         return CollabDataLoaders.from_df(
@@ -72,6 +75,7 @@ class RatingsTable:
             rating_name=self.rating,
             seed=seed,
             bs=bs,
+            consume=consume,
         )
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import make_ratings
 from robust_helpers import assert_one_line_error, run_cli
 
 from benchmarks.ml25m_path import write_ratings_csv
-from mfscratch import SGD, collab_learner, metrics
+from mfscratch import SGD, CollabDataLoaders, collab_learner, metrics
 from mfscratch.learner import Recorder
 from mfscratch.metrics import SeenItems, ranking_metrics, ranking_users
 from mfscratch.synthetic import synthetic_dataloaders
@@ -117,7 +119,7 @@ def test_seen_items_match_the_sorted_unique_pairs():
     np.testing.assert_array_equal(seen.indices, keys % 200)
     np.testing.assert_array_equal(np.diff(seen.indptr), np.bincount(keys // 200, minlength=301))
     np.testing.assert_array_equal(seen.item_counts, np.bincount(items, minlength=200))
-    from mfscratch.kernels.ranking import pairs_in_rows
+    from mfscratch.kernels.pairs import pairs_in_rows
 
     qu, qi = rng.integers(0, 301, 5000), rng.integers(0, 200, 5000)
     got = np.empty(5000, dtype=np.bool_)
@@ -144,3 +146,26 @@ def test_ranking_samples_users_above_the_budget(monkeypatch):
     assert ranking_users(5, 10**9) == 4 and ranking_users(3, 10**9) == 3
     with pytest.raises(Exception, match="users must be"):
         ranking_users(10, 10, users=0)
+
+
+def test_repeated_pairs_counted_on_codes_as_pandas_counts_them():
+    from mfscratch.kernels.pairs import count_repeated_pairs
+
+    rng = np.random.default_rng(1)
+    for n_users, n_items, n in ((5, 4, 60), (300, 200, 20000), (2, 2, 3)):
+        users = rng.integers(0, n_users, n).astype(np.int32)
+        items = rng.integers(0, n_items, n).astype(np.int32)
+        want = int(pd.DataFrame({"u": users, "i": items}).duplicated().sum())
+        assert count_repeated_pairs(users, items, n_users, n_items) == want
+
+
+def test_consuming_the_table_gives_the_same_loaders():
+    df = make_ratings(n_users=50, n_items=40, n_ratings=2000, seed=4)
+    kept = CollabDataLoaders.from_df(df.copy(), seed=3, bs=8)
+    table = df.copy()
+    consumed = CollabDataLoaders.from_df(table, seed=3, bs=8, consume=True)
+    assert list(table.columns) == []  # the columns went as they were encoded
+    for name in ("train_users", "train_items", "train_ratings", "valid_users", "valid_items", "valid_ratings"):
+        np.testing.assert_array_equal(getattr(kept, name), getattr(consumed, name))
+    assert kept.classes == consumed.classes
+    assert set(kept.phase_seconds) == {"check", "encode", "split"}

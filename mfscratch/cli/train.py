@@ -286,7 +286,7 @@ def load_training_data(args):
             key_title = (_col(args.item_key, 0), _col(args.title_col, 1))
             items = read_items(args.items, *key_title, header=args.header, encoding=args.encoding, sep=sep)
             table = attach_titles(table, items, items_source=args.items)
-        return table.loaders(_valid_pct(args), args.seed, args.bs), args.ratings
+        return table.loaders(_valid_pct(args), args.seed, args.bs, consume=True), args.ratings
     name = args.data or "ml-100k"
     if args.split is not None:
         if name != "ml-100k":
@@ -294,7 +294,7 @@ def load_training_data(args):
                 f"--split {args.split} is one of ML-100k's own splits; it does not apply to --data {name}"
             )
         return loaders_from_split(*read_ml100k_split(args.split), bs=args.bs), f"{name}/{args.split}"
-    return read_movielens(name).loaders(_valid_pct(args), args.seed, args.bs), name
+    return read_movielens(name).loaders(_valid_pct(args), args.seed, args.bs, consume=True), name
 
 
 def _valid_pct(args) -> float:
@@ -313,11 +313,12 @@ def _y_range_for(args, y_range, dls):
 
     if y_range is not None:
         return y_range
-    ratings = np.concatenate([dls.train_ratings, dls.valid_ratings])
-    y_range = default_y_range(ratings)
+    parts = [r for r in (dls.train_ratings, dls.valid_ratings) if len(r)]  # the extremes decide: no copy
+    r_min, r_max = min(float(r.min()) for r in parts), max(float(r.max()) for r in parts)
+    y_range = default_y_range(np.array([r_min, r_max]))
     if not args.quiet:  # on stderr, like the other notes: stdout keeps the seed recipe's shape (table first)
         print(
-            f"note: y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
+            f"note: y_range {y_range} derived from the ratings ({r_min:g} to {r_max:g}); "
             "set --y-range LO HI to choose it",
             file=sys.stderr,
         )

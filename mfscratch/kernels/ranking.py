@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["topk_items", "seen_rows", "pairs_in_rows"]
+__all__ = ["topk_items"]
 
 
 @njit(cache=True, inline="always")
@@ -113,50 +113,3 @@ def topk_items(
         for p in range(seen_indptr[u], seen_indptr[u + 1]):
             scores[seen_indices[p]] = -np.inf
         _select_topk(scores, k, out_items[r], out_scores[r])
-
-
-@njit(cache=True)
-def seen_rows(users, items, n_users, indptr, indices):
-    """The CSR matrix of (user, item) pairs: user ``u``'s items sorted and unique in
-    ``indices[indptr[u]:indptr[u + 1]]``; returns the number of entries used (``indices`` has room
-    for one per pair, ``indptr`` for ``n_users + 1`` offsets).
-
-    A counting sort by user, then each user's items sorted and repeats dropped: ``O(n)`` plus a small
-    sort per user, where sorting every ``user * n_items + item`` key costs ``O(n log n)``.
-    """
-    n = users.shape[0]
-    counts = np.zeros(n_users + 1, dtype=np.int64)
-    for r in range(n):
-        counts[users[r] + 1] += 1
-    for u in range(n_users):
-        counts[u + 1] += counts[u]
-    fill = counts[:-1].copy()
-    for r in range(n):
-        u = users[r]
-        indices[fill[u]] = items[r]
-        fill[u] += 1
-    out = 0
-    indptr[0] = 0
-    for u in range(n_users):
-        row = np.sort(indices[counts[u] : counts[u + 1]])
-        for j in range(row.shape[0]):
-            if j == 0 or row[j] != row[j - 1]:
-                indices[out] = row[j]
-                out += 1
-        indptr[u + 1] = out
-    return out
-
-
-@njit(cache=True, parallel=True)
-def pairs_in_rows(indptr, indices, users, items, out):
-    """``out[r]``: whether ``items[r]`` is in user ``users[r]``'s sorted CSR row (binary search)."""
-    for r in prange(users.shape[0]):
-        lo, hi = indptr[users[r]], indptr[users[r] + 1]
-        target = items[r]
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if indices[mid] < target:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[r] = lo < indptr[users[r] + 1] and indices[lo] == target
