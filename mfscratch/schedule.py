@@ -33,6 +33,10 @@ def combined_cos(pct: float, start: float, middle: float, end: float, pos: np.nd
     return out
 
 
+#: Steps of the one-cycle schedule made at a time: the temporaries of a chunk stay in cache.
+_CHUNK = 1 << 16
+
+
 def one_cycle(
     total_steps: int,
     lr_max: float,
@@ -48,11 +52,44 @@ def one_cycle(
     The whole schedule by default. The learner asks for one epoch's steps at a time: with batches
     of one rating a whole fit's schedule is 16 bytes a step (5 epochs of ML-25M: 2 GB). A slice
     holds the same numbers as the same steps of the whole.
+
+    The numbers are :func:`combined_cos`'s, bit for bit, made faster: the steps go in chunks of
+    ``_CHUNK`` whose temporaries stay in cache, the phase boundary is found by a binary search (the
+    positions increase), and the cosine term ``1 + cos(pi (1 - p))``, the same for the learning
+    rate and the momentum, is computed once for both (20M steps an epoch: a tenth of the time).
     """
     stop = total_steps if stop is None else stop
-    pos = np.arange(start, stop, dtype=np.float64) / max(total_steps, 1)
-    lrs = combined_cos(pct_start, lr_max / div, lr_max, lr_max / div_final, pos)
-    mom = combined_cos(pct_start, moms[0], moms[1], moms[2], pos)
+    n = max(stop - start, 0)
+    lrs, mom = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+    ends = ((lr_max / div, lr_max, lr_max / div_final), tuple(moms))
+    pct = pct_start
+    scratch = np.empty(min(n, _CHUNK), dtype=np.float64)
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        pos = np.arange(start + a, start + b, dtype=np.float64) / max(total_steps, 1)
+        split = int(np.searchsorted(pos, pct, side="left"))  # pos < pct on [0, split)
+        for lo, hi, phase in ((0, split, 0), (split, b - a, 1)):
+            if lo == hi:
+                continue
+            if phase == 0 and not pct > 0:  # combined_cos's "middle" for pos < 0 (never reached: pos >= 0)
+                lrs[a + lo : a + hi], mom[a + lo : a + hi] = ends[0][1], ends[1][1]
+                continue
+            term = scratch[: hi - lo]
+            if phase == 0:
+                np.divide(pos[lo:hi], pct, out=term)
+            else:
+                np.subtract(pos[lo:hi], pct, out=term)
+                np.divide(term, 1.0 - pct, out=term)
+            np.subtract(1.0, term, out=term)
+            np.multiply(math.pi, term, out=term)
+            np.cos(term, out=term)
+            np.add(1.0, term, out=term)  # sched_cos's (1 + cos(pi (1 - p)))
+            for out, (first, middle, last) in ((lrs, ends[0]), (mom, ends[1])):
+                s0, s1 = (first, middle) if phase == 0 else (middle, last)
+                dest = out[a + lo : a + hi]
+                np.multiply(term, s1 - s0, out=dest)
+                np.divide(dest, 2.0, out=dest)
+                np.add(s0, dest, out=dest)
     return lrs, mom
 
 

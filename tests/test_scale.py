@@ -169,3 +169,17 @@ def test_consuming_the_table_gives_the_same_loaders():
         np.testing.assert_array_equal(getattr(kept, name), getattr(consumed, name))
     assert kept.classes == consumed.classes
     assert set(kept.phase_seconds) == {"check", "encode", "split"}
+
+
+@pytest.mark.parametrize("pct", [0.25, 0.0, 1.0, 0.3])
+def test_one_cycle_in_chunks_is_bit_equal_to_combined_cos(pct):
+    from mfscratch import schedule
+
+    for total in (1, 7, 6250, 200_003):
+        for a, b in ((0, total), (0, total // 3), (total // 3, total), (total // 2, total // 2 + 1)):
+            pos = np.arange(a, b, dtype=np.float64) / total
+            want_lrs = schedule.combined_cos(pct, 0.02 / 25, 0.02, 0.02 / 1e5, pos)
+            want_moms = schedule.combined_cos(pct, 0.95, 0.85, 0.95, pos)
+            lrs, moms = schedule.one_cycle(total, 0.02, pct_start=pct, start=a, stop=b)
+            np.testing.assert_array_equal(lrs, want_lrs)
+            np.testing.assert_array_equal(moms, want_moms)
