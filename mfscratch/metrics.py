@@ -7,7 +7,7 @@ Ranking protocol (``ranking_metrics``). For each user ``u``:
 * relevant ``R``: the items ``u`` rated at or above ``threshold`` in the validation rows, minus seen ones;
 * users with an empty ``R`` are skipped (nothing to find); the metrics are means over the others
   (the eligible users), or over a seeded sample of them when scoring them all would cost more
-  than :data:`RANKING_EXACT_SCORES` scores (``users=`` chooses: ``"auto"``, ``"all"`` or a number):
+  than the budget of :func:`ranking_budget` (``users=`` chooses: ``"auto"``, ``"all"`` or a number):
 
   ``precision@k = |L ∩ R| / k``,  ``recall@k = |L ∩ R| / |R|``,
   ``NDCG@k = DCG / IDCG`` with ``DCG = sum_{j<k} [L_j in R] / log2(j + 2)`` and
@@ -31,14 +31,20 @@ __all__ = [
     "ranking_from_topk",
     "ranking_users",
     "ranking_metrics",
-    "RANKING_EXACT_SCORES",
+    "ranking_budget",
+    "RANKING_MIN_BUDGET",
+    "RANKING_SCORES_PER_RATING",
     "RANKING_MIN_SAMPLE",
 ]
 
-#: The ranking metrics score every eligible user while users x items is at most this many scores
-#: (ML-1M: 6,040 x 3,706 = 22M); above it, a seeded sample of ``RANKING_EXACT_SCORES // n_items``
-#: users (ML-25M's shape: 1,693 of about 160,000), which costs about one per-rating epoch.
-RANKING_EXACT_SCORES = 100_000_000
+#: The ranking metrics score every eligible user while users x items is at most
+#: ``max(RANKING_MIN_BUDGET, RANKING_SCORES_PER_RATING x training ratings)`` scores; above it, a
+#: seeded sample of ``budget // n_items`` users. A score (a dot product of k factors) costs about a
+#: tenth of a per-rating SGD step, so the budget costs about half an epoch of per-rating SGD
+#: (ML-25M's shape: 100M scores, 1,693 of about 160,000 users); every user of ML-100k (1.6M scores)
+#: and ML-1M (22M) is scored.
+RANKING_MIN_BUDGET = 25_000_000
+RANKING_SCORES_PER_RATING = 5
 #: The smallest sample the ranking metrics draw (when items are so many that the budget allows fewer).
 RANKING_MIN_SAMPLE = 1_000
 
@@ -150,19 +156,25 @@ def ranking_from_topk(top_items, users, rel_users, rel_items, n_items: int) -> d
     }
 
 
-def ranking_users(n_eligible: int, n_items: int, users="auto") -> int:
+def ranking_budget(n_train: int) -> int:
+    """The scores (users x items) the ranking metrics compute by default for ``n_train`` training ratings."""
+    return max(RANKING_MIN_BUDGET, RANKING_SCORES_PER_RATING * int(n_train))
+
+
+def ranking_users(n_eligible: int, n_items: int, users="auto", n_train: int = 0) -> int:
     """How many of ``n_eligible`` users the ranking metrics score (see the module docstring).
 
-    ``users``: ``"auto"`` (every user while ``n_eligible * n_items`` is at most
-    :data:`RANKING_EXACT_SCORES`, else ``RANKING_EXACT_SCORES // n_items`` of them, at least
+    ``users``: ``"auto"`` (every user while ``n_eligible * n_items`` is within
+    :func:`ranking_budget` of ``n_train``, else ``budget // n_items`` of them, at least
     :data:`RANKING_MIN_SAMPLE`), ``"all"``, or a number of users (all of them when there are fewer).
     """
     if users == "all":
         return n_eligible
     if users == "auto":
-        if n_eligible * n_items <= RANKING_EXACT_SCORES:
+        budget = ranking_budget(n_train)
+        if n_eligible * n_items <= budget:
             return n_eligible
-        return min(n_eligible, max(RANKING_MIN_SAMPLE, RANKING_EXACT_SCORES // max(n_items, 1)))
+        return min(n_eligible, max(RANKING_MIN_SAMPLE, budget // max(n_items, 1)))
     if isinstance(users, (bool, np.bool_)) or not isinstance(users, (int, np.integer)) or users < 1:
         raise ConfigError(f"users must be 'auto', 'all' or a positive number of users, got {users!r}")
     return min(n_eligible, int(users))
@@ -200,7 +212,7 @@ def ranking_metrics(
         pairs_in_rows(seen.indptr, seen.indices, np.ascontiguousarray(vu), np.ascontiguousarray(vi), seen_before)
         vu, vi = vu[~seen_before], vi[~seen_before]
     eligible = np.unique(vu)
-    n_scored = ranking_users(len(eligible), n_items, users)
+    n_scored = ranking_users(len(eligible), n_items, users, n_train=len(seen.indices))  # distinct training pairs
     sampled = n_scored < len(eligible)
     chosen = np.sort(np.random.default_rng(seed).choice(eligible, n_scored, replace=False)) if sampled else eligible
     result = {"k": int(k), "threshold": float(threshold)}

@@ -138,12 +138,16 @@ def test_ranking_samples_users_above_the_budget(monkeypatch):
     assert sample["sampled"] and sample["n_users"] == 20 and sample["sample_seed"] == 3
     assert sample | {"seconds": 0} == ranking_metrics(*args, users=20, seed=3) | {"seconds": 0}  # seeded
     assert ranking_metrics(*args, users=10**6)["n_users"] == exact["n_users"]
-    # the automatic rule: above the budget of scores, RANKING_EXACT_SCORES // n_items users (at least the minimum)
-    monkeypatch.setattr(metrics, "RANKING_EXACT_SCORES", 10 * learn.model.n_items)
+    # the automatic rule: above the budget of scores, budget // n_items users (at least the minimum)
+    monkeypatch.setattr(metrics, "RANKING_MIN_BUDGET", 10 * learn.model.n_items)
+    monkeypatch.setattr(metrics, "RANKING_SCORES_PER_RATING", 0)
     monkeypatch.setattr(metrics, "RANKING_MIN_SAMPLE", 4)
     auto = ranking_metrics(*args)
     assert auto["sampled"] and auto["n_users"] == 10
     assert ranking_users(5, 10**9) == 4 and ranking_users(3, 10**9) == 3
+    monkeypatch.setattr(metrics, "RANKING_SCORES_PER_RATING", 5)
+    assert metrics.ranking_budget(10**7) == 5 * 10**7
+    assert ranking_users(10**5, 1000, n_train=10**7) == 5 * 10**4 and ranking_users(10**4, 1000, n_train=10**7) == 10**4
     with pytest.raises(Exception, match="users must be"):
         ranking_users(10, 10, users=0)
 

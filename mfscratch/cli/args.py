@@ -217,7 +217,7 @@ def add_usage_output_args(g) -> None:
         type=ranking_users_arg,
         metavar="N|all",
         help="score N sampled validation users in the ranking metrics, or all of them (default: all while users x "
-        "items is at most 100 million, else a seeded sample of 100 million / items users)",
+        "items is at most max(25 million, 5 x training ratings), else a seeded sample of that many scores' users)",
     )
     g.add_argument(
         "--plot", metavar="DIR", help="write losses.png, schedule.png and item_pca.png to DIR (needs matplotlib)"
