@@ -107,7 +107,8 @@ def cached_csv(rows: int) -> Path:
 def run_child(argv: list[str]) -> tuple[int, float, int]:
     """Run ``python argv`` and return ``(exit status, wall seconds, peak RSS in bytes)`` of that child alone."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL)
+    root = Path(__file__).resolve().parents[1]  # the repository: ``-m mfscratch`` runs this checkout
+    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, cwd=root)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
