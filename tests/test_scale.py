@@ -187,3 +187,57 @@ def test_one_cycle_in_chunks_is_bit_equal_to_combined_cos(pct):
             lrs, moms = schedule.one_cycle(total, 0.02, pct_start=pct, start=a, stop=b)
             np.testing.assert_array_equal(lrs, want_lrs)
             np.testing.assert_array_equal(moms, want_moms)
+
+
+def _read_both_ways(monkeypatch, path):
+    """``read_ratings`` of ``path`` block by block (tiny blocks) and as one table: (result or error text) each."""
+    from mfscratch import tablefile
+    from mfscratch.errors import DataError
+    from mfscratch.readers import read_ratings
+
+    stream = tablefile._stream_arrow
+    results: list = []
+    streamed_blocks = []
+
+    def recorded(*args):
+        out = stream(*args)
+        streamed_blocks.append(out is not None)
+        return out
+
+    for streaming in (True, False):
+        monkeypatch.setattr(tablefile, "_STREAM_BLOCK", 64)
+        monkeypatch.setattr(tablefile, "_stream_arrow", recorded if streaming else (lambda *a: None))
+        try:
+            t = read_ratings(path)
+            results.append((t.df, t.info))
+        except DataError as e:
+            results.append(str(e))
+    return results, streamed_blocks == [True]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "",  # plain ids: read block by block
+        "7,007,4\n",  # an id with a leading zero: text ids, read whole
+        "8,,4\n",  # a missing id
+        "9,3,4.5\n",  # the ratings turn from integers to decimals in a later block
+        "9,3,4,5\n",  # a row of the wrong width
+        "   \n9,3,4\n",  # a blank line of spaces
+        "user 9,3,4\n",  # a text id
+    ],
+)
+def test_block_by_block_reading_equals_the_whole_file_read(monkeypatch, tmp_path, tail):
+    rng = np.random.default_rng(0)
+    lines = [
+        f"{u},{i},{r}" for u, i, r in zip(rng.integers(1, 50, 300), rng.integers(1, 40, 300), rng.integers(1, 6, 300))
+    ]
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n" + "\n".join(lines) + "\n" + tail)
+    (streamed, whole), used_blocks = _read_both_ways(monkeypatch, path)
+    assert used_blocks == (tail in ("", "   \n9,3,4\n"))  # plain ids are read block by block, the rest whole
+    if isinstance(whole, str):
+        assert streamed == whole
+        return
+    pd.testing.assert_frame_equal(streamed[0], whole[0])
+    assert streamed[1] == whole[1] and len(whole[0]) == 300 + tail.count(",") // 2
