@@ -228,8 +228,22 @@ class Vocab(list):
         return f"Vocab(n={len(self)}: [{head}{', ...' if len(self) > 5 else ''}])"
 
 
+#: Integer ids spanning at most this many values times the rows (or 2**20) are encoded through a table
+#: of the span (``kernels.pairs.dense_codes``) rather than ``pd.factorize``.
+_DENSE_SPAN_PER_ROW = 4
+
+
 def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:
     """Codes ``1..K`` in sorted order of the values (0 for missing) and the vocabulary."""
+    if col.dtype == np.int64 and len(col):
+        values = col.to_numpy()
+        low, high = int(values.min()), int(values.max())
+        if high - low < max(1 << 20, _DENSE_SPAN_PER_ROW * len(values)):
+            from .kernels.pairs import dense_codes
+
+            codes = np.empty(len(values), dtype=np.int32)
+            distinct = dense_codes(values, low, high - low + 1, codes)
+            return codes, Vocab(["#na#"] + distinct.tolist())
     try:
         codes, uniques = pd.factorize(col, sort=True, use_na_sentinel=True)
     except TypeError:

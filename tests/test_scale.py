@@ -241,3 +241,15 @@ def test_block_by_block_reading_equals_the_whole_file_read(monkeypatch, tmp_path
         return
     pd.testing.assert_frame_equal(streamed[0], whole[0])
     assert streamed[1] == whole[1] and len(whole[0]) == 300 + tail.count(",") // 2
+
+
+@pytest.mark.parametrize("values", [[5, 3, 5, 9, 3], [-4, 10**6, 7, 7], [2**40, 2**40 + 3, 2**40], [0, 1]])
+def test_integer_ids_encoded_through_a_table_as_factorize_encodes_them(values):
+    from mfscratch.data import _encode
+
+    col = pd.Series(np.array(values, dtype=np.int64))
+    codes, vocab = _encode(col, "user")
+    want, uniques = pd.factorize(col, sort=True)
+    np.testing.assert_array_equal(codes, want + 1)
+    assert codes.dtype == np.int32 and list(vocab) == ["#na#"] + uniques.tolist()
+    assert all(type(v) is int for v in vocab[1:])

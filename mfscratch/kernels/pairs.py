@@ -1,4 +1,5 @@
-"""Pairs of codes (user, item): the CSR matrix of each user's items, membership in it, repeated pairs.
+"""Codes and pairs of codes (user, item): integer ids to codes, the CSR matrix of each user's items,
+membership in it, repeated pairs.
 
 Compiled passes over the encoded ratings, ``O(n)`` each: a counting sort by user where sorting every
 ``user * n_items + item`` key would cost ``O(n log n)`` (on 25M ratings, seconds).
@@ -9,7 +10,32 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["seen_rows", "pairs_in_rows", "count_repeated_pairs"]
+__all__ = ["dense_codes", "seen_rows", "pairs_in_rows", "count_repeated_pairs"]
+
+
+@njit(cache=True)
+def dense_codes(values, low, span, codes):
+    """Integer ids ``values`` (all in ``[low, low + span)``) to ``codes``: 1 + the value's rank among the
+    distinct values, as ``pd.factorize(values, sort=True)`` + 1. Returns the distinct values, sorted.
+
+    A table of ``span`` entries marks the values present; its running count is the rank. ``O(n + span)``,
+    where factorizing hashes every value and sorting costs ``O(n log n)``.
+    """
+    rank = np.zeros(span, dtype=np.int64)
+    for r in range(values.shape[0]):
+        rank[values[r] - low] = 1
+    n_distinct = 0
+    for v in range(span):
+        if rank[v]:
+            n_distinct += 1
+            rank[v] = n_distinct
+    distinct = np.empty(n_distinct, dtype=values.dtype)
+    for v in range(span):
+        if rank[v]:
+            distinct[rank[v] - 1] = v + low
+    for r in range(values.shape[0]):
+        codes[r] = rank[values[r] - low]
+    return distinct
 
 
 @njit(cache=True)
