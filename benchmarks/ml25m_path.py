@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": run["epochs"],
             "peak_rss_gb": round(run["peak_rss"] / 1e9, 3),
             "phases": phases_of(run),
+            "epoch_train_seconds": [e["train_seconds"] for e in run["report"]["epochs"]],
+            "epoch_valid_seconds": [e["valid_seconds"] for e in run["report"]["epochs"]],
             "ranking": run["report"].get("ranking"),
         }
         for name, run in runs.items()

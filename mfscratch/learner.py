@@ -56,7 +56,7 @@ class Recorder:
     SAMPLE_STEPS = 2_000
     _STEP_FIELDS = ("steps", "losses", "lrs", "moms")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.values: list = []
         self.epoch_seconds: list = []
         self.train_seconds: list = []

@@ -17,6 +17,7 @@ Ranking protocol (``ranking_metrics``). For each user ``u``:
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def ranking_metrics(
     n_scored = ranking_users(len(eligible), n_items, users, n_train=len(seen.indices))  # distinct training pairs
     sampled = n_scored < len(eligible)
     chosen = np.sort(np.random.default_rng(seed).choice(eligible, n_scored, replace=False)) if sampled else eligible
-    result = {"k": int(k), "threshold": float(threshold)}
+    result: dict[str, Any] = {"k": int(k), "threshold": float(threshold)}
     if len(chosen) == 0:
         result.update(precision=float("nan"), recall=float("nan"), ndcg=float("nan"), n_users=0)
     else:
