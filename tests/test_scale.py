@@ -253,3 +253,46 @@ def test_integer_ids_encoded_through_a_table_as_factorize_encodes_them(values):
     np.testing.assert_array_equal(codes, want + 1)
     assert codes.dtype == np.int32 and list(vocab) == ["#na#"] + uniques.tolist()
     assert all(type(v) is int for v in vocab[1:])
+
+
+def _attach_titles_by_row(table, items, merge_duplicates=False):
+    """attach_titles as it named every row (before it named each distinct key once): the reference."""
+    has_title = items["title"].notna() & items["title"].astype(str).str.strip().ne("")
+    items = items[has_title].drop_duplicates()
+    keys = table.df[table.item]
+    if keys.dtype != items["key"].dtype:
+        keys, items = keys.astype(str), items.assign(key=items["key"].astype(str))
+    titles = items["title"].astype(str)
+    if not merge_duplicates:
+        shared = titles.duplicated(keep=False)
+        titles = titles.where(~shared, titles + " [id " + items["key"].astype(str) + "]")
+    named = keys.map(pd.Series(titles.to_numpy(), index=items["key"].to_numpy()))
+    untitled = keys.astype(str)
+    untitled = untitled.where(~untitled.isin(set(titles)), "[id " + untitled + "]")
+    return named.where(named.notna(), untitled).tolist()
+
+
+@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [3, 1, 2, 3, 30, 1, 7],  # int keys, the items' keys int too
+        ["3", "1", "2", "3", "30", "1", "7"],  # text keys against int item keys: compared as text
+        ["3", None, "2", "3", "30", "1", None],  # missing keys
+    ],
+)
+def test_titles_attached_per_distinct_key_as_per_row(keys, merge):
+    from mfscratch.readers import RatingsTable, attach_titles
+
+    items = pd.DataFrame({"key": [1, 2, 3, 4, 5], "title": ["Heat", "Up", "Heat", "30", ""]})
+    ratings = pd.DataFrame({"u": range(len(keys)), "m": keys, "r": [4.0] * len(keys)})
+    table = RatingsTable(ratings, "u", "m", "r")
+    titled = attach_titles(table, items, merge_duplicates=merge)
+    assert titled.df["title"].tolist() == _attach_titles_by_row(table, items, merge)
+    assert list(titled.df.columns) == ["u", "title", "r"] and titled.df["u"].tolist() == list(range(len(keys)))
+    if None not in keys:
+        dls = CollabDataLoaders.from_df(titled.df, valid_pct=0.0, seed=0, bs=1)
+        want = pd.DataFrame({"u": ratings["u"], "title": _attach_titles_by_row(table, items, merge), "r": ratings["r"]})
+        ref = CollabDataLoaders.from_df(want, valid_pct=0.0, seed=0, bs=1)
+        assert list(dls.classes["title"]) == list(ref.classes["title"])
+        np.testing.assert_array_equal(dls.train_items, ref.train_items)
