@@ -65,10 +65,11 @@ class Recorder:
         self.setup_seconds: float = 0.0
         self._steps: dict[str, list] = {name: [] for name in self._STEP_FIELDS}
 
-    def add_steps(self, losses: np.ndarray, lrs: np.ndarray, moms: np.ndarray, start: int) -> None:
+    def add_steps(self, losses: np.ndarray, lrs: np.ndarray, moms, start: int, steps_schedule=None) -> None:
         """Record one epoch's per-step values, its steps being ``start, start + 1, ...`` of the fit.
 
-        Copies what it keeps: a runner may reuse its ``losses`` buffer for the next epoch.
+        Copies what it keeps: a runner may reuse its ``losses`` buffer for the next epoch. ``moms``
+        ``None``: the momenta of the kept steps come from ``steps_schedule.at`` (``schedule.OneCycle``).
         """
         n = len(losses)
         self.mean_losses.append(float(np.mean(losses)) if n else float("nan"))
@@ -78,7 +79,10 @@ class Recorder:
             kept = np.sort(np.random.default_rng(start).choice(n, self.SAMPLE_STEPS, replace=False))
         self._steps["steps"].append((kept + start).astype(np.float64))
         for name, values in (("losses", losses), ("lrs", lrs), ("moms", moms)):
-            self._steps[name].append(np.asarray(values, dtype=np.float64)[kept])
+            if values is None:
+                self._steps[name].append(np.asarray(steps_schedule.at(kept + start)[1], dtype=np.float64))
+            else:
+                self._steps[name].append(np.asarray(values, dtype=np.float64)[kept])
 
     @property
     def sampled(self) -> bool:
@@ -193,7 +197,7 @@ class Learner(LearnerAPI):
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
         with attached(self, cbs), compile_notice(self.log):
-            self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
+            self._fit(n_epoch, schedule.Constant(total, lr, self.opt.mom), wd, start_epoch)
 
     def fit_one_cycle(
         self,
@@ -226,12 +230,7 @@ class Learner(LearnerAPI):
         )
         total = n_epoch * self._steps_per_epoch()
         with attached(self, cbs), compile_notice(self.log):
-            self._fit(
-                n_epoch,
-                lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
-                wd,
-                start_epoch,
-            )
+            self._fit(n_epoch, schedule.OneCycle(total, lr_max, div, div_final, pct_start, moms), wd, start_epoch)
 
     def validate(self) -> float:
         """Exact mean squared error over the validation rows under the current weights."""
@@ -276,6 +275,11 @@ class Learner(LearnerAPI):
         t_setup = time.perf_counter()
         self.backend.bind(self.model, self.opt_state, self.dls)
         runner = self.backend.runner(opt, mode_of(self.sparse, opt, self.dls.bs), self.dls.bs)
+        # Plain SGD never reads its momentum: a long epoch then skips making the momenta (8 bytes a step)
+        # and hands the runner zeros (calloc'd, so never resident where the kernel does not read them);
+        # the recorder's sample of them is made at its steps.
+        lean = not opt.uses_momentum and steps > rec.STEPS_KEPT and hasattr(steps_schedule, "at")
+        no_moms = np.zeros(steps, dtype=np.float64) if lean else None
         rec.setup_seconds = time.perf_counter() - t_setup
         if start_epoch == 0:  # fastai resets the smoother at each fit; a resumed fit keeps the restored one
             self._smooth_avg, self._smooth_count = 0.0, 0
@@ -285,7 +289,10 @@ class Learner(LearnerAPI):
             # The epoch's slice of the schedule is set-up, as the whole schedule was when made at once:
             # outside train_seconds (at bs 1 on 5M ratings, 0.15 s of cosines).
             t_schedule = time.perf_counter()
-            ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps)
+            if lean:
+                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps, with_moms=False)[0], no_moms
+            else:
+                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps)
             t0 = time.perf_counter()
             rec.setup_seconds += t0 - t_schedule
             losses = self._train_epoch(runner, ep_lrs, ep_moms, epoch, n_epoch)
@@ -302,7 +309,7 @@ class Learner(LearnerAPI):
             valid_loss = self._valid_loss()
             t_valid = time.perf_counter() - t_valid
             rec.values.append([train_loss, valid_loss])
-            rec.add_steps(losses, ep_lrs, ep_moms, epoch * steps)
+            rec.add_steps(losses, ep_lrs, None if lean else ep_moms, epoch * steps, steps_schedule)
             seconds = time.perf_counter() - t0
             rec.epoch_seconds.append(seconds)
             rec.train_seconds.append(t_train)

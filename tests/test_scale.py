@@ -90,6 +90,7 @@ def test_recorder_keeps_a_seeded_sample_of_long_epochs(monkeypatch):
     # the kept values are the values of those steps, and the fit itself is unchanged
     np.testing.assert_array_equal(sample.losses, np.array(everything.losses)[steps])
     np.testing.assert_array_equal(sample.lrs, np.array(everything.lrs)[steps])
+    np.testing.assert_array_equal(sample.moms, np.array(everything.moms)[steps])  # made at the kept steps alone
     assert sample.values == everything.values
     # each epoch's mean is over all its steps, not the sample
     full = np.array(everything.losses).reshape(3, steps_per_epoch)
@@ -296,3 +297,19 @@ def test_titles_attached_per_distinct_key_as_per_row(keys, merge):
         ref = CollabDataLoaders.from_df(want, valid_pct=0.0, seed=0, bs=1)
         assert list(dls.classes["title"]) == list(ref.classes["title"])
         np.testing.assert_array_equal(dls.train_items, ref.train_items)
+
+
+def test_a_schedule_at_any_steps_equals_its_slices():
+    from mfscratch import schedule
+
+    sched = schedule.OneCycle(100_003, 0.02, pct_start=0.3)
+    steps = np.sort(np.random.default_rng(0).choice(100_003, 500, replace=False))
+    lrs, moms = sched(0, 100_003)
+    at_lrs, at_moms = sched.at(steps)
+    np.testing.assert_array_equal(at_lrs, lrs[steps])
+    np.testing.assert_array_equal(at_moms, moms[steps])
+    only, none = sched(10, 5000, with_moms=False)
+    np.testing.assert_array_equal(only, lrs[10:5000])
+    assert len(none) == 0
+    const = schedule.Constant(50, 0.1, 0.9)
+    assert const.at(np.arange(3))[1].tolist() == [0.9] * 3 and len(const(0, 50, with_moms=False)[1]) == 0
