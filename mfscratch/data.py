@@ -315,7 +315,7 @@ class CollabDataLoaders:
         bs = validate.positive_int("bs", bs)
         names = (user_name, item_name, rating_name)
         t0 = time.perf_counter()
-        y = validate.check_rating_values(ratings, rating_name).astype(np.float32)
+        y = validate.check_rating_values(ratings, rating_name, float32=True)
         if consume:
             del ratings[rating_name]
         check, encode = time.perf_counter() - t0, 0.0

@@ -316,22 +316,28 @@ def check_distinct(df: pd.DataFrame, name: str, role: str, n_distinct: int, firs
         )
 
 
-def check_rating_values(df: pd.DataFrame, rating_name) -> np.ndarray:
-    """A non-empty table whose ratings are finite numbers in float32; returns them as float64."""
+def check_rating_values(df: pd.DataFrame, rating_name, float32: bool = False) -> np.ndarray:
+    """A non-empty table whose ratings are finite numbers in float32; returns them as float64 (``float32``:
+    as float32, the training precision, without a float64 copy where the column is float64 already)."""
     where = _where(df)
     if len(df) == 0:
         raise DataError(f"{where}the ratings table is empty; give it at least a few rows")
     raw = df[rating_name]
-    y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = pd.to_numeric(raw, errors="coerce")
+    if numbers.dtype == np.float64:
+        y = numbers.to_numpy()  # NaN stays NaN; a view, not a copy
+    else:
+        y = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(over="ignore"):
-        bad = ~np.isfinite(y.astype(np.float32))  # training uses float32: 1e39 is as bad as inf
+        y32 = y.astype(np.float32)
+        bad = ~np.isfinite(y32)  # training uses float32: 1e39 is as bad as inf
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{where}rating column {rating_name!r} has {int(bad.sum())} value(s) that are not finite "
             f"numbers (first: row {df.index[first]!r}, {raw.iloc[first]!r}); drop or fix those rows"
         )
-    return y
+    return y32 if float32 else y
 
 
 def warn_repeated_pairs(
