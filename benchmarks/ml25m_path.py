@@ -10,8 +10,8 @@ The file (``userId,movieId,rating,timestamp``, half stars, ML-25M's 162,541 user
 scaled to ``--rows``) is generated once by ``mfscratch.synthetic`` and cached outside the repository
 in ``$MFSCRATCH_CACHE`` (default ``~/.cache/mfscratch/bench``). The script then times
 ``pd.read_csv`` of it, and runs the documented per-rating recipe through ``mfscratch train ... --json``
-in a subprocess (warm Numba cache: a 1-epoch run on a small file comes first), reading the child's
-peak RSS from ``os.wait4``. ``B`` is the peak RSS of a child that imports mfscratch and loads the
+in a subprocess (warm Numba cache: a 1-epoch run on a small file comes first), the child's peak RSS
+read by the child itself at its exit (``VmHWM``). ``B`` is the peak RSS of a child that imports mfscratch and loads the
 per-rating kernels (a learner's warm-up on a tiny problem). It prints each phase's seconds (from the
 report) as JSON and a Markdown table, the goals met or not met, and the load average at the start
 and the end:
@@ -104,15 +104,41 @@ def cached_csv(rows: int) -> Path:
     return path
 
 
+#: Runs ``-m MODULE ARGS...`` or ``-c CODE`` and writes the process's peak RSS (``VmHWM``, kB) to a file at
+#: exit. Measured inside the child: a child's ``ru_maxrss`` (``os.wait4``) starts from its parent's RSS
+#: at the fork, so a parent that has read the file with pandas would inflate every child's figure.
+_MEASURED = """
+import atexit, runpy, sys
+peak_file, how, what, *rest = sys.argv[1:]
+
+def _write_peak():
+    with open('/proc/self/status') as status:
+        peak = next(line.split()[1] for line in status if line.startswith('VmHWM:'))
+    with open(peak_file, 'w') as out:
+        out.write(peak)
+
+atexit.register(_write_peak)
+sys.argv = [what, *rest]
+if how == '-m':
+    runpy.run_module(what, run_name='__main__', alter_sys=True)
+else:
+    exec(compile(what, '<benchmark>', 'exec'), {'__name__': '__main__'})
+"""
+
+
 def run_child(argv: list[str]) -> tuple[int, float, int]:
-    """Run ``python argv`` and return ``(exit status, wall seconds, peak RSS in bytes)`` of that child alone."""
-    t0 = time.perf_counter()
+    """Run ``python -m MODULE ...`` or ``python -c CODE`` (``argv``) and return ``(exit status, wall
+    seconds, peak RSS in bytes)`` of that child alone (``VmHWM``, read by the child at its exit)."""
     root = Path(__file__).resolve().parents[1]  # the repository: ``-m mfscratch`` runs this checkout
-    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, cwd=root)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage.ru_maxrss * 1024  # Linux: kilobytes
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _MEASURED, str(peak_file), *argv], stdout=subprocess.DEVNULL, cwd=root
+        )
+        wall = time.perf_counter() - t0
+        peak = int(peak_file.read_text()) * 1024 if peak_file.is_file() else 0
+    return proc.returncode, wall, peak
 
 
 _BASELINE = """

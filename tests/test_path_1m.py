@@ -28,7 +28,7 @@ def _train(csv, epochs: int, report) -> tuple[dict, int]:
     return json.loads(report.read_text()), peak
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS from os.wait4 in kilobytes: Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS from /proc/self/status: Linux")
 def test_one_million_rows_end_to_end_in_flat_memory(big_csv, tmp_path):
     short, short_peak = _train(big_csv, 2, tmp_path / "short.json")
     long, long_peak = _train(big_csv, 6, tmp_path / "long.json")
