@@ -279,7 +279,7 @@ class Learner(LearnerAPI):
         # and hands the runner zeros (calloc'd, so never resident where the kernel does not read them);
         # the recorder's sample of them is made at its steps.
         lean = not opt.uses_momentum and steps > rec.STEPS_KEPT and hasattr(steps_schedule, "at")
-        no_moms = np.zeros(steps, dtype=np.float64) if lean else None
+        zero_moms = np.zeros(steps, dtype=np.float64) if lean else None
         rec.setup_seconds = time.perf_counter() - t_setup
         if start_epoch == 0:  # fastai resets the smoother at each fit; a resumed fit keeps the restored one
             self._smooth_avg, self._smooth_count = 0.0, 0
@@ -290,7 +290,7 @@ class Learner(LearnerAPI):
             # outside train_seconds (at bs 1 on 5M ratings, 0.15 s of cosines).
             t_schedule = time.perf_counter()
             if lean:
-                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps, with_moms=False)[0], no_moms
+                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps, with_moms=False)[0], zero_moms
             else:
                 ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps)
             t0 = time.perf_counter()
