@@ -139,9 +139,9 @@ def resolve_recipe(args) -> None:
                     f"--mode per-rating trains with --{option} {value}, not {given}; drop --{option} "
                     "(or use --mode sparse for other settings)"
                 )
-    for option, value in defaults.items():
+    for option, default in defaults.items():
         if getattr(args, option) is None:
-            setattr(args, option, value)
+            setattr(args, option, default)
 
 
 def add_output_args(p: argparse.ArgumentParser, json_help: str):
