@@ -320,7 +320,19 @@ def main(argv=None) -> dict:
         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mfscratch-bench",
         help="where the ML-25M-shaped data is cached (default ~/.cache/mfscratch-bench)",
     )
+    p.add_argument(
+        "--build-only",
+        type=Path,
+        metavar="DIR",
+        help="only build LIBMF and the driver into DIR and print the driver's path (for mfscratch bench --libmf)",
+    )
     args = p.parse_args(argv)
+    if args.build_only:
+        args.build_only.mkdir(parents=True, exist_ok=True)
+        driver = build_libmf(args.libmf_src, args.build_only)
+        if driver is not None:
+            print(driver)
+        return {}
     t0 = time.perf_counter()
     result = run(
         [s.strip() for s in args.shapes.split(",") if s.strip()],
