@@ -310,6 +310,58 @@ def test_per_rating_blocks_are_the_serial_epoch_over_the_block_layout(kernel, n_
     np.testing.assert_array_equal(got_losses, want_losses)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_groups", [2, 3, 5])
+@pytest.mark.parametrize("dtype, y_range", [(np.float32, RANGE), (np.float64, NO_RANGE)])
+def test_dynamic_block_scheduler_is_the_barrier_and_the_serial_epoch(threads, n_groups, dtype, y_range):
+    """The dynamic scheduler (no barrier between strata) gives the serial blocked epoch bit for bit, and
+    the barrier kernel's, in every run (thread timing differs run to run), on one thread and on two."""
+    import numba
+
+    data, model = problem(dtype)
+    order = np.random.default_rng(7).permutation(len(data.ratings))
+    lrs = np.linspace(0.3, 0.1, len(order)) * (1.0 if y_range.has_range else 0.05)  # no range: keep it finite
+    blocks, _ = layout(data, order, n_groups)
+    want, want_losses = per_rating_epoch(
+        cpu.train_epoch_per_rating, model.params, data, blocks.order, lrs, y_range=y_range
+    )
+    assert len(want_losses) == len(order) and np.isfinite(want_losses).all()
+    barrier, _ = per_rating_epoch(
+        cpu.train_epoch_per_rating_parallel, model.params, data, order, lrs, y_range=y_range, n_groups=n_groups
+    )
+    np.testing.assert_array_equal(barrier, want)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for _ in range(5):
+            got, got_losses = per_rating_epoch(
+                cpu.train_epoch_per_rating_dynamic, model.params, data, order, lrs, y_range=y_range, n_groups=n_groups
+            )
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got_losses, want_losses)
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():
+    data, model = problem(np.float64)
+    order = np.arange(len(data.ratings))
+    blocks, _ = layout(data, order, 3)
+    progress = np.zeros(1, dtype=np.int64)
+    losses = np.full(len(order), np.nan)
+    params = model.params.copy()
+    n = cpu.train_epoch_per_rating_dynamic(
+        params, SHAPE, data, blocks, np.full(1, 0.1), 0.1, RANGE, EpochOut(losses, progress)
+    )
+    assert n == len(order) and progress[0] == len(order) and np.isfinite(losses).all()
+    params[:] *= 1e200  # the first dot product overflows to inf
+    with np.errstate(all="ignore"):
+        n = cpu.train_epoch_per_rating_dynamic(
+            params, SHAPE, data, blocks, np.full(1, 0.3), 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64))
+        )
+    assert n < len(order) and not np.isfinite(losses[n - 1])
+
+
 @pytest.mark.parametrize("n_groups", [1, 2])
 def test_per_rating_divergence_stops_before_the_update(n_groups):
     data, model = problem(np.float64)
