@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -155,7 +154,7 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     return n_steps if bad == n_steps else bad + 1
 
 
-def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y_range, out):
+def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y_range, out, n_workers):
     r"""The epoch of :func:`train_epoch_per_rating` (``g > 1`` blocks) with no barrier between strata.
 
     Block ``(c, t)`` (user group ``c``, stratum ``t``, item group ``d = (c + t) % g``) may start once
@@ -166,6 +165,8 @@ def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y
     scans a ``sched_yield``, so that a thread it waits for gets the core). A thread that finishes a
     block early goes on with any ready block, of this stratum or a later one, instead of waiting for the
     whole stratum, so one slow or descheduled thread holds up only the blocks on its rows.
+    ``n_workers``: the threads taking blocks (the Numba thread count; passed in, because a kernel that
+    asks Numba for it cannot be cached).
 
     Each user group's and each item group's blocks still run one after another in stratum order, and
     blocks that run at once share no row, so every row sees the same updates in the same order as in the
@@ -189,7 +190,6 @@ def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y
     state = np.zeros(n_blocks, dtype=np.int64)
     flags = np.zeros(1, dtype=np.int64)  # [0]: 1 once a block diverged
     first_bad = np.full(n_blocks, n_steps, dtype=np.int64)
-    n_workers = numba.get_num_threads()
     for _worker in prange(n_workers):
         scan = 0  # every block before ``scan`` is claimed
         idle = 0
