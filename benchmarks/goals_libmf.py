@@ -244,7 +244,9 @@ def main(argv=None) -> list[dict]:
         "--cache", type=Path, help="where the ML-25M-shaped data is cached (default ~/.cache/mfscratch-bench)"
     )
     p.add_argument("--no-pytest", action="store_true", help="leave out goal 3's tests/test_trajectory.py run")
+    p.add_argument("--ml25m-ratings", type=int, help="the ml25m shape with this many ratings (a check of the path)")
     args = p.parse_args(argv)
+    harness.ML25M_RATINGS = args.ml25m_ratings
     cache = args.cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mfscratch-bench"
     goals = {int(g) for g in args.goals.split(",") if g.strip()}
     rounds = 1 if args.quick else 3

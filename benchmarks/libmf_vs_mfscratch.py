@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+#: The ``ml25m`` shape's number of ratings; None: ML-25M's (``--ml25m-ratings`` sets it, for checks).
+ML25M_RATINGS: int | None = None
 
 #: The driver: times ``mf_train`` with 1 and with 1 + E iterations, ``repeats`` times; one line each.
 DRIVER_CPP = r"""
@@ -203,9 +205,11 @@ def load_shape(name: str, quick: bool, cache: Path, log=print):
     if name == "ml25m":
         if quick:
             return synthetic_dataloaders(200_000, 1_300, 470, seed=0), 16, (0.5, 5.5), 2, 10, (5, 10)
-        n, nu, ni = ML_25M_SHAPE
+        n25, u25, i25 = ML_25M_SHAPE
+        n = ML25M_RATINGS or n25  # a smaller count (--ml25m-ratings) checks this path at a small size
+        nu, ni = round(u25 * n / n25), round(i25 * n / n25)
         cache.mkdir(parents=True, exist_ok=True)
-        files = [cache / f"ml25m_shape_{col}.npy" for col in ("users", "items", "ratings")]
+        files = [cache / f"ml25m_shape_{n}_{col}.npy" for col in ("users", "items", "ratings")]
         if not all(f.is_file() for f in files):
             from mfscratch.synthetic import synthetic_ratings
 
@@ -326,7 +330,10 @@ def main(argv=None) -> dict:
         metavar="DIR",
         help="only build LIBMF and the driver into DIR and print the driver's path (for mfscratch bench --libmf)",
     )
+    p.add_argument("--ml25m-ratings", type=int, help="the ml25m shape with this many ratings (a check of the path)")
     args = p.parse_args(argv)
+    global ML25M_RATINGS
+    ML25M_RATINGS = args.ml25m_ratings
     if args.build_only:
         args.build_only.mkdir(parents=True, exist_ok=True)
         driver = build_libmf(args.libmf_src, args.build_only)
