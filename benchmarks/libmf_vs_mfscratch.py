@@ -17,7 +17,9 @@ excluded). One thread runs the ``cpu`` backend, more run ``parallel`` with ``thr
 Shapes: ``ml100k`` (MovieLens 100k, seed split 42, 80,000 training ratings, k = 50; needs
 MFSCRATCH_DATA) and ``ml25m`` (synthetic data of ML-25M's shape, 80% of 25M ratings for training,
 k = 64; generated once and cached as ``.npy`` files in ``--cache``, outside the repository).
-LIBMF gets its best ``-n`` (block grid) per shape and thread count from a short trial first.
+LIBMF gets its best ``-n`` (block grid) per shape and thread count from a short trial first (ML-100k: 4, 8,
+12, 20); at the ML-25M shape it runs ``-n 21``, its best there in earlier measurements (a trial would
+cost half a minute of the four).
 
 Each round times LIBMF, then mfscratch, for each thread count; three rounds. Prints one JSON line per
 (system, shape, threads, round), then a JSON summary and a Markdown table of median and best
@@ -155,7 +157,10 @@ def libmf_epoch_seconds(driver, rows: Path, m, n, k, threads, bins, epochs, repe
 
 def best_bins(driver, rows, m, n, k, threads, candidates, log=print) -> int:
     """LIBMF's fastest ``-n`` among ``candidates`` (one 2-epoch trial each)."""
-    trials = {b: libmf_epoch_seconds(driver, rows, m, n, k, threads, b, 2, 1)[0] for b in candidates if b >= threads}
+    candidates = [b for b in candidates if b >= threads]
+    if len(candidates) == 1:
+        return candidates[0]
+    trials = {b: libmf_epoch_seconds(driver, rows, m, n, k, threads, b, 2, 1)[0] for b in candidates}
     best = min(trials, key=trials.__getitem__)
     log(f"  LIBMF -n trial, {threads} thread(s): " + ", ".join(f"{b}: {s * 1e3:.2f} ms" for b, s in trials.items()))
     return best
@@ -227,7 +232,7 @@ def load_shape(name: str, quick: bool, cache: Path, log=print):
         dls = CollabDataLoaders(
             users, items, ratings, slice(n_valid, n), slice(0, n_valid), classes, "user", "item", "rating", 1, 0
         )
-        return dls, 64, (0.5, 5.5), 5, 3, (11, 21)
+        return dls, 64, (0.5, 5.5), 5, 3, (21,)  # -n 21: LIBMF's best at this shape (0.96-1.02 s on 1 thread)
     raise SystemExit(f"error: unknown shape {name!r}: use ml100k or ml25m")
 
 
