@@ -484,3 +484,20 @@ def test_parallel_backend_schedulers_give_the_same_fit(n_groups, monkeypatch):
         learn.fit_one_cycle(2, 0.02, wd=0.08)
         weights[scheduler] = learn.model.params.copy()
     np.testing.assert_array_equal(weights["dynamic"], weights["barrier"])
+
+
+def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):
+    """``threads=`` (API) and ``--threads`` (CLI) set the parallel backend's block-taking threads."""
+    import numba
+
+    from mfscratch import cli
+    from mfscratch.backends.cpu import ParallelBackend
+
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    kernel, extra = ParallelBackend(threads=threads)._per_rating_kernel(3)
+    assert kernel is cpu.train_epoch_per_rating_dynamic and extra == (threads,)
+    assert ParallelBackend(threads=1)._per_rating_kernel(1)[0] is cpu.train_epoch_per_rating_parallel
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n" + "".join(f"{u % 23},{(u * 7) % 31},{1 + u % 5}\n" for u in range(600)))
+    argv = ["train", "--ratings", str(path), "--mode", "per-rating", "--backend", "parallel", "--quiet"]
+    assert cli.main([*argv, "--threads", str(threads), "--epochs", "2"]) == 0
