@@ -494,9 +494,9 @@ def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):
     from mfscratch.backends.cpu import ParallelBackend
 
     threads = min(2, numba.config.NUMBA_NUM_THREADS)
-    kernel, extra = ParallelBackend(threads=threads)._per_rating_kernel(3)
-    assert kernel is cpu.train_epoch_per_rating_dynamic and extra == (threads,)
-    assert ParallelBackend(threads=1)._per_rating_kernel(1)[0] is cpu.train_epoch_per_rating_parallel
+    kernel = ParallelBackend(threads=threads)._per_rating_kernel(3)
+    assert kernel.func is cpu.train_epoch_per_rating_dynamic and kernel.keywords == {"n_workers": threads}
+    assert ParallelBackend(threads=1)._per_rating_kernel(1) is cpu.train_epoch_per_rating_parallel
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating\n" + "".join(f"{u % 23},{(u * 7) % 31},{1 + u % 5}\n" for u in range(600)))
     argv = ["train", "--ratings", str(path), "--mode", "per-rating", "--backend", "parallel", "--quiet"]

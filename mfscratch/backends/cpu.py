@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import numba
@@ -119,10 +120,9 @@ class _PerRatingRunner(_Runner):
     from the same layout, so the order depends on the seed alone and a resumed fit equals an
     uninterrupted one."""
 
-    def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int, extra: tuple = ()):
+    def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int):
         super().__init__(backend, opt, mode, bs)
         self.kernel, self.shuffle, self.wd = kernel, shuffle, float(opt.wd)
-        self.extra = extra  # the dynamic scheduler's thread count
         data, shape = backend.data, backend.shape
         n = data.users.shape[0]
         if n_groups == 1:
@@ -151,7 +151,7 @@ class _PerRatingRunner(_Runner):
         b = self.backend
         layout = self._epoch_layout(rng)
         out = EpochOut(np.empty(layout.order.shape[0], dtype=np.float64), self.progress)
-        n = self.kernel(b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out, *self.extra)
+        n = self.kernel(b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
         return out.losses[:n]
 
 
@@ -204,9 +204,9 @@ class CpuBackend:
         """The exact-mode dense kernel for a buffer of ``n_params`` elements."""
         return self._dense_epoch
 
-    def _per_rating_kernel(self, n_groups: int) -> tuple[Any, tuple]:
-        """The per-rating kernel for ``n_groups`` groups, and the arguments it takes after the records."""
-        return self._per_rating_epoch, ()
+    def _per_rating_kernel(self, n_groups: int) -> Any:
+        """The per-rating epoch kernel for ``n_groups`` groups (called with the records only)."""
+        return self._per_rating_epoch
 
     def runner(self, opt, mode: str, bs: int, sized_as=None) -> _Runner:
         """The epoch runner of a fit in ``mode``; ``sized_as`` (a model) makes the size-dependent choices
@@ -221,8 +221,8 @@ class CpuBackend:
             return _SparseRunner(self, opt, mode, bs, self._sparse_epoch, self.n_threads())
         if mode == "per-rating":
             n_groups = self.per_rating_n_groups or per_rating_groups(params.nbytes, self.n_threads())
-            kernel, extra = self._per_rating_kernel(n_groups)
-            return _PerRatingRunner(self, opt, mode, bs, kernel, self._shuffle_blocks, n_groups, extra)
+            kernel = self._per_rating_kernel(n_groups)
+            return _PerRatingRunner(self, opt, mode, bs, kernel, self._shuffle_blocks, n_groups)
         raise ConfigError(f"unknown mode {mode!r}: use exact, sparse or per-rating")
 
     def evaluate(self, users, items, ratings) -> float:
@@ -313,12 +313,12 @@ class ParallelBackend(CpuBackend):
     def _dense_kernel(self, n_params: int):
         return self._dense_epoch if n_params >= self.min_parallel_params else cpu.train_epoch_dense
 
-    def _per_rating_kernel(self, n_groups: int) -> tuple[Any, tuple]:
+    def _per_rating_kernel(self, n_groups: int) -> Any:
         if self.per_rating_scheduler not in ("dynamic", "barrier"):
             raise ConfigError(f"per_rating_scheduler must be 'dynamic' or 'barrier', got {self.per_rating_scheduler!r}")
         if n_groups > 1 and self.per_rating_scheduler == "dynamic":
-            return cpu.train_epoch_per_rating_dynamic, (self.n_threads(),)
-        return self._per_rating_epoch, ()
+            return functools.partial(cpu.train_epoch_per_rating_dynamic, n_workers=self.n_threads())
+        return self._per_rating_epoch
 
     def reproducible(self, mode: str) -> bool:
         return mode != "sparse"
