@@ -336,6 +336,9 @@ def main(argv=None) -> dict:
         help="only build LIBMF and the driver into DIR and print the driver's path (for mfscratch bench --libmf)",
     )
     p.add_argument("--ml25m-ratings", type=int, help="the ml25m shape with this many ratings (a check of the path)")
+    p.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write every row and the summary (goals_libmf --from)"
+    )
     args = p.parse_args(argv)
     global ML25M_RATINGS
     ML25M_RATINGS = args.ml25m_ratings
@@ -356,6 +359,10 @@ def main(argv=None) -> dict:
     )
     print(json.dumps({"summary": result["summary"], "load_start": result["load_start"],
                       "load_end": result["load_end"], "seconds": round(time.perf_counter() - t0, 1)}))  # fmt: skip
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.json)
     print()
     print(markdown(result["summary"]))
     print(f"\nload average: start {result['load_start']}, end {result['load_end']}")
