@@ -32,12 +32,8 @@ from mfscratch.synthetic import ML_25M_SHAPE, synthetic_ratings
 def write_csv(path: Path, n_rows: int, compress: bool) -> Path:
     n25, u25, i25 = ML_25M_SHAPE
     users, items, ratings = synthetic_ratings(
-        n_rows,
-        max(50, round(n_rows * u25 / n25)),
-        max(50, round(n_rows * i25 / n25)),
-        rating_range=(0.5, 5.0),
-        rating_step=0.5,
-        seed=0,
+        n_rows, max(50, round(n_rows * u25 / n25)), max(50, round(n_rows * i25 / n25)),
+        rating_range=(0.5, 5.0), rating_step=0.5, seed=0,
     )
     stamps = np.random.default_rng(0).integers(800_000_000, 1_700_000_000, n_rows)
     df = pd.DataFrame({"userId": users + 1, "movieId": items + 1, "rating": ratings, "timestamp": stamps})
