@@ -31,7 +31,16 @@ from .. import readers
 from ..data import Vocab
 from ..errors import ConfigError, DataError
 
-__all__ = ["RATINGS_SUFFIXES", "Partition", "ClusterRatings", "list_sources", "read_ratings", "tree_reduce", "gather"]
+__all__ = [
+    "RATINGS_SUFFIXES",
+    "Partition",
+    "ClusterRatings",
+    "list_sources",
+    "read_ratings",
+    "scatter_ratings",
+    "tree_reduce",
+    "gather",
+]
 
 #: The files a folder is searched for (a glob or a list may name any file).
 RATINGS_SUFFIXES = (".csv", ".tsv", ".txt", ".dat", ".data", ".parquet", ".pq")
@@ -296,3 +305,29 @@ def read_ratings(
     user_vocab, item_vocab = distinct
     sizes = (n_users, n_items, n_train, n_valid)
     return ClusterRatings(client, sources, parts, user_vocab, item_vocab, counts, names, sizes, (lo, hi), timeout)
+
+
+def scatter_ratings(client, users, items, ratings, n_users: int, n_items: int, workers: list, timeout: float = 600.0):
+    """Training ratings already encoded on the client, sent to the cluster as :class:`ClusterRatings`.
+
+    One partition per worker (consecutive stretches of the rows, in order), no validation rows and no
+    vocabularies: what the ``dask`` backend trains a learner's loaders on. The rows pass through the
+    client once; data too large for one machine is read on the workers (:func:`read_ratings`).
+    """
+    n = int(users.shape[0])
+    parts = []
+    for w, rows in enumerate(np.array_split(np.arange(n), len(workers))):
+        part = Partition(users[rows], items[rows], ratings[rows], np.zeros(rows.shape[0], dtype=bool))
+        parts.append(client.scatter([part], workers=[workers[w]])[0])
+    counts = (
+        np.bincount(users, minlength=n_users),
+        np.bincount(items, minlength=n_items),
+        n,
+        0,
+        float(ratings.min()) if n else np.inf,
+        float(ratings.max()) if n else -np.inf,
+    )
+    counts_future = client.scatter([counts])[0]
+    names = ("user", "item", "rating")
+    sizes = (int(n_users), int(n_items), n, 0)
+    return ClusterRatings(client, ["<client>"], parts, None, None, counts_future, names, sizes, counts[4:], timeout)
