@@ -26,6 +26,7 @@ What the :class:`~mfscratch.backends.Backend` protocol cannot carry here, and wh
 from __future__ import annotations
 
 import importlib.util
+import sys
 from typing import Any
 
 import numpy as np
@@ -132,7 +133,7 @@ class DaskBackend:
     timeout = 600.0
 
     def __init__(self, threads: int | None = None, client=None):
-        if not self.available():
+        if not self.installed():
             raise ConfigError(f"backend 'dask' needs dask and distributed, which are not installed: {INSTALL}")
         if threads is not None:
             raise ConfigError(
@@ -145,10 +146,27 @@ class DaskBackend:
         self._dirty = False
         self._scattered: Any = None
 
+    @staticmethod
+    def installed() -> bool:
+        """Whether dask and distributed are installed."""
+        try:
+            return all(importlib.util.find_spec(name) is not None for name in ("dask", "distributed"))
+        except ValueError:  # a module set to None in sys.modules (how tests hide a package)
+            return False
+
     @classmethod
     def available(cls) -> bool:
-        """Whether dask and distributed are installed (a cluster is looked for when a fit starts)."""
-        return all(importlib.util.find_spec(name) is not None for name in ("dask", "distributed"))
+        """Whether this process has a cluster to train on: dask installed and a ``distributed.Client``
+        made (Dask's default client). Never imports dask itself: without a client it has not been."""
+        if not cls.installed() or "distributed" not in sys.modules:
+            return False
+        from distributed import default_client
+
+        try:
+            default_client()
+        except ValueError:
+            return False
+        return True
 
     def n_threads(self) -> int:
         return 1

@@ -111,6 +111,7 @@ class DsgdTrainer:
         self.epoch_started: list = []
         self.after_epoch: list = []
         self.opt_step = 0  # optimiser steps taken (Adam's bias correction), across fits
+        self.fit_args: dict | None = None  # the current fit's arguments (a checkpoint resumes it)
         self._token = uuid.uuid4().hex[:12]
         self._fresh = True  # no stratum trained yet: the first one moves no item rows
         self._starts: tuple | None = None
@@ -183,18 +184,31 @@ class DsgdTrainer:
         pct_start: float = 0.25,
         wd: float | None = None,
         moms=None,
+        start_epoch: int = 0,
     ) -> None:
-        """fastai's one-cycle, as ``Learner.fit_one_cycle``."""
+        """fastai's one-cycle, as ``Learner.fit_one_cycle``; ``start_epoch`` skips the epochs a restored
+        checkpoint already trained (``mfscratch.distributed.resume``)."""
         checks.check_fit(n_epoch, lr_max, wd)
         checks.check_one_cycle(div, div_final, pct_start, moms)
         moms = tuple(moms or (0.95, 0.85, 0.95))
+        self.fit_args = dict(
+            method="fit_one_cycle",
+            n_epoch=n_epoch,
+            lr_max=lr_max,
+            div=div,
+            div_final=div_final,
+            pct_start=pct_start,
+            wd=wd,
+            moms=list(moms),
+        )
         total = n_epoch * self.steps_per_epoch
-        self._fit(n_epoch, ("one_cycle", total, lr_max, div, div_final, pct_start, moms), wd)
+        self._fit(n_epoch, ("one_cycle", total, lr_max, div, div_final, pct_start, moms), wd, start_epoch)
 
-    def fit(self, n_epoch: int, lr: float = 1e-3, wd: float | None = None) -> None:
+    def fit(self, n_epoch: int, lr: float = 1e-3, wd: float | None = None, start_epoch: int = 0) -> None:
         """A constant learning rate and the optimiser's own momentum, as ``Learner.fit``."""
         checks.check_fit(n_epoch, lr, wd)
-        self._fit(n_epoch, ("constant", n_epoch * self.steps_per_epoch, lr, self.opt.mom), wd)
+        self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
+        self._fit(n_epoch, ("constant", n_epoch * self.steps_per_epoch, lr, self.opt.mom), wd, start_epoch)
 
     @property
     def range_args(self) -> tuple:
@@ -240,13 +254,13 @@ class DsgdTrainer:
             for t in range(steps.shape[0])
         ]
 
-    def _fit(self, n_epoch: int, spec: tuple, wd: float | None) -> None:
+    def _fit(self, n_epoch: int, spec: tuple, wd: float | None, start_epoch: int = 0) -> None:
         wd = self.wd if wd is None else wd
         opt = dataclasses.replace(self.opt) if wd is None else dataclasses.replace(self.opt, wd=float(wd))
         if self.log is not None:
             self.log(f"{'epoch':<10}{'train_loss':<12}{'valid_loss':<12}{'time':<10}")
         self._fit_id = getattr(self, "_fit_id", -1) + 1
-        for epoch in range(n_epoch):
+        for epoch in range(start_epoch, n_epoch):
             t0, sent0 = time.perf_counter(), self._sent()
             jobs = self._jobs(epoch, adapter.epoch_seed(self.rng), spec, opt)
             self._submit_epoch(f"{self._fit_id}-{epoch}", jobs)
@@ -433,6 +447,29 @@ class DsgdTrainer:
         the rows a local run needs to reproduce this fit (small data and tests only)."""
         rows = self._gather([self.client.submit(layout.OwnerData.global_rows, d) for d in self.data], "gathering")
         return tuple(np.concatenate([r[a] for r in rows]) for a in range(3))  # type: ignore[return-value]
+
+    def reference_learner(self, backend: str = "parallel"):
+        """A local :class:`~mfscratch.learner.Learner` that trains what this trainer trains next: this fit's
+        split (the training rows in block order, the validation rows), its block layout (``n_groups``
+        on the local backend's ``per_rating_n_groups``), its current weights and its epoch-seed
+        generator's state. Per-rating SGD on ``backend="parallel"`` (or ``"cpu"``) then gives these
+        weights bit for bit; lazy Adam/SGD batch differently (close, not equal). Small data and tests only:
+        it gathers every rating to the client."""
+        from ..data import CollabDataLoaders
+        from ..learner import Learner
+
+        r = self.ratings
+        train, valid = self.training_rows(), self.valid_rows()
+        users, items, ratings = (np.concatenate([a, b]) for a, b in zip(train, valid))
+        n = train[0].shape[0]
+        rows = (users, items, ratings, np.arange(n), np.arange(n, users.shape[0]))
+        dls = CollabDataLoaders(*rows, r.classes(), r.user_name, r.item_name, r.rating_name, bs=self.bs)
+        model = EmbeddingDotBias(self.n_factors, r.n_users, r.n_items, y_range=self.y_range, params=self.weights()[0])
+        learn = Learner(dls, model, opt_func=self.opt, wd=self.wd, sparse=True, backend=backend, log=None)
+        learn.rng.bit_generator.state = self.rng.bit_generator.state
+        learn.opt_state.step = self.opt_step
+        learn.backend.per_rating_n_groups = self.n_groups
+        return learn
 
     def valid_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The validation rows (global codes) gathered to the client (small data and tests only)."""
