@@ -1,7 +1,7 @@
 """Per-rating SGD at ML-25M's shape on a Dask LocalCluster (1 and 2 single-thread workers) against the
 parallel backend on the same cores, with the bytes the workers send each other.
 
-    python benchmarks/dask_ml25m.py                          # 25,000,095 ratings, 2 rounds
+    python benchmarks/dask_ml25m.py                          # 25,000,095 ratings, 3 rounds within --budget 240 s
     python benchmarks/dask_ml25m.py --quick                  # 200,000 ratings, 1 round: checks the script
 
 The ratings are ``mfscratch.synthetic``'s ML-25M-like set (162,541 users, 59,047 items, half stars),
@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from mfscratch.synthetic import ML_25M_SHAPE, synthetic_ratings
+
+#: Seconds kept for gathering the weights, closing the clusters and printing after the last round.
+TEARDOWN_S = 20.0
 
 
 def default_cache() -> Path:
@@ -80,7 +83,10 @@ def main() -> None:
     p.add_argument("--items", type=int, default=ML_25M_SHAPE[2])
     p.add_argument("--factors", type=int, default=64)
     p.add_argument("--files", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--budget", type=float, default=240.0, help="seconds for the whole run: fewer rounds once a round would pass it"
+    )
     p.add_argument("--quick", action="store_true", help="200,000 ratings, 20,000 users, 5,000 items, 1 round")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--wd", type=float, default=0.01)
@@ -116,12 +122,18 @@ def main() -> None:
     learn = variants["dask-2"][2].reference_learner()  # from here on in step with dask-2
     learn.warmup()
     seconds: dict = {name: [] for name in ("parallel", *variants)}
-    for _ in range(args.rounds):
+    round_seconds = 0.0
+    for done in range(args.rounds):
+        round_start = time.perf_counter()
+        if done and (round_start - started) + round_seconds + TEARDOWN_S > args.budget:
+            print(f"stopping after {done} round(s): another would pass --budget {args.budget:g} s", flush=True)
+            break
         learn.fit(1, args.lr, wd=args.wd)
         seconds["parallel"].append(learn.recorder.epoch_seconds[-1])
         for name, (_, _, trainer) in variants.items():
             trainer.fit(1, args.lr, wd=args.wd)
             seconds[name].append(trainer.epoch_seconds[-1])
+        round_seconds = time.perf_counter() - round_start
     load.append(os.getloadavg())
     k, n_items, n_train = args.factors, variants["dask-2"][2].ratings.n_items, learn.dls.n_train
     table_bytes = n_items * (k + 1) * 4
@@ -138,14 +150,14 @@ def main() -> None:
                 median_s=statistics.median(times),
                 best_s=min(times),
                 ratings_per_s=n_train / statistics.median(times),
-                bytes_per_epoch=int(np.median(trainer.bytes_sent[-args.rounds :])) if trainer else 0,
+                bytes_per_epoch=int(np.median(trainer.bytes_sent[-len(times) :])) if trainer else 0,
                 predicted_bytes=(2 * w - 1) * table_bytes if w > 1 else 0,
                 valid_mse=(trainer.values[-1][1] if trainer else learn.recorder.values[-1][1]),
                 **(setups[w] if trainer else {}),
             )
         )
     print(f"\nload average before / after: {load[0]} / {load[1]}; n_train {n_train}; k {k}")
-    print(f"parallel and dask-2 weights equal after {args.rounds} epochs in step: {same}\n")
+    print(f"parallel and dask-2 weights equal after {len(seconds['parallel'])} epochs in step: {same}\n")
     print("| variant | groups | median s/epoch | best s/epoch | ratings/s | MB sent/epoch (measured / predicted) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -154,6 +166,8 @@ def main() -> None:
             f"| {r['variant']} | {r['groups']} | {r['median_s']:.3f} | {r['best_s']:.3f} | "
             f"{r['ratings_per_s'] / 1e6:.1f} M | {mb} |"
         )
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the clusters' closing lines
     for cluster, client, _ in variants.values():
         client.close()
         cluster.close()
