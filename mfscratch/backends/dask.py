@@ -206,14 +206,14 @@ class DaskBackend:
         workers = sorted(client.scheduler_info()["workers"])
         if not workers:
             raise ConfigError("the Dask cluster has no workers; start some (dask worker SCHEDULER_ADDRESS)")
-        key = (id(self.data.users), self.data.users.shape[0], tuple(workers), m_.n_users, m_.n_items)
-        if self._scattered is None or self._scattered[0] != key:
-            d = self.data
+        held = self._scattered
+        if held is None or held[1] != workers or any(a is not b for a, b in zip(held[0], self.data)):
+            d = self.data  # the rows go to the workers once per loaders and cluster, not once per fit
             ratings = scatter_ratings(
                 client, d.users, d.items, d.ratings, m_.n_users, m_.n_items, workers, self.timeout
             )
-            self._scattered = (key, ratings)
-        ratings = self._scattered[1]
+            self._scattered = (tuple(d), workers, ratings)
+        ratings = self._scattered[2]
         g = self.per_rating_n_groups or per_rating_groups(m_.params.nbytes, len(workers))
         self.opt = opt
         trainer = DsgdTrainer(

@@ -468,7 +468,7 @@ class DsgdTrainer:
         learn = Learner(dls, model, opt_func=self.opt, wd=self.wd, sparse=True, backend=backend, log=None)
         learn.rng.bit_generator.state = self.rng.bit_generator.state
         learn.opt_state.step = self.opt_step
-        learn.backend.per_rating_n_groups = self.n_groups
+        learn.backend.per_rating_n_groups = self.n_groups  # type: ignore[attr-defined]
         return learn
 
     def valid_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
