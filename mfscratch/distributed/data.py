@@ -315,10 +315,10 @@ def scatter_ratings(client, users, items, ratings, n_users: int, n_items: int, w
     client once; data too large for one machine is read on the workers (:func:`read_ratings`).
     """
     n = int(users.shape[0])
-    parts = []
+    parts = []  # hash=False: fresh keys, never those of equal rows another fit is releasing
     for w, rows in enumerate(np.array_split(np.arange(n), len(workers))):
         part = Partition(users[rows], items[rows], ratings[rows], np.zeros(rows.shape[0], dtype=bool))
-        parts.append(client.scatter([part], workers=[workers[w]])[0])
+        parts.append(client.scatter([part], workers=[workers[w]], hash=False)[0])
     counts = (
         np.bincount(users, minlength=n_users),
         np.bincount(items, minlength=n_items),
@@ -327,7 +327,7 @@ def scatter_ratings(client, users, items, ratings, n_users: int, n_items: int, w
         float(ratings.min()) if n else np.inf,
         float(ratings.max()) if n else -np.inf,
     )
-    counts_future = client.scatter([counts])[0]
+    counts_future = client.scatter([counts], hash=False)[0]
     names = ("user", "item", "rating")
     sizes = (int(n_users), int(n_items), n, 0)
     return ClusterRatings(client, ["<client>"], parts, None, None, counts_future, names, sizes, counts[4:], timeout)

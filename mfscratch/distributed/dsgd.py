@@ -416,7 +416,7 @@ class DsgdTrainer:
             )
             users = tuple(np.column_stack([t[0][us], t[2][us]]) for t in tables)
             items = tuple(np.column_stack([t[1][codes], t[3][codes]]) for t in tables)
-            rows = self.client.scatter([(users, items)], workers=[self.workers[w]])[0]
+            rows = self.client.scatter([(users, items)], workers=[self.workers[w]], hash=False)[0]
             self.tables.append(
                 self._submit(
                     worker.tables_from_rows,
