@@ -70,6 +70,7 @@ def start_cluster(n_workers: int):
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
         memory_limit=0,
         silence_logs=logging.ERROR,
     )

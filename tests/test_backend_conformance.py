@@ -79,6 +79,7 @@ def dask_client():
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
         silence_logs=logging.CRITICAL,
     )
     client = distributed.Client(cluster, timeout=60)

@@ -48,6 +48,7 @@ def client():
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
         silence_logs=logging.CRITICAL,
     )
     c = Client(cluster, timeout=60)
@@ -323,6 +324,30 @@ def test_cli_resumes_on_a_local_cluster_as_the_api_trains(client, parts, tmp_pat
     report = json.loads((tmp_path / "r.json").read_text())
     assert [e["epoch"] for e in report["epochs"]] == [1] and report["settings"]["workers"] == 2
     assert report["epochs"][0]["valid_loss"] == straight.values[1][1]
+
+
+def test_cli_local_cluster_is_torn_down_after_a_bad_file(tmp_path, capsys):
+    import psutil
+
+    from mfscratch.cli import main
+
+    (tmp_path / "a.csv").write_text("user,item,rating\n1,2,3\n2,3,4\n3,1,5\n")
+    (tmp_path / "b.csv").write_text("user,item,rating\n1,2,3\n2,3,lots\n")
+
+    def workers():  # child processes but multiprocessing's resource tracker, which lives as long as this one
+        return {
+            p.pid for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())
+        }
+
+    before = workers()
+    args = ["train", "--backend", "dask", "--scheduler", "local:2", "--ratings", str(tmp_path), "--mode", "per-rating"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "b.csv: rating column 'rating'" in err[0], err
+    deadline = time.monotonic() + 30
+    while workers() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not workers() - before
 
 
 def test_cli_refusals_are_one_error_line(parts):

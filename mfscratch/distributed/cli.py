@@ -69,7 +69,8 @@ def cluster_client(scheduler: str, timeout: float = 60.0):
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
-        silence_logs=logging.ERROR,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
+        silence_logs=logging.CRITICAL,  # a failed task is reported once, as the error line
     )
     try:
         client = Client(cluster, timeout=timeout)
