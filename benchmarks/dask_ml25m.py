@@ -11,7 +11,8 @@ written once as ``--files`` Parquet files into a cache folder outside the reposi
 per-rating SGD (``DsgdTrainer``, its default groups); the local run is the learner on the parallel
 backend (Numba threads = ``--threads``) handed the 2-worker cluster's split, block layout, weights
 and seeds (``DsgdTrainer.reference_learner``), so its weights stay the 2-worker run's bit for bit. After a warm-up epoch
-each, the three alternate one epoch at a time (``fit(1, lr)``) for ``--rounds`` rounds; the table
+each, the three alternate one epoch at a time (``fit(1, lr)``) for ``--rounds`` rounds (fewer when
+another would take the run past ``--budget`` seconds); the table
 gives the median and best epoch (training and validation, as each reports its epoch), the ratings
 per second of the median, and the bytes sent per epoch: measured (Dask's
 ``transfer_outgoing_bytes_total`` on every worker) and predicted (each item group crosses ``W``
