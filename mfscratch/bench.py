@@ -29,6 +29,7 @@ import copy
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 from . import schedule
 from .backends import BACKENDS, MODES, available_backends, normalise_mode
@@ -147,7 +148,9 @@ def bench_rows(
         if name in ("torch", "cornac"):
             continue
         for mode in modes:
-            run_dls, opt, run = dls, Adam, {"lr": lr, "wd": wd, "epochs": epochs}
+            opt: type[Adam] | type[SGD] = Adam
+            run: dict[str, Any] = {"lr": lr, "wd": wd, "epochs": epochs}
+            run_dls = dls
             if mode == "per-rating":  # batches of one rating, plain SGD, its own recipe
                 run_dls, opt, run = copy.copy(dls), SGD, PER_RATING_RECIPE
                 run_dls.bs = 1

@@ -164,7 +164,7 @@ class Learner(LearnerAPI):
         checks.check_fit(n_epoch, lr, wd, start_epoch)
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
-        with attached(self, cbs), compile_notice(self.log):
+        with attached(self, cbs, start_epoch), compile_notice(self.log):
             self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
 
     def fit_one_cycle(
@@ -197,7 +197,7 @@ class Learner(LearnerAPI):
             moms=list(moms),
         )
         total = n_epoch * self._steps_per_epoch()
-        with attached(self, cbs), compile_notice(self.log):
+        with attached(self, cbs, start_epoch), compile_notice(self.log):
             self._fit(
                 n_epoch,
                 lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),

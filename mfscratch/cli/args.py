@@ -23,6 +23,10 @@ def positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
+def nonneg_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
 def positive_float(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
@@ -150,9 +154,9 @@ def resolve_recipe(args) -> None:
                     f"--mode per-rating trains with --{option} {value}, not {given}; drop --{option} "
                     "(or use --mode sparse for other settings)"
                 )
-    for option, value in defaults.items():
+    for option, default in defaults.items():
         if getattr(args, option) is None:
-            setattr(args, option, value)
+            setattr(args, option, default)
 
 
 def add_output_args(p: argparse.ArgumentParser, json_help: str):

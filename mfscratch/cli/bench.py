@@ -121,7 +121,7 @@ def cmd_bench(args) -> int:
         what, y_range = f"{args.data or 'ml-100k'} (seed split {args.seed})", (0.0, 5.5)
     print(
         f"{what}, k={args.factors}, bs={bs}, {epochs} epoch{'s' if epochs != 1 else ''} of one-cycle lr {lr} wd {wd}; "
-        f"{numba.get_num_threads()} threads on {platform.machine()} ({numba.config.NUMBA_NUM_THREADS} cores seen)"
+        f"{numba.get_num_threads()} threads on {platform.machine()} ({numba.config.NUMBA_NUM_THREADS} cores seen)"  # type: ignore[attr-defined]
     )
     rows = bench.bench_rows(
         dls,

@@ -114,12 +114,12 @@ def _checkpointing(args, learn, say) -> int:
     start_epoch = 0
     if args.resume:
         expect = {"method": "fit_one_cycle", "n_epoch": args.epochs, "lr_max": args.lr, "wd": args.wd}
-        start_epoch = checkpoint.restore(learn, args.checkpoint, expect)
-        if start_epoch is None:
+        restored = checkpoint.restore(learn, args.checkpoint, expect)
+        if restored is None:
             print(f"note: no checkpoint in {args.checkpoint} yet; starting at epoch 0", file=sys.stderr)
-            start_epoch = 0
         else:
-            say(f"resuming from {args.checkpoint} at epoch {start_epoch} of {args.epochs}")
+            say(f"resuming from {args.checkpoint} at epoch {restored} of {args.epochs}")
+        start_epoch = restored or 0
     learn.after_epoch.append(checkpoint.Checkpoint(args.checkpoint))
     return start_epoch
 
@@ -185,7 +185,7 @@ def cmd_train(args) -> int:
     threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
     if args.ranking_k or args.json:
         ranking = learn.ranking(args.ranking_k or 10, threshold)
-    if args.ranking_k:
+    if args.ranking_k and ranking is not None:
         say(
             _ranking_line(ranking)
             if ranking["n_users"]
