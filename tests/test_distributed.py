@@ -359,6 +359,20 @@ def test_cli_refusals_are_one_error_line(parts):
         (base + ["--backend", "dask", "--scheduler", "local:2"], "does not train exact mode"),
         (base + ["--backend", "dask", "--scheduler", "local:2", "--mode", "per-rating", "--threads", "2"], "threads"),
         (base + ["--scheduler", "local:2"], "--scheduler applies to --backend dask"),
+        (
+            base
+            + [
+                "--backend",
+                "dask",
+                "--scheduler",
+                "local:2",
+                "--mode",
+                "per-rating",
+                "--save",
+                str(parts / "part-1.csv"),
+            ],
+            "would overwrite --ratings",
+        ),
         ([sys.executable, "-c", hide, *base[3:], "--backend", "dask", "--scheduler", "local:2"], "pip install"),
     ]
     for argv, message in cases:

@@ -101,6 +101,22 @@ def _check_args(args) -> None:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
 
 
+def _check_outputs(args) -> None:
+    """Every file the run writes, checked before the cluster starts: against each other and the ratings files."""
+    from ..checkpoint import FILE_NAME
+    from ..outputs import Output, check_outputs
+    from .data import list_sources
+
+    outputs = [
+        Output("--save", args.save),
+        Output("--json", args.json),
+        Output("--checkpoint", args.checkpoint, folder=True, files=(FILE_NAME,)),
+    ]
+    for note in check_outputs(outputs, [("--ratings", f) for f in list_sources(args.ratings)]):
+        if not args.quiet:
+            print(f"note: {note}", file=sys.stderr)
+
+
 def _col(value, default):
     return default if value is None else value
 
@@ -110,6 +126,7 @@ def train_on_cluster(args, y_range) -> int:
     from ..io import write_json
 
     _check_args(args)
+    _check_outputs(args)
     say = (lambda *a: None) if args.quiet else print
     valid_pct = 0.2 if args.valid_pct is None else args.valid_pct
     with cluster_client(args.scheduler) as client:
