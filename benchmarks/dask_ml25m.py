@@ -3,6 +3,7 @@ parallel backend on the same cores, with the bytes the workers send each other.
 
     python benchmarks/dask_ml25m.py                          # 25,000,095 ratings, 3 rounds within --budget 240 s
     python benchmarks/dask_ml25m.py --quick                  # 200,000 ratings, 1 round: checks the script
+    python benchmarks/dask_ml25m.py --prepare                # only writes the data set (once, about a minute)
 
 The ratings are ``mfscratch.synthetic``'s ML-25M-like set (162,541 users, 59,047 items, half stars),
 written once as ``--files`` Parquet files into a cache folder outside the repository
@@ -89,6 +90,7 @@ def main() -> None:
     p.add_argument(
         "--budget", type=float, default=240.0, help="seconds for the whole run: fewer rounds once a round would pass it"
     )
+    p.add_argument("--prepare", action="store_true", help="write the data set into --cache and stop")
     p.add_argument("--quick", action="store_true", help="200,000 ratings, 20,000 users, 5,000 items, 1 round")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--wd", type=float, default=0.01)
@@ -109,6 +111,8 @@ def main() -> None:
     t0 = time.perf_counter()
     folder = parquet_parts(args.cache, args.ratings, args.users, args.items, args.files)
     print(f"data: {folder} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    if args.prepare:
+        return
     setups, variants = {}, {}
     for n_workers in (1, 2):
         t0 = time.perf_counter()
