@@ -24,7 +24,6 @@ __all__ = ["train_on_cluster", "cluster_client"]
 NOT_ON_A_CLUSTER = {
     "data": "the MovieLens sets by name are read on this machine; give their ratings file(s) as --ratings",
     "split": "ML-100k's own splits are read on this machine; use --ratings and --valid-pct",
-    "sep": "the workers detect each file's separator",
     "items": "item titles are joined on this machine",
     "item_key": "item titles are joined on this machine",
     "title_col": "item titles are joined on this machine",
@@ -139,9 +138,10 @@ def train_on_cluster(args, y_range) -> int:
                 _col(args.item_col, 1),
                 _col(args.rating_col, 2),
                 header=args.header,
-                encoding=args.encoding or "utf-8",
+                encoding=args.encoding,
                 valid_pct=valid_pct,
                 seed=args.seed,
+                sep="\t" if args.sep in ("tab", "\\t") else args.sep,
             )
             read_seconds = time.perf_counter() - t0
             if y_range is None:

@@ -88,10 +88,10 @@ class Partition:
     valid: np.ndarray
 
 
-def _read(source: str, columns: tuple, header, encoding: str) -> RawPartition:
+def _read(source: str, columns: tuple, header, encoding: str | None, sep: str | None = None) -> RawPartition:
     """Read one file with the project's reader; the ids must be present and the ratings finite numbers."""
     user_col, item_col, rating_col = columns
-    table = readers.read_ratings(source, user_col, item_col, rating_col, header=header, encoding=encoding)
+    table = readers.read_ratings(source, user_col, item_col, rating_col, header=header, encoding=encoding, sep=sep)
     df = table.df
     y = pd.to_numeric(df[table.rating], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(over="ignore"):
@@ -250,15 +250,17 @@ def read_ratings(
     item_col=1,
     rating_col=2,
     header: bool | None = None,
-    encoding: str = "utf-8",
+    encoding: str | None = None,
     valid_pct: float = 0.2,
     seed: int | None = None,
     timeout: float = 600.0,
+    sep: str | None = None,
 ) -> ClusterRatings:
     """Read ratings files on the workers of ``client`` (a ``distributed.Client``); see the module docstring.
 
     ``source``: a folder, a glob (``"ratings/part-*.csv"``), a file or a list; the files must be
-    readable from the workers under the same names. Columns and ``header`` as for a local file.
+    readable from the workers under the same names. Columns, ``header``, ``encoding`` and ``sep`` as for
+    a local file (``None``: detected in each file).
     A problem in a file raises its one-line :class:`~mfscratch.errors.DataError` here; ``timeout``
     bounds each wait for the cluster, in seconds.
     """
@@ -270,7 +272,8 @@ def read_ratings(
     token = uuid.uuid4().hex[:12]  # this read's task keys: never shared with another read
     columns = (user_col, item_col, rating_col)
     raws = [
-        client.submit(_read, s, columns, header, encoding, key=f"mf-read-{token}-{i}") for i, s in enumerate(sources)
+        client.submit(_read, s, columns, header, encoding, sep, key=f"mf-read-{token}-{i}")
+        for i, s in enumerate(sources)
     ]
     distinct = [
         tree_reduce(
