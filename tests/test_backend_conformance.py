@@ -15,7 +15,9 @@ Each (backend, mode) trains a tiny float64 problem through the declared interfac
   the number of steps.
 
 A new backend joins by its line in ``backends.BACKENDS`` (and, if it needs its own process or
-marker, a line in ``MARKS``). ``cuda`` runs in the ``cudasim`` process under Numba's simulator.
+marker, a line in ``MARKS``). A backend that trains only some modes lists them in its ``modes``
+attribute (``dask``: per-rating only, its docstring says why); its other cases are skipped, saying so.
+``cuda`` runs in the ``cudasim`` process under Numba's simulator.
 """
 
 from __future__ import annotations
