@@ -112,13 +112,24 @@ def add_train_args(p: argparse.ArgumentParser, valid_pct: bool = True) -> None:
     g.add_argument(
         "--backend",
         default="cpu",
-        help="where the kernels run: cpu, parallel (every core), or cuda (an NVIDIA GPU; needs the cuda "
-        "extra) (default cpu)",
+        help="where the kernels run: cpu, parallel (every core), cuda (an NVIDIA GPU; needs the cuda "
+        "extra), or dask (a Dask cluster, see --scheduler; needs the dask extra) (default cpu)",
     )
     g.add_argument(
         "--threads",
         type=positive_int,
         help="threads of the parallel backend (default: all the cores Numba sees)",
+    )
+
+
+def add_scheduler_arg(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` of ``--backend dask``: a running scheduler's address, or ``local:N``."""
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --backend dask: the Dask scheduler to train on (tcp://HOST:8786), or local:N to start N "
+        "single-thread worker processes on this machine for the run; --ratings FILE|FOLDER|GLOB is read "
+        "by the workers",
     )
 
 

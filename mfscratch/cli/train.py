@@ -10,6 +10,7 @@ from .args import (
     add_data_args,
     add_debug_arg,
     add_output_args,
+    add_scheduler_arg,
     add_train_args,
     add_usage_output_args,
     check_y_range,
@@ -31,6 +32,7 @@ def add_train_parser(sub) -> None:
         description="Train the biased dot-product model and print fastai's results table.",
     )
     add_train_args(train)
+    add_scheduler_arg(train)
     out = add_output_args(train, "write a JSON report of the run")
     out.add_argument("--save", metavar="PATH", help="write the weights and vocabularies to a .npz")
     add_data_args(train)
@@ -129,6 +131,12 @@ def cmd_train(args) -> int:
 
     y_range = check_y_range(args.y_range)
     resolve_recipe(args)
+    if args.backend == "dask":  # read and trained on a cluster's workers (mfscratch.distributed)
+        from ..distributed.cli import train_on_cluster
+
+        return train_on_cluster(args, y_range)
+    if args.scheduler:
+        raise ConfigError("--scheduler applies to --backend dask; add it or drop --scheduler")
     _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
