@@ -146,6 +146,11 @@ def _cannot_run(name: str, modes) -> str | None:
         if "per-rating" not in modes:
             return "cornac's row sits next to the per-rating mode; add --mode per-rating"
         return None if importlib.util.find_spec("cornac") else "cornac is not installed (pip install cornac)"
+    if name == "dask":
+        return (
+            "bench times this machine's backends; a Dask cluster trains with `mfscratch train --backend dask "
+            "--scheduler ADDRESS` and is timed by the repository's benchmarks/dask_ml25m.py"
+        )
     if name not in available_backends():
         return f"the {name} backend is not available on this machine (no GPU or no numba-cuda)"
     return None
