@@ -1,23 +1,26 @@
 """Per-rating SGD at ML-25M's shape on a Dask LocalCluster (1 and 2 single-thread workers) against the
 parallel backend on the same cores, with the bytes the workers send each other.
 
-    python benchmarks/dask_ml25m.py                          # 25,000,095 ratings, 3 rounds
-    python benchmarks/dask_ml25m.py --ratings 2000000 --rounds 2
+    python benchmarks/dask_ml25m.py                          # 25,000,095 ratings, 3 rounds within --budget 240 s
+    python benchmarks/dask_ml25m.py --quick                  # 200,000 ratings, 1 round: checks the script
+    python benchmarks/dask_ml25m.py --prepare                # only writes the data set (once, about a minute)
 
 The ratings are ``mfscratch.synthetic``'s ML-25M-like set (162,541 users, 59,047 items, half stars),
 written once as ``--files`` Parquet files into a cache folder outside the repository
 (``--cache``, default ``~/.cache/mfscratch/synthetic``) and read from there by the workers
 (``mfscratch.distributed.read_ratings``, 20% held out per file). Each cluster trains k = 64
 per-rating SGD (``DsgdTrainer``, its default groups); the local run is the learner on the parallel
-backend (Numba threads = ``--threads``) given the 2-worker cluster's training and validation rows
-and initial weights, so its layout, and its weights, are the 2-worker run's. After a warm-up epoch
-each, the three alternate one epoch at a time (``fit(1, lr)``) for ``--rounds`` rounds; the table
+backend (Numba threads = ``--threads``) handed the 2-worker cluster's split, block layout, weights
+and seeds (``DsgdTrainer.reference_learner``), so its weights stay the 2-worker run's bit for bit. After a warm-up epoch
+each, the three alternate one epoch at a time (``fit(1, lr)``) for ``--rounds`` rounds (fewer when
+another would take the run past ``--budget`` seconds); the table
 gives the median and best epoch (training and validation, as each reports its epoch), the ratings
 per second of the median, and the bytes sent per epoch: measured (Dask's
 ``transfer_outgoing_bytes_total`` on every worker) and predicted (each item group crosses ``W``
 workers an epoch, and the validation pass sends every worker the other workers' item rows:
 ``W + (W - 1)`` item tables of ``n_items * (k + 1) * 4`` bytes, none for one worker).
-One JSON line per variant follows the table (``--json PATH`` writes them to a file too).
+One JSON line per variant follows the table (``--json PATH`` writes them to a file too), then the
+load average at the start and the end and the whole run's wall time.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mfscratch import SGD, CollabDataLoaders
-from mfscratch.learner import Learner
-from mfscratch.model import EmbeddingDotBias
 from mfscratch.synthetic import ML_25M_SHAPE, synthetic_ratings
+
+#: Seconds kept for gathering the weights, closing the clusters and printing after the last round.
+TEARDOWN_S = 20.0
 
 
 def default_cache() -> Path:
@@ -69,23 +72,11 @@ def start_cluster(n_workers: int):
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
         memory_limit=0,
-        silence_logs=logging.WARNING,
+        silence_logs=logging.ERROR,
     )
     return cluster, Client(cluster)
-
-
-def local_learner(trainer, k: int, params: np.ndarray) -> Learner:
-    """The parallel backend on the trainer's rows (training rows in its block order) and initial weights."""
-    r = trainer.ratings
-    train, valid = trainer.training_rows(), trainer.valid_rows()
-    users, items, ratings = (np.concatenate([a, b]) for a, b in zip(train, valid))
-    n = train[0].shape[0]
-    rows = (users, items, ratings, np.arange(n), np.arange(n, users.shape[0]))
-    classes = {r.user_name: range(r.n_users), r.item_name: range(r.n_items)}  # sizes only: no names needed
-    dls = CollabDataLoaders(*rows, classes, r.user_name, r.item_name, r.rating_name, bs=1)
-    model = EmbeddingDotBias(k, r.n_users, r.n_items, y_range=trainer.y_range, params=params)
-    return Learner(dls, model, opt_func=SGD, seed=0, sparse=True, backend="parallel", log=None)
 
 
 def main() -> None:
@@ -96,21 +87,32 @@ def main() -> None:
     p.add_argument("--factors", type=int, default=64)
     p.add_argument("--files", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--budget", type=float, default=240.0, help="seconds for the whole run: fewer rounds once a round would pass it"
+    )
+    p.add_argument("--prepare", action="store_true", help="write the data set into --cache and stop")
+    p.add_argument("--quick", action="store_true", help="200,000 ratings, 20,000 users, 5,000 items, 1 round")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--wd", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2, help="Numba threads of the local parallel run")
     p.add_argument("--cache", type=Path, default=default_cache())
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # the table, not the cluster's chatter
+    if args.quick:
+        args.ratings, args.users, args.items, args.rounds = 200_000, 20_000, 5_000, 1
     import numba
 
     from mfscratch.distributed import DsgdTrainer, read_ratings
 
     numba.set_num_threads(args.threads)
     load = [os.getloadavg()]
+    started = time.perf_counter()
     t0 = time.perf_counter()
     folder = parquet_parts(args.cache, args.ratings, args.users, args.items, args.files)
     print(f"data: {folder} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    if args.prepare:
+        return
     setups, variants = {}, {}
     for n_workers in (1, 2):
         t0 = time.perf_counter()
@@ -119,20 +121,25 @@ def main() -> None:
         t1 = time.perf_counter()
         trainer = DsgdTrainer(ratings, n_factors=args.factors, y_range=(0.0, 5.5), bs=1, seed=0, log=None)
         t2 = time.perf_counter()
-        start = trainer.model().params  # the initial weights, for the local run
         trainer.fit(1, args.lr, wd=args.wd)  # warm-up: the workers load the compiled kernels
         setups[n_workers] = dict(read_s=t1 - t0, layout_s=t2 - t1, warmup_epoch_s=trainer.epoch_seconds[-1])
         variants[f"dask-{n_workers}"] = (cluster, client, trainer)
         print(f"dask-{n_workers}: {trainer!r}, {ratings!r}, {setups[n_workers]}", flush=True)
-    learn = local_learner(variants["dask-2"][2], args.factors, start)
-    learn.fit(1, args.lr, wd=args.wd)  # warm-up
+    learn = variants["dask-2"][2].reference_learner()  # from here on in step with dask-2
+    learn.warmup()
     seconds: dict = {name: [] for name in ("parallel", *variants)}
-    for _ in range(args.rounds):
+    round_seconds = 0.0
+    for done in range(args.rounds):
+        round_start = time.perf_counter()
+        if done and (round_start - started) + round_seconds + TEARDOWN_S > args.budget:
+            print(f"stopping after {done} round(s): another would pass --budget {args.budget:g} s", flush=True)
+            break
         learn.fit(1, args.lr, wd=args.wd)
         seconds["parallel"].append(learn.recorder.epoch_seconds[-1])
         for name, (_, _, trainer) in variants.items():
             trainer.fit(1, args.lr, wd=args.wd)
             seconds[name].append(trainer.epoch_seconds[-1])
+        round_seconds = time.perf_counter() - round_start
     load.append(os.getloadavg())
     k, n_items, n_train = args.factors, variants["dask-2"][2].ratings.n_items, learn.dls.n_train
     table_bytes = n_items * (k + 1) * 4
@@ -144,19 +151,19 @@ def main() -> None:
         rows.append(
             dict(
                 variant=name,
-                groups=trainer.n_groups if trainer else int(learn.backend._blocks[0]),
+                groups=trainer.n_groups if trainer else learn.backend.per_rating_n_groups,
                 epochs=times,
                 median_s=statistics.median(times),
                 best_s=min(times),
                 ratings_per_s=n_train / statistics.median(times),
-                bytes_per_epoch=int(np.median(trainer.bytes_sent[-args.rounds :])) if trainer else 0,
+                bytes_per_epoch=int(np.median(trainer.bytes_sent[-len(times) :])) if trainer else 0,
                 predicted_bytes=(2 * w - 1) * table_bytes if w > 1 else 0,
                 valid_mse=(trainer.values[-1][1] if trainer else learn.recorder.values[-1][1]),
                 **(setups[w] if trainer else {}),
             )
         )
     print(f"\nload average before / after: {load[0]} / {load[1]}; n_train {n_train}; k {k}")
-    print(f"parallel and dask-2 weights equal after {args.rounds + 1} epochs: {same}\n")
+    print(f"parallel and dask-2 weights equal after {len(seconds['parallel'])} epochs in step: {same}\n")
     print("| variant | groups | median s/epoch | best s/epoch | ratings/s | MB sent/epoch (measured / predicted) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -165,13 +172,20 @@ def main() -> None:
             f"| {r['variant']} | {r['groups']} | {r['median_s']:.3f} | {r['best_s']:.3f} | "
             f"{r['ratings_per_s'] / 1e6:.1f} M | {mb} |"
         )
-    lines = [json.dumps(dict(r, load=load, weights_equal=same)) for r in rows]
-    print("\n".join(lines))
-    if args.json:
-        args.json.write_text("\n".join(lines) + "\n")
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the clusters' closing lines
     for cluster, client, _ in variants.values():
         client.close()
         cluster.close()
+    load.append(os.getloadavg())
+    wall = time.perf_counter() - started
+    lines = [json.dumps(dict(r, load=load, weights_equal=same, wall_s=wall)) for r in rows]
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text("\n".join(lines) + "\n")
+    print(
+        f"load average at start / after the epochs / at the end: {load[0]} / {load[1]} / {load[2]}; wall {wall:.0f} s"
+    )
 
 
 if __name__ == "__main__":

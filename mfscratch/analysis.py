@@ -59,6 +59,14 @@ def _to_output(model: EmbeddingDotBias, x: np.ndarray) -> np.ndarray:
     return lo + (hi - lo) / (1.0 + np.exp(-x))
 
 
+def _check_count(name: str, value, least: int) -> int:
+    """``value`` as an int of at least ``least``, else one ConfigError naming the argument and the fix."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        what = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 # --- biases ------------------------------------------------------------------------------------
 def top_biases(model: EmbeddingDotBias, vocab, n: int = 5, lowest: bool = False) -> list:
     """The ``n`` items with the highest (or lowest) learned bias, as ``(name, bias)`` pairs.
@@ -74,6 +82,7 @@ def top_biases(model: EmbeddingDotBias, vocab, n: int = 5, lowest: bool = False)
 def biases(model: EmbeddingDotBias, vocab, n: int = 10, item_counts=None) -> pd.DataFrame:
     """The ``n`` highest and ``n`` lowest item biases: columns ``side`` (highest/lowest), ``item``,
     ``bias`` and, when ``item_counts`` is known, ``n_ratings``."""
+    n = _check_count("n", n, 1)
     rows = [("highest", name, b) for name, b in top_biases(model, vocab, n)]
     rows += [("lowest", name, b) for name, b in top_biases(model, vocab, n, lowest=True)]
     df = pd.DataFrame(rows, columns=["side", "item", "bias"])
@@ -102,6 +111,8 @@ def similar(model: EmbeddingDotBias, vocab, name, n: int = 10, min_ratings: int 
     a barely-rated item's embedding is mostly its random start plus weight decay, so its
     "similarity" is noise. Columns: ``item``, ``similarity`` (and ``n_ratings`` when counts are known).
     """
+    n = _check_count("n", n, 1)
+    min_ratings = _check_count("min_ratings", min_ratings, 0)
     code = item_code(vocab, name)
     if min_ratings > 0 and item_counts is None:
         raise ConfigError(
@@ -177,6 +188,7 @@ def recommend(
     An unknown user gets the items with the highest bias (the model's popularity baseline), with a
     :class:`FallbackWarning`; so does a model without the training pairs (seen items kept).
     """
+    n = _check_count("n", n, 1)
     code = lookup(user_vocab, user)
     first = first_item(item_vocab)
     if code is None:

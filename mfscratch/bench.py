@@ -3,9 +3,11 @@
 Every row trains the same model from the same initial weights with the same one-cycle schedule
 (the seed recipe's hyper-parameters unless told otherwise) and reports:
 
-* ``seconds_per_epoch``: the *best* training epoch (no validation), since the machine may be
-  shared; compile time is excluded (``learn.warmup()`` runs first);
-* ``ratings_per_second``: training ratings / ``seconds_per_epoch``;
+* ``seconds_per_epoch``: the *median* training epoch (no validation): what a user lives with;
+  compile time is excluded (``learn.warmup()`` runs first);
+* ``best_seconds_per_epoch``: the fastest epoch (on a shared machine, the closest to the quiet cost);
+* ``epochs_timed``: how many epochs the median and the best are taken over;
+* ``ratings_per_second``: training ratings / ``seconds_per_epoch`` (the median);
 * ``speedup_vs_torch``: the PyTorch row's seconds per epoch / this row's (``None`` without torch);
 * ``valid_mse``: after the last epoch.
 
@@ -20,7 +22,14 @@ torch only when that row runs: the library never imports it. Without torch the d
 row out and says why; ``--backend torch`` without torch is an error.
 The ``cornac`` row (asked for with ``--backend cornac``, with the ``per-rating`` mode) trains
 cornac's biased MF (Cython per-rating SGD) on the same training rows, for the per-rating
-comparison: seconds per epoch = the best of three 25-epoch fits / 25 (its setup included).
+comparison: seconds per epoch = each of three 25-epoch fits / 25 (its setup included).
+The ``libmf`` row (asked for with ``libmf=PATH``, ``--libmf PATH`` on the command line, with the
+``per-rating`` mode) times LIBMF on the same training rows: ``PATH`` is a LIBMF build folder (its
+``mf-train`` is run with 1 and with ``1 + E`` iterations: the difference over ``E`` is an epoch, its
+reading and set-up cancel out) or an epoch-timing driver such as the one
+``benchmarks/libmf_vs_mfscratch.py --build-only DIR`` builds (:func:`libmf_row` says what it runs). The
+package never looks for LIBMF itself: without ``PATH`` the row is left out with one line. LIBMF's
+model has no biases and no sigmoid, so its row has no valid MSE.
 """
 
 from __future__ import annotations
@@ -28,7 +37,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import statistics
+import subprocess
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from . import schedule
 from .backends import BACKENDS, MODES, available_backends, normalise_mode
@@ -41,6 +55,7 @@ __all__ = [
     "KEYS",
     "PER_RATING_RECIPE",
     "cornac_row",
+    "libmf_row",
     "load_torch_loop",
     "bench_rows",
     "size_sweep",
@@ -55,7 +70,18 @@ PER_RATING_RECIPE = {"lr": 0.02, "wd": 0.08, "epochs": 12}
 #: cornac's biased MF as compared in docs/speed.md (its defaults but k = 50 and 25 epochs).
 CORNAC_SETTINGS = {"k": 50, "max_iter": 25, "learning_rate": 0.01, "lambda_reg": 0.02}
 #: The keys of one result row, in table order.
-KEYS = ("backend", "mode", "seconds_per_epoch", "ratings_per_second", "speedup_vs_torch", "valid_mse")
+KEYS = (
+    "backend",
+    "mode",
+    "seconds_per_epoch",
+    "best_seconds_per_epoch",
+    "epochs_timed",
+    "ratings_per_second",
+    "speedup_vs_torch",
+    "valid_mse",
+)
+#: The ``libmf`` row's epochs per timed sample (``1 + E`` against 1 iteration) and samples.
+LIBMF_EPOCHS, LIBMF_REPEATS = 10, 3
 
 
 def load_torch_loop():
@@ -66,14 +92,18 @@ def load_torch_loop():
     return (None, why) if why else (torch_loop, "")
 
 
-def _row(backend, mode, seconds, n_train, valid_mse):
+def _row(backend, mode, epoch_seconds, n_train, valid_mse, epochs_timed=None):
+    """One result row from the timed epochs' seconds (the median and the best of them)."""
+    median = float(statistics.median(epoch_seconds))
     return {
         "backend": backend,
         "mode": mode,
-        "seconds_per_epoch": float(seconds),
-        "ratings_per_second": float(n_train / seconds),
+        "seconds_per_epoch": median,
+        "best_seconds_per_epoch": float(min(epoch_seconds)),
+        "epochs_timed": int(len(epoch_seconds) if epochs_timed is None else epochs_timed),
+        "ratings_per_second": float(n_train / median),
         "speedup_vs_torch": None,
-        "valid_mse": float(valid_mse),
+        "valid_mse": None if valid_mse is None else float(valid_mse),
     }
 
 
@@ -81,7 +111,7 @@ def _torch_row(torch_loop, dls, tables, y_range, epochs, lr, wd, seed, threads=1
     total = epochs * (dls.n_train // dls.bs)
     lrs, moms = schedule.one_cycle(total, lr)
     stats, _ = torch_loop.fit_one_cycle(dls, tables, y_range, epochs, lrs, moms, wd, seed=seed, threads=threads)
-    return _row("torch", "exact", min(s["seconds"] for s in stats), dls.n_train, stats[-1]["valid_mse"])
+    return _row("torch", "exact", [s["seconds"] for s in stats], dls.n_train, stats[-1]["valid_mse"])
 
 
 def check_names(backends, modes) -> tuple[list[str], tuple[str, ...]]:
@@ -92,10 +122,11 @@ def check_names(backends, modes) -> tuple[list[str], tuple[str, ...]]:
     without the ``per-rating`` mode it is compared in) is a :class:`ConfigError`; the default set
     leaves such rows out with a note instead.
     """
-    names = available_backends() + ["torch", "cornac"] if backends is None else list(backends)
+    peers = ("torch", "cornac", "libmf")
+    names = available_backends() + list(peers) if backends is None else list(backends)
     for name in names:
-        if name not in ("torch", "cornac") and name not in BACKENDS:
-            raise ConfigError(f"unknown backend {name!r}: use one of {', '.join([*BACKENDS, 'torch', 'cornac'])}")
+        if name not in peers and name not in BACKENDS:
+            raise ConfigError(f"unknown backend {name!r}: use one of {', '.join([*BACKENDS, *peers])}")
     modes = tuple(dict.fromkeys(normalise_mode(mode) for mode in modes))
     if backends is not None:
         for name in names:
@@ -109,10 +140,17 @@ def _cannot_run(name: str, modes) -> str | None:
     """Why the row of backend ``name`` cannot run here, or ``None``."""
     if name == "torch":
         return load_torch_loop()[1] or None
+    if name == "libmf":
+        return None if "per-rating" in modes else "LIBMF's row sits next to the per-rating mode; add --mode per-rating"
     if name == "cornac":
         if "per-rating" not in modes:
             return "cornac's row sits next to the per-rating mode; add --mode per-rating"
         return None if importlib.util.find_spec("cornac") else "cornac is not installed (pip install cornac)"
+    if name == "dask":
+        return (
+            "bench times this machine's backends; a Dask cluster trains with `mfscratch train --backend dask "
+            "--scheduler ADDRESS` and is timed by the repository's benchmarks/dask_ml25m.py"
+        )
     if name not in available_backends():
         return f"the {name} backend is not available on this machine (no GPU or no numba-cuda)"
     return None
@@ -131,23 +169,29 @@ def bench_rows(
     torch: bool = True,
     log=print,
     torch_threads: int = 1,
+    libmf=None,
+    libmf_threads: int = 1,
 ) -> list[dict]:
     """Train once per (backend, mode) and once with PyTorch; return the rows (see the module docstring).
 
     ``backends`` defaults to every backend that can run here (cuda only with a GPU) plus ``'torch'``
-    and ``'cornac'``. ``'torch'`` adds the PyTorch row, run with ``torch_threads`` threads (default
+    and ``'cornac'`` and ``'libmf'``. ``'torch'`` adds the PyTorch row, run with ``torch_threads`` threads (default
     one: with batches of 64 the loop is a chain of tiny ops, two threads gain nothing on two cores,
     and when another process holds a core each op waits for it: docs/speed.md). ``'cornac'`` adds cornac's
-    row when ``per-rating`` is among the modes and cornac is installed.
+    row when ``per-rating`` is among the modes and cornac is installed; ``'libmf'`` LIBMF's row
+    (:func:`libmf_row`, on ``libmf_threads`` threads) when ``per-rating`` is among the modes and
+    ``libmf`` (a path) is given.
     """
     log = log or (lambda *a: None)
     names, modes = check_names(backends, modes)
     rows, start_tables = [], None
     for name in names:
-        if name in ("torch", "cornac"):
+        if name in ("torch", "cornac", "libmf"):
             continue
         for mode in modes:
-            run_dls, opt, run = dls, Adam, {"lr": lr, "wd": wd, "epochs": epochs}
+            opt: type[Adam] | type[SGD] = Adam
+            run: dict[str, Any] = {"lr": lr, "wd": wd, "epochs": epochs}
+            run_dls = dls
             if mode == "per-rating":  # batches of one rating, plain SGD, its own recipe
                 run_dls, opt, run = copy.copy(dls), SGD, PER_RATING_RECIPE
                 run_dls.bs = 1
@@ -165,7 +209,7 @@ def bench_rows(
                 start_tables = {k: v.copy() for k, v in learn.model.tables().items()}
             learn.warmup()  # compile (or load from the cache) the kernels of this run, outside the timing
             learn.fit_one_cycle(run["epochs"], run["lr"], wd=run["wd"])
-            rows.append(_row(name, mode, min(learn.recorder.train_seconds), dls.n_train, learn.recorder.values[-1][1]))
+            rows.append(_row(name, mode, learn.recorder.train_seconds, dls.n_train, learn.recorder.values[-1][1]))
             log(f"  {name:<9}{mode:<12}{rows[-1]['seconds_per_epoch']:.4f} s/epoch")
     if "cornac" in names and "per-rating" in modes:
         if importlib.util.find_spec("cornac") is None:
@@ -173,6 +217,12 @@ def bench_rows(
         else:
             rows.append(cornac_row(dls, seed))
             log(f"  cornac   per-rating  {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
+    if "libmf" in names and "per-rating" in modes:
+        if libmf is None:
+            log("  skipping the libmf row: no LIBMF given (--libmf PATH: a LIBMF build or an epoch-timing driver)")
+        else:
+            rows.append(libmf_row(dls, libmf, n_factors, libmf_threads))
+            log(f"  libmf    per-rating  {rows[-1]['seconds_per_epoch']:.4f} s/epoch")
     if "torch" in names and torch:
         torch_loop, why = load_torch_loop()
         if torch_loop is None:
@@ -198,22 +248,20 @@ def cornac_row(dls, seed: int | None = 42, repeats: int = 3, num_threads: int = 
     users or items absent from training fall back to the means, as cornac does. With a ``seed``
     cornac trains on one thread; with ``seed=None`` on ``num_threads`` (0: every core, Hogwild).
     """
-    import time
-
     import numpy as np
     from cornac.data import Dataset
     from cornac.models import MF
 
     train = list(zip(dls.train_users.tolist(), dls.train_items.tolist(), dls.train_ratings.astype(float).tolist()))
     data = Dataset.from_uir(train, seed=seed)
-    best = float("inf")
+    fits = []
     for _ in range(repeats):
         model = MF(
             **CORNAC_SETTINGS, use_bias=True, early_stop=False, verbose=False, seed=seed, num_threads=num_threads
         )
         t0 = time.perf_counter()
         model.fit(data)
-        best = min(best, time.perf_counter() - t0)
+        fits.append((time.perf_counter() - t0) / CORNAC_SETTINGS["max_iter"])
     uidx = np.array([data.uid_map.get(u, -1) for u in dls.valid_users.tolist()])
     iidx = np.array([data.iid_map.get(i, -1) for i in dls.valid_items.tolist()])
     pred = np.full(len(uidx), float(model.global_mean))
@@ -223,19 +271,91 @@ def cornac_row(dls, seed: int | None = 42, repeats: int = 3, num_threads: int = 
     both = ok_u & ok_i
     pred[both] += (model.u_factors[uidx[both]] * model.i_factors[iidx[both]]).sum(axis=1)
     mse = float(np.mean((pred - dls.valid_ratings) ** 2))
-    return _row("cornac", "per-rating", best / CORNAC_SETTINGS["max_iter"], dls.n_train, mse)
+    return _row("cornac", "per-rating", fits, dls.n_train, mse, epochs_timed=repeats * CORNAC_SETTINGS["max_iter"])
+
+
+def libmf_row(dls, path, n_factors: int = 50, threads: int = 1, bins: int | None = None) -> dict:
+    """LIBMF's per-rating SGD on ``dls``'s training rows, timed by epoch; ``path`` as the module docstring says.
+
+    The rows are written to a temporary file (binary ``int32 u, int32 v, float32 r`` records for a
+    driver, ``u v r`` text lines for ``mf-train``). A driver is run as
+    ``PATH ROWS.bin M N K THREADS BINS EPOCHS REPEATS`` and prints, per repeat, the seconds of
+    ``mf_train`` with 1 and with ``1 + EPOCHS`` iterations; ``mf-train`` is run the same way, timed
+    from here. Each repeat gives one epoch time, ``(t(1 + E) - t(1)) / E``; the row's median and best
+    are over the :data:`LIBMF_REPEATS` repeats of :data:`LIBMF_EPOCHS` epochs. ``bins`` is LIBMF's
+    ``-n`` (default ``max(20, 2 * threads + 1)``). Raises :class:`ConfigError` when ``path`` is neither.
+    """
+    import numpy as np
+
+    path = Path(path)
+    bins = bins or max(20, 2 * threads + 1)
+    epochs, repeats = LIBMF_EPOCHS, LIBMF_REPEATS
+    with tempfile.TemporaryDirectory(prefix="mfscratch_libmf_") as tmp:
+        if path.is_dir():
+            train = path / "mf-train"
+            if not train.is_file():
+                raise ConfigError(f"--libmf {path}: the folder has no mf-train; give a LIBMF build folder or a driver")
+            text = Path(tmp) / "train.txt"
+            np.savetxt(text, np.column_stack([dls.train_users, dls.train_items, dls.train_ratings]), fmt="%d %d %.6g")
+            pairs = []
+            for _ in range(repeats):
+                times = []
+                for iters in (1, 1 + epochs):
+                    cmd = [str(train), "-k", str(n_factors), "-t", str(iters), "-s", str(threads), "-n", str(bins)]
+                    t0 = time.perf_counter()
+                    _run_libmf([*cmd, "--quiet", str(text), str(Path(tmp) / "model.txt")], path)
+                    times.append(time.perf_counter() - t0)
+                pairs.append(times)
+        elif path.is_file():
+            rec = np.empty(dls.n_train, dtype=[("u", "<i4"), ("v", "<i4"), ("r", "<f4")])
+            rec["u"], rec["v"], rec["r"] = dls.train_users, dls.train_items, dls.train_ratings
+            rows = Path(tmp) / "train.bin"
+            rec.tofile(rows)
+            args = (dls.n_users, dls.n_items, n_factors, threads, bins, epochs, repeats)
+            out = _run_libmf([str(path), str(rows), *(str(v) for v in args)], path)
+            try:
+                pairs = [[float(v) for v in line.split()] for line in out.splitlines() if line.strip()]
+                if len(pairs) != repeats or any(len(p) != 2 for p in pairs):
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(
+                    f"--libmf {path}: expected {repeats} lines 'seconds_1 seconds_{1 + epochs}' from the driver, "
+                    f"got {out[:200]!r}"
+                ) from None
+        else:
+            raise ConfigError(f"--libmf {path}: no such file or folder; give a LIBMF build folder or a driver")
+    seconds = [max(te - t1, 1e-9) / epochs for t1, te in pairs]
+    return _row("libmf", "per-rating", seconds, dls.n_train, None, epochs_timed=epochs * repeats)
+
+
+def _run_libmf(cmd, path) -> str:
+    """Run one LIBMF command; its stdout, or a :class:`ConfigError` that quotes its error output."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise ConfigError(
+            f"--libmf {path}: cannot run it ({e.strerror}); give a LIBMF build folder or a driver"
+        ) from None
+    if done.returncode != 0:
+        raise ConfigError(f"--libmf {path}: exited with status {done.returncode}: {done.stderr.strip()[-200:]}")
+    return done.stdout
 
 
 def format_table(rows) -> str:
     """The rows as a fixed-width text table."""
-    head = f"{'backend':<10}{'mode':<13}{'s/epoch':>10}{'ratings/s':>13}{'vs torch':>10}{'valid MSE':>11}"
+    head = (
+        f"{'backend':<10}{'mode':<13}{'median s/epoch':>15}{'best s/epoch':>13}{'epochs':>8}"
+        f"{'ratings/s':>13}{'vs torch':>10}{'valid MSE':>11}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         speed = "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.1f}x"
+        mse = "-" if r["valid_mse"] is None else f"{r['valid_mse']:.4f}"
         lines.append(
-            f"{r['backend']:<10}{r['mode']:<13}{r['seconds_per_epoch']:>10.4f}"
-            f"{r['ratings_per_second']:>13,.0f}{speed:>10}{r['valid_mse']:>11.4f}"
+            f"{r['backend']:<10}{r['mode']:<13}{r['seconds_per_epoch']:>15.4f}{r['best_seconds_per_epoch']:>13.4f}"
+            f"{r['epochs_timed']:>8}{r['ratings_per_second']:>13,.0f}{speed:>10}{mse:>11}"
         )
+    lines.append("ratings/s from the median epoch; epochs: how many epochs the median and the best are taken over")
     return "\n".join(lines)
 
 

@@ -56,7 +56,9 @@ class TrackerCallback:
             self.best, self.best_epoch = math.inf, None
 
     def __call__(self, learn, epoch: int) -> None:
-        value = learn.recorder.values[-1][_MONITORS.index(self.monitor)]
+        self._track(learn.recorder.values[-1][_MONITORS.index(self.monitor)], epoch)
+
+    def _track(self, value: float, epoch: int) -> None:
         self.new_best = bool(value < self.best - self.min_delta)
         if self.new_best:
             self.best, self.best_epoch = float(value), epoch
@@ -83,6 +85,14 @@ class EarlyStoppingCallback(TrackerCallback):
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
         self.wait, self.stopped_epoch = 0, None
+
+    def replay(self, learn, start_epoch: int) -> None:
+        """A resumed fit (``start_epoch > 0``) counts the epochs its checkpoint already trained, from the
+        restored history, so that the patience runs on from where the interrupted fit left it."""
+        history = learn.recorder.values[-start_epoch:] if start_epoch > 0 else []
+        for epoch, values in enumerate(history):
+            self._track(values[_MONITORS.index(self.monitor)], epoch)
+            self.wait = 0 if self.new_best else self.wait + 1
 
     def __call__(self, learn, epoch: int) -> None:
         super().__call__(learn, epoch)
@@ -146,15 +156,20 @@ class SaveModelCallback(TrackerCallback):
 
 
 @contextlib.contextmanager
-def attached(learn, cbs) -> Iterator[None]:
+def attached(learn, cbs, start_epoch: int = 0) -> Iterator[None]:
     """Run one fit with ``cbs`` added to ``learn.after_epoch``: ``before_fit`` first, ``after_fit`` once the
-    fit ends normally or is cancelled (not when it fails), then the callbacks are removed again."""
+    fit ends normally or is cancelled (not when it fails), then the callbacks are removed again.
+
+    A fit resumed at ``start_epoch`` also calls ``replay(learn, start_epoch)`` on callbacks that have it
+    (early stopping: its patience counts the epochs before the interruption)."""
     added = sorted(list(cbs or ()), key=lambda cb: getattr(cb, "order", 0))
     learn.after_epoch.extend(added)
     try:
         for cb in learn.after_epoch:
             if hasattr(cb, "before_fit"):
                 cb.before_fit(learn)
+            if start_epoch > 0 and hasattr(cb, "replay"):
+                cb.replay(learn, start_epoch)
         yield
         for cb in learn.after_epoch:
             if hasattr(cb, "after_fit"):

@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -217,7 +218,8 @@ def save_model(
         arrays["vocab_has_na"] = np.array(len(classes[user_name]) > 0 and classes[user_name][0] == "#na#")
     for k, v in (extra or {}).items():
         arrays[k] = np.asarray(v)
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    fields: dict[str, Any] = arrays
+    return atomic_write(path, lambda f: np.savez(f, **fields))
 
 
 def _damaged(path, what: str) -> ModelFileError:

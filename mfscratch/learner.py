@@ -196,7 +196,7 @@ class Learner(LearnerAPI):
         checks.check_fit(n_epoch, lr, wd, start_epoch)
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
-        with attached(self, cbs), compile_notice(self.log):
+        with attached(self, cbs, start_epoch), compile_notice(self.log):
             self._fit(n_epoch, schedule.Constant(total, lr, self.opt.mom), wd, start_epoch)
 
     def fit_one_cycle(
@@ -229,7 +229,7 @@ class Learner(LearnerAPI):
             moms=list(moms),
         )
         total = n_epoch * self._steps_per_epoch()
-        with attached(self, cbs), compile_notice(self.log):
+        with attached(self, cbs, start_epoch), compile_notice(self.log):
             self._fit(n_epoch, schedule.OneCycle(total, lr_max, div, div_final, pct_start, moms), wd, start_epoch)
 
     def validate(self) -> float:

@@ -63,6 +63,12 @@ class EmbeddingDotBias:
     checking gradients), and ``params`` adopts an existing flat buffer instead of initialising.
     """
 
+    # The four tables, views of ``params`` bound by ``_bind_tables`` (fastai's attribute names).
+    u_weight: Embedding
+    i_weight: Embedding
+    u_bias: Embedding
+    i_bias: Embedding
+
     def __init__(
         self,
         n_factors: int,

@@ -161,3 +161,29 @@ def test_progress_bar_chunks_give_the_same_weights(capsys):
     np.testing.assert_array_equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
     assert "epoch 2/2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda l: l.biases(-3), "n must be a positive integer, got -3"),
+        (lambda l: l.biases(0), "n must be a positive integer, got 0"),
+        (lambda l: l.similar(first_title(l), n=0), "n must be a positive integer, got 0"),
+        (lambda l: l.similar(first_title(l), min_ratings=-5), "min_ratings must be an integer >= 0, got -5"),
+        (lambda l: l.recommend(l.dls.classes[l.dls.user_name][1], n=2.5), "n must be a positive integer, got 2.5"),
+    ],
+)
+def test_nonsense_counts_are_refused(learn, call, message):
+    with pytest.raises(ConfigError, match=message):
+        call(learn)
+
+
+def first_title(learn):
+    return learn.dls.classes[learn.dls.item_name][1]
+
+
+def test_cli_min_ratings_must_not_be_negative(capsys):
+    from mfscratch.cli import main
+
+    assert main(["similar", "--model", "m.npz", "Toy Story (1995)", "--min-ratings", "-5"]) == 2
+    assert "an integer >= 0" in capsys.readouterr().err

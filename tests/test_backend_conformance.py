@@ -15,7 +15,9 @@ Each (backend, mode) trains a tiny float64 problem through the declared interfac
   the number of steps.
 
 A new backend joins by its line in ``backends.BACKENDS`` (and, if it needs its own process or
-marker, a line in ``MARKS``). ``cuda`` runs in the ``cudasim`` process under Numba's simulator.
+marker, a line in ``MARKS``). A backend that trains only some modes lists them in its ``modes``
+attribute (``dask``: per-rating only, its docstring says why); its other cases are skipped, saying so.
+``cuda`` runs in the ``cudasim`` process under Numba's simulator.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mfscratch.optim import OptState
 pytestmark = pytest.mark.filterwarnings("ignore::mfscratch.DataWarning")
 
 #: Marks a backend's cases need: cuda runs in its own process under the simulator (tests/run.sh).
+#: (dask's cases run on a 2-worker LocalCluster started once for this module: ``dask_client``.)
 MARKS = {"cuda": [pytest.mark.cudasim]}
 #: Backend settings worth a case of their own: the parallel backend's split dense update, the dense kernel.
 VARIANTS = {"parallel": [{}, {"min_parallel_params": 0}], "cpu": [{}, {"defer_rows": False}]}
@@ -42,18 +45,59 @@ RTOL = {"cuda": 1e-5}
 #: (backend, mode) pairs that run steps at once (Hogwild!): no step-by-step reference, no repeat.
 HOGWILD = {("parallel", "sparse")}
 MODES = {"exact": Adam(wd=0.1), "sparse": Adam(wd=0.1), "per-rating": SGD(wd=0.05)}
+
+
+def _refused(name, mode):
+    """A skip naming why, for a mode the backend refuses (its ``modes``; every mode when it has none)."""
+    cls = BACKENDS[name]
+    if mode in getattr(cls, "modes", MODES):
+        return []
+    return [pytest.mark.skip(reason=f"backend {name!r} refuses {mode} mode (see its docstring)")]
+
+
 CASES = [
     pytest.param(
         name,
         settings,
         mode,
-        marks=MARKS.get(name, []),
+        marks=MARKS.get(name, []) + _refused(name, mode),
         id=f"{name}{'-' if settings else ''}{'-'.join(settings)}-{mode}",
     )
     for name in BACKENDS
     for settings in VARIANTS.get(name, [{}])
     for mode in MODES
 ]
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A 2-worker LocalCluster (processes, loopback, one thread each) as Dask's default client."""
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
+        silence_logs=logging.CRITICAL,
+    )
+    client = distributed.Client(cluster, timeout=60)
+    try:
+        yield client
+    finally:
+        client.close(timeout=30)
+        cluster.close(timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _cluster_for_dask(request):
+    """Start (once) the cluster that a ``dask`` case trains on."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("name") == "dask":
+        request.getfixturevalue("dask_client")
 
 
 def _backend(name, settings):

@@ -85,3 +85,81 @@ def test_library_does_not_import_torch():
 def test_bench_bad_settings_exit_2(argv, capsys):
     assert cli.main(["bench", *argv]) == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+def _fake_driver(tmp_path, lines="0.010 0.060\n0.011 0.071\n0.012 0.052\n"):
+    """A stand-in for the LIBMF epoch-timing driver: checks its arguments, prints canned timings."""
+    driver = tmp_path / "fake_libmf_driver"
+    driver.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "rows, m, n, k, threads, bins, epochs, repeats = sys.argv[1:]\n"
+        "assert os.path.getsize(rows) % 12 == 0 and int(epochs) == 10 and int(repeats) == 3\n"
+        "open(os.environ['FAKE_LIBMF_ARGS'], 'w').write(' '.join([str(os.path.getsize(rows) // 12), m, n, k, threads]))\n"
+        f"sys.stdout.write({lines!r})\n"
+    )
+    driver.chmod(0o755)
+    return driver
+
+
+def test_libmf_row_from_a_driver(tmp_path, monkeypatch):
+    """The libmf row: the driver's (t(1 + E) - t(1)) / E per repeat, median and best, the same training rows."""
+    monkeypatch.setenv("FAKE_LIBMF_ARGS", str(tmp_path / "args.txt"))
+    dls = synthetic_dataloaders(2000, 20, 30, bs=32, seed=0)
+    rows = bench.bench_rows(
+        dls, ["cpu", "libmf"], ("per-rating",), epochs=1, n_factors=4, log=None, libmf=_fake_driver(tmp_path)
+    )
+    assert [(r["backend"], r["mode"]) for r in rows] == [("cpu", "per-rating"), ("libmf", "per-rating")]
+    libmf = rows[1]
+    assert list(libmf) == list(bench.KEYS)
+    assert libmf["seconds_per_epoch"] == pytest.approx(0.005)  # median of 0.005, 0.006, 0.004
+    assert libmf["best_seconds_per_epoch"] == pytest.approx(0.004)
+    assert libmf["epochs_timed"] == 30 and libmf["valid_mse"] is None
+    assert libmf["ratings_per_second"] == pytest.approx(dls.n_train / 0.005)
+    assert (tmp_path / "args.txt").read_text() == f"{dls.n_train} 20 30 4 1"
+    cpu_row = rows[0]
+    assert cpu_row["epochs_timed"] == bench.PER_RATING_RECIPE["epochs"]
+    assert cpu_row["best_seconds_per_epoch"] <= cpu_row["seconds_per_epoch"]
+
+
+def test_libmf_row_skips_with_one_line_without_a_path(monkeypatch):
+    monkeypatch.setattr(bench, "load_torch_loop", lambda: (None, "torch is not installed"))
+    logged = []
+    dls = synthetic_dataloaders(2000, 20, 30, bs=32, seed=0)
+    rows = bench.bench_rows(dls, None, ("per-rating",), epochs=1, n_factors=4, log=logged.append)
+    assert "libmf" not in {r["backend"] for r in rows}
+    assert sum("skipping the libmf row" in line for line in logged) == 1
+
+
+def test_bench_cli_libmf_row_and_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_LIBMF_ARGS", str(tmp_path / "args.txt"))
+    out = tmp_path / "rows.json"
+    shape = TINY[: TINY.index("--epochs")]
+    argv = ["bench", *shape, "--backend", "cpu", "--backend", "libmf", "--mode", "per-rating"]
+    assert cli.main([*argv, "--libmf", str(_fake_driver(tmp_path)), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "median s/epoch" in table and "best s/epoch" in table and "libmf" in table
+    assert [r["backend"] for r in json.loads(out.read_text())] == ["cpu", "libmf"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--backend", "libmf", "--mode", "per-rating"],  # no --libmf
+        ["--backend", "libmf", "--mode", "exact", "--libmf", "x"],  # no per-rating
+        ["--backend", "cpu", "--libmf", "x"],  # libmf row left out
+        ["--libmf-threads", "2"],  # no --libmf
+    ],
+)
+def test_bench_cli_libmf_bad_settings_exit_2(extra, capsys):
+    assert cli.main(["bench", *TINY[: TINY.index("--epochs")], *extra]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_libmf_driver_with_bad_output_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_LIBMF_ARGS", str(tmp_path / "args.txt"))
+    dls = synthetic_dataloaders(2000, 20, 30, bs=32, seed=0)
+    with pytest.raises(bench.ConfigError, match="expected 3 lines"):
+        bench.libmf_row(dls, _fake_driver(tmp_path, lines="garbage\n"), n_factors=4)
+    with pytest.raises(bench.ConfigError, match="no such file"):
+        bench.libmf_row(dls, tmp_path / "missing", n_factors=4)

@@ -114,3 +114,35 @@ def test_cli_early_stop_and_keep_best(tmp_path, capsys):
     assert "early stopping" in out and "Better model found" in out
     r = json.loads(report.read_text())
     assert len(r["epochs"]) < 30 and r["settings"]["early_stop"] == 2 and r["settings"]["keep_best"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_resumed_fit_keeps_counting_the_patience(dls, tmp_path):
+    from mfscratch import checkpoint
+
+    whole = EarlyStoppingCallback(patience=3)
+    overfitting(dls).fit(30, 3e-2, wd=0.0, cbs=[whole])
+    stop = whole.stopped_epoch
+    assert stop is not None and whole.best_epoch == stop - 3
+
+    def interrupt_after(epoch):
+        def cb(learn, e):
+            if e == epoch:
+                raise Interrupt
+
+        return cb
+
+    first = overfitting(dls)  # interrupted two epochs after its best, its checkpoint on disk
+    first.after_epoch.append(checkpoint.Checkpoint(tmp_path))
+    with pytest.raises(Interrupt):
+        first.fit(30, 3e-2, wd=0.0, cbs=[EarlyStoppingCallback(patience=3), interrupt_after(stop - 1)])
+    resumed = overfitting(dls)
+    start = checkpoint.restore(resumed, tmp_path)
+    assert start == stop
+    again = EarlyStoppingCallback(patience=3)
+    resumed.fit(30, 3e-2, wd=0.0, start_epoch=start, cbs=[again])
+    assert again.stopped_epoch == stop and again.best_epoch == whole.best_epoch  # not three more epochs
+    assert len(resumed.recorder.values) == stop + 1

@@ -10,6 +10,7 @@ groups as the cluster's layout.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,11 +23,10 @@ import pandas as pd
 import pytest
 from conftest import make_ratings
 
-from mfscratch import SGD, Adam, CollabDataLoaders, ConfigError, DataError, load_model
+from mfscratch import SGD, Adam, CollabDataLoaders, ConfigError, DataError, collab_learner, load_model
 from mfscratch.distributed import adapter
 from mfscratch.kernels import cpu
-from mfscratch.learner import Learner
-from mfscratch.model import EmbeddingDotBias, init_params
+from mfscratch.model import init_params
 from mfscratch.readers import read_ratings as read_local
 from mfscratch.synthetic import synthetic_ratings
 
@@ -48,6 +48,7 @@ def client():
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
         silence_logs=logging.CRITICAL,
     )
     c = Client(cluster, timeout=60)
@@ -85,20 +86,6 @@ def trainer(ratings, **kwargs):
     settings = dict(n_factors=K, y_range=Y_RANGE, bs=1, seed=42, log=None, timeout=120)
     settings.update(kwargs)
     return DsgdTrainer(ratings, **settings)
-
-
-def local_learner(tr, params, backend="parallel", opt_func=SGD, bs=1):
-    """A local learner on the cluster's split (training rows in the cluster's block order) and weights."""
-    r = tr.ratings
-    train, valid = tr.training_rows(), tr.valid_rows()
-    users, items, ratings = (np.concatenate([a, b]) for a, b in zip(train, valid))
-    n = train[0].shape[0]
-    rows = (users, items, ratings, np.arange(n), np.arange(n, users.shape[0]))
-    dls = CollabDataLoaders(*rows, r.classes(), r.user_name, r.item_name, r.rating_name, bs=bs)
-    model = EmbeddingDotBias(tr.n_factors, r.n_users, r.n_items, y_range=tr.y_range, params=params.copy())
-    learn = Learner(dls, model, opt_func=opt_func, seed=42, sparse=True, backend=backend, log=None)
-    learn.backend.per_rating_n_groups = len(tr.workers)  # groups = per_rating_groups(.., workers), as on the cluster
-    return learn
 
 
 # --- without a cluster ----------------------------------------------------------------------------
@@ -220,10 +207,9 @@ def test_exact_mode_and_bad_groups_are_refused(cluster_ratings):
 @pytest.mark.parametrize("n_groups", [2, 4])
 def test_per_rating_weights_equal_the_parallel_backend_bit_for_bit(cluster_ratings, n_groups):
     tr = trainer(cluster_ratings, n_groups=n_groups)
-    start = tr.model().params
+    learn = tr.reference_learner()  # the cluster's split, layout, weights and seeds on the parallel backend
+    assert learn.backend.per_rating_n_groups == n_groups and learn.dls.n_train == cluster_ratings.n_train
     tr.fit_one_cycle(3, 0.02, wd=0.08)
-    learn = local_learner(tr, start)
-    learn.backend.per_rating_n_groups = n_groups
     learn.fit_one_cycle(3, 0.02, wd=0.08)
     np.testing.assert_array_equal(tr.model().params, learn.model.params)
     np.testing.assert_allclose(tr.values[-1][1], learn.recorder.values[-1][1], rtol=1e-5)
@@ -233,9 +219,8 @@ def test_per_rating_weights_equal_the_parallel_backend_bit_for_bit(cluster_ratin
 def test_lazy_adam_and_sgd_train_as_the_local_sparse_mode(cluster_ratings):
     for opt, lr in ((Adam, 5e-3), (SGD(mom=0.9), 0.05)):
         tr = trainer(cluster_ratings, opt_func=opt, bs=32)
-        start = tr.model().params
+        learn = tr.reference_learner(backend="cpu")
         tr.fit_one_cycle(4, lr, wd=0.1)
-        learn = local_learner(tr, start, backend="cpu", opt_func=opt, bs=32)
         learn.fit_one_cycle(4, lr, wd=0.1)
         assert abs(tr.values[-1][1] - learn.recorder.values[-1][1]) < 0.02
         assert tr.values[-1][1] < tr.values[0][1]
@@ -247,6 +232,156 @@ def test_save_writes_a_model_with_its_vocabularies(cluster_ratings, tmp_path):
     model, classes, _ = load_model(tr.save(tmp_path / "m.npz"))
     np.testing.assert_array_equal(model.params, tr.model().params)
     assert classes == cluster_ratings.classes()
+
+
+# --- the dask backend of collab_learner -------------------------------------------------------------
+def test_the_dask_backend_trains_a_learner_as_the_parallel_backend(client):
+    """The learner's own initial weights and seeds; its weights equal the parallel backend's over the
+    same groups, bit for bit; exact and lazy modes are refused with the reason."""
+    df = make_ratings(n_users=60, n_items=40, n_ratings=3000, seed=5)
+    fits = []
+    for backend in ("dask", "parallel"):
+        dls = CollabDataLoaders.from_df(df, valid_pct=0.2, seed=0, bs=1)
+        learn = collab_learner(
+            dls, n_factors=K, y_range=Y_RANGE, opt_func=SGD, sparse=True, seed=3, backend=backend, log=None
+        )
+        if backend == "dask":
+            learn.backend.client = client
+            start = learn.model.params.copy()
+        else:
+            np.testing.assert_array_equal(learn.model.params, start)  # collab_learner's weights for the seed
+            learn.backend.per_rating_n_groups = 2  # the layout of the 2 workers
+        learn.fit_one_cycle(2, 0.02, wd=0.08)
+        fits.append(learn)
+    np.testing.assert_array_equal(fits[0].model.params, fits[1].model.params)
+    assert fits[0].recorder.values == fits[1].recorder.values
+    dls = CollabDataLoaders.from_df(df, valid_pct=0.2, seed=0, bs=8)
+    for sparse, opt, why in ((False, Adam, "does not train exact mode"), (True, Adam, "per-rating SGD only")):
+        learn = collab_learner(dls, n_factors=K, opt_func=opt, sparse=sparse, backend="dask", log=None)
+        learn.backend.client = client
+        with pytest.raises(ConfigError, match=why):
+            learn.fit(1, 1e-3)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Stands in for a killed client, raised after the first epoch's checkpoint."""
+
+
+def _stop_after_first(tr, epoch):
+    if epoch == 0:
+        raise _Stop
+
+
+@pytest.mark.parametrize("opt, bs, lr", [(SGD, 1, 0.02), (Adam, 32, 5e-3)])
+def test_a_fit_resumed_from_its_checkpoint_equals_the_uninterrupted_one(cluster_ratings, tmp_path, opt, bs, lr):
+    from mfscratch.distributed import resume
+
+    straight = trainer(cluster_ratings, opt_func=opt, bs=bs, n_groups=4)
+    straight.fit_one_cycle(3, lr, wd=0.08)
+    stopped = trainer(cluster_ratings, opt_func=opt, bs=bs, n_groups=4)
+    stopped.after_epoch += [resume.Checkpoint(tmp_path), _stop_after_first]
+    with pytest.raises(_Stop):
+        stopped.fit_one_cycle(3, lr, wd=0.08)
+    resumed = trainer(cluster_ratings, opt_func=opt, bs=bs, n_groups=4)
+    with pytest.raises(ConfigError, match="n_epoch=3, this run asks for n_epoch=4"):
+        resume.restore(resumed, tmp_path, {"n_epoch": 4})
+    assert resume.restore(resumed, tmp_path, {"n_epoch": 3, "lr_max": lr}) == 1
+    resumed.fit_one_cycle(3, lr, wd=0.08, start_epoch=1)
+    for got, want in zip(resumed.weights(), straight.weights()):
+        np.testing.assert_array_equal(got, want)
+    assert resumed.values == straight.values
+    other = trainer(cluster_ratings, opt_func=opt, bs=bs, n_groups=2)
+    with pytest.raises(ConfigError, match="n_groups=4, this run differs"):
+        resume.restore(other, tmp_path)
+
+
+# --- the command line ------------------------------------------------------------------------------
+def test_cli_resumes_on_a_local_cluster_as_the_api_trains(client, parts, tmp_path):
+    """An API fit stopped after its first epoch; ``mfscratch train --backend dask --scheduler local:2
+    --resume`` (its own cluster, torn down at the end) finishes it with the uninterrupted fit's weights."""
+    from mfscratch.cli import main
+    from mfscratch.distributed import read_ratings, resume
+
+    ratings = read_ratings(client, str(parts / "part-*.csv"), seed=42)
+    settings = dict(n_factors=K, y_range=Y_RANGE, opt_func="sgd", bs=1, seed=42, log=None, timeout=120)
+    from mfscratch.distributed import DsgdTrainer
+
+    straight = DsgdTrainer(ratings, **settings)
+    straight.fit_one_cycle(2, 0.02, wd=0.08)
+    stopped = DsgdTrainer(ratings, **settings)
+    stopped.after_epoch += [resume.Checkpoint(tmp_path / "ck"), _stop_after_first]
+    with pytest.raises(_Stop):
+        stopped.fit_one_cycle(2, 0.02, wd=0.08)
+    args = ["train", "--backend", "dask", "--scheduler", "local:2", "--ratings", str(parts / "part-*.csv")]
+    args += ["--mode", "per-rating", "--epochs", "2", "--factors", str(K), "--y-range", "0", "5.5", "--quiet"]
+    args += ["--checkpoint", str(tmp_path / "ck"), "--resume", "--save", str(tmp_path / "m.npz")]
+    args += ["--json", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    model, classes, _ = load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(model.params, straight.model().params)
+    assert classes == ratings.classes()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [e["epoch"] for e in report["epochs"]] == [1] and report["settings"]["workers"] == 2
+    assert report["epochs"][0]["valid_loss"] == straight.values[1][1]
+
+
+def test_cli_local_cluster_is_torn_down_after_a_bad_file(tmp_path, capsys):
+    import psutil
+
+    from mfscratch.cli import main
+
+    (tmp_path / "a.csv").write_text("user,item,rating\n1,2,3\n2,3,4\n3,1,5\n")
+    (tmp_path / "b.csv").write_text("user,item,rating\n1,2,3\n2,3,lots\n")
+
+    def workers():  # child processes but multiprocessing's resource tracker, which lives as long as this one
+        return {
+            p.pid for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())
+        }
+
+    before = workers()
+    args = ["train", "--backend", "dask", "--scheduler", "local:2", "--ratings", str(tmp_path), "--mode", "per-rating"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "b.csv: rating column 'rating'" in err[0], err
+    deadline = time.monotonic() + 30
+    while workers() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not workers() - before
+
+
+def test_cli_refusals_are_one_error_line(parts):
+    base = [sys.executable, "-m", "mfscratch", "train", "--ratings", str(parts), "--epochs", "1"]
+    hide = "import sys, runpy; sys.modules['dask'] = None; sys.modules['distributed'] = None; "
+    hide += "sys.argv = ['mfscratch'] + sys.argv[1:]; runpy.run_module('mfscratch', run_name='__main__')"
+    cases = [
+        (base + ["--backend", "dask", "--mode", "per-rating"], "needs --scheduler"),
+        (base + ["--backend", "dask", "--scheduler", "local:2"], "does not train exact mode"),
+        (base + ["--backend", "dask", "--scheduler", "local:2", "--mode", "per-rating", "--threads", "2"], "threads"),
+        (base + ["--scheduler", "local:2"], "--scheduler applies to --backend dask"),
+        (
+            base
+            + [
+                "--backend",
+                "dask",
+                "--scheduler",
+                "local:2",
+                "--mode",
+                "per-rating",
+                "--save",
+                str(parts / "part-1.csv"),
+            ],
+            "would overwrite --ratings",
+        ),
+        ([sys.executable, "-c", hide, *base[3:], "--backend", "dask", "--scheduler", "local:2"], "pip install"),
+    ]
+    for argv, message in cases:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()}
+        )
+        assert out.returncode == 2, (argv, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (argv, out.stderr)
 
 
 # --- faults -------------------------------------------------------------------------------------------
@@ -304,9 +439,8 @@ def test_ml100k_per_rating_recipe_and_lazy_modes(client, ml100k_parts):
     assert tr.values[-1][1] <= 0.83
     for opt, lr, wd in ((Adam, 5e-3, 0.1), (SGD(mom=0.9), 0.1, 0.1)):
         lazy = trainer(ratings, n_factors=50, opt_func=opt, bs=64)
-        start = lazy.model().params
+        learn = lazy.reference_learner(backend="cpu")
         lazy.fit_one_cycle(5, lr, wd=wd)
-        learn = local_learner(lazy, start, backend="cpu", opt_func=opt, bs=64)
         learn.fit_one_cycle(5, lr, wd=wd)
         assert abs(lazy.values[-1][1] - learn.recorder.values[-1][1]) <= 0.005, (
             opt,

@@ -310,6 +310,64 @@ def test_per_rating_blocks_are_the_serial_epoch_over_the_block_layout(kernel, n_
     np.testing.assert_array_equal(got_losses, want_losses)
 
 
+def dynamic(n_workers):
+    """The dynamic-scheduler kernel with ``n_workers`` block-taking loops, called as the other kernels."""
+    return lambda *args: cpu.train_epoch_per_rating_dynamic(*args, n_workers)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])  # 4 block-taking loops on 2 threads: some run one after another
+@pytest.mark.parametrize("n_groups", [2, 3, 5])
+@pytest.mark.parametrize("dtype, y_range", [(np.float32, RANGE), (np.float64, NO_RANGE)])
+def test_dynamic_block_scheduler_is_the_barrier_and_the_serial_epoch(threads, n_groups, dtype, y_range):
+    """The dynamic scheduler (no barrier between strata) gives the serial blocked epoch bit for bit, and
+    the barrier kernel's, in every run (thread timing differs run to run), on one thread and on two, and
+    with more block-taking loops than threads (no deadlock when loops run one after another)."""
+    import numba
+
+    data, model = problem(dtype)
+    order = np.random.default_rng(7).permutation(len(data.ratings))
+    lrs = np.linspace(0.3, 0.1, len(order)) * (1.0 if y_range.has_range else 0.05)  # no range: keep it finite
+    blocks, _ = layout(data, order, n_groups)
+    want, want_losses = per_rating_epoch(
+        cpu.train_epoch_per_rating, model.params, data, blocks.order, lrs, y_range=y_range
+    )
+    assert len(want_losses) == len(order) and np.isfinite(want_losses).all()
+    barrier, _ = per_rating_epoch(
+        cpu.train_epoch_per_rating_parallel, model.params, data, order, lrs, y_range=y_range, n_groups=n_groups
+    )
+    np.testing.assert_array_equal(barrier, want)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for _ in range(5):
+            got, got_losses = per_rating_epoch(
+                dynamic(threads), model.params, data, order, lrs, y_range=y_range, n_groups=n_groups
+            )
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got_losses, want_losses)
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():
+    data, model = problem(np.float64)
+    order = np.arange(len(data.ratings))
+    blocks, _ = layout(data, order, 3)
+    progress = np.zeros(1, dtype=np.int64)
+    losses = np.full(len(order), np.nan)
+    params = model.params.copy()
+    n = cpu.train_epoch_per_rating_dynamic(
+        params, SHAPE, data, blocks, np.full(1, 0.1), 0.1, RANGE, EpochOut(losses, progress), 2
+    )
+    assert n == len(order) and progress[0] == len(order) and np.isfinite(losses).all()
+    params[:] *= 1e200  # the first dot product overflows to inf
+    with np.errstate(all="ignore"):
+        n = cpu.train_epoch_per_rating_dynamic(
+            params, SHAPE, data, blocks, np.full(1, 0.3), 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)), 2
+        )
+    assert n < len(order) and not np.isfinite(losses[n - 1])
+
+
 @pytest.mark.parametrize("n_groups", [1, 2])
 def test_per_rating_divergence_stops_before_the_update(n_groups):
     data, model = problem(np.float64)
@@ -406,3 +464,40 @@ def test_per_rating_mode_refuses_other_optimizer_or_batch_size(argv, capsys):
     assert cli.main(["train", "--mode", "per-rating", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --mode per-rating trains with")
+
+
+@pytest.mark.parametrize("n_groups", [None, 3])
+def test_parallel_backend_schedulers_give_the_same_fit(n_groups, monkeypatch):
+    """The parallel backend's per-rating fit: the dynamic scheduler (default) equals the barrier one."""
+    from mfscratch import SGD, collab_learner
+    from mfscratch.backends.cpu import ParallelBackend
+    from mfscratch.synthetic import synthetic_dataloaders
+
+    monkeypatch.setattr(ParallelBackend, "per_rating_n_groups", n_groups)
+    weights = {}
+    for scheduler in ("dynamic", "barrier"):
+        monkeypatch.setattr(ParallelBackend, "per_rating_scheduler", scheduler)
+        dls = synthetic_dataloaders(6000, 60, 80, bs=1, seed=0)
+        learn = collab_learner(
+            dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend="parallel", log=None
+        )
+        learn.fit_one_cycle(2, 0.02, wd=0.08)
+        weights[scheduler] = learn.model.params.copy()
+    np.testing.assert_array_equal(weights["dynamic"], weights["barrier"])
+
+
+def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):
+    """``threads=`` (API) and ``--threads`` (CLI) set the parallel backend's block-taking threads."""
+    import numba
+
+    from mfscratch import cli
+    from mfscratch.backends.cpu import ParallelBackend
+
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    kernel = ParallelBackend(threads=threads)._per_rating_kernel(3)
+    assert kernel.func is cpu.train_epoch_per_rating_dynamic and kernel.keywords == {"n_workers": threads}
+    assert ParallelBackend(threads=1)._per_rating_kernel(1) is cpu.train_epoch_per_rating_parallel
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n" + "".join(f"{u % 23},{(u * 7) % 31},{1 + u % 5}\n" for u in range(600)))
+    argv = ["train", "--ratings", str(path), "--mode", "per-rating", "--backend", "parallel", "--quiet"]
+    assert cli.main([*argv, "--threads", str(threads), "--epochs", "2"]) == 0

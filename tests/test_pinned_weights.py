@@ -5,9 +5,10 @@ parameter buffer with the value recorded here. A change that moves any of these 
 float32 ulp, fails this test: refactors must keep them; a change that alters the numbers on purpose
 re-pins the hash and says why in its commit message.
 
-The hashes hold for the machine they were recorded on (LLVM's code for the host CPU decides the
-rounding of the vectorised dot products), so the test runs where the host CPU is the one pinned and
-the parallel cases with two Numba threads. Hogwild (parallel sparse mode with batches > 1) is not
+The hashes hold for the CPUs they were recorded on (LLVM's code for the host CPU decides the
+rounding of the vectorised dot products; AMD Zen 4 and Intel Emerald Rapids, both AVX-512, give the
+same bytes), so the test runs where the host CPU is one of those and the parallel cases with two
+Numba threads. Hogwild (parallel sparse mode with batches > 1) is not
 deterministic and is not pinned.
 """
 
@@ -26,7 +27,8 @@ from mfscratch.backends import CpuBackend, ParallelBackend
 
 pytestmark = pytest.mark.filterwarnings("ignore::mfscratch.DataWarning")
 
-PINNED_CPU = "znver4"
+#: the host CPUs (LLVM names) on which these hashes were recorded
+PINNED_CPUS = ("znver4", "emeraldrapids")
 
 #: case -> (backend, settings); sparse=True with SGD and bs 1 is per-rating SGD
 CASES = {
@@ -90,8 +92,8 @@ def _fit(case: str, monkeypatch) -> np.ndarray:
 
 @pytest.mark.parametrize("case", sorted(PINNED))
 def test_pinned_weights(case, monkeypatch):
-    if binding.get_host_cpu_name() != PINNED_CPU:
-        pytest.skip(f"hashes pinned on a {PINNED_CPU} CPU; this one is {binding.get_host_cpu_name()}")
+    if binding.get_host_cpu_name() not in PINNED_CPUS:
+        pytest.skip(f"hashes pinned on {' and '.join(PINNED_CPUS)} CPUs; this one is {binding.get_host_cpu_name()}")
     if case.startswith("parallel"):
         if numba.config.NUMBA_NUM_THREADS < 2:
             pytest.skip("the parallel cases are pinned with two Numba threads")

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from .common import MODES, mode_of, normalise_mode
 from .cpu import CpuBackend, ParallelBackend, per_rating_groups
 from .cuda import CudaBackend
+from .dask import DaskBackend
 
 __all__ = [
     "Backend",
@@ -38,6 +39,7 @@ __all__ = [
     "CpuBackend",
     "ParallelBackend",
     "CudaBackend",
+    "DaskBackend",
     "BACKENDS",
     "available_backends",
     "get_backend",
@@ -82,7 +84,7 @@ class Backend(Protocol):
 
 
 #: The registered backends by name: a class whose constructor takes ``threads=None``.
-BACKENDS: dict[str, Any] = {"cpu": CpuBackend, "parallel": ParallelBackend, "cuda": CudaBackend}
+BACKENDS: dict[str, Any] = {"cpu": CpuBackend, "parallel": ParallelBackend, "cuda": CudaBackend, "dask": DaskBackend}
 
 
 def available_backends() -> list[str]:

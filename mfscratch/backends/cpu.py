@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import numba
@@ -206,6 +207,10 @@ class CpuBackend:
         """The exact-mode dense kernel for a buffer of ``n_params`` elements."""
         return self._dense_epoch
 
+    def _per_rating_kernel(self, n_groups: int) -> Any:
+        """The per-rating epoch kernel for ``n_groups`` groups (called with the records only)."""
+        return self._per_rating_epoch
+
     def runner(self, opt, mode: str, bs: int, sized_as=None) -> _Runner:
         """The epoch runner of a fit in ``mode``; ``sized_as`` (a model) makes the size-dependent choices
         as for that model (the warm-up's tiny problem compiles what the real fit runs)."""
@@ -219,7 +224,8 @@ class CpuBackend:
             return _SparseRunner(self, opt, mode, bs, self._sparse_epoch, self.n_threads())
         if mode == "per-rating":
             n_groups = self.per_rating_n_groups or per_rating_groups(params.nbytes, self.n_threads())
-            return _PerRatingRunner(self, opt, mode, bs, self._per_rating_epoch, self._shuffle_blocks, n_groups)
+            kernel = self._per_rating_kernel(n_groups)
+            return _PerRatingRunner(self, opt, mode, bs, kernel, self._shuffle_blocks, n_groups)
         raise ConfigError(f"unknown mode {mode!r}: use exact, sparse or per-rating")
 
     def evaluate(self, users, items, ratings) -> float:
@@ -237,7 +243,11 @@ class CpuBackend:
         """A fresh backend with this one's settings (threads, ``defer_rows``, ``min_parallel_params``)."""
         copy = type(self)(threads=self.threads)
         copy.__dict__.update(
-            {k: v for k, v in vars(self).items() if k in ("defer_rows", "min_parallel_params", "per_rating_n_groups")}
+            {
+                k: v
+                for k, v in vars(self).items()
+                if k in ("defer_rows", "min_parallel_params", "per_rating_n_groups", "per_rating_scheduler")
+            }
         )
         return copy
 
@@ -264,7 +274,11 @@ class ParallelBackend(CpuBackend):
     * sparse mode: **Hogwild!**: one contiguous range of steps per thread, run at once on the shared
       tables without locks; not reproducible run to run;
     * per-rating: stratified blocks, no Hogwild: the threads train blocks that share no row, so the
-      result is deterministic and depends on the thread count only through the block layout.
+      result is deterministic and depends on the thread count only through the block layout. The
+      blocks are handed out by the dynamic scheduler (``per_rating_scheduler = "dynamic"``, the
+      default): a thread takes any block whose predecessors on its rows are done, with no barrier
+      between strata, so a thread slowed by other work on the machine holds up only the blocks on its
+      rows; ``"barrier"`` runs the strata one after another. Both give the same weights bit for bit.
     """
 
     name = "parallel"
@@ -276,6 +290,9 @@ class ParallelBackend(CpuBackend):
     #: too short to pay for the wait on a descheduled thread at each region's end (docs/speed.md), so
     #: smaller models run the serial kernels. Set it to 0 to always split the update.
     min_parallel_params = 1_000_000
+    #: How per-rating SGD's blocks are handed to the threads: "dynamic" (default) or "barrier"; the
+    #: same result either way (``kernels.cpu.per_rating``).
+    per_rating_scheduler = "dynamic"
 
     def __init__(self, threads: int | None = None):
         cores = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
@@ -298,6 +315,13 @@ class ParallelBackend(CpuBackend):
 
     def _dense_kernel(self, n_params: int):
         return self._dense_epoch if n_params >= self.min_parallel_params else cpu.train_epoch_dense
+
+    def _per_rating_kernel(self, n_groups: int) -> Any:
+        if self.per_rating_scheduler not in ("dynamic", "barrier"):
+            raise ConfigError(f"per_rating_scheduler must be 'dynamic' or 'barrier', got {self.per_rating_scheduler!r}")
+        if n_groups > 1 and self.per_rating_scheduler == "dynamic":
+            return functools.partial(cpu.train_epoch_per_rating_dynamic, n_workers=self.n_threads())
+        return self._per_rating_epoch
 
     def reproducible(self, mode: str) -> bool:
         return mode != "sparse"

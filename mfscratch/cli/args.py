@@ -23,6 +23,10 @@ def positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
+def nonneg_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
 def positive_float(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
@@ -108,13 +112,24 @@ def add_train_args(p: argparse.ArgumentParser, valid_pct: bool = True) -> None:
     g.add_argument(
         "--backend",
         default="cpu",
-        help="where the kernels run: cpu, parallel (every core), or cuda (an NVIDIA GPU; needs the cuda "
-        "extra) (default cpu)",
+        help="where the kernels run: cpu, parallel (every core), cuda (an NVIDIA GPU; needs the cuda "
+        "extra), or dask (a Dask cluster, see --scheduler; needs the dask extra) (default cpu)",
     )
     g.add_argument(
         "--threads",
         type=positive_int,
         help="threads of the parallel backend (default: all the cores Numba sees)",
+    )
+
+
+def add_scheduler_arg(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` of ``--backend dask``: a running scheduler's address, or ``local:N``."""
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --backend dask: the Dask scheduler to train on (tcp://HOST:8786), or local:N to start N "
+        "single-thread worker processes on this machine for the run; --ratings FILE|FOLDER|GLOB is read "
+        "by the workers",
     )
 
 
@@ -139,9 +154,9 @@ def resolve_recipe(args) -> None:
                     f"--mode per-rating trains with --{option} {value}, not {given}; drop --{option} "
                     "(or use --mode sparse for other settings)"
                 )
-    for option, value in defaults.items():
+    for option, default in defaults.items():
         if getattr(args, option) is None:
-            setattr(args, option, value)
+            setattr(args, option, default)
 
 
 def add_output_args(p: argparse.ArgumentParser, json_help: str):

@@ -15,7 +15,8 @@ def add_bench_parser(sub) -> None:
         "bench",
         help="time the backends (and PyTorch) side by side",
         description="Time every backend and mode, and the PyTorch reference loop, on ML-100k "
-        "or synthetic data; compile time excluded, best epoch reported.",
+        "or synthetic data; compile time excluded; the median and the best epoch reported, and how many "
+        "epochs were timed.",
     )
     bench.add_argument("--data", help="a MovieLens set by name, when no synthetic shape is given (default ml-100k)")
     bench.add_argument("--ratings", type=positive_int, help="synthetic data: number of ratings")
@@ -39,8 +40,16 @@ def add_bench_parser(sub) -> None:
         "--backend",
         action="append",
         help="only this backend (repeatable): cpu, parallel, cuda, torch (the PyTorch reference loop, "
-        "exact mode) or cornac (cornac's biased MF, next to per-rating); default: all that can run here",
+        "exact mode), cornac (cornac's biased MF, next to per-rating) or libmf (LIBMF, next to per-rating; "
+        "needs --libmf); default: all that can run here",
     )
+    bench.add_argument(
+        "--libmf",
+        metavar="PATH",
+        help="add a libmf row next to per-rating: PATH is a LIBMF build folder (with mf-train) or an "
+        "epoch-timing driver (benchmarks/libmf_vs_mfscratch.py --build-only DIR builds one); never searched for",
+    )
+    bench.add_argument("--libmf-threads", type=positive_int, help="threads for the libmf row (default 1)")
     bench.add_argument(
         "--torch-threads",
         type=positive_int,
@@ -101,6 +110,14 @@ def cmd_bench(args) -> int:
     lr, wd = args.lr or 5e-3, 0.1 if args.wd is None else args.wd
     if args.plot and (not sizes or min(sizes) < 2 * bs):
         raise ConfigError(f"--sizes must be rating counts of at least {2 * bs}, got {args.sizes!r}")
+    if args.libmf_threads is not None and args.libmf is None:
+        raise ConfigError("--libmf-threads sets the libmf row's threads; add --libmf PATH (or leave it out)")
+    if args.libmf is not None and "libmf" not in names:
+        raise ConfigError("--libmf adds the libmf row, which this run leaves out; add --backend libmf")
+    if "libmf" in names and args.libmf is not None and "per-rating" not in modes:
+        raise ConfigError("the libmf row sits next to the per-rating mode; add --mode per-rating")
+    if backends is not None and "libmf" in names and args.libmf is None:
+        raise ConfigError("--backend libmf needs --libmf PATH (a LIBMF build folder or an epoch-timing driver)")
     if args.torch_threads is not None and "torch" not in names:
         raise ConfigError("--torch-threads sets the PyTorch row's threads; this run has no torch row")
     if args.ratings is not None:
@@ -121,7 +138,7 @@ def cmd_bench(args) -> int:
         what, y_range = f"{args.data or 'ml-100k'} (seed split {args.seed})", (0.0, 5.5)
     print(
         f"{what}, k={args.factors}, bs={bs}, {epochs} epoch{'s' if epochs != 1 else ''} of one-cycle lr {lr} wd {wd}; "
-        f"{numba.get_num_threads()} threads on {platform.machine()} ({numba.config.NUMBA_NUM_THREADS} cores seen)"
+        f"{numba.get_num_threads()} threads on {platform.machine()} ({numba.config.NUMBA_NUM_THREADS} cores seen)"  # type: ignore[attr-defined]
     )
     rows = bench.bench_rows(
         dls,
@@ -134,6 +151,8 @@ def cmd_bench(args) -> int:
         y_range,
         args.seed,
         torch_threads=args.torch_threads or 1,
+        libmf=args.libmf,
+        libmf_threads=args.libmf_threads or 1,
     )
     print()
     print(bench.format_table(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from ..errors import ConfigError
 from .args import add_debug_arg, add_output_args, add_train_args, check_y_range, resolve_recipe
@@ -40,7 +41,7 @@ def cmd_cv(args) -> int:
     say = (lambda *a, **k: None) if args.quiet else print
     for note in check_outputs([Output("--json", args.json)], dataset_inputs(data_dir() / "ml-100k")):
         say(f"note: {note}", file=sys.stderr)
-    folds = []
+    folds: list[dict[str, Any]] = []
     say(f"{'fold':<6}{'rmse':<10}{'mae':<10}{'n_test':<8}{'time':<8}")
     for split in ("u1", "u2", "u3", "u4", "u5"):
         t0 = time.perf_counter()
@@ -64,7 +65,7 @@ def cmd_cv(args) -> int:
         seconds = time.perf_counter() - t0
         folds.append({"fold": split, **errors, "n_test": dls.n_valid, "seconds": seconds})
         say(f"{split:<6}{errors['rmse']:<10.4f}{errors['mae']:<10.4f}{dls.n_valid:<8}{format_time(seconds):<8}")
-    summary = {}
+    summary: dict[str, Any] = {}
     for metric in ("rmse", "mae"):
         values = np.array([f[metric] for f in folds])
         summary[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
@@ -89,7 +90,7 @@ def cmd_cv(args) -> int:
                 "wd": args.wd,
                 "factors": args.factors,
                 "bs": args.bs,
-                "y_range": list(y_range),
+                "y_range": None if y_range is None else list(y_range),
                 "optimizer": args.optimizer,
                 "seed": args.seed,
                 "mode": args.mode,

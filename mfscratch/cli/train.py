@@ -10,6 +10,7 @@ from .args import (
     add_data_args,
     add_debug_arg,
     add_output_args,
+    add_scheduler_arg,
     add_train_args,
     add_usage_output_args,
     check_y_range,
@@ -31,6 +32,7 @@ def add_train_parser(sub) -> None:
         description="Train the biased dot-product model and print fastai's results table.",
     )
     add_train_args(train)
+    add_scheduler_arg(train)
     out = add_output_args(train, "write a JSON report of the run")
     out.add_argument("--save", metavar="PATH", help="write the weights and vocabularies to a .npz")
     add_data_args(train)
@@ -114,12 +116,12 @@ def _checkpointing(args, learn, say) -> int:
     start_epoch = 0
     if args.resume:
         expect = {"method": "fit_one_cycle", "n_epoch": args.epochs, "lr_max": args.lr, "wd": args.wd}
-        start_epoch = checkpoint.restore(learn, args.checkpoint, expect)
-        if start_epoch is None:
+        restored = checkpoint.restore(learn, args.checkpoint, expect)
+        if restored is None:
             print(f"note: no checkpoint in {args.checkpoint} yet; starting at epoch 0", file=sys.stderr)
-            start_epoch = 0
         else:
-            say(f"resuming from {args.checkpoint} at epoch {start_epoch} of {args.epochs}")
+            say(f"resuming from {args.checkpoint} at epoch {restored} of {args.epochs}")
+        start_epoch = restored or 0
     learn.after_epoch.append(checkpoint.Checkpoint(args.checkpoint))
     return start_epoch
 
@@ -132,6 +134,12 @@ def cmd_train(args) -> int:
     t_start = time.perf_counter()
     y_range = check_y_range(args.y_range)
     resolve_recipe(args)
+    if args.backend == "dask":  # read and trained on a cluster's workers (mfscratch.distributed)
+        from ..distributed.cli import train_on_cluster
+
+        return train_on_cluster(args, y_range)
+    if args.scheduler:
+        raise ConfigError("--scheduler applies to --backend dask; add it or drop --scheduler")
     _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
@@ -187,7 +195,7 @@ def cmd_train(args) -> int:
     if args.ranking_k or args.json:
         users = "auto" if args.ranking_users is None else args.ranking_users
         ranking = learn.ranking(args.ranking_k or 10, threshold, users=users, seed=args.seed or 0)
-    if args.ranking_k:
+    if args.ranking_k and ranking is not None:
         say(
             _ranking_line(ranking)
             if ranking["n_users"]

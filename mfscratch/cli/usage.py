@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .args import add_debug_arg, positive_int
+from .args import add_debug_arg, nonneg_int, positive_int
 
 
 def add_usage_commands(sub) -> None:
@@ -21,7 +21,7 @@ def add_usage_commands(sub) -> None:
     p.add_argument("-n", type=positive_int, default=10, help="how many items (default 10)")
     p.add_argument(
         "--min-ratings",
-        type=int,
+        type=nonneg_int,
         default=0,
         metavar="N",
         help="skip items rated fewer than N times in training: their embeddings are mostly noise",

@@ -12,6 +12,9 @@ Needs the optional ``dask`` and ``distributed`` packages (``pip install 'mfscrat
     trainer.fit_one_cycle(12, 0.02, wd=0.08)
     trainer.save("model.npz")
 
+Checkpoints: ``trainer.after_epoch.append(resume.Checkpoint(DIR))`` and ``resume.restore``; the command
+line: ``mfscratch train --backend dask --scheduler ADDRESS|local:N`` (``cli.py``); a learner's
+per-rating SGD on a cluster: ``collab_learner(..., backend="dask")`` (``mfscratch.backends.dask``).
 How it works, how to start a cluster and what it costs: ``docs/distributed.md``.
 """
 

@@ -214,7 +214,11 @@ def steps_schedule(spec: tuple, start: int, stop: int) -> tuple[np.ndarray, np.n
 
     ``spec`` is ``("one_cycle", total, lr_max, div, div_final, pct_start, moms)`` or
     ``("constant", total, lr, mom)``; a slice holds the same numbers as the same steps of the whole.
+    ``("given", first, lrs, moms)`` holds the values of steps ``first..`` as the learner made them.
     """
+    if spec[0] == "given":
+        _, first, lrs, moms = spec
+        return lrs[start - first : stop - first], moms[start - first : stop - first]
     kind, total, *args = spec
     if kind == "one_cycle":
         lr_max, div, div_final, pct_start, moms = args

@@ -31,7 +31,16 @@ from .. import readers
 from ..data import Vocab
 from ..errors import ConfigError, DataError
 
-__all__ = ["RATINGS_SUFFIXES", "Partition", "ClusterRatings", "list_sources", "read_ratings", "tree_reduce", "gather"]
+__all__ = [
+    "RATINGS_SUFFIXES",
+    "Partition",
+    "ClusterRatings",
+    "list_sources",
+    "read_ratings",
+    "scatter_ratings",
+    "tree_reduce",
+    "gather",
+]
 
 #: The files a folder is searched for (a glob or a list may name any file).
 RATINGS_SUFFIXES = (".csv", ".tsv", ".txt", ".dat", ".data", ".parquet", ".pq")
@@ -79,10 +88,10 @@ class Partition:
     valid: np.ndarray
 
 
-def _read(source: str, columns: tuple, header, encoding: str) -> RawPartition:
+def _read(source: str, columns: tuple, header, encoding: str | None, sep: str | None = None) -> RawPartition:
     """Read one file with the project's reader; the ids must be present and the ratings finite numbers."""
     user_col, item_col, rating_col = columns
-    table = readers.read_ratings(source, user_col, item_col, rating_col, header=header, encoding=encoding)
+    table = readers.read_ratings(source, user_col, item_col, rating_col, header=header, encoding=encoding, sep=sep)
     df = table.df
     y = pd.to_numeric(df[table.rating], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(over="ignore"):
@@ -241,15 +250,17 @@ def read_ratings(
     item_col=1,
     rating_col=2,
     header: bool | None = None,
-    encoding: str = "utf-8",
+    encoding: str | None = None,
     valid_pct: float = 0.2,
     seed: int | None = None,
     timeout: float = 600.0,
+    sep: str | None = None,
 ) -> ClusterRatings:
     """Read ratings files on the workers of ``client`` (a ``distributed.Client``); see the module docstring.
 
     ``source``: a folder, a glob (``"ratings/part-*.csv"``), a file or a list; the files must be
-    readable from the workers under the same names. Columns and ``header`` as for a local file.
+    readable from the workers under the same names. Columns, ``header``, ``encoding`` and ``sep`` as for
+    a local file (``None``: detected in each file).
     A problem in a file raises its one-line :class:`~mfscratch.errors.DataError` here; ``timeout``
     bounds each wait for the cluster, in seconds.
     """
@@ -261,7 +272,8 @@ def read_ratings(
     token = uuid.uuid4().hex[:12]  # this read's task keys: never shared with another read
     columns = (user_col, item_col, rating_col)
     raws = [
-        client.submit(_read, s, columns, header, encoding, key=f"mf-read-{token}-{i}") for i, s in enumerate(sources)
+        client.submit(_read, s, columns, header, encoding, sep, key=f"mf-read-{token}-{i}")
+        for i, s in enumerate(sources)
     ]
     distinct = [
         tree_reduce(
@@ -296,3 +308,29 @@ def read_ratings(
     user_vocab, item_vocab = distinct
     sizes = (n_users, n_items, n_train, n_valid)
     return ClusterRatings(client, sources, parts, user_vocab, item_vocab, counts, names, sizes, (lo, hi), timeout)
+
+
+def scatter_ratings(client, users, items, ratings, n_users: int, n_items: int, workers: list, timeout: float = 600.0):
+    """Training ratings already encoded on the client, sent to the cluster as :class:`ClusterRatings`.
+
+    One partition per worker (consecutive stretches of the rows, in order), no validation rows and no
+    vocabularies: what the ``dask`` backend trains a learner's loaders on. The rows pass through the
+    client once; data too large for one machine is read on the workers (:func:`read_ratings`).
+    """
+    n = int(users.shape[0])
+    parts = []  # hash=False: fresh keys, never those of equal rows another fit is releasing
+    for w, rows in enumerate(np.array_split(np.arange(n), len(workers))):
+        part = Partition(users[rows], items[rows], ratings[rows], np.zeros(rows.shape[0], dtype=bool))
+        parts.append(client.scatter([part], workers=[workers[w]], hash=False)[0])
+    counts = (
+        np.bincount(users, minlength=n_users),
+        np.bincount(items, minlength=n_items),
+        n,
+        0,
+        float(ratings.min()) if n else np.inf,
+        float(ratings.max()) if n else -np.inf,
+    )
+    counts_future = client.scatter([counts], hash=False)[0]
+    names = ("user", "item", "rating")
+    sizes = (int(n_users), int(n_items), n, 0)
+    return ClusterRatings(client, ["<client>"], parts, None, None, counts_future, names, sizes, counts[4:], timeout)

@@ -54,7 +54,11 @@ class DsgdTrainer:
     ``workers``: the worker addresses to train on (default: every worker, sorted); worker ``w``
     owns the ``w``-th stretch of user groups. ``timeout``: seconds an epoch may take on the cluster.
     Initial weights are fastai's, drawn in chunks of rows from streams of the seed
-    (``adapter.init_rows``), so they do not depend on the layout.
+    (``adapter.init_rows``), so they do not depend on the layout; they are not the numbers
+    ``collab_learner`` draws for the same seed (it draws each whole table from one stream, which a
+    worker holding a part of the tables cannot do without drawing all of it). ``params``: start
+    from these flat weights instead (``model.params`` of a local model, e.g. ``collab_learner``'s
+    for the same seed); :meth:`set_weights` does the same later, with the optimiser's moments.
 
     ``values`` holds ``[train_loss, valid_loss]`` per epoch (the train loss is the epoch's mean
     step loss); ``epoch_seconds`` and ``bytes_sent`` (bytes the workers sent each other, as Dask
@@ -76,6 +80,7 @@ class DsgdTrainer:
         workers=None,
         timeout: float = 600.0,
         log=print,
+        params: np.ndarray | None = None,
     ):
         if not sparse:
             raise ConfigError(
@@ -106,9 +111,13 @@ class DsgdTrainer:
         self.epoch_started: list = []
         self.after_epoch: list = []
         self.opt_step = 0  # optimiser steps taken (Adam's bias correction), across fits
+        self.fit_args: dict | None = None  # the current fit's arguments (a checkpoint resumes it)
         self._token = uuid.uuid4().hex[:12]
         self._fresh = True  # no stratum trained yet: the first one moves no item rows
+        self._starts: tuple | None = None
         self._layout(init_seeds)
+        if params is not None:
+            self.set_weights(params)
 
     # --- set-up -----------------------------------------------------------------------------
     def _submit(self, fn, *args, key: str, w: int | None = None):
@@ -139,7 +148,7 @@ class DsgdTrainer:
         sizes = self._gather([self.client.submit(layout.OwnerData.stratum_sizes, d) for d in self.data], "the layout")
         self.stratum_sizes = np.array(sizes, dtype=np.int64).T  # [t, w]: training ratings of worker w in stratum t
         lazy = not self.per_rating
-        moving = 1 + (lazy and self.opt.uses_momentum) + (lazy and self.opt.name == "adam")
+        moving = self.tables_moving
         self.tables = [
             self._submit(
                 worker.init_tables,
@@ -153,6 +162,12 @@ class DsgdTrainer:
             )
             for w in range(W)
         ]
+
+    @property
+    def tables_moving(self) -> int:
+        """How many buffers travel with the item rows: 1 (weights), 2 (+ ``exp_avg``), 3 (+ ``exp_avg_sq``)."""
+        lazy = not self.per_rating
+        return 1 + int(lazy and self.opt.uses_momentum) + int(lazy and self.opt.name == "adam")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -169,18 +184,31 @@ class DsgdTrainer:
         pct_start: float = 0.25,
         wd: float | None = None,
         moms=None,
+        start_epoch: int = 0,
     ) -> None:
-        """fastai's one-cycle, as ``Learner.fit_one_cycle``."""
+        """fastai's one-cycle, as ``Learner.fit_one_cycle``; ``start_epoch`` skips the epochs a restored
+        checkpoint already trained (``mfscratch.distributed.resume``)."""
         checks.check_fit(n_epoch, lr_max, wd)
         checks.check_one_cycle(div, div_final, pct_start, moms)
         moms = tuple(moms or (0.95, 0.85, 0.95))
+        self.fit_args = dict(
+            method="fit_one_cycle",
+            n_epoch=n_epoch,
+            lr_max=lr_max,
+            div=div,
+            div_final=div_final,
+            pct_start=pct_start,
+            wd=wd,
+            moms=list(moms),
+        )
         total = n_epoch * self.steps_per_epoch
-        self._fit(n_epoch, ("one_cycle", total, lr_max, div, div_final, pct_start, moms), wd)
+        self._fit(n_epoch, ("one_cycle", total, lr_max, div, div_final, pct_start, moms), wd, start_epoch)
 
-    def fit(self, n_epoch: int, lr: float = 1e-3, wd: float | None = None) -> None:
+    def fit(self, n_epoch: int, lr: float = 1e-3, wd: float | None = None, start_epoch: int = 0) -> None:
         """A constant learning rate and the optimiser's own momentum, as ``Learner.fit``."""
         checks.check_fit(n_epoch, lr, wd)
-        self._fit(n_epoch, ("constant", n_epoch * self.steps_per_epoch, lr, self.opt.mom), wd)
+        self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
+        self._fit(n_epoch, ("constant", n_epoch * self.steps_per_epoch, lr, self.opt.mom), wd, start_epoch)
 
     @property
     def range_args(self) -> tuple:
@@ -190,12 +218,22 @@ class DsgdTrainer:
     def _jobs(self, epoch: int, seed: int, spec: tuple, opt) -> list:
         """``[t][w]``: each worker's job in each stratum, its steps placed stratum by stratum, worker by worker.
 
-        A job's first step in the fit's schedule is ``epoch * steps_per_epoch`` plus the steps before it;
-        its optimiser step count continues from the steps of earlier fits (``opt_step``), as the learner's.
+        ``spec``: the fit's schedule, or ``("given", lrs, moms)``: this epoch's step values, each job
+        sent its slice, its step losses kept (the ``dask`` backend's runner). A job's first step in the
+        fit's schedule is ``epoch * steps_per_epoch`` plus the steps before it; its optimiser step
+        count continues from the steps of earlier fits (``opt_step``), as the learner's.
         """
         steps = self.stratum_sizes // self.bs
         before = np.concatenate([[0], np.cumsum(steps.ravel())[:-1]]).reshape(steps.shape)
-        first = epoch * self.steps_per_epoch + before
+        given = spec[0] == "given"  # ("given", lrs, moms): this epoch's steps; each job gets its slice
+        first = (0 if given else epoch * self.steps_per_epoch) + before
+
+        def job_spec(t: int, w: int) -> tuple:
+            if not given:
+                return spec
+            a, b = int(first[t, w]), int(first[t, w] + steps[t, w])
+            return ("given", a, spec[1][a:b], spec[2][a:b])
+
         return [
             [
                 worker.StratumJob(
@@ -204,48 +242,28 @@ class DsgdTrainer:
                     seed,
                     int(first[t, w]),
                     self.opt_step + int(before[t, w]),
-                    spec,
+                    job_spec(t, w),
                     opt,
                     self.bs,
                     self.per_rating,
                     self.range_args,
+                    keep_losses=given,
                 )
                 for w in range(steps.shape[1])
             ]
             for t in range(steps.shape[0])
         ]
 
-    def _fit(self, n_epoch: int, spec: tuple, wd: float | None) -> None:
+    def _fit(self, n_epoch: int, spec: tuple, wd: float | None, start_epoch: int = 0) -> None:
         wd = self.wd if wd is None else wd
         opt = dataclasses.replace(self.opt) if wd is None else dataclasses.replace(self.opt, wd=float(wd))
         if self.log is not None:
             self.log(f"{'epoch':<10}{'train_loss':<12}{'valid_loss':<12}{'time':<10}")
         self._fit_id = getattr(self, "_fit_id", -1) + 1
-        W = len(self.workers)
-        for epoch in range(n_epoch):
+        for epoch in range(start_epoch, n_epoch):
             t0, sent0 = time.perf_counter(), self._sent()
             jobs = self._jobs(epoch, adapter.epoch_seed(self.rng), spec, opt)
-            for t, stratum in enumerate(jobs):
-                name = f"{self._fit_id}-{epoch}-{t}"
-                moved = None
-                if not self._fresh:
-                    moved = [
-                        self._submit(worker.outgoing_rows, self.tables[w], self.data[w], key=f"out-{name}-{w}", w=w)
-                        for w in range(W)
-                    ]
-                self.tables = [
-                    self._submit(
-                        worker.train_stratum,
-                        self.tables[w],
-                        None if moved is None else moved[(w + 1) % W],
-                        self.data[w],
-                        stratum[w],
-                        key=f"train-{name}-{w}",
-                        w=w,
-                    )
-                    for w in range(W)
-                ]
-                self._fresh = False
+            self._submit_epoch(f"{self._fit_id}-{epoch}", jobs)
             for callback in self.epoch_started:
                 callback(self, epoch)
             train_loss, valid_loss = self._epoch_end(epoch)
@@ -260,6 +278,41 @@ class DsgdTrainer:
                 self.log(f"{epoch:<10}{train_loss:<12.6f}{valid_loss:<12.6f}{format_time(seconds):<10}")
             for callback in self.after_epoch:
                 callback(self, epoch)
+
+    def _submit_epoch(self, name: str, jobs: list, halt: bool = False) -> list:
+        """Submit an epoch's strata (``jobs[t][w]``); returns ``[t][w]``, each stratum's tables futures.
+
+        ``halt``: each stratum also waits for every worker's divergence flag of the previous one and
+        trains nothing once a worker has diverged (as the parallel backend's kernel stops).
+        """
+        W, strata = len(self.workers), []
+        for t, stratum in enumerate(jobs):
+            key = f"{name}-{t}"
+            moved = None
+            if not self._fresh:
+                moved = [
+                    self._submit(worker.outgoing_rows, self.tables[w], self.data[w], key=f"out-{key}-{w}", w=w)
+                    for w in range(W)
+                ]
+            flags = []
+            if halt and not self._fresh:
+                flags = [self._submit(worker.diverged, self.tables[w], key=f"halt-{key}-{w}", w=w) for w in range(W)]
+            self.tables = [
+                self._submit(
+                    worker.train_stratum,
+                    self.tables[w],
+                    None if moved is None else moved[(w + 1) % W],
+                    self.data[w],
+                    stratum[w],
+                    *flags,
+                    key=f"train-{key}-{w}",
+                    w=w,
+                )
+                for w in range(W)
+            ]
+            strata.append(self.tables)
+            self._fresh = False
+        return strata
 
     def _epoch_end(self, epoch: int) -> tuple[float, float]:
         """Wait for the epoch; its mean step loss and the validation MSE under the epoch's final weights."""
@@ -304,24 +357,83 @@ class DsgdTrainer:
         return sum(max(0, now[a] - before[a]) for a in now if a in before)
 
     # --- results ----------------------------------------------------------------------------
+    def _group_starts(self) -> tuple[list, np.ndarray]:
+        """``(spans, item_start)``: each worker's user codes ``(first, count)`` and where each item group's
+        codes start (``g + 1`` numbers); gathered once."""
+        if self._starts is None:
+            spans = [self.client.submit(lambda d: (d.u_lo, d.n_users), d) for d in self.data]
+            starts = self.client.submit(lambda d: d.item_start, self.data[0])
+            *spans, item_start = self._gather([*spans, starts], "gathering the groups")
+            self._starts = (spans, np.asarray(item_start, dtype=np.int64))
+        return self._starts
+
+    def weights(self) -> tuple[np.ndarray, ...]:
+        """Every buffer the workers hold (the weights; lazy Adam/SGD: then ``exp_avg``, ``exp_avg_sq``),
+        gathered to the client as flat arrays in the model's layout (zeros for a moment never used)."""
+        n_users, n_items, k = self.ratings.n_users, self.ratings.n_items, self.n_factors
+        pieces = self._gather(
+            [self.client.submit(worker.all_rows, t, d) for t, d in zip(self.tables, self.data)], "gathering the tables"
+        )
+        _, item_start = self._group_starts()
+        dtype, n_buffers = pieces[0][1][0].dtype, len(pieces[0][1])
+        flats = []
+        for b in range(n_buffers):
+            flat = np.zeros((n_users + n_items) * (k + 1), dtype=dtype)
+            u_weight, i_weight, u_bias, i_bias = adapter.split_tables(flat, n_users, n_items, k)
+            for first, users, items in pieces:
+                rows = slice(first, first + users[b].shape[0])
+                u_weight[rows], u_bias[rows] = users[b][:, :k], users[b][:, k]
+                for d, held in items:
+                    codes = slice(int(item_start[d]), int(item_start[d + 1]))
+                    i_weight[codes], i_bias[codes] = held[b][:, :k], held[b][:, k]
+            flats.append(flat)
+        while len(flats) < 3:
+            flats.append(np.zeros_like(flats[0]))
+        return tuple(flats)
+
+    def set_weights(self, params: np.ndarray, exp_avg: np.ndarray | None = None, exp_avg_sq: np.ndarray | None = None):
+        """Put flat weights (and, for lazy Adam/SGD, moments) in the model's layout onto the workers.
+
+        Each worker is sent only its user rows and the item groups it holds at the start of an epoch;
+        the next stratum trained is an epoch's first (the checkpoint of a finished epoch resumes so).
+        """
+        n_users, n_items, k, W = self.ratings.n_users, self.ratings.n_items, self.n_factors, len(self.workers)
+        size = (n_users + n_items) * (k + 1)
+        buffers = [params] + ([exp_avg, exp_avg_sq] if not self.per_rating else [])
+        for b, flat in enumerate(buffers):
+            if flat is None:
+                buffers[b] = np.zeros_like(params)
+            elif np.shape(flat) != (size,):
+                raise ConfigError(f"weights of {np.shape(flat)} elements do not fit this fit's {size}-element tables")
+        tables = [adapter.split_tables(np.asarray(f), n_users, n_items, k) for f in buffers]
+        spans, item_start = self._group_starts()
+        g, m = self.n_groups, self.n_groups // W
+        self.tables = []
+        for w in range(W):
+            us = slice(spans[w][0], spans[w][0] + spans[w][1])
+            codes = np.concatenate(
+                [np.arange(item_start[d], item_start[d + 1]) for d in ((w * m + j) % g for j in range(m))]
+            )
+            users = tuple(np.column_stack([t[0][us], t[2][us]]) for t in tables)
+            items = tuple(np.column_stack([t[1][codes], t[3][codes]]) for t in tables)
+            rows = self.client.scatter([(users, items)], workers=[self.workers[w]], hash=False)[0]
+            self.tables.append(
+                self._submit(
+                    worker.tables_from_rows,
+                    self.data[w],
+                    k,
+                    self.tables_moving,
+                    rows,
+                    key=f"set-{uuid.uuid4().hex[:8]}-{w}",
+                    w=w,
+                )
+            )
+        self._fresh = True
+
     def model(self) -> EmbeddingDotBias:
         """The current weights, gathered to the client as an :class:`EmbeddingDotBias`."""
-        n_users, n_items, k = self.ratings.n_users, self.ratings.n_items, self.n_factors
-        submit, pairs = self.client.submit, list(zip(self.tables, self.data))
-        users = self._gather([submit(worker.user_rows, t, d) for t, d in pairs], "gathering the user rows")
-        items = self._gather([submit(worker.item_rows, t, d) for t, d in pairs], "gathering the item rows")
-        starts = self._gather([submit(lambda d: d.item_start, self.data[0])], "gathering the groups")[0]
-        dtype = users[0][1].dtype
-        u_weight, u_bias = np.zeros((n_users, k), dtype=dtype), np.zeros(n_users, dtype=dtype)
-        i_weight, i_bias = np.zeros((n_items, k), dtype=dtype), np.zeros(n_items, dtype=dtype)
-        for first, weights, bias in users:
-            u_weight[first : first + len(bias)], u_bias[first : first + len(bias)] = weights, bias
-        for held in items:
-            for d, rows in held:
-                codes = slice(int(starts[d]), int(starts[d + 1]))
-                i_weight[codes], i_bias[codes] = rows[:, :k], rows[:, k]
-        params = np.concatenate([u_weight.ravel(), i_weight.ravel(), u_bias, i_bias])
-        return EmbeddingDotBias(k, n_users, n_items, y_range=self.y_range, params=params)
+        k, r = self.n_factors, self.ratings
+        return EmbeddingDotBias(k, r.n_users, r.n_items, y_range=self.y_range, params=self.weights()[0])
 
     def save(self, path):
         """Write the gathered model and the vocabularies to ``path`` (``mfscratch.save_model``)."""
@@ -335,6 +447,29 @@ class DsgdTrainer:
         the rows a local run needs to reproduce this fit (small data and tests only)."""
         rows = self._gather([self.client.submit(layout.OwnerData.global_rows, d) for d in self.data], "gathering")
         return tuple(np.concatenate([r[a] for r in rows]) for a in range(3))  # type: ignore[return-value]
+
+    def reference_learner(self, backend: str = "parallel"):
+        """A local :class:`~mfscratch.learner.Learner` that trains what this trainer trains next: this fit's
+        split (the training rows in block order, the validation rows), its block layout (``n_groups``
+        on the local backend's ``per_rating_n_groups``), its current weights and its epoch-seed
+        generator's state. Per-rating SGD on ``backend="parallel"`` (or ``"cpu"``) then gives these
+        weights bit for bit; lazy Adam/SGD batch differently (close, not equal). Small data and tests only:
+        it gathers every rating to the client."""
+        from ..data import CollabDataLoaders
+        from ..learner import Learner
+
+        r = self.ratings
+        train, valid = self.training_rows(), self.valid_rows()
+        users, items, ratings = (np.concatenate([a, b]) for a, b in zip(train, valid))
+        n = train[0].shape[0]
+        rows = (users, items, ratings, np.arange(n), np.arange(n, users.shape[0]))
+        dls = CollabDataLoaders(*rows, r.classes(), r.user_name, r.item_name, r.rating_name, bs=self.bs)
+        model = EmbeddingDotBias(self.n_factors, r.n_users, r.n_items, y_range=self.y_range, params=self.weights()[0])
+        learn = Learner(dls, model, opt_func=self.opt, wd=self.wd, sparse=True, backend=backend, log=None)
+        learn.rng.bit_generator.state = self.rng.bit_generator.state
+        learn.opt_state.step = self.opt_step
+        learn.backend.per_rating_n_groups = self.n_groups  # type: ignore[attr-defined]
+        return learn
 
     def valid_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The validation rows (global codes) gathered to the client (small data and tests only)."""

@@ -25,10 +25,14 @@ __all__ = [
     "StratumJob",
     "WorkerTables",
     "init_tables",
+    "tables_from_rows",
     "train_stratum",
     "outgoing_rows",
     "item_rows",
     "user_rows",
+    "all_rows",
+    "stratum_losses",
+    "diverged",
     "epoch_loss",
     "squared_error",
 ]
@@ -43,11 +47,12 @@ class StratumJob:
     seed: int  # the epoch's block-shuffle seed
     step0: int  # the fit's step index of this worker's first step in this stratum (the schedule)
     opt_step0: int  # optimiser steps taken before it, this fit's and earlier fits' (Adam's bias correction)
-    spec: tuple  # the fit's schedule (adapter.steps_schedule)
+    spec: tuple  # the fit's schedule, or this job's slice of it (adapter.steps_schedule)
     opt: object  # Adam or SGD, weight decay resolved
     bs: int
     per_rating: bool
     range_args: tuple
+    keep_losses: bool = False  # keep the stratum's step losses (stratum_losses) for the client
 
 
 @dataclass
@@ -64,6 +69,7 @@ class WorkerTables:
     loss: float = 0.0
     count: int = 0
     diverged: bool = False
+    losses: np.ndarray | None = None  # the last stratum's step losses, when its job keeps them
     tables: tuple = field(init=False, repr=False)  # per buffer: (u_weight, i_weight, u_bias, i_bias) views
 
     def __post_init__(self):
@@ -108,6 +114,22 @@ def init_tables(data: OwnerData, n_factors: int, n_buffers: int, moving: int, se
     return tables
 
 
+def tables_from_rows(data: OwnerData, n_factors: int, moving: int, rows: tuple) -> WorkerTables:
+    """Tables holding given ``rows = (users, items)``: ``users`` one ``(n_users, k + 1)`` array per buffer
+    (this worker's user rows, weights then bias), ``items`` one per buffer with the item groups of the
+    slots of stratum 0, one after another; how a fit continues from weights on the client."""
+    users, items = rows
+    nu, k = data.n_users, n_factors
+    slots = tuple(data.slot_group(j, 0) for j in range(data.m))
+    ni = sum(data.group_size(d) for d in slots)
+    buffers = tuple(np.zeros((nu + ni) * (k + 1), dtype=u.dtype) for u in users)
+    tables = WorkerTables(nu, ni, k, buffers, slots, moving)
+    for table, u, i in zip(tables.tables, users, items):
+        table[0][:], table[2][:] = u[:, :k], u[:, k]
+        table[1][:], table[3][:] = i[:, :k], i[:, k]
+    return tables
+
+
 def _next_tables(prev: WorkerTables, data: OwnerData, incoming, reset_loss: bool) -> WorkerTables:
     """A copy of ``prev`` with the slots moved down by one and ``incoming`` in the last (``None``: no move)."""
     loss, count = (0.0, 0) if reset_loss else (prev.loss, prev.count)
@@ -132,15 +154,21 @@ def _next_tables(prev: WorkerTables, data: OwnerData, incoming, reset_loss: bool
     return tables
 
 
-def train_stratum(prev: WorkerTables, incoming, data: OwnerData, job: StratumJob) -> WorkerTables:
+def train_stratum(prev: WorkerTables, incoming, data: OwnerData, job: StratumJob, *halts: bool) -> WorkerTables:
     """Move the item slots (``incoming``: the group arriving in the last slot, ``None`` at the fit's start),
-    then train this worker's blocks of stratum ``job.stratum``, shuffled from ``job.seed``."""
+    then train this worker's blocks of stratum ``job.stratum``, shuffled from ``job.seed``.
+
+    ``halts``: whether each worker had diverged by the end of the previous stratum (:func:`diverged`);
+    once one has, no worker trains again, as the parallel backend's kernel stops after the stratum
+    in which a block diverged (the other blocks of that stratum finish theirs).
+    """
     tables = _next_tables(prev, data, incoming, reset_loss=job.stratum == 0)
+    tables.losses = np.empty(0, dtype=np.float64) if job.keep_losses else None
     if tables.slots != tuple(data.slot_group(j, job.stratum) for j in range(data.m)):
         raise RuntimeError(f"worker {data.worker} holds item groups {tables.slots} in stratum {job.stratum}")
     first, stop = data.stratum_blocks(job.stratum)
     n = int(data.block_start[stop] - data.block_start[first])
-    if tables.diverged or n < job.bs:
+    if tables.diverged or any(halts) or n < job.bs:
         return tables
     # The stratum's rows; an item's row is its row within its group plus where its block's slot starts.
     a, b = int(data.block_start[first]), int(data.block_start[stop])
@@ -162,6 +190,8 @@ def train_stratum(prev: WorkerTables, incoming, data: OwnerData, job: StratumJob
         )
     tables.loss += float(losses.sum())
     tables.count += losses.shape[0]
+    if job.keep_losses:
+        tables.losses = losses.copy()
     tables.diverged = losses.shape[0] < expected or not np.isfinite(tables.loss)
     return tables
 
@@ -191,6 +221,30 @@ def user_rows(tables: WorkerTables, data: OwnerData) -> tuple:
     """``(first_code, u_weight rows, u_bias rows)``: copies of this worker's user rows."""
     u_weight, _, u_bias, _ = tables.tables[0]
     return data.u_lo, u_weight.copy(), u_bias.copy()
+
+
+def all_rows(tables: WorkerTables, data: OwnerData) -> tuple:
+    """``(first user code, users, items)``: every buffer's rows (weights and moments), copied.
+
+    ``users`` holds one ``(n_users, k + 1)`` array per buffer, ``items`` a list of ``(group, arrays)``
+    for the slots, one ``(rows, k + 1)`` array per buffer: what :func:`tables_from_rows` takes back.
+    """
+    users = tuple(np.column_stack([t[0], t[2]]) for t in tables.tables)
+    items = [
+        (d, tuple(np.column_stack([t[1][rows], t[3][rows]]) for t in tables.tables))
+        for rows, d in zip(_slot_rows(data, tables.slots), tables.slots)
+    ]
+    return data.u_lo, users, items
+
+
+def stratum_losses(tables: WorkerTables) -> np.ndarray:
+    """The step losses of the last stratum this worker trained (a job with ``keep_losses``)."""
+    return np.empty(0, dtype=np.float64) if tables.losses is None else tables.losses
+
+
+def diverged(tables: WorkerTables) -> bool:
+    """Whether a step loss on this worker has not been finite (the next stratum halts every worker)."""
+    return tables.diverged
 
 
 def epoch_loss(tables: WorkerTables) -> tuple:

@@ -1,11 +1,19 @@
-"""Two LLVM intrinsics the kernels use for speed: a prefetch hint and a 16-lane dot-product chunk.
+"""LLVM intrinsics the kernels use: a prefetch hint, a 16-lane dot-product chunk, and atomics.
 
-Neither changes what is computed: the prefetch is a hint, and the chunked dot product sums in a fixed
-order (deterministic; it differs from a left-to-right sum by float rounding only). Why each exists and
-what it measured: docs/speed.md ("Sparse per-rating SGD", "Scale").
+The first two do not change what is computed: the prefetch is a hint, and the chunked dot product sums
+in a fixed order (deterministic; it differs from a left-to-right sum by float rounding only). Why each
+exists and what it measured: docs/speed.md ("Sparse per-rating SGD", "Scale").
+
+The atomics (:func:`atomic_load`, :func:`atomic_store`, :func:`atomic_cas`, :func:`atomic_add` on
+int64 array elements, sequentially consistent) and the spin-wait helpers (:func:`spin_pause`,
+:func:`yield_thread`) are what the per-rating kernel's dynamic block scheduler is built from: Numba's
+CPU ``njit`` has no atomics of its own. Sequential consistency also orders the plain loads and stores
+around them, so a block's row updates are visible to the thread that sees the block marked done.
 """
 
 from __future__ import annotations
+
+import platform
 
 from llvmlite import ir
 from numba import njit
@@ -13,7 +21,20 @@ from numba import types as nbtypes
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["PREFETCH_AHEAD", "PREFETCH_MIN_BYTES", "DOT_LANES", "prefetch", "prefetch_row", "dot_rows"]
+__all__ = [
+    "PREFETCH_AHEAD",
+    "PREFETCH_MIN_BYTES",
+    "DOT_LANES",
+    "prefetch",
+    "prefetch_row",
+    "dot_rows",
+    "atomic_load",
+    "atomic_store",
+    "atomic_cas",
+    "atomic_add",
+    "spin_pause",
+    "yield_thread",
+]
 
 #: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: twice as far).
 PREFETCH_AHEAD = 4
@@ -101,3 +122,102 @@ def dot_rows(flat, a, b, k):
     for j in range(tail, k):
         x += flat[a + j] * flat[b + j]
     return x
+
+
+def _element_pointer(context, builder, signature, args):
+    """The pointer to ``args[0][args[1]]`` (an int64 array element)."""
+    array = context.make_array(signature.args[0])(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]], wraparound=False)
+
+
+def _check_int64(flat):
+    if not isinstance(flat, nbtypes.Array) or flat.dtype != nbtypes.int64:
+        raise TypeError("the atomics work on int64 arrays")
+
+
+@intrinsic
+def atomic_load(typingctx, flat, index):
+    """``flat[index]`` read atomically (sequentially consistent)."""
+    _check_int64(flat)
+
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_element_pointer(context, builder, signature, args), "seq_cst", 8)
+
+    return nbtypes.int64(flat, index), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, flat, index, value):
+    """``flat[index] = value`` written atomically (sequentially consistent)."""
+    _check_int64(flat)
+
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[2], signature.args[2], nbtypes.int64)
+        builder.store_atomic(value, _element_pointer(context, builder, signature, args), "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return nbtypes.void(flat, index, value), codegen
+
+
+@intrinsic
+def atomic_cas(typingctx, flat, index, expected, new):
+    """Compare-and-swap: if ``flat[index] == expected`` set it to ``new``; returns the old value."""
+    _check_int64(flat)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature, args)
+        want = context.cast(builder, args[2], signature.args[2], nbtypes.int64)
+        new = context.cast(builder, args[3], signature.args[3], nbtypes.int64)
+        pair = builder.cmpxchg(ptr, want, new, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+
+    return nbtypes.int64(flat, index, expected, new), codegen
+
+
+@intrinsic
+def atomic_add(typingctx, flat, index, value):
+    """``flat[index] += value`` atomically; returns the old value."""
+    _check_int64(flat)
+
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[2], signature.args[2], nbtypes.int64)
+        return builder.atomic_rmw("add", _element_pointer(context, builder, signature, args), value, "seq_cst")
+
+    return nbtypes.int64(flat, index, value), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def _emit_pause(builder) -> None:
+    """The x86 ``pause`` instruction (nothing on other machines)."""
+    if _X86:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """A spin-wait hint (x86 ``pause``: the waiting core eases off the memory bus); nothing elsewhere."""
+
+    def codegen(context, builder, signature, args):
+        _emit_pause(builder)
+        return context.get_dummy_value()
+
+    return nbtypes.void(), codegen
+
+
+@intrinsic
+def yield_thread(typingctx):
+    """Give the core to another runnable thread (POSIX ``sched_yield``), so that a waiting thread lets
+    the thread it waits for run when both share a core with other work (a ``pause`` on Windows)."""
+
+    def codegen(context, builder, signature, args):
+        if platform.system() == "Windows":
+            _emit_pause(builder)
+        else:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return nbtypes.void(), codegen

@@ -21,10 +21,92 @@ import numpy as np
 from numba import njit, prange
 
 from ._compile import HOT, twin
-from ._llvm import PREFETCH_AHEAD, PREFETCH_MIN_BYTES, dot_rows, prefetch, prefetch_row
+from ._llvm import (
+    PREFETCH_AHEAD,
+    PREFETCH_MIN_BYTES,
+    atomic_add,
+    atomic_cas,
+    atomic_load,
+    atomic_store,
+    dot_rows,
+    prefetch,
+    prefetch_row,
+    spin_pause,
+    yield_thread,
+)
 from .core import split_flat
 
-__all__ = ["train_epoch_per_rating", "train_epoch_per_rating_parallel"]
+__all__ = ["train_epoch_per_rating", "train_epoch_per_rating_parallel", "train_epoch_per_rating_dynamic"]
+
+#: Block states of the dynamic scheduler.
+_FREE, _CLAIMED, _DONE = 0, 1, 2
+#: A waiting thread yields its core after this many empty scans (with a ``pause`` between scans).
+_SPINS_BEFORE_YIELD = 16
+
+
+@njit(inline="always", error_model="numpy")
+def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first, last, lrs, wd,
+                 lo, span, has_range, losses, k, fetch):  # fmt: skip
+    """Steps ``first..last-1`` of the epoch (one block, or the whole serial epoch), in turn.
+
+    Returns ``last``, or the position of the first non-finite loss (training stops there, before its
+    update). The maths: the module docstring.
+    """
+    T = params.dtype.type
+    in_order = order.shape[0] == 0
+    i_start = u_weight.shape[0] * k
+    per_step_lr = lrs.shape[0] > 1
+    record = losses.shape[0] > 0
+    two = T(2.0)
+    for s in range(first, last):
+        if fetch and s + 2 * PREFETCH_AHEAD < last:
+            if not in_order:
+                ahead = order[s + 2 * PREFETCH_AHEAD]
+                prefetch(users, ahead)
+                prefetch(items, ahead)
+                prefetch(ratings, ahead)
+            ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
+            prefetch_row(params, users[ahead] * k, k)
+            prefetch_row(params, i_start + items[ahead] * k, k)
+        row = s if in_order else order[s]
+        u = users[row]
+        i = items[row]
+        x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[u] + i_bias[i]
+        if has_range:
+            # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
+            sg = T(1.0) / (T(1.0) + math.exp(-x))
+            err = lo + span * sg - ratings[row]
+            dx = two * err * span * sg * (T(1.0) - sg)
+        else:
+            err = x - ratings[row]
+            dx = two * err
+        loss = err * err
+        if record:
+            losses[s] = loss
+        if not math.isfinite(loss):
+            return s  # diverged: stop before this rating's update
+        lr = lrs[s] if per_step_lr else lrs[0]
+        shrink = T(1.0 - lr * wd)
+        step = T(lr) * dx
+        p = u_weight[u]
+        q = i_weight[i]
+        for j in range(k):
+            pu = p[j]
+            qi = q[j]
+            p[j] = pu * shrink - step * qi
+            q[j] = qi * shrink - step * pu
+        u_bias[u] = u_bias[u] * shrink - step
+        i_bias[i] = i_bias[i] * shrink - step
+    return last
+
+
+@njit(cache=True, inline="always")
+def _fetch_rows(params, data):
+    """Whether to prefetch: in a shuffled order every rating also reads users/items/ratings at a random
+    row; once those arrays or the tables outgrow the caches, prefetch (codes 8 ratings ahead, rows 4 ahead)."""
+    users, items, ratings = data
+    data_bytes = users.size * users.itemsize + items.size * items.itemsize + ratings.size * ratings.itemsize
+    return params.size * params.itemsize + data_bytes > PREFETCH_MIN_BYTES
 
 
 def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, out):
@@ -35,6 +117,8 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     ``n_groups = g > 1`` the epoch runs ``g`` strata one after another, and in each the ``g`` blocks,
     which share no row, run on the Numba threads (``prange``; the serial build runs them in turn): the
     result is deterministic for any thread timing and equal to the serial epoch over the same order.
+    Every stratum ends at a barrier (all its blocks finish before the next stratum starts):
+    :func:`train_epoch_per_rating_dynamic` does without.
 
     ``lrs`` holds one learning rate per step, or one for every step; ``out.losses`` one squared error per
     step, or none (empty: nothing is recorded; at 25M ratings the per-step arrays would be 200 MB each);
@@ -51,61 +135,18 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     lo_, hi_, has_range = y_range
     T = params.dtype.type
     k = shape.n_factors
-    in_order = order.shape[0] == 0
-    n_steps = users.shape[0] if in_order else order.shape[0]
-    i_start = shape.n_users * k
-    per_step_lr = lrs.shape[0] > 1
-    record = losses.shape[0] > 0
-    # In a shuffled order every rating also reads users/items/ratings at a random row: once those
-    # arrays or the tables outgrow the caches, prefetch (codes 8 ratings ahead, rows 4 ahead).
-    data_bytes = users.size * users.itemsize + items.size * items.itemsize + ratings.size * ratings.itemsize
-    fetch = params.size * params.itemsize + data_bytes > PREFETCH_MIN_BYTES
+    n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
+    fetch = _fetch_rows(params, data)
     first_bad = np.full(g, n_steps, dtype=np.int64)
-    lo, span, two = T(lo_), T(hi_ - lo_), T(2.0)
+    lo, span = T(lo_), T(hi_ - lo_)
     for t in range(g):
         for c in prange(g):
             first = block_start[t * g + c]
             last = block_start[t * g + c + 1]
-            for s in range(first, last):
-                if fetch and s + 2 * PREFETCH_AHEAD < last:
-                    if not in_order:
-                        ahead = order[s + 2 * PREFETCH_AHEAD]
-                        prefetch(users, ahead)
-                        prefetch(items, ahead)
-                        prefetch(ratings, ahead)
-                    ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
-                    prefetch_row(params, users[ahead] * k, k)
-                    prefetch_row(params, i_start + items[ahead] * k, k)
-                row = s if in_order else order[s]
-                u = users[row]
-                i = items[row]
-                x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[u] + i_bias[i]
-                if has_range:
-                    # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
-                    sg = T(1.0) / (T(1.0) + math.exp(-x))
-                    err = lo + span * sg - ratings[row]
-                    dx = two * err * span * sg * (T(1.0) - sg)
-                else:
-                    err = x - ratings[row]
-                    dx = two * err
-                loss = err * err
-                if record:
-                    losses[s] = loss
-                if not math.isfinite(loss):
-                    first_bad[c] = s  # diverged: stop before this rating's update
-                    break
-                lr = lrs[s] if per_step_lr else lrs[0]
-                shrink = T(1.0 - lr * wd)
-                step = T(lr) * dx
-                p = u_weight[u]
-                q = i_weight[i]
-                for j in range(k):
-                    pu = p[j]
-                    qi = q[j]
-                    p[j] = pu * shrink - step * qi
-                    q[j] = qi * shrink - step * pu
-                u_bias[u] = u_bias[u] * shrink - step
-                i_bias[i] = i_bias[i] * shrink - step
+            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
+                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+            if end < last:
+                first_bad[c] = end
         if first_bad.min() < n_steps:
             break
         progress[0] = block_start[(t + 1) * g]
@@ -113,5 +154,82 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     return n_steps if bad == n_steps else bad + 1
 
 
+def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y_range, out, n_workers):
+    r"""The epoch of :func:`train_epoch_per_rating` (``g > 1`` blocks) with no barrier between strata.
+
+    Block ``(c, t)`` (user group ``c``, stratum ``t``, item group ``d = (c + t) % g``) may start once
+    the two blocks before it on its rows have finished: ``(c, t - 1)``, the last user of group ``c``,
+    and ``((c + 1) % g, t - 1)``, the last user of item group ``d``. Every Numba thread loops: it takes
+    the first free block (in layout order) whose two predecessors are done (a compare-and-swap claims
+    it), trains it, marks it done; with no block ready it spins (a ``pause``, and after a few empty
+    scans a ``sched_yield``, so that a thread it waits for gets the core). A thread that finishes a
+    block early goes on with any ready block, of this stratum or a later one, instead of waiting for the
+    whole stratum, so one slow or descheduled thread holds up only the blocks on its rows.
+    ``n_workers``: the threads taking blocks (the Numba thread count; passed in, because a kernel that
+    asks Numba for it cannot be cached).
+
+    Each user group's and each item group's blocks still run one after another in stratum order, and
+    blocks that run at once share no row, so every row sees the same updates in the same order as in the
+    serial epoch over the layout: the weights and losses equal the barrier kernel's and the serial
+    kernel's bit for bit, whatever the thread timing. No thread waits for a block not yet claimed, so
+    the loop cannot deadlock, even if the threads run one after another. ``out.progress[0]`` counts the
+    ratings of the finished blocks. On a non-finite loss no new block starts; blocks already running
+    finish theirs (the weights after a divergence are not reproducible; the returned step count is).
+    """
+    u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
+    users, items, ratings = data
+    order, block_start, g = layout
+    losses, progress = out
+    lo_, hi_, has_range = y_range
+    T = params.dtype.type
+    k = shape.n_factors
+    n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
+    fetch = _fetch_rows(params, data)
+    lo, span = T(lo_), T(hi_ - lo_)
+    n_blocks = g * g
+    state = np.zeros(n_blocks, dtype=np.int64)
+    flags = np.zeros(1, dtype=np.int64)  # [0]: 1 once a block diverged
+    first_bad = np.full(n_blocks, n_steps, dtype=np.int64)
+    for _worker in prange(n_workers):
+        scan = 0  # every block before ``scan`` is claimed
+        idle = 0
+        while scan < n_blocks and atomic_load(flags, 0) == 0:
+            while scan < n_blocks and atomic_load(state, scan) != _FREE:
+                scan += 1
+            claimed = -1
+            for b in range(scan, n_blocks):
+                if atomic_load(state, b) != _FREE:
+                    continue
+                t, c = b // g, b % g
+                if t > 0 and (
+                    atomic_load(state, (t - 1) * g + c) != _DONE
+                    or atomic_load(state, (t - 1) * g + (c + 1) % g) != _DONE
+                ):
+                    continue
+                if atomic_cas(state, b, _FREE, _CLAIMED) == _FREE:
+                    claimed = b
+                    break
+            if claimed < 0:
+                if scan < n_blocks:  # blocks are left but none is ready: wait for a running one
+                    idle += 1
+                    spin_pause()
+                    if idle % _SPINS_BEFORE_YIELD == 0:
+                        yield_thread()
+                continue
+            idle = 0
+            first = block_start[claimed]
+            last = block_start[claimed + 1]
+            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
+                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+            if end < last:
+                first_bad[claimed] = end
+                atomic_store(flags, 0, 1)
+            atomic_add(progress, 0, last - first)
+            atomic_store(state, claimed, _DONE)
+    bad = first_bad.min()
+    return n_steps if bad == n_steps else bad + 1
+
+
 train_epoch_per_rating = njit(**HOT)(_train_epoch_per_rating_body)
 train_epoch_per_rating_parallel = njit(parallel=True, **HOT)(twin(_train_epoch_per_rating_body))
+train_epoch_per_rating_dynamic = njit(parallel=True, **HOT)(_train_epoch_per_rating_dynamic_body)
