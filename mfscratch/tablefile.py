@@ -210,14 +210,37 @@ def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows:
 
 
 #: Bytes of a file that :func:`_stream_arrow` parses at a time.
-_STREAM_BLOCK = 1 << 22
+_STREAM_BLOCK = 1 << 23
+
+
+def _line_blocks(source: str, size: int):
+    """The file's bytes in blocks of about ``size`` bytes, each ending at a line end (the last one
+    at the file's end), as zero-copy Arrow buffers."""
+    import pyarrow as pa
+
+    with open(source, "rb") as f:
+        carry = b""
+        while True:
+            chunk = f.read(size)
+            data = carry + chunk if carry else chunk
+            if not chunk:
+                if data:
+                    yield pa.py_buffer(data)
+                return
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # no line end yet: read on
+                carry = data
+                continue
+            yield pa.py_buffer(memoryview(data)[:cut])
+            carry = data[cut:]
 
 
 def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows: int, capacity: int):
-    """``(columns, n_rows)`` of a plain UTF-8 file read block by block, each block's id tokens parsed
-    at once into int64 arrays (``ids.parse_ids``' plain-integer rule): the ids' text, 10 bytes a
-    token and more, is never held for the whole file, and the table is not read twice. ``capacity``:
-    at least the file's data lines (the counted lines).
+    """``(columns, n_rows)`` of a plain UTF-8 file read block by block (pyarrow's parser on blocks of
+    :data:`_STREAM_BLOCK` bytes cut at line ends), each block's id tokens parsed at once into int64
+    arrays (``ids.parse_ids``' plain-integer rule): the ids' text, 10 bytes a token and more, is never
+    held for the whole file, and the table is not read twice. ``capacity``: at least the file's data
+    lines (the counted lines).
 
     ``None`` when a block holds anything else, so that the whole-file reader reads it as before and
     says what is wrong: an id that is missing or not a plain integer, a rating column whose type
@@ -233,37 +256,37 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     def on_bad_row(row):
         return "skip" if not row.text.strip(" \t\r\n") else "error"  # a line of spaces is blank
 
+    parse = pcsv.ParseOptions(delimiter=sep, newlines_in_values=False, invalid_row_handler=on_bad_row)
+    convert = pcsv.ConvertOptions(
+        include_columns=[names[j] for j in wanted],
+        column_types={names[j]: pa.string() for j, kind in wanted.items() if kind != "number"},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
     ids = {j: np.empty(capacity, dtype=np.int64) for j, kind in wanted.items() if kind == "id"}
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
     n_rows = 0
     try:
-        reader = pcsv.open_csv(
-            source,
-            read_options=pcsv.ReadOptions(column_names=names, skip_rows=skip_rows, block_size=_STREAM_BLOCK),
-            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=False, invalid_row_handler=on_bad_row),
-            convert_options=pcsv.ConvertOptions(
-                include_columns=[names[j] for j in wanted],
-                column_types={names[j]: pa.string() for j, kind in wanted.items() if kind != "number"},
-                null_values=[""],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=True,
-            ),
-        )
-        for batch in reader:
-            n = batch.num_rows
+        for block in _line_blocks(source, _STREAM_BLOCK):
+            read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if n_rows == 0 else 0)
+            table = pcsv.read_csv(
+                pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
+            )
+            n = table.num_rows
             if n_rows + n > capacity:
                 return None
             for j in wanted:
-                column = batch.column(names[j])
+                column = table.column(names[j])
                 if j not in ids:
-                    others[j].append(column)
+                    others[j].extend(column.chunks)
                     continue
-                parsed = _arrow_ints(pa.chunked_array([column], type=pa.string()))
+                parsed = _arrow_ints(column)
                 if parsed is None or parsed[1].any():
                     return None
                 ids[j][n_rows : n_rows + n] = parsed[0]
             n_rows += n
-            del batch, column
+            del table, column, block
             pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks otherwise
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
