@@ -267,8 +267,9 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     ids = {j: np.empty(capacity, dtype=np.int64) for j, kind in wanted.items() if kind == "id"}
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
     n_rows = 0
+    pool = pa.default_memory_pool()
     try:
-        for block in _line_blocks(source, _STREAM_BLOCK):
+        for n_blocks, block in enumerate(_line_blocks(source, _STREAM_BLOCK), 1):
             read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if n_rows == 0 else 0)
             table = pcsv.read_csv(
                 pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
@@ -287,9 +288,12 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
                 ids[j][n_rows : n_rows + n] = parsed[0]
             n_rows += n
             del table, column, block
-            pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks otherwise
+            if n_blocks % 8 == 0:
+                pool.release_unused()  # Arrow's allocator keeps freed blocks otherwise (each call costs)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
+    finally:
+        pool.release_unused()
     if n_rows == 0 or any(len({c.type for c in chunks}) > 1 for chunks in others.values()):
         return None
     columns: dict = {j: values[:n_rows] for j, values in ids.items()}
