@@ -228,9 +228,10 @@ class Vocab(list):
         return f"Vocab(n={len(self)}: [{head}{', ...' if len(self) > 5 else ''}])"
 
 
-#: Integer ids spanning at most this many values times the rows (or 2**20) are encoded through a table
-#: of the span (``kernels.pairs.dense_codes``) rather than ``pd.factorize``.
-_DENSE_SPAN_PER_ROW = 4
+#: Integer ids spanning at most this many values a row (or 2**20 values) are encoded through a table of
+#: the span, 4 bytes a value (``kernels.pairs.dense_codes``), rather than ``pd.factorize``: the table is
+#: then no bigger than the codes themselves.
+_DENSE_SPAN_PER_ROW = 1
 
 
 def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:

@@ -21,7 +21,7 @@ def dense_codes(values, low, span, codes):
     A table of ``span`` entries marks the values present; its running count is the rank. ``O(n + span)``,
     where factorizing hashes every value and sorting costs ``O(n log n)``.
     """
-    rank = np.zeros(span, dtype=np.int64)
+    rank = np.zeros(span, dtype=np.int32)  # ranks <= the rows (codes are int32 too)
     for r in range(values.shape[0]):
         rank[values[r] - low] = 1
     n_distinct = 0
