@@ -27,6 +27,7 @@ def main() -> int:
     from numba import cuda
 
     from mfscratch.kernels.records import (
+        BlockLayout,
         EpochOut,
         Hyper,
         Moments,
@@ -64,6 +65,21 @@ def main() -> int:
         owners,
         32,
     )
+    f16, u16, f64 = np.float16, np.uint16, np.float64
+    n_params = params.shape[0]
+    layout = BlockLayout(np.zeros(bs, i64), np.zeros(5, i64), 2)
+    lrs, losses, stop = np.zeros(bs), np.zeros(bs), np.zeros(1, i32)
+    per_rating = {}
+    for suffix, dtype in (("", f32), ("", f16), ("", f64), ("_bf16", u16)):
+        table = np.zeros(n_params, dtype)
+        tag = suffix or f"[{np.dtype(dtype).name}]"
+        stratum = (table, shape, batch, layout, 1, lrs, 0.05, y_range, losses, stop)
+        hogwild = (table, shape, batch, np.zeros(bs, i64), lrs, 0.05, y_range, losses, stop, 3)
+        per_rating[f"train_stratum_per_rating{tag}"] = (f"train_stratum_per_rating{suffix}", stratum)
+        per_rating[f"train_epoch_per_rating_hogwild{tag}"] = (f"train_epoch_per_rating_hogwild{suffix}", hogwild)
+        if dtype is not f32:
+            per_rating[f"narrow_params{tag}"] = (f"narrow_params{suffix}", (params, table))
+            per_rating[f"widen_params{tag}"] = (f"widen_params{suffix}", (table, params))
     calls = {
         "forward_backward": (tables, batch, y_range, tables, np.zeros(1)),
         "evaluate_mse": (tables, batch, y_range, np.zeros(1)),
@@ -75,11 +91,12 @@ def main() -> int:
         "train_epoch_dense": epoch,
         "train_epoch_sparse": epoch,
     }
+    jobs = {name: (name, args) for name, args in calls.items()} | per_rating
     failed = 0
-    for name, args in calls.items():
+    for name, (fn, args) in jobs.items():
         sig = tuple(typeof(a) for a in args)
         try:
-            ptx, _ = cuda.compile_ptx(getattr(ck, name).py_func, sig, cc=CC)
+            ptx, _ = cuda.compile_ptx(getattr(ck, fn).py_func, sig, cc=CC)
             print(f"ok    {name}: {len(ptx)} characters of PTX")
         except Exception as e:  # report every kernel, not just the first failure
             failed += 1
