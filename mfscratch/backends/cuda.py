@@ -224,7 +224,7 @@ class _CudaPerRatingRunner:
         order = self._epoch_order(rng)
         d_order = cuda.to_device(order)
         d_lrs = cuda.to_device(np.ascontiguousarray(lrs, dtype=np.float64))
-        stop = cuda.to_device(np.zeros(1, dtype=np.int32))
+        stop = cuda.to_device(np.zeros(self.n_groups + 1, dtype=np.int32))  # one flag per stratum
         args = (b.shape, b.data)
         tail = (d_lrs, self.wd, b.y_range, self.losses, stop)
         if b.schedule == "stratified":

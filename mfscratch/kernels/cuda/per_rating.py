@@ -35,10 +35,11 @@ buffer holding bfloat16 bits: numba.cuda has no bfloat16 array type, so :func:`b
 simulator runs the same code). :func:`narrow_params` and :func:`widen_params` copy the model's buffer
 into a half buffer and back. The CPU emulation of the same rounding is ``kernels/cpu/half.py``.
 
-A NaN/inf loss stops a block before that rating's update and sets ``stop[0]``; a stratum launch finding
-``stop[0]`` set does nothing, so the epoch ends after the stratum in which it happened (as on the CPU,
-other blocks of that stratum may finish theirs). ``losses[s]`` gets the squared error of the rating at
-position ``s`` (0 where none was trained).
+A NaN/inf loss stops a block before that rating's update and raises a flag; the strata after the one in
+which it happened train nothing, and the other blocks of that stratum finish theirs, as on the CPU.
+``losses[s]`` gets the squared error of the rating at position ``s`` (left as it was where none was
+trained: the host cuts the losses after the first non-finite one, and every position before it was
+trained).
 
 The simulator has no warp shuffles: there (``SIMULATOR``) the butterfly and the broadcast go through
 shared memory with a barrier per round, the same exchanges in the same order.
@@ -204,7 +205,8 @@ walk: Any = None
 
 def _walk_body(params, shape, data, order, first, last, lrs, wd, y_range, losses, stop):
     """Train the ratings ``order[first:last]`` one after another with this block's lanes (see the module
-    docstring). Every lane of the block must call it. Returns after the first non-finite loss."""
+    docstring). Every lane of the block must call it. Returns after the first non-finite loss, which
+    sets ``stop[0]``."""
     lane = cuda.threadIdx.x
     lanes = cuda.blockDim.x
     k = shape.n_factors
@@ -255,14 +257,19 @@ def _walk_body(params, shape, data, order, first, last, lrs, wd, y_range, losses
 
 def _stratum_body(params, shape, data, layout, stratum, lrs, wd, y_range, losses, stop):
     """Stratum ``stratum`` of ``layout`` (a ``records.BlockLayout`` on the device): thread block ``c``
-    trains the layout's block ``stratum g + c``. Launch ``[g, lanes]``; nothing happens once ``stop[0]``
-    is set (the test is one value for the whole block, so the lanes stay together)."""
-    if cuda.syncthreads_or(stop[0]):
+    trains the layout's block ``stratum g + c``. Launch ``[g, lanes]``. ``stop`` has ``g + 1`` slots:
+    a block that meets a non-finite loss sets ``stop[stratum + 1]``; a launch finding ``stop[stratum]``
+    set (by an earlier stratum) trains nothing and passes the flag on. So every block of the stratum in
+    which it happened finishes, whatever the timing, as on the CPU. (The test is one value for the whole
+    block, so its lanes stay together.)"""
+    if cuda.syncthreads_or(stop[stratum]):
+        if cuda.threadIdx.x == 0:
+            stop[stratum + 1] = 1
         return
     g = layout.n_groups
     block = stratum * g + cuda.blockIdx.x
     first, last = layout.block_start[block], layout.block_start[block + 1]
-    walk(params, shape, data, layout.order, first, last, lrs, wd, y_range, losses, stop)
+    walk(params, shape, data, layout.order, first, last, lrs, wd, y_range, losses, stop[stratum + 1 :])
 
 
 def _hogwild_body(params, shape, data, order, lrs, wd, y_range, losses, stop, per_worker):
