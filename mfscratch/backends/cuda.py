@@ -219,12 +219,20 @@ class _CudaPerRatingRunner:
         return self.order
 
     def train_epoch(self, rng, lrs, moms, step0: int) -> np.ndarray:
-        b, ck = self.backend, self.backend.ck
-        cuda = ck.cuda
+        cuda = self.backend.ck.cuda
         order = self._epoch_order(rng)
-        d_order = cuda.to_device(order)
-        d_lrs = cuda.to_device(np.ascontiguousarray(lrs, dtype=np.float64))
-        stop = cuda.to_device(np.zeros(self.n_groups + 1, dtype=np.int32))  # one flag per stratum
+        self.launch(cuda.to_device(order), cuda.to_device(np.ascontiguousarray(lrs, dtype=np.float64)))
+        losses = self.losses.copy_to_host()
+        self.progress[0] = order.shape[0]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        return losses[: bad[0] + 1] if bad.size else losses
+
+    def launch(self, d_order, d_lrs) -> None:
+        """The epoch's kernels over an order and learning rates already on the device: the strata one
+        launch each (or the one batch-Hogwild! launch), then the copy back into the model's buffer for
+        a half storage. Asynchronous: benchmarks/cuda_timing.py times it alone."""
+        b, ck = self.backend, self.backend.ck
+        stop = ck.cuda.to_device(np.zeros(self.n_groups + 1, dtype=np.int32))  # one flag per stratum
         args = (b.shape, b.data)
         tail = (d_lrs, self.wd, b.y_range, self.losses, stop)
         if b.schedule == "stratified":
@@ -233,14 +241,10 @@ class _CudaPerRatingRunner:
             for t in range(g):
                 self.stratum_kernel[g, self.lanes](self.table, *args, layout, t, *tail)
         else:
-            workers = -(-order.shape[0] // self.per_worker)
-            self.hogwild_kernel[max(workers, 1), self.lanes](self.table, *args, d_order, *tail, self.per_worker)
+            workers = max(1, -(-d_order.shape[0] // self.per_worker))
+            self.hogwild_kernel[workers, self.lanes](self.table, *args, d_order, *tail, self.per_worker)
         if self.table is not b.params:  # evaluate and sync read the model-dtype buffer
             self.widen[min(ck.blocks_for(b.params.shape[0]), 1024), ck.THREADS](self.table, b.params)
-        losses = self.losses.copy_to_host()
-        self.progress[0] = order.shape[0]
-        bad = np.flatnonzero(~np.isfinite(losses))
-        return losses[: bad[0] + 1] if bad.size else losses
 
 
 class CudaBackend:
