@@ -86,8 +86,8 @@ ML100K=(--data synthetic --ratings 100000 --users 944 --items 1665)
 ML25M=(--data synthetic --ratings 25000095 --users 162541 --items 59047)
 PR_EPOCHS=12
 if [ $SIM = 1 ]; then   # the same rows, tiny: 60-80 ratings, k = 4, 1 epoch
-  ML100K=(--data synthetic --ratings 60 --users 12 --items 15 --factors 4)
-  ML25M=(--data synthetic --ratings 80 --users 30 --items 11 --factors 4 --per-rating-groups 3)
+  ML100K=(--data synthetic --ratings 60 --users 12 --items 15 --factors 4 --hogwild-per-worker 16)
+  ML25M=(--data synthetic --ratings 80 --users 30 --items 11 --factors 4 --per-rating-groups 3 --hogwild-per-worker 16)
   PR_EPOCHS=1
 fi
 timing() { step "cuda_timing $*" "$1" "$RUNS" "$PY" benchmarks/cuda_timing.py --json-lines "$RESULTS" "${@:2}"; }
