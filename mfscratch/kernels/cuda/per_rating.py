@@ -127,8 +127,9 @@ from_lane0 = _from_lane0_shared if SIMULATOR else _from_lane0_shuffle
 # --- storage: load a value into a float64 register, store a register's value -----------------------------
 @device
 def _load_direct(params, j):
-    """``params[j]`` as a float64 (float32, float64 or float16 tables: Numba converts)."""
-    return float(params[j])
+    """``params[j]`` as a float64 (float32, float64 or float16 tables: Numba converts). Not ``float()``,
+    which numba-cuda types as float16 for a float16, making the products half-precision arithmetic."""
+    return float64(params[j])
 
 
 @device
