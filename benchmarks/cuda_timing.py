@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     data_seconds = time.perf_counter() - t0
     combos = [("stratified", "fp32")]
     if per_rating:
-        combos = [(a, b) for a in args.schedule.split(",") for b in args.storage.split(",")]
+        # storage-major: both schedules at fp32 come first, should a time limit cut the run short
+        combos = [(a, b) for b in args.storage.split(",") for a in args.schedule.split(",")]
     for schedule, storage in combos:
         line = json.dumps(run(args, dls, data_seconds, schedule, storage))
         print(line, flush=True)
