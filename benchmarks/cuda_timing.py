@@ -67,7 +67,9 @@ def run(args, dls, data_seconds: float, schedule: str = "stratified", storage: s
         backend="cuda",
         log=None,
     )
-    learn.backend = CudaBackend(args.loop, args.group, args.max_blocks, schedule=schedule, storage=storage)
+    learn.backend = CudaBackend(
+        args.loop, args.group, args.max_blocks, schedule=schedule, storage=storage, allow_bf16=True
+    )
     learn.backend.per_rating_n_groups = args.per_rating_groups
     learn.backend.hogwild_per_worker = args.hogwild_per_worker
     t0 = time.perf_counter()

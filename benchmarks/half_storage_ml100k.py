@@ -25,24 +25,29 @@ import time
 BAR = 0.002
 
 
-def storage_backend(code: int):
-    """A ``cpu`` backend class whose per-rating epochs store rows as storage ``code`` (``kernels.cpu.half``)."""
+def storage_backend(code: int, groups: int | None = None):
+    """A ``cpu`` backend class whose per-rating epochs store rows as storage ``code`` (``kernels.cpu.half``),
+    over ``groups`` user (and item) groups (None: the backend's choice, one group for ML-100k)."""
     from mfscratch.backends import CpuBackend
     from mfscratch.kernels.cpu.half import train_epoch_per_rating_half
 
     def epoch(params, shape, data, layout, lrs, wd, y_range, out):
         return train_epoch_per_rating_half(params, shape, data, layout, lrs, wd, y_range, out, code)
 
-    return type(f"CpuBackendStorage{code}", (CpuBackend,), {"_per_rating_epoch": staticmethod(epoch)})
+    return type(
+        f"CpuBackendStorage{code}",
+        (CpuBackend,),
+        {"_per_rating_epoch": staticmethod(epoch), "per_rating_n_groups": groups},
+    )
 
 
-def run(storage: str, epochs: int | None, seed: int) -> dict:
+def run(storage: str, epochs: int | None, seed: int, groups: int | None = None) -> dict:
     from mfscratch import backends
     from mfscratch.cli import main
     from mfscratch.kernels.cpu.half import STORAGE_CODES
 
     saved = backends.BACKENDS["cpu"]
-    backends.BACKENDS["cpu"] = storage_backend(STORAGE_CODES[storage])
+    backends.BACKENDS["cpu"] = storage_backend(STORAGE_CODES[storage], groups)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "report.json")
@@ -61,6 +66,7 @@ def run(storage: str, epochs: int | None, seed: int) -> dict:
     valid = [e["valid_loss"] for e in report["epochs"]]
     return {
         "seed": seed,
+        "groups": groups or 1,
         "storage": storage,
         "valid_mse": valid[-1],
         "best_valid_mse": min(valid),
@@ -73,15 +79,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 epochs: check the script, not the numbers")
     p.add_argument("--seed", type=int, action="append", help="seed of the fit (repeatable; default 42)")
+    p.add_argument(
+        "--groups",
+        type=int,
+        action="append",
+        help="per-rating SGD's user (and item) groups, the block layout the GPU's stratified schedule trains "
+        "(repeatable; default 1: the learner's permutation)",
+    )
     args = p.parse_args()
     load0 = os.getloadavg()
     rows = []
     for seed in args.seed or [42]:
-        runs = [run(s, 2 if args.quick else None, seed) for s in ("fp32", "fp16", "bf16")]
-        for r in runs:
-            r["diff_vs_fp32"] = r["valid_mse"] - runs[0]["valid_mse"]
-            r["within_bar"] = abs(r["diff_vs_fp32"]) <= BAR
-        rows += runs
+        for groups in args.groups or [None]:
+            runs = [run(s, 2 if args.quick else None, seed, groups) for s in ("fp32", "fp16", "bf16")]
+            for r in runs:
+                r["diff_vs_fp32"] = r["valid_mse"] - runs[0]["valid_mse"]
+                r["within_bar"] = abs(r["diff_vs_fp32"]) <= BAR
+            rows += runs
     load1 = os.getloadavg()
     print(
         json.dumps(
@@ -97,11 +111,11 @@ def main() -> int:
         )
     )
     print()
-    print("| seed | storage | final valid MSE | best valid MSE | vs fp32 | within 0.002 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| seed | groups | storage | final valid MSE | best valid MSE | vs fp32 | within 0.002 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
-            f"| {r['seed']} | {r['storage']} | {r['valid_mse']:.5f} | {r['best_valid_mse']:.5f} "
+            f"| {r['seed']} | {r['groups']} | {r['storage']} | {r['valid_mse']:.5f} | {r['best_valid_mse']:.5f} "
             f"| {r['diff_vs_fp32']:+.5f} | {'yes' if r['within_bar'] else 'no'} |"
         )
     print(f"\nload average: start {load0[0]:.2f}, end {load1[0]:.2f}")
