@@ -241,8 +241,9 @@ class _CudaPerRatingRunner:
         if b.schedule == "stratified":
             g = self.n_groups
             layout = BlockLayout(d_order, self.block_start, g)
+            stratum = self.stratum_kernel[g, self.lanes]  # configured once: g launches follow
             for t in range(g):
-                self.stratum_kernel[g, self.lanes](self.table, *args, layout, t, *tail)
+                stratum(self.table, *args, layout, t, *tail)
         else:
             workers = max(1, -(-d_order.shape[0] // self.per_worker))
             self.hogwild_kernel[workers, self.lanes](self.table, *args, d_order, *tail, self.per_worker)
