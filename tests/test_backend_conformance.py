@@ -37,8 +37,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::mfscratch.DataWarning")
 #: Marks a backend's cases need: cuda runs in its own process under the simulator (tests/run.sh).
 #: (dask's cases run on a 2-worker LocalCluster started once for this module: ``dask_client``.)
 MARKS = {"cuda": [pytest.mark.cudasim]}
-#: Backend settings worth a case of their own: the parallel backend's split dense update, the dense kernel.
-VARIANTS = {"parallel": [{}, {"min_parallel_params": 0}], "cpu": [{}, {"defer_rows": False}]}
+#: Backend settings worth a case of their own: the parallel backend's split dense update, the dense kernel,
+#: the cuda backend's per-rating strata over a layout of two groups (one launch per stratum).
+VARIANTS = {
+    "parallel": [{}, {"min_parallel_params": 0}],
+    "cpu": [{}, {"defer_rows": False}],
+    "cuda": [{}, {"per_rating_n_groups": 2}],
+}
+#: Settings that change per-rating mode only: their cases run in that mode alone.
+PER_RATING_ONLY = {"per_rating_n_groups"}
 #: Relative tolerance against the reference where it is not 1e-9. cuda: the simulator runs the kernels
 #: as Python, where NumPy 2 makes ``float - float32`` a float32 (the compiled kernels compute in float64).
 RTOL = {"cuda": 1e-5}
@@ -66,6 +73,7 @@ CASES = [
     for name in BACKENDS
     for settings in VARIANTS.get(name, [{}])
     for mode in MODES
+    if mode == "per-rating" or not PER_RATING_ONLY & set(settings)
 ]
 
 

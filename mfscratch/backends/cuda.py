@@ -6,22 +6,62 @@ copies back only its losses, and ``sync`` brings weights and moments home. ``loo
 (default) runs each epoch as one cooperative kernel launch; ``loop='host'`` launches two kernels per
 step from Python (three in sparse mode; the fallback, also picked by ``MFSCRATCH_CUDA_LOOP=host``).
 ``group`` (``MFSCRATCH_CUDA_GROUP``) sets the threads per rating of the device loop's forward phase
-(default: a warp, fewer when k < 32). Per-rating mode runs the sparse kernel one rating a step (the
-fused per-rating kernel has no GPU twin yet).
+(default: a warp, fewer when k < 32), and the lanes per rating of per-rating SGD.
+
+Per-rating mode runs ``kernels/cuda/per_rating.py`` (cuMF_SGD's design): ``schedule='stratified'``
+(default, ``MFSCRATCH_CUDA_SCHEDULE``; deterministic: per-rating SGD's block layout, one launch per
+stratum, equal to the CPU per-rating kernel over the same layout up to float rounding) or
+``'hogwild'`` (batch-Hogwild!, one launch an epoch, order not fixed); ``storage='fp32'`` (default,
+``MFSCRATCH_CUDA_STORAGE``: the model's own dtype) or ``'fp16'`` (the tables stored as half floats on
+the device, the arithmetic in float64 registers). ``'bf16'`` storage exists in the kernels but is not
+offered (it misses the accuracy bar, docs/cuda.md): ``allow_bf16=True`` runs it, for measuring.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels.records import EpochOut, Moments, Ratings, Steps, hyper_of, split_flat, step_scalars
+from ..kernels.records import (
+    BlockLayout,
+    EpochOut,
+    Groups,
+    Moments,
+    Ratings,
+    Steps,
+    hyper_of,
+    split_flat,
+    step_scalars,
+)
 from .common import permutation_into, tiny_problem
 
-__all__ = ["CudaBackend"]
+__all__ = ["CudaBackend", "SCHEDULES", "OFFERED_STORAGES", "default_per_rating_groups", "default_hogwild_per_worker"]
+
+#: Per-rating SGD's schedules on the GPU: deterministic strata (the default), or batch-Hogwild!.
+SCHEDULES = ("stratified", "hogwild")
+#: The table storages offered: those whose ML-100k valid MSE stays within 0.002 of fp32 (docs/cuda.md).
+OFFERED_STORAGES = ("fp32", "fp16")
+#: The most thread blocks a batch-Hogwild! epoch runs at once (one per run of ratings; a few per SM).
+HOGWILD_WORKERS = 8192
+#: The fewest ratings a batch-Hogwild! thread block trains in a run.
+HOGWILD_MIN_PER_WORKER = 256
+
+
+def default_per_rating_groups(n_ratings: int) -> int:
+    """User (and item) groups of the stratified schedule: ``g`` with about 32 ratings a block on average
+    (``n / g^2``), at most 2048: each of an epoch's ``g`` launches then runs ``g`` thread blocks. A
+    starting point for tuning on a GPU (more groups: more blocks in flight, more launches)."""
+    return max(1, min(2048, math.isqrt(max(int(n_ratings), 0) // 32)))
+
+
+def default_hogwild_per_worker(n_ratings: int) -> int:
+    """Ratings per thread block of the batch-Hogwild! schedule: the epoch over at most
+    :data:`HOGWILD_WORKERS` blocks, at least :data:`HOGWILD_MIN_PER_WORKER` ratings each."""
+    return max(HOGWILD_MIN_PER_WORKER, -(-int(n_ratings) // HOGWILD_WORKERS))
 
 
 def _kernels():
@@ -121,12 +161,106 @@ class _CudaRunner:
         return losses.copy_to_host()
 
 
+class _CudaPerRatingRunner:
+    """Per-rating SGD on the GPU (``kernels/cuda/per_rating.py``), stratified or batch-Hogwild!.
+
+    Stratified: the groups, each rating's block and the layout in code order are made once a fit on
+    the host with the CPU's functions (``kernels/cpu/blocks.py``); every epoch copies that layout,
+    shuffles each block in place from one seed drawn from the learner's generator and uploads it, as
+    the CPU runner does, so that the same seed gives the CPU's order. One group: the learner's
+    permutation. Hogwild!: the learner's permutation, cut into runs of ``per_worker`` ratings.
+    """
+
+    def __init__(self, backend, opt, mode: str, bs: int):
+        from ..kernels import cpu
+
+        b = backend
+        ck, cuda = b.ck, b.ck.cuda
+        self.backend, self.mode, self.bs, self.wd = b, mode, bs, float(opt.wd)
+        self.progress = np.zeros(1, dtype=np.int64)
+        self.order = np.empty(0, dtype=np.int64)
+        self.lanes = min(b.group_size(), ck.MAX_LANES)
+        n = b.n_train
+        bf16 = b.storage == "bf16"
+        self.stratum_kernel = ck.train_stratum_per_rating_bf16 if bf16 else ck.train_stratum_per_rating
+        self.hogwild_kernel = ck.train_epoch_per_rating_hogwild_bf16 if bf16 else ck.train_epoch_per_rating_hogwild
+        self.widen = ck.widen_params_bf16 if bf16 else ck.widen_params
+        self.table = b.params
+        if b.storage != "fp32":  # the model's weights, rounded into a half buffer for this fit
+            self.table = cuda.device_array(b.params.shape[0], dtype=np.uint16 if bf16 else np.float16)
+            narrow = ck.narrow_params_bf16 if bf16 else ck.narrow_params
+            narrow[min(ck.blocks_for(b.params.shape[0]), 1024), ck.THREADS](b.params, self.table)
+        self.losses = cuda.device_array(n, dtype=np.float64)
+        self.n_groups = 1
+        self.per_worker = b.hogwild_per_worker or default_hogwild_per_worker(n)
+        if b.schedule == "stratified":
+            self.n_groups = b.per_rating_n_groups or default_per_rating_groups(n)
+        g = self.n_groups
+        if g == 1:
+            self.block_start = cuda.to_device(np.array([0, n], dtype=np.int64))
+            return
+        data, shape = b.train_host, b.shape
+        groups = Groups(
+            cpu.balanced_groups(data.users, shape.n_users, g), cpu.balanced_groups(data.items, shape.n_items, g), g
+        )
+        block = np.empty(n, dtype=np.int32)
+        cpu.block_index(data, groups, block)
+        self._canonical = np.empty(n, dtype=np.int64)  # every rating, the blocks in code order
+        starts = cpu.block_layout(np.empty(0, dtype=np.int64), block, g * g, self._canonical)
+        self._starts = starts
+        self.block_start = cuda.to_device(starts)
+        self._shuffle = cpu.shuffle_blocks_parallel
+
+    def _epoch_order(self, rng) -> np.ndarray:
+        n = self.backend.n_train
+        if self.n_groups == 1:
+            if self.order.shape[0] != n:
+                self.order = np.empty(n, dtype=np.int64)
+            return permutation_into(rng, self.order)
+        self.order = self._canonical.copy()
+        self._shuffle(self.order, self._starts, int(rng.integers(2**63)))
+        return self.order
+
+    def train_epoch(self, rng, lrs, moms, step0: int) -> np.ndarray:
+        cuda = self.backend.ck.cuda
+        order = self._epoch_order(rng)
+        self.launch(cuda.to_device(order), cuda.to_device(np.ascontiguousarray(lrs, dtype=np.float64)))
+        losses = self.losses.copy_to_host()
+        self.progress[0] = order.shape[0]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        return losses[: bad[0] + 1] if bad.size else losses
+
+    def launch(self, d_order, d_lrs) -> None:
+        """The epoch's kernels over an order and learning rates already on the device: the strata one
+        launch each (or the one batch-Hogwild! launch), then the copy back into the model's buffer for
+        a half storage. Asynchronous: benchmarks/cuda_timing.py times it alone."""
+        b, ck = self.backend, self.backend.ck
+        stop = ck.cuda.to_device(np.zeros(self.n_groups + 1, dtype=np.int32))  # one flag per stratum
+        args = (b.shape, b.data)
+        tail = (d_lrs, self.wd, b.y_range, self.losses, stop)
+        if b.schedule == "stratified":
+            g = self.n_groups
+            layout = BlockLayout(d_order, self.block_start, g)
+            stratum = self.stratum_kernel[g, self.lanes]  # configured once: g launches follow
+            for t in range(g):
+                stratum(self.table, *args, layout, t, *tail)
+        else:
+            workers = max(1, -(-d_order.shape[0] // self.per_worker))
+            self.hogwild_kernel[workers, self.lanes](self.table, *args, d_order, *tail, self.per_worker)
+        if self.table is not b.params:  # evaluate and sync read the model-dtype buffer
+            self.widen[min(ck.blocks_for(b.params.shape[0]), 1024), ck.THREADS](self.table, b.params)
+
+
 class CudaBackend:
     """numba.cuda kernels on an NVIDIA GPU; on a NaN/inf loss the device loop stops before that
     step's update, as the CPU does; the host loop finishes the epoch (the learner raises either way)."""
 
     name = "cuda"
     LOOPS = ("device", "host")
+    #: Per-rating SGD's user (and item) groups in the stratified schedule; None: default_per_rating_groups.
+    per_rating_n_groups: int | None = None
+    #: Ratings per thread block in the batch-Hogwild! schedule; None: default_hogwild_per_worker.
+    hogwild_per_worker: int | None = None
 
     def __init__(
         self,
@@ -134,6 +268,9 @@ class CudaBackend:
         group: int | None = None,
         max_blocks: int | None = None,
         threads: int | None = None,
+        schedule: str | None = None,
+        storage: str | None = None,
+        allow_bf16: bool = False,
     ):
         ck = _kernels()
         if ck.cuda is None:
@@ -156,7 +293,22 @@ class CudaBackend:
             raise ConfigError(
                 f"threads per rating {group} (MFSCRATCH_CUDA_GROUP) must be a power of two dividing {ck.THREADS}"
             )
+        schedule = schedule or os.environ.get("MFSCRATCH_CUDA_SCHEDULE") or "stratified"
+        if schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown per-rating schedule {schedule!r} (MFSCRATCH_CUDA_SCHEDULE): use 'stratified' or 'hogwild'"
+            )
+        storage = storage or os.environ.get("MFSCRATCH_CUDA_STORAGE") or "fp32"
+        if storage not in ck.STORAGES:
+            raise ConfigError(f"unknown table storage {storage!r} (MFSCRATCH_CUDA_STORAGE): use fp32 or fp16")
+        if storage not in OFFERED_STORAGES and not allow_bf16:
+            raise ConfigError(
+                f"table storage {storage!r} is not offered: on ML-100k it costs up to +0.0023 valid MSE over fp32, "
+                "above the 0.002 bar (docs/cuda.md); use fp16 (within +0.0003)"
+            )
+        self.allow_bf16 = allow_bf16
         self.ck, self.loop, self.group = ck, loop, group
+        self.schedule, self.storage = schedule, storage
         # A cap on the cooperative grid (MFSCRATCH_CUDA_BLOCKS): fewer blocks make each grid barrier
         # cheaper and give each thread more elements to update; a knob for tuning on a real GPU.
         self.max_blocks = max_blocks or int(os.environ.get("MFSCRATCH_CUDA_BLOCKS", 0)) or None
@@ -185,14 +337,21 @@ class CudaBackend:
         if dls is not self.dls:  # the data stays put across fits on the same loaders
             self.dls = dls
             host = (dls.train_users, dls.train_items, dls.train_ratings)
-            self.data = Ratings(*(cuda.to_device(np.ascontiguousarray(a)) for a in host))
+            self.train_host = Ratings(*(np.ascontiguousarray(a) for a in host))  # per-rating's layout
+            self.data = Ratings(*(cuda.to_device(a) for a in self.train_host))
             self.n_train = len(dls.train_users)
             self._valid_host = (dls.valid_users, dls.valid_items, dls.valid_ratings)
             self._valid = Ratings(*(cuda.to_device(np.ascontiguousarray(a)) for a in self._valid_host))
 
-    def runner(self, opt, mode: str, bs: int, sized_as=None) -> _CudaRunner:
+    def runner(self, opt, mode: str, bs: int, sized_as=None) -> _CudaRunner | _CudaPerRatingRunner:
         if mode not in ("exact", "sparse", "per-rating"):
             raise ConfigError(f"unknown mode {mode!r}: use exact, sparse or per-rating")
+        if mode == "per-rating":
+            return _CudaPerRatingRunner(self, opt, mode, bs)
+        if self.storage != "fp32":
+            raise ConfigError(
+                f"storage {self.storage!r} applies to per-rating mode only; use storage 'fp32' with {mode}"
+            )
         return _CudaRunner(self, opt, mode, bs)
 
     def group_size(self) -> int:
@@ -225,16 +384,25 @@ class CudaBackend:
         self.moments.exp_avg_sq.copy_to_host(self.state.exp_avg_sq)
 
     def reproducible(self, mode: str) -> bool:
-        """False: the gradient's float atomics add in the order the threads arrive (the results agree
-        to float rounding, not bit for bit)."""
-        return False
+        """Per-rating SGD's stratified schedule: True (each block one thread block, in order, no atomics).
+        Otherwise False: the gradient's float atomics add in the order the threads arrive, and
+        batch-Hogwild! interleaves updates as the blocks run (the results agree to float rounding, not
+        bit for bit)."""
+        return mode == "per-rating" and self.schedule == "stratified"
 
     def warmup(self, model, dls, opt, mode: str) -> None:
         """Compile (or load from the cache) the kernels of a fit in ``mode``, on a tiny problem."""
         from ..optim import OptState
 
         tiny, loaders = tiny_problem(model, dls, mode)
-        scratch = CudaBackend(self.loop, self.group, self.max_blocks)
+        scratch = CudaBackend(
+            self.loop,
+            self.group,
+            self.max_blocks,
+            schedule=self.schedule,
+            storage=self.storage,
+            allow_bf16=self.allow_bf16,
+        )
         scratch.bind(tiny, OptState.zeros_like(tiny.params), loaders)
         n_steps = loaders.n_train // loaders.bs
         runner = scratch.runner(opt, mode, loaders.bs)

@@ -7,6 +7,7 @@ still imports; the kernels then raise when called.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 cuda: Any
@@ -31,6 +32,7 @@ __all__ = [
     "device",
     "blocks_for",
     "cooperative_blocks",
+    "rebind",
 ]
 
 #: Threads per block. The block reductions size their shared buffers with it, so it is fixed.
@@ -70,3 +72,15 @@ def cooperative_blocks(fn, args, threads: int = THREADS) -> int:
         return 1
     compiled = fn.compile(tuple(fn.typeof_pyval(a) for a in args))
     return max(1, int(compiled.max_cooperative_grid_blocks(threads)))
+
+
+def rebind(fn, suffix: str, **globals_):
+    """A copy of the Python function ``fn`` named ``fn.__name__ + suffix`` whose global names ``globals_``
+    are rebound: one body compiled once per storage format (``per_rating.py``), each copy calling its
+    own ``load``/``store``. A copied globals dict rather than a closure keeps each copy cacheable.
+    """
+    env = {**fn.__globals__, **globals_}
+    copy = types.FunctionType(fn.__code__, env, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__doc__ = fn.__doc__
+    return copy
