@@ -5,8 +5,8 @@
     python benchmarks/scale_ml25m.py --per-rating --blocks 16 --epochs 2
 
 ``--per-rating`` times the per-rating SGD kernel (sparse mode, SGD, bs 1) directly, not through the
-learner: at bs 1 the learner keeps per-step arrays (learning rates, momenta, losses: 8 bytes each a
-rating), too big at 25M steps. The ratings are sorted in place into their blocks once
+learner, to measure the bare kernel (the learner's whole path, file to report, is
+``benchmarks/ml25m_path.py``). The ratings are sorted in place into their blocks once
 (``kernels.cpu.sort_by_block``) and each epoch reads them in sequence, with one learning rate for
 every step and no loss array (the kernel's big-data settings); ``--blocks g`` sets the number of user
 and item groups (default: ``backends.cpu.per_rating_groups``), whose blocks of each stratum train on

@@ -55,6 +55,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _MAGIC = "mfscratch-checkpoint"
 _RECORDER_FIELDS = ("losses", "lrs", "moms", "epoch_seconds", "train_seconds")
+#: Recorder fields written since the recorder samples long epochs; a checkpoint without them restores without them.
+_RECORDER_OPTIONAL = ("steps", "valid_seconds", "mean_losses")
 
 
 def _json_array(obj) -> np.ndarray:
@@ -138,7 +140,7 @@ def write_state(path, learner, epoch: int, extra: dict | None = None) -> Path:
         "settings": _json_array(_settings(learner)),
         **(extra or {}),
     }
-    for name in _RECORDER_FIELDS:
+    for name in _RECORDER_FIELDS + _RECORDER_OPTIONAL:
         arrays[f"rec_{name}"] = np.asarray(getattr(rec, name), dtype=np.float64)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -206,10 +208,13 @@ def read_state(path: Path, fix: str) -> dict:
             "fit_args": json.loads(str(data["fit_args"])),
             "settings": _upgrade_settings(json.loads(str(data["settings"]))),
         }
-        state.update({f"rec_{n}": data[f"rec_{n}"].tolist() for n in _RECORDER_FIELDS})
+        state.update(
+            {f"rec_{n}": data[f"rec_{n}"].tolist() for n in _RECORDER_FIELDS + _RECORDER_OPTIONAL if f"rec_{n}" in data}
+        )
     except (TypeError, ValueError) as e:
         raise bad(f"is damaged ({type(e).__name__}: {e})") from None
-    state["extra"] = {k: v for k, v in data.items() if k not in needed | {"format", "version"}}
+    optional = {f"rec_{n}" for n in _RECORDER_OPTIONAL}
+    state["extra"] = {k: v for k, v in data.items() if k not in needed | optional | {"format", "version"}}
     return state
 
 
@@ -252,8 +257,9 @@ def restore(learner, directory, expect: dict | None = None) -> int | None:
     learner._smooth_avg, learner._smooth_count = state["smooth_avg"], state["smooth_count"]
     rec = learner.recorder
     rec.values = [list(v) for v in state["values"]]
-    for name in _RECORDER_FIELDS:
-        setattr(rec, name, list(state[f"rec_{name}"]))
+    for name in _RECORDER_FIELDS + _RECORDER_OPTIONAL:
+        if f"rec_{name}" in state:
+            setattr(rec, name, list(state[f"rec_{name}"]))
     learner.fit_args = state["fit_args"]
     return state["epoch"] + 1
 

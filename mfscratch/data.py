@@ -18,6 +18,7 @@ import http.client
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -227,8 +228,23 @@ class Vocab(list):
         return f"Vocab(n={len(self)}: [{head}{', ...' if len(self) > 5 else ''}])"
 
 
+#: Integer ids spanning at most this many values a row (or 2**20 values) are encoded through a table of
+#: the span, 4 bytes a value (``kernels.pairs.dense_codes``), rather than ``pd.factorize``: the table is
+#: then no bigger than the codes themselves.
+_DENSE_SPAN_PER_ROW = 1
+
+
 def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:
     """Codes ``1..K`` in sorted order of the values (0 for missing) and the vocabulary."""
+    if col.dtype == np.int64 and len(col):
+        values = col.to_numpy()
+        low, high = int(values.min()), int(values.max())
+        if high - low < max(1 << 20, _DENSE_SPAN_PER_ROW * len(values)):
+            from .kernels.pairs import dense_codes
+
+            codes = np.empty(len(values), dtype=np.int32)
+            distinct = dense_codes(values, low, high - low + 1, codes)
+            return codes, Vocab(["#na#"] + distinct.tolist())
     try:
         codes, uniques = pd.factorize(col, sort=True, use_na_sentinel=True)
     except TypeError:
@@ -270,6 +286,8 @@ class CollabDataLoaders:
         self.n_items = len(classes[item_name])
         self.train_users, self.train_items, self.train_ratings = users[train_idx], items[train_idx], ratings[train_idx]
         self.valid_users, self.valid_items, self.valid_ratings = users[valid_idx], items[valid_idx], ratings[valid_idx]
+        #: Seconds ``from_df`` spent on each phase (``check``, ``encode``, ``split``); empty when not made by it.
+        self.phase_seconds: dict[str, float] = {}
 
     @classmethod
     def from_df(
@@ -281,25 +299,53 @@ class CollabDataLoaders:
         rating_name=None,
         seed: int | None = None,
         bs: int = 64,
+        consume: bool = False,
         **kwargs,
     ) -> CollabDataLoaders:
-        """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named."""
+        """fastai's ``CollabDataLoaders.from_df``: columns 0, 1, 2 are user, item, rating unless named.
+
+        The checks run on the way (``validate``): the ratings, then each id column before and after
+        its encoding, then the repeated pairs on the codes. ``consume=True`` deletes each of the
+        three columns from ``ratings`` once it is encoded, so that a table read only to be trained
+        on (the command line's) is not held twice. ``phase_seconds`` of the result holds the
+        seconds of the ``check``, ``encode`` and ``split`` phases.
+        """
         user_name, item_name, rating_name = validate.resolve_columns(ratings, user_name, item_name, rating_name)
         validate.check_valid_pct(valid_pct)
         seed = validate.check_seed(seed)
         bs = validate.positive_int("bs", bs)
-        y = validate.check_ratings(ratings, user_name, item_name, rating_name)
-        users, user_vocab = _encode(ratings[user_name], user_name)
-        items, item_vocab = _encode(ratings[item_name], item_name)
-        n = len(ratings)
+        names = (user_name, item_name, rating_name)
+        t0 = time.perf_counter()
+        y = validate.check_rating_values(ratings, rating_name, float32=True)
+        if consume:
+            del ratings[rating_name]
+        check, encode = time.perf_counter() - t0, 0.0
+        encoded = []
+        for role, name in (("user", user_name), ("item", item_name)):
+            t0 = time.perf_counter()
+            validate.check_id_values(ratings, name, role)
+            t1 = time.perf_counter()
+            codes, vocab = _encode(ratings[name], name)
+            t2 = time.perf_counter()
+            validate.check_distinct(ratings, name, role, len(vocab) - 1, vocab[1] if len(vocab) > 1 else None)
+            if consume:
+                del ratings[name]
+            check, encode = check + (t1 - t0) + (time.perf_counter() - t2), encode + (t2 - t1)
+            encoded.append((codes, vocab))
+        (users, user_vocab), (items, item_vocab) = encoded
+        t0 = time.perf_counter()
+        validate.warn_repeated_pairs(ratings, users, items, len(user_vocab), len(item_vocab), names)
+        check += time.perf_counter() - t0
+        t2 = time.perf_counter()
+        n = len(y)
         perm = np.random.default_rng(seed).permutation(n)
         n_valid = int(valid_pct * n)
         validate.check_split(n, n_valid, valid_pct)
         classes = {user_name: user_vocab, item_name: item_vocab}
-        return cls(
+        dls = cls(
             users,
             items,
-            y.astype(np.float32),
+            y,
             perm[n_valid:],
             perm[:n_valid],
             classes,
@@ -309,6 +355,8 @@ class CollabDataLoaders:
             bs,
             seed,
         )
+        dls.phase_seconds = {"check": check, "encode": encode, "split": time.perf_counter() - t2}
+        return dls
 
     @classmethod
     def from_codes(

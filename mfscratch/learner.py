@@ -34,48 +34,80 @@ SMOOTH_BETA = 0.98  # fastai's AvgSmoothLoss
 class Recorder:
     """What a fit records. ``values``: one ``[train_loss, valid_loss]`` per epoch, as fastai's recorder.
 
-    ``losses`` are the raw per-step batch losses, ``lrs`` and ``moms`` the per-step learning rates
-    and momenta (lists of floats, as fastai's), ``epoch_seconds`` the wall time of each epoch
-    (training and validation), ``train_seconds`` its training part.
+    Per epoch: ``epoch_seconds`` (the epoch's wall time: training, validation and recording),
+    ``train_seconds`` (its training part), ``valid_seconds`` (its validation part) and
+    ``mean_losses`` (the mean of its batch losses). Per fit: ``setup_seconds``, the one-time
+    set-up before the first epoch (binding the data, the per-rating blocks) plus the making of
+    each epoch's slice of the schedule.
 
-    The per-step values are kept as one NumPy array per epoch and turned into lists when read:
-    with batches of one rating an epoch has a step per rating, and 3 x 80k Python floats an epoch
-    (ML-100k) cost more than the epoch's training and left the caches cold for the next one. The
-    learning rates and momenta are kept as the schedule that makes them, and made when read: at
-    25M steps an epoch they would be 400 MB an epoch.
+    Per-step values: ``losses`` (raw batch losses), ``lrs`` and ``moms`` (learning rates and
+    momenta), as lists of floats as fastai's, and ``steps``, the 0-based step of the fit each
+    value belongs to. An epoch of at most :attr:`STEPS_KEPT` steps keeps every step (batches of 64
+    on ML-100k: 1,250 steps); a longer one (batches of one rating: a step per rating) keeps a
+    sample of :attr:`SAMPLE_STEPS` steps drawn with a seed fixed by the epoch's first step, so that
+    memory stays flat however many epochs run (at 20M steps an epoch, every loss would be 160 MB
+    more an epoch) and a resumed fit records the same steps as an uninterrupted one. ``steps``
+    says which steps were kept; ``mean_losses`` holds each epoch's mean over all its steps.
     """
 
-    _STEP_FIELDS = ("losses", "lrs", "moms")
+    #: Epochs of at most this many steps keep every step's values.
+    STEPS_KEPT = 20_000
+    #: Longer epochs keep this many steps, a seeded sample.
+    SAMPLE_STEPS = 2_000
+    _STEP_FIELDS = ("steps", "losses", "lrs", "moms")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.values: list = []
         self.epoch_seconds: list = []
         self.train_seconds: list = []
-        self._steps = {name: [] for name in self._STEP_FIELDS}
+        self.valid_seconds: list = []
+        self.mean_losses: list = []
+        self.setup_seconds: float = 0.0
+        self._steps: dict[str, list] = {name: [] for name in self._STEP_FIELDS}
 
-    def add_steps(self, losses: np.ndarray, steps_schedule, start: int, stop: int) -> None:
-        """Record one epoch: its per-step losses (kept, not copied: the learner hands in a fresh array)
-        and steps ``start..stop-1`` of ``steps_schedule`` (``(lrs, moms) = steps_schedule(start, stop)``)."""
-        self._steps["losses"].append(np.asarray(losses, dtype=np.float64))
-        for index, name in enumerate(("lrs", "moms")):
-            self._steps[name].append((steps_schedule, start, stop, index))
+    def add_steps(self, losses: np.ndarray, lrs: np.ndarray, moms, start: int, steps_schedule=None) -> None:
+        """Record one epoch's per-step values, its steps being ``start, start + 1, ...`` of the fit.
+
+        Copies what it keeps: a runner may reuse its ``losses`` buffer for the next epoch. ``moms``
+        ``None``: the momenta of the kept steps come from ``steps_schedule.at`` (``schedule.OneCycle``).
+        """
+        n = len(losses)
+        self.mean_losses.append(float(np.mean(losses)) if n else float("nan"))
+        if n <= self.STEPS_KEPT:
+            kept = np.arange(n)
+        else:
+            kept = np.sort(np.random.default_rng(start).choice(n, self.SAMPLE_STEPS, replace=False))
+        self._steps["steps"].append((kept + start).astype(np.float64))
+        for name, values in (("losses", losses), ("lrs", lrs), ("moms", moms)):
+            if values is None:
+                self._steps[name].append(np.asarray(steps_schedule.at(kept + start)[1], dtype=np.float64))
+            else:
+                self._steps[name].append(np.asarray(values, dtype=np.float64)[kept])
+
+    @property
+    def sampled(self) -> bool:
+        """Whether some epoch kept a sample of its steps rather than every step."""
+        steps = self.steps
+        return bool(len(steps)) and steps[-1] + 1 != len(steps)
 
     def _step_list(self, name: str) -> list:
         chunks = self._steps[name]
-        if len(chunks) != 1 or isinstance(chunks[0], tuple):  # join once: reading twice costs one concatenation
-            chunks[:] = [
-                np.concatenate(
-                    [c if isinstance(c, np.ndarray) else c[0](c[1], c[2])[c[3]] for c in chunks] or [np.empty(0)]
-                )
-            ]
+        if len(chunks) != 1:  # join once: reading twice costs one concatenation
+            chunks[:] = [np.concatenate(chunks or [np.empty(0)])]
         return chunks[0].tolist()
 
     def _set_steps(self, name: str, values) -> None:
         self._steps[name] = [np.asarray(values, dtype=np.float64).reshape(-1)]
 
+    def _steps_list(self) -> list:
+        if not self._steps["steps"] and self._steps["losses"]:  # values set without their steps: every step
+            self._steps["steps"] = [np.arange(sum(len(c) for c in self._steps["losses"]), dtype=np.float64)]
+        return [int(s) for s in self._step_list("steps")]
+
     losses = property(lambda self: self._step_list("losses"), lambda self, v: self._set_steps("losses", v))
     lrs = property(lambda self: self._step_list("lrs"), lambda self, v: self._set_steps("lrs", v))
     moms = property(lambda self: self._step_list("moms"), lambda self, v: self._set_steps("moms", v))
+    steps = property(_steps_list, lambda self, v: self._set_steps("steps", v))
 
 
 def format_time(seconds: float) -> str:
@@ -165,7 +197,7 @@ class Learner(LearnerAPI):
         self.fit_args = dict(method="fit", n_epoch=n_epoch, lr=lr, wd=wd)
         total = n_epoch * self._steps_per_epoch()
         with attached(self, cbs, start_epoch), compile_notice(self.log):
-            self._fit(n_epoch, lambda a, b: schedule.constant(total, lr, self.opt.mom, a, b), wd, start_epoch)
+            self._fit(n_epoch, schedule.Constant(total, lr, self.opt.mom), wd, start_epoch)
 
     def fit_one_cycle(
         self,
@@ -198,12 +230,7 @@ class Learner(LearnerAPI):
         )
         total = n_epoch * self._steps_per_epoch()
         with attached(self, cbs, start_epoch), compile_notice(self.log):
-            self._fit(
-                n_epoch,
-                lambda a, b: schedule.one_cycle(total, lr_max, div, div_final, pct_start, moms, a, b),
-                wd,
-                start_epoch,
-            )
+            self._fit(n_epoch, schedule.OneCycle(total, lr_max, div, div_final, pct_start, moms), wd, start_epoch)
 
     def validate(self) -> float:
         """Exact mean squared error over the validation rows under the current weights."""
@@ -244,8 +271,16 @@ class Learner(LearnerAPI):
         # fastai: a fit's wd overrides the optimiser's default for that fit only.
         opt = dataclasses.replace(self.opt) if wd is None else dataclasses.replace(self.opt, wd=float(wd))
         steps = self._steps_per_epoch()
+        rec = self.recorder
+        t_setup = time.perf_counter()
         self.backend.bind(self.model, self.opt_state, self.dls)
         runner = self.backend.runner(opt, mode_of(self.sparse, opt, self.dls.bs), self.dls.bs)
+        # Plain SGD never reads its momentum: a long epoch then skips making the momenta (8 bytes a step)
+        # and hands the runner zeros (calloc'd, so never resident where the kernel does not read them);
+        # the recorder's sample of them is made at its steps.
+        lean = not opt.uses_momentum and steps > rec.STEPS_KEPT and hasattr(steps_schedule, "at")
+        zero_moms = np.zeros(steps, dtype=np.float64) if lean else None
+        rec.setup_seconds = time.perf_counter() - t_setup
         if start_epoch == 0:  # fastai resets the smoother at each fit; a resumed fit keeps the restored one
             self._smooth_avg, self._smooth_count = 0.0, 0
         if start_epoch < n_epoch:
@@ -253,8 +288,13 @@ class Learner(LearnerAPI):
         for epoch in range(start_epoch, n_epoch):
             # The epoch's slice of the schedule is set-up, as the whole schedule was when made at once:
             # outside train_seconds (at bs 1 on 5M ratings, 0.15 s of cosines).
-            ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps)
+            t_schedule = time.perf_counter()
+            if lean:
+                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps, with_moms=False)[0], zero_moms
+            else:
+                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps)
             t0 = time.perf_counter()
+            rec.setup_seconds += t0 - t_schedule
             losses = self._train_epoch(runner, ep_lrs, ep_moms, epoch, n_epoch)
             t_train = time.perf_counter() - t0
             if len(losses) < steps or not np.isfinite(losses[-1]):
@@ -265,13 +305,15 @@ class Learner(LearnerAPI):
                 raise DivergenceError(checks.divergence_message(epoch, bad, loss, lr, opt.wd, decoupled))
             self.opt_state.step += steps
             self._smooth_avg, self._smooth_count, train_loss = _smooth(losses, self._smooth_avg, self._smooth_count)
+            t_valid = time.perf_counter()
             valid_loss = self._valid_loss()
-            seconds = time.perf_counter() - t0
-            rec = self.recorder
+            t_valid = time.perf_counter() - t_valid
             rec.values.append([train_loss, valid_loss])
-            rec.add_steps(losses, steps_schedule, epoch * steps, (epoch + 1) * steps)
+            rec.add_steps(losses, ep_lrs, None if lean else ep_moms, epoch * steps, steps_schedule)
+            seconds = time.perf_counter() - t0
             rec.epoch_seconds.append(seconds)
             rec.train_seconds.append(t_train)
+            rec.valid_seconds.append(t_valid)
             self._log_row(epoch, train_loss, valid_loss, seconds)
             try:
                 for callback in self.after_epoch:

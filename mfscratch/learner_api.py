@@ -170,8 +170,10 @@ class LearnerAPI:
         """The ``n`` highest and ``n`` lowest item biases (DataFrame ``side, item, bias, n_ratings``)."""
         return self.trained().biases(n)
 
-    def ranking(self, k: int = 10, threshold: float = 4.0) -> dict:
-        """Precision@k, recall@k and NDCG@k over the validation rows (see ``metrics.ranking_metrics``)."""
+    def ranking(self, k: int = 10, threshold: float = 4.0, users="auto", seed: int = 0) -> dict:
+        """Precision@k, recall@k and NDCG@k over the validation rows (see ``metrics.ranking_metrics``):
+        ``users`` ``"auto"`` (every user up to a size, above it a sample), ``"all"`` or a number of
+        users, a sample drawn with ``seed``."""
         from .analysis import first_item
         from .metrics import ranking_metrics
 
@@ -179,7 +181,16 @@ class LearnerAPI:
         if t.seen is None:
             raise ConfigError("ranking needs the training pairs, which this learner does not carry")
         return ranking_metrics(
-            self.model, t.seen, d.valid_users, d.valid_items, d.valid_ratings, k, threshold, first_item(t.item_vocab)
+            self.model,
+            t.seen,
+            d.valid_users,
+            d.valid_items,
+            d.valid_ratings,
+            k,
+            threshold,
+            first_item(t.item_vocab),
+            users=users,
+            seed=seed,
         )
 
     # --- saving and loading (export.py), the learning-rate finder (lr_find.py) ----------------------

@@ -5,7 +5,9 @@ Ranking protocol (``ranking_metrics``). For each user ``u``:
 * candidates: every item except ``#na#`` and the items ``u`` rated in training (``seen``);
 * ``L``: the ``k`` candidates with the highest predicted rating (``kernels.ranking.topk_items``);
 * relevant ``R``: the items ``u`` rated at or above ``threshold`` in the validation rows, minus seen ones;
-* users with an empty ``R`` are skipped (nothing to find); the metrics are means over the others:
+* users with an empty ``R`` are skipped (nothing to find); the metrics are means over the others
+  (the eligible users), or over a seeded sample of them when scoring them all would cost more
+  than the budget of :func:`ranking_budget` (``users=`` chooses: ``"auto"``, ``"all"`` or a number):
 
   ``precision@k = |L ∩ R| / k``,  ``recall@k = |L ∩ R| / |R|``,
   ``NDCG@k = DCG / IDCG`` with ``DCG = sum_{j<k} [L_j in R] / log2(j + 2)`` and
@@ -15,13 +17,37 @@ Ranking protocol (``ranking_metrics``). For each user ``u``:
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
+from .kernels.pairs import pairs_in_rows, seen_rows
 from .kernels.ranking import topk_items
 
-__all__ = ["SeenItems", "rating_errors", "topk", "ranking_from_topk", "ranking_metrics"]
+__all__ = [
+    "SeenItems",
+    "rating_errors",
+    "topk",
+    "ranking_from_topk",
+    "ranking_users",
+    "ranking_metrics",
+    "ranking_budget",
+    "RANKING_MIN_BUDGET",
+    "RANKING_SCORES_PER_RATING",
+    "RANKING_MIN_SAMPLE",
+]
+
+#: The ranking metrics score every eligible user while users x items is at most
+#: ``max(RANKING_MIN_BUDGET, RANKING_SCORES_PER_RATING x training ratings)`` scores; above it, a
+#: seeded sample of ``budget // n_items`` users. A score (a dot product of k factors) costs a small
+#: fraction of a per-rating SGD step, so the budget costs less than a per-rating epoch (ML-25M's
+#: shape: 100M scores, 1,693 of about 160,000 users); every user of ML-100k (1.6M scores) and ML-1M
+#: (22M) is scored.
+RANKING_MIN_BUDGET = 25_000_000
+RANKING_SCORES_PER_RATING = 5
+#: The smallest sample the ranking metrics draw (when items are so many that the budget allows fewer).
+RANKING_MIN_SAMPLE = 1_000
 
 
 class SeenItems:
@@ -36,13 +62,17 @@ class SeenItems:
 
     @classmethod
     def from_pairs(cls, users, items, n_users: int, n_items: int) -> SeenItems:
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
-        counts = np.bincount(items, minlength=n_items)
-        keys = np.unique(users * n_items + items)  # sorted by user, then item; duplicates dropped
-        indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(keys // n_items, minlength=n_users), out=indptr[1:])
-        return cls(indptr, keys % n_items, counts)
+        users = np.ascontiguousarray(users)
+        items = np.ascontiguousarray(items)
+        if len(users) and not (
+            0 <= users.min() and users.max() < n_users and 0 <= items.min() and items.max() < n_items
+        ):
+            raise ConfigError(f"user codes must lie in [0, {n_users}) and item codes in [0, {n_items})")
+        counts = np.bincount(items, minlength=n_items).astype(np.int64)
+        indptr = np.empty(n_users + 1, dtype=np.int64)
+        indices = np.empty(len(users), dtype=np.int64)
+        used = seen_rows(users, items, int(n_users), indptr, indices)  # sorted by user, then item; repeats dropped
+        return cls(indptr, indices if used == len(indices) else indices[:used].copy(), counts)
 
     @classmethod
     def from_loaders(cls, dls) -> SeenItems:
@@ -127,6 +157,30 @@ def ranking_from_topk(top_items, users, rel_users, rel_items, n_items: int) -> d
     }
 
 
+def ranking_budget(n_train: int) -> int:
+    """The scores (users x items) the ranking metrics compute by default for ``n_train`` training ratings."""
+    return max(RANKING_MIN_BUDGET, RANKING_SCORES_PER_RATING * int(n_train))
+
+
+def ranking_users(n_eligible: int, n_items: int, users="auto", n_train: int = 0) -> int:
+    """How many of ``n_eligible`` users the ranking metrics score (see the module docstring).
+
+    ``users``: ``"auto"`` (every user while ``n_eligible * n_items`` is within
+    :func:`ranking_budget` of ``n_train``, else ``budget // n_items`` of them, at least
+    :data:`RANKING_MIN_SAMPLE`), ``"all"``, or a number of users (all of them when there are fewer).
+    """
+    if users == "all":
+        return n_eligible
+    if users == "auto":
+        budget = ranking_budget(n_train)
+        if n_eligible * n_items <= budget:
+            return n_eligible
+        return min(n_eligible, max(RANKING_MIN_SAMPLE, budget // max(n_items, 1)))
+    if isinstance(users, (bool, np.bool_)) or not isinstance(users, (int, np.integer)) or users < 1:
+        raise ConfigError(f"users must be 'auto', 'all' or a positive number of users, got {users!r}")
+    return min(n_eligible, int(users))
+
+
 def ranking_metrics(
     model,
     seen: SeenItems,
@@ -136,30 +190,43 @@ def ranking_metrics(
     k: int = 10,
     threshold: float = 4.0,
     first_item: int = 1,
+    users="auto",
+    seed: int = 0,
 ) -> dict:
     """Precision@k, recall@k and NDCG@k over the validation rows (protocol in the module docstring).
 
-    Returns ``{"k", "threshold", "precision", "recall", "ndcg", "n_users", "seconds"}``;
-    ``n_users`` is the number of users scored (0, with NaN metrics, when nobody has a relevant item).
+    ``users``: which users are scored (:func:`ranking_users`); a sample is drawn with ``seed``.
+    Returns ``{"k", "threshold", "precision", "recall", "ndcg", "n_users", "n_users_eligible",
+    "sampled", "sample_seed", "seconds"}``; ``n_users`` is the number of users scored (0, with NaN
+    metrics, when nobody has a relevant item), ``n_users_eligible`` the users with a relevant item,
+    ``sample_seed`` the seed of the sample (``None`` when every eligible user is scored).
     """
     t0 = time.perf_counter()
     n_items = model.n_items
-    vu = np.asarray(valid_users, dtype=np.int64)
-    vi = np.asarray(valid_items, dtype=np.int64)
+    vu = np.asarray(valid_users)
+    vi = np.asarray(valid_items)
     keep = (np.asarray(valid_ratings) >= threshold) & (vi >= first_item)
     vu, vi = vu[keep], vi[keep]
     if len(vu):
         # A validation item the user also rated in training can never be recommended: not relevant.
-        # The CSR rows are sorted by user, then item, so these keys come out sorted.
-        seen_keys = np.repeat(np.arange(len(seen.indptr) - 1), np.diff(seen.indptr)) * n_items + seen.indices
-        unseen = ~_isin_sorted(vu * n_items + vi, seen_keys)
-        vu, vi = vu[unseen], vi[unseen]
-    users = np.unique(vu)
-    result = {"k": int(k), "threshold": float(threshold)}
-    if len(users) == 0:
+        seen_before = np.empty(len(vu), dtype=np.bool_)
+        pairs_in_rows(seen.indptr, seen.indices, np.ascontiguousarray(vu), np.ascontiguousarray(vi), seen_before)
+        vu, vi = vu[~seen_before], vi[~seen_before]
+    eligible = np.unique(vu)
+    n_scored = ranking_users(len(eligible), n_items, users, n_train=len(seen.indices))  # distinct training pairs
+    sampled = n_scored < len(eligible)
+    chosen = np.sort(np.random.default_rng(seed).choice(eligible, n_scored, replace=False)) if sampled else eligible
+    result: dict[str, Any] = {"k": int(k), "threshold": float(threshold)}
+    if len(chosen) == 0:
         result.update(precision=float("nan"), recall=float("nan"), ndcg=float("nan"), n_users=0)
     else:
-        top_items, _ = topk(model, users, seen, k, first_item)
-        result.update(ranking_from_topk(top_items, users, vu, vi, n_items), n_users=int(len(users)))
+        if sampled:
+            rows = np.isin(vu, chosen)
+            vu, vi = vu[rows], vi[rows]
+        top_items, _ = topk(model, chosen, seen, k, first_item)
+        result.update(ranking_from_topk(top_items, chosen, vu, vi, n_items), n_users=int(len(chosen)))
+    result.update(
+        n_users_eligible=int(len(eligible)), sampled=bool(sampled), sample_seed=int(seed) if sampled else None
+    )
     result["seconds"] = time.perf_counter() - t0
     return result

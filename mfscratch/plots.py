@@ -62,7 +62,8 @@ def _save(fig, path) -> Path:
 def _need_fit(recorder) -> int:
     if not recorder.values:
         raise ConfigError("nothing to plot yet: train first (fit or fit_one_cycle)")
-    return len(recorder.lrs) // len(recorder.values)
+    steps = recorder.steps  # the last kept step is the fit's last step
+    return (steps[-1] + 1) // len(recorder.values) if steps else 0
 
 
 # --- losses and schedule -------------------------------------------------------------------------
@@ -77,11 +78,18 @@ def losses_figure(recorder):
     top = np.nanmax(values) if np.isfinite(values).any() else 1.0
     if recorder.losses:
         losses = np.asarray(recorder.losses, dtype=np.float64)
-        x = np.arange(1, len(losses) + 1) / steps_per_epoch
+        x = (np.asarray(recorder.steps, dtype=np.float64) + 1) / steps_per_epoch  # a long epoch's steps: a sample
+        kept_per_epoch = max(1, len(losses) // len(recorder.values))
         ax.plot(x, losses, color="0.8", linewidth=0.5, label="batch loss")
-        window = max(1, min(len(losses), steps_per_epoch // 20))
+        window = max(1, min(len(losses), kept_per_epoch // 20))
         moving = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(x[window - 1 :], moving, color="0.35", linewidth=1, label=f"batch loss, mean of {window} steps")
+        ax.plot(
+            x[window - 1 :],
+            moving,
+            color="0.35",
+            linewidth=1,
+            label=f"batch loss, mean of {window} {'sampled ' if recorder.sampled else ''}steps",
+        )
         top = max(top, float(np.nanpercentile(moving, 99)))
     ax.plot(epochs, values[:, 0], "o-", color=LABEL_COLOURS[0], label="train_loss (fastai's smoothed)")
     ax.plot(epochs, values[:, 1], "s-", color=LABEL_COLOURS[1], label="valid_loss")
@@ -99,7 +107,7 @@ def schedule_figure(recorder):
     _need_fit(recorder)
     fig = _figure((10, 4))
     ax_lr, ax_mom = fig.subplots(1, 2)
-    steps = np.arange(len(recorder.lrs))
+    steps = np.asarray(recorder.steps)  # every step, or a sample of a long epoch's (see Recorder)
     ax_lr.plot(steps, recorder.lrs, color=LABEL_COLOURS[0])
     ax_lr.set_title("learning rate")
     ax_lr.set_ylabel("learning rate")

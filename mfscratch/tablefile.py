@@ -150,6 +150,8 @@ def _column_names(header: list[str] | None, n_fields: int) -> list | None:
 
 # --- parsing -------------------------------------------------------------------------------------
 def _typed(column, kind: str) -> pd.Series:
+    if isinstance(column, np.ndarray):  # typed block by block already (_stream_arrow)
+        return pd.Series(column, copy=False)
     if kind == "id":
         return parse_ids(column)
     series = column if isinstance(column, pd.Series) else column.to_pandas()
@@ -205,6 +207,115 @@ def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows:
     if colon and any(table[names[j]].null_count != len(table) for j in range(1, physical, 2)):
         raise _Fallback
     return {j: table[names[at(j)]] for j in wanted}, len(table)
+
+
+#: Bytes of a file that :func:`_stream_arrow` parses at a time.
+_STREAM_BLOCK = 1 << 23
+
+
+def _line_blocks(source: str, size: int):
+    """The file's bytes in blocks of about ``size`` bytes, each ending at a line end (the last one
+    at the file's end), as zero-copy Arrow buffers."""
+    import pyarrow as pa
+
+    with open(source, "rb") as f:
+        carry = b""
+        while True:
+            chunk = f.read(size)
+            data = carry + chunk if carry else chunk
+            if not chunk:
+                if data:
+                    yield pa.py_buffer(data)
+                return
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # no line end yet: read on
+                carry = data
+                continue
+            yield pa.py_buffer(memoryview(data)[:cut])
+            carry = data[cut:]
+
+
+def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows: int, capacity: int):
+    """``(columns, n_rows)`` of a plain UTF-8 file read block by block (pyarrow's parser on blocks of
+    :data:`_STREAM_BLOCK` bytes cut at line ends), each block's id tokens parsed at once into int64
+    arrays (``ids.parse_ids``' plain-integer rule): the ids' text, 10 bytes a token and more, is never
+    held for the whole file, and the table is not read twice. ``capacity``: at least the file's data
+    lines (the counted lines).
+
+    ``None`` when a block holds anything else, so that the whole-file reader reads it as before and
+    says what is wrong: an id that is missing or not a plain integer, a rating column whose type
+    changes from block to block, a row of the wrong width, text that is not UTF-8.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    from .ids import _arrow_ints
+
+    names = [f"f{j}" for j in range(n_fields)]
+
+    def on_bad_row(row):
+        return "skip" if not row.text.strip(" \t\r\n") else "error"  # a line of spaces is blank
+
+    parse = pcsv.ParseOptions(delimiter=sep, newlines_in_values=False, invalid_row_handler=on_bad_row)
+    convert = pcsv.ConvertOptions(
+        include_columns=[names[j] for j in wanted],
+        column_types={names[j]: pa.string() for j, kind in wanted.items() if kind != "number"},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+    ids = {j: np.empty(capacity, dtype=np.int64) for j, kind in wanted.items() if kind == "id"}
+    others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
+    n_rows = 0
+    pool = pa.default_memory_pool()
+    try:
+        for n_blocks, block in enumerate(_line_blocks(source, _STREAM_BLOCK), 1):
+            read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if n_rows == 0 else 0)
+            table = pcsv.read_csv(
+                pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
+            )
+            n = table.num_rows
+            if n_rows + n > capacity:
+                return None
+            for j in wanted:
+                column = table.column(names[j])
+                if j not in ids:
+                    others[j].extend(column.chunks)
+                    continue
+                parsed = _arrow_ints(column)
+                if parsed is None or parsed[1].any():
+                    return None
+                ids[j][n_rows : n_rows + n] = parsed[0]
+            n_rows += n
+            del table, column, block
+            if n_blocks % 8 == 0:
+                pool.release_unused()  # Arrow's allocator keeps freed blocks otherwise (each call costs)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    finally:
+        pool.release_unused()
+    if n_rows == 0 or any(len({c.type for c in chunks}) > 1 for chunks in others.values()):
+        return None
+    columns: dict = {j: values[:n_rows] for j, values in ids.items()}
+    for j, chunks in others.items():
+        columns[j] = _numbers(chunks, n_rows) if chunks[0].type in (pa.int64(), pa.float64()) else None
+        if columns[j] is None:
+            columns[j] = pa.chunked_array(chunks)
+    return columns, n_rows
+
+
+def _numbers(chunks: list, n_rows: int):
+    """A column of int64 or float64 chunks without nulls as one NumPy array, each chunk dropped once copied
+    (what ``to_pandas`` gives, without holding the column twice); ``None`` when some value is null."""
+    if any(c.null_count for c in chunks):
+        return None
+    out = np.empty(n_rows, dtype=chunks[0].type.to_pandas_dtype())
+    pos = 0
+    while chunks:
+        chunk = chunks.pop(0)
+        out[pos : pos + len(chunk)] = chunk.to_numpy()
+        pos += len(chunk)
+    return out
 
 
 def _parse_pandas(stream, sep: str, n_fields: int, wanted: dict, path) -> tuple[dict, int]:
@@ -282,8 +393,15 @@ def _parse(stream: ts.Utf8Stream, path: Path, compression, encoding: str, plan: 
     arrow = plan.arrow and lay.sep != WHITESPACE
     if arrow and compression is None and encoding in ("utf-8", "utf-8-sig"):
         stream.close()
-        columns, n_rows = _parse_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, path, lay.header_line)
-        return columns, n_rows, ts.count_lines(path, skip=stream.skipped)
+        counter = ts.count_lines(path, skip=stream.skipped)
+        streamed = None
+        if lay.sep != "::" and "id" in lay.wanted.values():
+            streamed = _stream_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, lay.header_line, counter.lines)
+        if streamed is not None:
+            columns, n_rows = streamed
+        else:
+            columns, n_rows = _parse_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, path, lay.header_line)
+        return columns, n_rows, counter
     if lay.header is not None:
         stream.discard(lay.header_end)
     columns, n_rows = (_parse_arrow if arrow else _parse_pandas)(stream, lay.sep, lay.n_fields, lay.wanted, path)

@@ -39,6 +39,10 @@ __all__ = [
     "DataWarning",
     "resolve_columns",
     "check_ratings",
+    "check_rating_values",
+    "check_id_values",
+    "check_distinct",
+    "warn_repeated_pairs",
     "check_valid_pct",
     "check_split",
     "warn_ratings_outside_range",
@@ -281,8 +285,9 @@ def _value_kind(value) -> str:
     return type(value).__name__
 
 
-def _check_ids(df: pd.DataFrame, name: str, role: str) -> None:
-    """No missing ids, one kind of value per column, at least two distinct values."""
+def check_id_values(df: pd.DataFrame, name: str, role: str) -> None:
+    """No missing ids, one kind of value per column (the distinct values are counted once encoded:
+    :func:`check_distinct`)."""
     col, where = df[name], _where(df)
     missing = col.isna()
     if missing.any():
@@ -300,38 +305,74 @@ def _check_ids(df: pd.DataFrame, name: str, role: str) -> None:
                 f"{where}{role} column {name!r} mixes kinds of ids ({counts}); convert it to one "
                 f"type first, e.g. df[{name!r}] = df[{name!r}].astype(str)"
             )
-    if col.nunique() < 2:
+
+
+def check_distinct(df: pd.DataFrame, name: str, role: str, n_distinct: int, first_value) -> None:
+    """At least two distinct ids (``n_distinct``: the size of the column's vocabulary, ``#na#`` excluded)."""
+    if n_distinct < 2:
         raise DataError(
-            f"{where}{role} column {name!r} has a single distinct value ({col.iloc[0]!r}); "
+            f"{_where(df)}{role} column {name!r} has a single distinct value ({first_value!r}); "
             "collaborative filtering needs at least 2 users and 2 items: check the column names"
         )
 
 
-def check_ratings(df: pd.DataFrame, user_name, item_name, rating_name) -> np.ndarray:
-    """Check the table's values; returns the ratings as float64. Warns about duplicate pairs."""
+def check_rating_values(df: pd.DataFrame, rating_name, float32: bool = False) -> np.ndarray:
+    """A non-empty table whose ratings are finite numbers in float32; returns them as float64 (``float32``:
+    as float32, the training precision, without a float64 copy where the column is float64 already)."""
     where = _where(df)
     if len(df) == 0:
         raise DataError(f"{where}the ratings table is empty; give it at least a few rows")
     raw = df[rating_name]
-    y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = pd.to_numeric(raw, errors="coerce")
+    if numbers.dtype == np.float64:
+        y = numbers.to_numpy()  # NaN stays NaN; a view, not a copy
+    else:
+        y = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(over="ignore"):
-        bad = ~np.isfinite(y.astype(np.float32))  # training uses float32: 1e39 is as bad as inf
+        y32 = y.astype(np.float32)
+        bad = ~np.isfinite(y32)  # training uses float32: 1e39 is as bad as inf
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{where}rating column {rating_name!r} has {int(bad.sum())} value(s) that are not finite "
             f"numbers (first: row {df.index[first]!r}, {raw.iloc[first]!r}); drop or fix those rows"
         )
-    _check_ids(df, user_name, "user")
-    _check_ids(df, item_name, "item")
-    dup = int(df.duplicated([user_name, item_name]).sum())
+    return y32 if float32 else y
+
+
+def warn_repeated_pairs(
+    df: pd.DataFrame, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, names: tuple
+) -> None:
+    """Warn when rows repeat a (user, item) pair, counted on the encoded codes (one compiled pass:
+    ``kernels.pairs.count_repeated_pairs``); ``names``: the user, item and rating columns."""
+    from .kernels.pairs import count_repeated_pairs
+
+    user_name, item_name, rating_name = names
+    dup = int(count_repeated_pairs(users, items, int(n_users), int(n_items)))
     if dup:
         notices.warn(
-            f"{where}{dup} row(s) repeat an earlier ({user_name!r}, {item_name!r}) pair; all rows are kept (as fastai "
-            f"does), so a repeated pair counts once per row; to keep one rating per pair use "
+            f"{_where(df)}{dup} row(s) repeat an earlier ({user_name!r}, {item_name!r}) pair; all rows are kept (as "
+            f"fastai does), so a repeated pair counts once per row; to keep one rating per pair use "
             f"df.groupby([{user_name!r}, {item_name!r}], as_index=False)[{rating_name!r}].mean()",
             DataWarning,
         )
+
+
+def check_ratings(df: pd.DataFrame, user_name, item_name, rating_name) -> np.ndarray:
+    """Check the table's values; returns the ratings as float64. Warns about duplicate pairs.
+
+    ``CollabDataLoaders.from_df`` runs the same checks between its encoding steps, on the codes;
+    this is the stand-alone form, which encodes the ids to count them.
+    """
+    y = check_rating_values(df, rating_name)
+    codes = []
+    for role, name in (("user", user_name), ("item", item_name)):
+        check_id_values(df, name, role)
+        col_codes, uniques = pd.factorize(df[name])
+        check_distinct(df, name, role, len(uniques), df[name].iloc[0])
+        codes.append((col_codes.astype(np.int32), len(uniques)))
+    (users, n_users), (items, n_items) = codes
+    warn_repeated_pairs(df, users, items, n_users, n_items, (user_name, item_name, rating_name))
     return y
 
 
@@ -355,15 +396,15 @@ def warn_ratings_outside_range(dls, y_range) -> None:
     if y_range is None:
         return
     lo, hi = y_range
-    ys = [a for a in (dls.train_ratings, dls.valid_ratings) if len(a)]
+    ys = [a for a in (dls.train_ratings, dls.valid_ratings) if len(a)]  # counted apart: no copy of the ratings
     if not ys:
         return
-    y = np.concatenate(ys)
-    outside = int(((y < lo) | (y > hi)).sum())
+    outside = sum(int(np.count_nonzero((y < lo) | (y > hi))) for y in ys)
     if outside:
+        y_min, y_max = min(float(y.min()) for y in ys), max(float(y.max()) for y in ys)
         notices.warn(
             f"{outside} rating(s) in column {dls.rating_name!r} lie outside y_range ({lo:g}, {hi:g}) (data spans "
-            f"{float(y.min()):g} to {float(y.max()):g}); the sigmoid output can never reach them: widen y_range "
+            f"{y_min:g} to {y_max:g}); the sigmoid output can never reach them: widen y_range "
             "a little beyond the data, as (0, 5.5) does for 1-5 stars",
             DataWarning,
         )

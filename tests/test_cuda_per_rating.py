@@ -54,7 +54,8 @@ def _epochs(backend, dls, n_epochs=2):
     out = []
     for epoch in range(n_epochs):
         lrs = np.linspace(5e-2, 2e-2, dls.n_train)
-        out.append((runner.train_epoch(rng, lrs, np.zeros(dls.n_train), epoch * dls.n_train), runner.order.copy()))
+        losses = runner.train_epoch(rng, lrs, np.zeros(dls.n_train), epoch * dls.n_train)
+        out.append((losses.copy(), runner.order.copy()))  # the runner may reuse its losses buffer next epoch
     return out
 
 

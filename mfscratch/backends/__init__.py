@@ -60,7 +60,8 @@ class EpochRunner(Protocol):
     def train_epoch(self, rng: np.random.Generator, lrs: np.ndarray, moms: np.ndarray, step0: int) -> np.ndarray:
         """One epoch: the order drawn from ``rng``, step ``s`` at ``lrs[s]``, ``moms[s]`` and Adam's step
         count ``step0 + s + 1``. Returns the batch losses; a NaN/inf loss stops the epoch before that
-        step's update and the array ends there."""
+        step's update and the array ends there. The array may be a buffer the next epoch reuses: copy
+        what is kept."""
         ...
 
 

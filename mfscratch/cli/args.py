@@ -228,8 +228,22 @@ def add_usage_output_args(g) -> None:
         "or --json)",
     )
     g.add_argument(
+        "--ranking-users",
+        type=ranking_users_arg,
+        metavar="N|all",
+        help="score N sampled validation users in the ranking metrics, or all of them (default: all while users x "
+        "items is at most max(25 million, 5 x training ratings), else a seeded sample of that many scores' users)",
+    )
+    g.add_argument(
         "--plot", metavar="DIR", help="write losses.png, schedule.png and item_pca.png to DIR (needs matplotlib)"
     )
+
+
+def ranking_users_arg(text: str):
+    """``--ranking-users``: ``all`` or a positive number of users."""
+    if text.strip().lower() == "all":
+        return "all"
+    return positive_int(text)
 
 
 def check_y_range(y_range) -> tuple[float, float] | None:

@@ -71,6 +71,8 @@ def _check_train_settings(args) -> None:
         )
     if args.ranking_threshold is not None and not (args.ranking_k or args.json):
         raise ConfigError("--ranking-threshold applies to the ranking metrics; add --ranking-k K (or --json PATH)")
+    if args.ranking_users is not None and not (args.ranking_k or args.json):
+        raise ConfigError("--ranking-users applies to the ranking metrics; add --ranking-k K (or --json PATH)")
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (the folder the interrupted run saved to)")
     _check_outputs(args)
@@ -129,6 +131,7 @@ def cmd_train(args) -> int:
     from ..io import write_json
     from ..learner import collab_learner
 
+    t_start = time.perf_counter()
     y_range = check_y_range(args.y_range)
     resolve_recipe(args)
     if args.backend == "dask":  # read and trained on a cluster's workers (mfscratch.distributed)
@@ -140,7 +143,11 @@ def cmd_train(args) -> int:
     _check_train_settings(args)
     say = (lambda *a: None) if args.quiet else print
     _check_plot_dir(args)
+    t0 = time.perf_counter()
     dls, data_label = load_training_data(args)
+    data_phases = dict(getattr(dls, "phase_seconds", {}))  # check, encode, split (CollabDataLoaders.from_df)
+    read_seconds = time.perf_counter() - t0 - sum(data_phases.values())
+    t0 = time.perf_counter()
     item_name = dls.item_name
     y_range = _y_range_for(args, y_range, dls)
     learn = collab_learner(
@@ -154,6 +161,7 @@ def cmd_train(args) -> int:
         log=None if args.quiet else print,
         threads=args.threads,
     )
+    init_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     learn.warmup()
     compile_seconds = time.perf_counter() - t0
@@ -165,6 +173,7 @@ def cmd_train(args) -> int:
         learn.export(args.save)
         say(f"saved model to {args.save}")
 
+    t_report = time.perf_counter()
     vocab = dls.classes[item_name]
     say()
     say(learn.model)
@@ -184,7 +193,8 @@ def cmd_train(args) -> int:
     ranking = None
     threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
     if args.ranking_k or args.json:
-        ranking = learn.ranking(args.ranking_k or 10, threshold)
+        users = "auto" if args.ranking_users is None else args.ranking_users
+        ranking = learn.ranking(args.ranking_k or 10, threshold, users=users, seed=args.seed or 0)
     if args.ranking_k and ranking is not None:
         say(
             _ranking_line(ranking)
@@ -192,13 +202,30 @@ def cmd_train(args) -> int:
             else f"Ranking: no validation rating is >= {threshold:g}, so there is nothing to find"
         )
     if args.json:
+        rec = learn.recorder
         report = {
             "epochs": [
-                {"epoch": i, "train_loss": tl, "valid_loss": vl, "seconds": s}
-                for i, ((tl, vl), s) in enumerate(zip(learn.recorder.values, learn.recorder.epoch_seconds))
+                {
+                    "epoch": i,
+                    "train_loss": tl,
+                    "valid_loss": vl,
+                    "seconds": s,
+                    "train_seconds": ts,
+                    "valid_seconds": vs,
+                    "mean_loss": ml,
+                }
+                for i, ((tl, vl), s, ts, vs, ml) in enumerate(
+                    zip(rec.values, rec.epoch_seconds, rec.train_seconds, rec.valid_seconds, rec.mean_losses)
+                )
             ],
             "train_seconds": train_seconds,
             "compile_seconds": compile_seconds,
+            "read_seconds": read_seconds,
+            **{f"{phase}_seconds": data_phases.get(phase) for phase in ("check", "encode", "split")},
+            "init_seconds": init_seconds,
+            "setup_seconds": rec.setup_seconds,
+            "report_seconds": time.perf_counter() - t_report,
+            "total_seconds": time.perf_counter() - t_start,
             "n_users": dls.n_users,
             "n_items": dls.n_items,
             "n_train": dls.n_train,
@@ -267,7 +294,7 @@ def load_training_data(args):
             key_title = (_col(args.item_key, 0), _col(args.title_col, 1))
             items = read_items(args.items, *key_title, header=args.header, encoding=args.encoding, sep=sep)
             table = attach_titles(table, items, items_source=args.items)
-        return table.loaders(_valid_pct(args), args.seed, args.bs), args.ratings
+        return table.loaders(_valid_pct(args), args.seed, args.bs, consume=True), args.ratings
     name = args.data or "ml-100k"
     if args.split is not None:
         if name != "ml-100k":
@@ -275,7 +302,7 @@ def load_training_data(args):
                 f"--split {args.split} is one of ML-100k's own splits; it does not apply to --data {name}"
             )
         return loaders_from_split(*read_ml100k_split(args.split), bs=args.bs), f"{name}/{args.split}"
-    return read_movielens(name).loaders(_valid_pct(args), args.seed, args.bs), name
+    return read_movielens(name).loaders(_valid_pct(args), args.seed, args.bs, consume=True), name
 
 
 def _valid_pct(args) -> float:
@@ -294,11 +321,12 @@ def _y_range_for(args, y_range, dls):
 
     if y_range is not None:
         return y_range
-    ratings = np.concatenate([dls.train_ratings, dls.valid_ratings])
-    y_range = default_y_range(ratings)
+    parts = [r for r in (dls.train_ratings, dls.valid_ratings) if len(r)]  # the extremes decide: no copy
+    r_min, r_max = min(float(r.min()) for r in parts), max(float(r.max()) for r in parts)
+    y_range = default_y_range(np.array([r_min, r_max]))
     if not args.quiet:  # on stderr, like the other notes: stdout keeps the seed recipe's shape (table first)
         print(
-            f"note: y_range {y_range} derived from the ratings ({ratings.min():g} to {ratings.max():g}); "
+            f"note: y_range {y_range} derived from the ratings ({r_min:g} to {r_max:g}); "
             "set --y-range LO HI to choose it",
             file=sys.stderr,
         )
@@ -307,8 +335,13 @@ def _y_range_for(args, y_range, dls):
 
 def _ranking_line(r: dict) -> str:
     k = r["k"]
+    who = (
+        f"{r['n_users']} of {r['n_users_eligible']} validation users (a sample, seed {r['sample_seed']})"
+        if r.get("sampled")
+        else f"{r['n_users']} validation users"
+    )
     return (
-        f"Ranking of all unseen items for {r['n_users']} validation users (relevant: rated >= {r['threshold']:g}): "
+        f"Ranking of all unseen items for {who} (relevant: rated >= {r['threshold']:g}): "
         f"precision@{k} {r['precision']:.4f}  recall@{k} {r['recall']:.4f}  NDCG@{k} {r['ndcg']:.4f}"
     )
 
