@@ -171,6 +171,7 @@ class CpuBackend:
     _sparse_epoch = staticmethod(cpu.train_epoch_sparse)
     _per_rating_epoch = staticmethod(cpu.train_epoch_per_rating)
     _shuffle_blocks = staticmethod(cpu.shuffle_blocks)
+    _evaluate_mse = staticmethod(cpu.evaluate_mse)
     #: Per-rating SGD's user (and item) groups; None: :func:`per_rating_groups` of the tables' bytes and
     #: the thread count. Setting it reproduces another layout (a distributed fit's, with its W groups).
     per_rating_n_groups: int | None = None
@@ -231,7 +232,8 @@ class CpuBackend:
     def evaluate(self, users, items, ratings) -> float:
         m = self.model
         data = Ratings(np.ascontiguousarray(users), np.ascontiguousarray(items), np.ascontiguousarray(ratings))
-        return float(cpu.evaluate_mse(m.kernel_tables(), data, m.y_range_record))
+        with self.threads_in_use():
+            return float(self._evaluate_mse(m.kernel_tables(), data, m.y_range_record))
 
     def sync(self) -> None:
         """Nothing to do: the kernels update ``model.params`` and the moments in place."""
@@ -286,6 +288,8 @@ class ParallelBackend(CpuBackend):
     _sparse_epoch = staticmethod(cpu.train_epoch_sparse_parallel)
     _per_rating_epoch = staticmethod(cpu.train_epoch_per_rating_parallel)
     _shuffle_blocks = staticmethod(cpu.shuffle_blocks_parallel)
+    #: the same total as the serial one on any thread count (runs of rows summed in order)
+    _evaluate_mse = staticmethod(cpu.evaluate_mse_parallel)
     #: Exact mode opens one parallel region per step; below this many parameters a step's update is
     #: too short to pay for the wait on a descheduled thread at each region's end (docs/speed.md), so
     #: smaller models run the serial kernels. Set it to 0 to always split the update.

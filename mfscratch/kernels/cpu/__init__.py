@@ -17,7 +17,7 @@ do (float32 scalars, ``error_model``, one ``reassoc`` flag, prefetching): docs/s
 """
 
 from .blocks import balanced_groups, block_index, block_layout, shuffle_blocks, shuffle_blocks_parallel, sort_by_block
-from .core import evaluate_mse, forward_backward, predict, split_flat
+from .core import evaluate_mse, evaluate_mse_parallel, forward_backward, predict, split_flat
 from .deferred import train_epoch_deferred
 from .dense import train_epoch_dense, train_epoch_dense_parallel
 from .per_rating import train_epoch_per_rating, train_epoch_per_rating_dynamic, train_epoch_per_rating_parallel
@@ -29,6 +29,7 @@ __all__ = [
     "forward_backward",
     "predict",
     "evaluate_mse",
+    "evaluate_mse_parallel",
     "step_scalars",
     "adam_update_dense",
     "sgd_update_dense",

@@ -8,11 +8,23 @@ Batches are :class:`~mfscratch.kernels.records.Ratings` records, the output rang
 
 from __future__ import annotations
 
-from numba import njit
+import numpy as np
+from numba import njit, prange
 
 from .. import records
+from ._compile import twin
 
-__all__ = ["sigmoid", "dot", "logit", "error_and_dx", "split_flat", "forward_backward", "predict", "evaluate_mse"]
+__all__ = [
+    "sigmoid",
+    "dot",
+    "logit",
+    "error_and_dx",
+    "split_flat",
+    "forward_backward",
+    "predict",
+    "evaluate_mse",
+    "evaluate_mse_parallel",
+]
 
 
 #: ``s = 1 / (1 + exp(-x))`` without overflow (``records.sigmoid``, the one copy both packages compile).
@@ -101,17 +113,32 @@ def predict(tables, users, items, y_range, out):
     return out
 
 
-@njit(cache=True)
-def evaluate_mse(tables, data, y_range):
-    """Exact mean squared error over all rows of ``data`` (accumulated in float64)."""
-    lo, hi = y_range.lo, y_range.hi
-    n = data.users.shape[0]
+#: ``evaluate_mse`` sums the squared errors of each run of this many rows, then the runs' sums in order,
+#: so that its parallel twin (the runs on the threads) gives the same float64 total on any thread count;
+#: on fewer rows it is the plain running sum.
+EVAL_RUN = 1 << 16
+
+
+def _evaluate_mse_body(tables, data, y_range):
+    """Exact mean squared error over all rows of ``data`` (accumulated in float64, run by run)."""
+    lo, hi, has_range = y_range
+    users, items, ratings = data
+    n = users.shape[0]
+    n_runs = (n + EVAL_RUN - 1) // EVAL_RUN
+    run_sums = np.zeros(n_runs, dtype=np.float64)
+    for run in prange(n_runs):
+        total = 0.0
+        for r in range(run * EVAL_RUN, min(n, (run + 1) * EVAL_RUN)):
+            x = logit(tables, users[r], items[r])
+            pred = lo + (hi - lo) * sigmoid(x) if has_range else x
+            err = pred - ratings[r]
+            total += err * err
+        run_sums[run] = total
     total = 0.0
-    for r in range(n):
-        u = data.users[r]
-        i = data.items[r]
-        x = logit(tables, u, i)
-        pred = lo + (hi - lo) * sigmoid(x) if y_range.has_range else x
-        err = pred - data.ratings[r]
-        total += err * err
+    for run in range(n_runs):
+        total += run_sums[run]
     return total / max(n, 1)
+
+
+evaluate_mse = njit(cache=True)(_evaluate_mse_body)
+evaluate_mse_parallel = njit(cache=True, parallel=True)(twin(_evaluate_mse_body))
