@@ -310,9 +310,13 @@ def test_per_rating_blocks_are_the_serial_epoch_over_the_block_layout(kernel, n_
     np.testing.assert_array_equal(got_losses, want_losses)
 
 
+#: No canonical order: the dynamic kernel trains ``layout.order`` as it is.
+NO_ORDER = np.empty(0, dtype=np.int64)
+
+
 def dynamic(n_workers):
     """The dynamic-scheduler kernel with ``n_workers`` block-taking loops, called as the other kernels."""
-    return lambda *args: cpu.train_epoch_per_rating_dynamic(*args, n_workers)
+    return lambda *args: cpu.train_epoch_per_rating_dynamic(*args, n_workers, NO_ORDER, 0)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4])  # 4 block-taking loops on 2 threads: some run one after another
@@ -349,6 +353,39 @@ def test_dynamic_block_scheduler_is_the_barrier_and_the_serial_epoch(threads, n_
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_groups", [2, 3])
+def test_dynamic_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(threads, n_groups):
+    """With a canonical order and a seed, the dynamic kernel copies and shuffles each block as it claims
+    it: the order, weights and losses equal ``shuffle_blocks`` over the whole layout, then the epoch."""
+    import numba
+
+    data, model = problem(np.float32)
+    blocks, _ = layout(data, np.arange(len(data.ratings)), n_groups)
+    canonical = blocks.order.copy()
+    lrs = np.linspace(0.3, 0.1, len(canonical))
+    shuffled = canonical.copy()
+    cpu.shuffle_blocks(shuffled, blocks.block_start, 99)
+    assert (shuffled != canonical).any()
+    want, want_losses = per_rating_epoch(cpu.train_epoch_per_rating, model.params, data, shuffled, lrs)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for _ in range(3):
+            got, losses = model.params.copy(), np.full(len(canonical), np.nan)
+            order = BlockLayout(np.full(len(canonical), -1, dtype=np.int64), blocks.block_start, n_groups)
+            out = EpochOut(losses, np.zeros(1, dtype=np.int64))
+            n = cpu.train_epoch_per_rating_dynamic(
+                got, SHAPE, data, order, lrs, 0.1, RANGE, out, threads, canonical, 99
+            )
+            assert n == len(canonical)
+            np.testing.assert_array_equal(order.order, shuffled)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(losses, want_losses)
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():
     data, model = problem(np.float64)
     order = np.arange(len(data.ratings))
@@ -357,13 +394,23 @@ def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():
     losses = np.full(len(order), np.nan)
     params = model.params.copy()
     n = cpu.train_epoch_per_rating_dynamic(
-        params, SHAPE, data, blocks, np.full(1, 0.1), 0.1, RANGE, EpochOut(losses, progress), 2
+        params, SHAPE, data, blocks, np.full(1, 0.1), 0.1, RANGE, EpochOut(losses, progress), 2, NO_ORDER, 0
     )
     assert n == len(order) and progress[0] == len(order) and np.isfinite(losses).all()
     params[:] *= 1e200  # the first dot product overflows to inf
     with np.errstate(all="ignore"):
         n = cpu.train_epoch_per_rating_dynamic(
-            params, SHAPE, data, blocks, np.full(1, 0.3), 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)), 2
+            params,
+            SHAPE,
+            data,
+            blocks,
+            np.full(1, 0.3),
+            0.1,
+            RANGE,
+            EpochOut(losses, np.zeros(1, np.int64)),
+            2,
+            NO_ORDER,
+            0,
         )
     assert n < len(order) and not np.isfinite(losses[n - 1])
 

@@ -118,11 +118,13 @@ class _PerRatingRunner(_Runner):
     blocks of users x items, each block shuffled in place on the threads from one seed drawn from the
     learner's generator. The groups and each rating's block are made once a fit; every epoch starts
     from the same layout, so the order depends on the seed alone and a resumed fit equals an
-    uninterrupted one."""
+    uninterrupted one. The dynamic scheduler's kernel copies and shuffles each block itself when a
+    thread claims it (one parallel region an epoch); the others get the epoch's order made first."""
 
     def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int):
         super().__init__(backend, opt, mode, bs)
         self.kernel, self.shuffle, self.wd = kernel, shuffle, float(opt.wd)
+        self.shuffles_blocks = getattr(kernel, "func", None) is cpu.train_epoch_per_rating_dynamic
         data, shape = backend.data, backend.shape
         n = data.users.shape[0]
         if n_groups == 1:
@@ -138,20 +140,23 @@ class _PerRatingRunner(_Runner):
         self._canonical = np.empty(n, dtype=np.int64)  # every rating, the blocks in code order
         block_start = cpu.block_layout(np.empty(0, dtype=np.int64), block, n_groups * n_groups, self._canonical)
         self.layout = BlockLayout(np.empty(n, dtype=np.int64), block_start, n_groups)
-
-    def _epoch_layout(self, rng) -> BlockLayout:
-        if self.layout.n_groups == 1:
-            return self.layout._replace(order=self._permutation(rng))
         self.order = self.layout.order
-        np.copyto(self.order, self._canonical)
-        self.shuffle(self.order, self.layout.block_start, int(rng.integers(2**63)))
-        return self.layout
 
     def _epoch(self, rng, lrs, moms, step0):
         b = self.backend
-        layout = self._epoch_layout(rng)
+        layout = self.layout
+        if layout.n_groups == 1:
+            layout = layout._replace(order=self._permutation(rng))
         out = EpochOut(np.empty(layout.order.shape[0], dtype=np.float64), self.progress)
-        n = self.kernel(b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
+        args = (b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
+        if layout.n_groups == 1:
+            n = self.kernel(*args)
+        elif self.shuffles_blocks:
+            n = self.kernel(*args, canonical=self._canonical, seed=int(rng.integers(2**63)))
+        else:
+            np.copyto(layout.order, self._canonical)
+            self.shuffle(layout.order, layout.block_start, int(rng.integers(2**63)))
+            n = self.kernel(*args)
         return out.losses[:n]
 
 

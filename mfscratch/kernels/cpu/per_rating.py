@@ -34,6 +34,7 @@ from ._llvm import (
     spin_pause,
     yield_thread,
 )
+from .blocks import shuffle_block
 from .core import split_flat
 
 __all__ = ["train_epoch_per_rating", "train_epoch_per_rating_parallel", "train_epoch_per_rating_dynamic"]
@@ -154,7 +155,9 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     return n_steps if bad == n_steps else bad + 1
 
 
-def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y_range, out, n_workers):
+def _train_epoch_per_rating_dynamic_body(
+    params, shape, data, layout, lrs, wd, y_range, out, n_workers, canonical, seed
+):
     r"""The epoch of :func:`train_epoch_per_rating` (``g > 1`` blocks) with no barrier between strata.
 
     Block ``(c, t)`` (user group ``c``, stratum ``t``, item group ``d = (c + t) % g``) may start once
@@ -167,6 +170,13 @@ def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y
     whole stratum, so one slow or descheduled thread holds up only the blocks on its rows.
     ``n_workers``: the threads taking blocks (the Numba thread count; passed in, because a kernel that
     asks Numba for it cannot be cached).
+
+    ``canonical`` (``n`` rows, or empty): the epoch's order is made here, block by block: the thread
+    that claims block ``p`` copies its rows of ``canonical`` into ``layout.order`` and shuffles them as
+    ``blocks.shuffle_blocks(order, block_start, seed)`` shuffles block ``p``, then trains it. The same
+    order as copying and shuffling the whole layout first, with one parallel region an epoch instead
+    of two, and each block's order written by the thread that reads it next. Empty: ``layout.order``
+    is trained as it is.
 
     Each user group's and each item group's blocks still run one after another in stratum order, and
     blocks that run at once share no row, so every row sees the same updates in the same order as in the
@@ -219,6 +229,10 @@ def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y
             idle = 0
             first = block_start[claimed]
             last = block_start[claimed + 1]
+            if canonical.shape[0] > 0:
+                for s in range(first, last):
+                    order[s] = canonical[s]
+                shuffle_block(order, first, last, claimed, seed)
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
                                last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
             if end < last:
