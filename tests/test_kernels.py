@@ -435,6 +435,9 @@ def test_per_rating_groups():
     assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 1) == 10
     assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 4) == 12  # a multiple of the threads
     assert per_rating_groups(58_000_000, 2) == 14
+    assert per_rating_groups(1000, 2, per_thread=3) == 6 and per_rating_groups(1000, 1, per_thread=3) == 1
+    assert per_rating_groups(58_000_000, 2, per_thread=3) == 14  # the cache's groups are more already
+    assert per_rating_groups(58_000_000, 2, per_thread=8) == 16
 
 
 def test_shuffle_blocks_permutes_within_each_block_from_the_seed_alone():

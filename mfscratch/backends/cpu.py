@@ -31,18 +31,20 @@ __all__ = ["CpuBackend", "ParallelBackend", "per_rating_groups", "PER_RATING_GRO
 PER_RATING_GROUP_BYTES = 4 << 20
 
 
-def per_rating_groups(table_bytes: int, n_threads: int = 1) -> int:
+def per_rating_groups(table_bytes: int, n_threads: int = 1, per_thread: int = 1) -> int:
     """How many user (and item) groups per-rating SGD's epoch splits into (``kernels.cpu.blocks``).
 
-    One per thread, so that the threads train blocks that share no row; and for tables over
-    :data:`PER_RATING_GROUP_BYTES` enough groups that one block's rows (a user group's and an item
-    group's) take about that many bytes and stay in cache while the block trains (ML-25M's shape,
-    58 MB of tables: 14 groups; docs/speed.md). A multiple of the thread count, so that each thread
-    gets as many blocks of a stratum.
+    One per thread (``per_thread`` per thread when there are several threads), so that the threads
+    train blocks that share no row; and for tables over :data:`PER_RATING_GROUP_BYTES` enough groups
+    that one block's rows (a user group's and an item group's) take about that many bytes and stay in
+    cache while the block trains (ML-25M's shape, 58 MB of tables: 14 groups; docs/speed.md). A
+    multiple of the thread count, so that each thread gets as many blocks of a stratum. More groups
+    than threads give the dynamic scheduler more blocks to hand to a thread whose partner is slowed.
     """
     n_threads = max(1, int(n_threads))
     cache_groups = -(-int(table_bytes) // PER_RATING_GROUP_BYTES)
-    return n_threads * max(1, -(-cache_groups // n_threads)) if cache_groups > 1 else n_threads
+    wanted = max(cache_groups, n_threads * (max(1, int(per_thread)) if n_threads > 1 else 1))
+    return n_threads * -(-wanted // n_threads)
 
 
 class _Runner:
@@ -176,6 +178,8 @@ class CpuBackend:
     #: Per-rating SGD's user (and item) groups; None: :func:`per_rating_groups` of the tables' bytes and
     #: the thread count. Setting it reproduces another layout (a distributed fit's, with its W groups).
     per_rating_n_groups: int | None = None
+    #: With more than one thread, at least this many groups per thread (:func:`per_rating_groups`).
+    per_rating_groups_per_thread = 1
 
     def __init__(self, threads: int | None = None):
         if threads not in (None, 1):
@@ -225,7 +229,9 @@ class CpuBackend:
         if mode == "sparse":
             return _SparseRunner(self, opt, mode, bs, self._sparse_epoch, self.n_threads())
         if mode == "per-rating":
-            n_groups = self.per_rating_n_groups or per_rating_groups(params.nbytes, self.n_threads())
+            n_groups = self.per_rating_n_groups or per_rating_groups(
+                params.nbytes, self.n_threads(), self.per_rating_groups_per_thread
+            )
             kernel = self._per_rating_kernel(n_groups)
             return _PerRatingRunner(self, opt, mode, bs, kernel, self._shuffle_blocks, n_groups)
         raise ConfigError(f"unknown mode {mode!r}: use exact, sparse or per-rating")
@@ -248,7 +254,14 @@ class CpuBackend:
             {
                 k: v
                 for k, v in vars(self).items()
-                if k in ("defer_rows", "min_parallel_params", "per_rating_n_groups", "per_rating_scheduler")
+                if k
+                in (
+                    "defer_rows",
+                    "min_parallel_params",
+                    "per_rating_n_groups",
+                    "per_rating_scheduler",
+                    "per_rating_groups_per_thread",
+                )
             }
         )
         return copy

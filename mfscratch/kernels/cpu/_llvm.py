@@ -34,6 +34,7 @@ __all__ = [
     "atomic_add",
     "spin_pause",
     "yield_thread",
+    "sleep_thread",
 ]
 
 #: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: twice as far).
@@ -221,3 +222,22 @@ def yield_thread(typingctx):
         return context.get_dummy_value()
 
     return nbtypes.void(), codegen
+
+
+@intrinsic
+def sleep_thread(typingctx, microseconds):
+    """Sleep about ``microseconds`` (POSIX ``usleep``; a ``pause`` on Windows): a thread that has waited
+    long leaves its core, so that the thread it waits for, descheduled by other work, can run there."""
+    sig = nbtypes.void(nbtypes.int64)
+
+    def codegen(context, builder, signature, args):
+        if platform.system() == "Windows":
+            _emit_pause(builder)
+        else:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32)]), "usleep"
+            )
+            builder.call(fn, [builder.trunc(args[0], ir.IntType(32))])
+        return context.get_dummy_value()
+
+    return sig, codegen

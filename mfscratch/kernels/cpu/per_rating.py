@@ -31,6 +31,7 @@ from ._llvm import (
     dot_rows,
     prefetch,
     prefetch_row,
+    sleep_thread,
     spin_pause,
     yield_thread,
 )
@@ -43,6 +44,10 @@ __all__ = ["train_epoch_per_rating", "train_epoch_per_rating_parallel", "train_e
 _FREE, _CLAIMED, _DONE = 0, 1, 2
 #: A waiting thread yields its core after this many empty scans (with a ``pause`` between scans).
 _SPINS_BEFORE_YIELD = 16
+#: After this many empty scans a waiting thread sleeps ``_SLEEP_US`` microseconds a scan: it leaves its
+#: core, so that the thread it waits for (descheduled by other work on the machine) can run there.
+_SCANS_BEFORE_SLEEP = 64
+_SLEEP_US = 50
 
 
 @njit(inline="always", error_model="numpy")
@@ -165,7 +170,9 @@ def _train_epoch_per_rating_dynamic_body(
     and ``((c + 1) % g, t - 1)``, the last user of item group ``d``. Every Numba thread loops: it takes
     the first free block (in layout order) whose two predecessors are done (a compare-and-swap claims
     it), trains it, marks it done; with no block ready it spins (a ``pause``, and after a few empty
-    scans a ``sched_yield``, so that a thread it waits for gets the core). A thread that finishes a
+    scans a ``sched_yield``, so that a thread it waits for gets the core; after longer waits it sleeps
+    50 microseconds a scan: its core goes idle, and the operating system moves a thread descheduled by
+    other work there, where a spinning thread would keep that core busy). A thread that finishes a
     block early goes on with any ready block, of this stratum or a later one, instead of waiting for the
     whole stratum, so one slow or descheduled thread holds up only the blocks on its rows.
     ``n_workers``: the threads taking blocks (the Numba thread count; passed in, because a kernel that
@@ -222,9 +229,12 @@ def _train_epoch_per_rating_dynamic_body(
             if claimed < 0:
                 if scan < n_blocks:  # blocks are left but none is ready: wait for a running one
                     idle += 1
-                    spin_pause()
-                    if idle % _SPINS_BEFORE_YIELD == 0:
+                    if idle > _SCANS_BEFORE_SLEEP:
+                        sleep_thread(_SLEEP_US)
+                    elif idle % _SPINS_BEFORE_YIELD == 0:
                         yield_thread()
+                    else:
+                        spin_pause()
                 continue
             idle = 0
             first = block_start[claimed]
