@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import platform
 
+import numpy as np
 from llvmlite import ir
 from numba import njit
 from numba import types as nbtypes
@@ -120,8 +121,8 @@ def dot_rows(flat, a, b, k):
     x = flat.dtype.type(0.0)
     for j in range(0, tail, DOT_LANES):
         x += _dot_chunk(flat, a + j, b + j)
-    for j in range(tail, k):
-        x += flat[a + j] * flat[b + j]
+    for j in range(tail, k):  # unsigned indices: no code for negative (wrap-around) indexing
+        x += flat[np.uint64(a + j)] * flat[np.uint64(b + j)]
     return x
 
 
