@@ -74,10 +74,14 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
             prefetch_row(params, users[ahead] * k, k)
             prefetch_row(params, i_start + items[ahead] * k, k)
-        row = s if in_order else order[s]
+        # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
+        # negative (wrap-around) indexing; the same values.
+        at = np.uint64(s)
+        row = np.uint64(s) if in_order else np.uint64(order[at])
         u = users[row]
         i = items[row]
-        x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[u] + i_bias[i]
+        uu, ii = np.uint64(u), np.uint64(i)
+        x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[uu] + i_bias[ii]
         if has_range:
             # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
             sg = T(1.0) / (T(1.0) + math.exp(-x))
@@ -88,21 +92,21 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             dx = two * err
         loss = err * err
         if record:
-            losses[s] = loss
+            losses[at] = loss
         if not math.isfinite(loss):
             return s  # diverged: stop before this rating's update
-        lr = lrs[s] if per_step_lr else lrs[0]
+        lr = lrs[at] if per_step_lr else lrs[0]
         shrink = T(1.0 - lr * wd)
         step = T(lr) * dx
-        p = u_weight[u]
-        q = i_weight[i]
+        p = u_weight[uu]
+        q = i_weight[ii]
         for j in range(k):
             pu = p[j]
             qi = q[j]
             p[j] = pu * shrink - step * qi
             q[j] = qi * shrink - step * pu
-        u_bias[u] = u_bias[u] * shrink - step
-        i_bias[i] = i_bias[i] * shrink - step
+        u_bias[uu] = u_bias[uu] * shrink - step
+        i_bias[ii] = i_bias[ii] * shrink - step
     return last
 
 
