@@ -386,6 +386,34 @@ def test_dynamic_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(th
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("n_groups", [2, 3])
+def test_serial_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(n_groups):
+    """The serial blocked epoch that shuffles each block just before it trains equals ``shuffle_blocks``
+    over the whole layout, then the serial epoch: order, weights and losses bit for bit."""
+    data, model = problem(np.float32)
+    blocks, _ = layout(data, np.arange(len(data.ratings)), n_groups)
+    canonical = blocks.order.copy()
+    lrs = np.linspace(0.3, 0.1, len(canonical))
+    shuffled = canonical.copy()
+    cpu.shuffle_blocks(shuffled, blocks.block_start, 5)
+    want, want_losses = per_rating_epoch(cpu.train_epoch_per_rating, model.params, data, shuffled, lrs)
+    got, losses, progress = model.params.copy(), np.full(len(canonical), np.nan), np.zeros(1, dtype=np.int64)
+    order = BlockLayout(np.full(len(canonical), -1, dtype=np.int64), blocks.block_start, n_groups)
+    n = cpu.train_epoch_per_rating_shuffled(
+        got, SHAPE, data, order, lrs, 0.1, RANGE, EpochOut(losses, progress), canonical, 5
+    )
+    assert n == len(canonical) and progress[0] == len(canonical)
+    np.testing.assert_array_equal(order.order, shuffled)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(losses, want_losses)
+    with np.errstate(all="ignore"):
+        bad = model.params.copy() * 1e200  # the first dot product overflows to inf
+        n = cpu.train_epoch_per_rating_shuffled(
+            bad, SHAPE, data, order, lrs, 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)), canonical, 5
+        )
+    assert n == 1 and not np.isfinite(losses[0])
+
+
 def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():
     data, model = problem(np.float64)
     order = np.arange(len(data.ratings))
@@ -518,22 +546,27 @@ def test_per_rating_mode_refuses_other_optimizer_or_batch_size(argv, capsys):
 
 @pytest.mark.parametrize("n_groups", [None, 3])
 def test_parallel_backend_schedulers_give_the_same_fit(n_groups, monkeypatch):
-    """The parallel backend's per-rating fit: the dynamic scheduler (default) equals the barrier one."""
+    """The parallel backend's per-rating fit: the dynamic scheduler (default) equals the barrier one; over
+    the same layout the serial backend (each block shuffled just before it trains) equals both."""
     from mfscratch import SGD, collab_learner
-    from mfscratch.backends.cpu import ParallelBackend
+    from mfscratch.backends.cpu import CpuBackend, ParallelBackend
     from mfscratch.synthetic import synthetic_dataloaders
 
     monkeypatch.setattr(ParallelBackend, "per_rating_n_groups", n_groups)
+    monkeypatch.setattr(CpuBackend, "per_rating_n_groups", n_groups)
     weights = {}
-    for scheduler in ("dynamic", "barrier"):
-        monkeypatch.setattr(ParallelBackend, "per_rating_scheduler", scheduler)
+    runs = [("dynamic", "parallel"), ("barrier", "parallel")] + ([("serial", "cpu")] if n_groups else [])
+    for scheduler, backend in runs:
+        monkeypatch.setattr(ParallelBackend, "per_rating_scheduler", "barrier" if scheduler == "serial" else scheduler)
         dls = synthetic_dataloaders(6000, 60, 80, bs=1, seed=0)
         learn = collab_learner(
-            dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend="parallel", log=None
+            dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend=backend, log=None
         )
         learn.fit_one_cycle(2, 0.02, wd=0.08)
         weights[scheduler] = learn.model.params.copy()
     np.testing.assert_array_equal(weights["dynamic"], weights["barrier"])
+    if n_groups:
+        np.testing.assert_array_equal(weights["serial"], weights["barrier"])
 
 
 def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):

@@ -155,6 +155,8 @@ class _PerRatingRunner(_Runner):
             n = self.kernel(*args)
         elif self.shuffles_blocks:
             n = self.kernel(*args, canonical=self._canonical, seed=int(rng.integers(2**63)))
+        elif self.kernel is cpu.train_epoch_per_rating:  # serial: each block shuffled just before it trains
+            n = cpu.train_epoch_per_rating_shuffled(*args, self._canonical, int(rng.integers(2**63)))
         else:
             np.copyto(layout.order, self._canonical)
             self.shuffle(layout.order, layout.block_start, int(rng.integers(2**63)))
