@@ -310,9 +310,13 @@ def test_per_rating_blocks_are_the_serial_epoch_over_the_block_layout(kernel, n_
     np.testing.assert_array_equal(got_losses, want_losses)
 
 
+#: No canonical order: the dynamic kernel trains ``layout.order`` as it is.
+NO_ORDER = np.empty(0, dtype=np.int64)
+
+
 def dynamic(n_workers):
     """The dynamic-scheduler kernel with ``n_workers`` block-taking loops, called as the other kernels."""
-    return lambda *args: cpu.train_epoch_per_rating_dynamic(*args, n_workers)
+    return lambda *args: cpu.train_epoch_per_rating_dynamic(*args, n_workers, NO_ORDER, 0)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4])  # 4 block-taking loops on 2 threads: some run one after another
@@ -349,6 +353,67 @@ def test_dynamic_block_scheduler_is_the_barrier_and_the_serial_epoch(threads, n_
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_groups", [2, 3])
+def test_dynamic_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(threads, n_groups):
+    """With a canonical order and a seed, the dynamic kernel copies and shuffles each block as it claims
+    it: the order, weights and losses equal ``shuffle_blocks`` over the whole layout, then the epoch."""
+    import numba
+
+    data, model = problem(np.float32)
+    blocks, _ = layout(data, np.arange(len(data.ratings)), n_groups)
+    canonical = blocks.order.copy()
+    lrs = np.linspace(0.3, 0.1, len(canonical))
+    shuffled = canonical.copy()
+    cpu.shuffle_blocks(shuffled, blocks.block_start, 99)
+    assert (shuffled != canonical).any()
+    want, want_losses = per_rating_epoch(cpu.train_epoch_per_rating, model.params, data, shuffled, lrs)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for _ in range(3):
+            got, losses = model.params.copy(), np.full(len(canonical), np.nan)
+            order = BlockLayout(np.full(len(canonical), -1, dtype=np.int64), blocks.block_start, n_groups)
+            out = EpochOut(losses, np.zeros(1, dtype=np.int64))
+            n = cpu.train_epoch_per_rating_dynamic(
+                got, SHAPE, data, order, lrs, 0.1, RANGE, out, threads, canonical, 99
+            )
+            assert n == len(canonical)
+            np.testing.assert_array_equal(order.order, shuffled)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(losses, want_losses)
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_groups", [2, 3])
+def test_serial_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(n_groups):
+    """The serial blocked epoch that shuffles each block just before it trains equals ``shuffle_blocks``
+    over the whole layout, then the serial epoch: order, weights and losses bit for bit."""
+    data, model = problem(np.float32)
+    blocks, _ = layout(data, np.arange(len(data.ratings)), n_groups)
+    canonical = blocks.order.copy()
+    lrs = np.linspace(0.3, 0.1, len(canonical))
+    shuffled = canonical.copy()
+    cpu.shuffle_blocks(shuffled, blocks.block_start, 5)
+    want, want_losses = per_rating_epoch(cpu.train_epoch_per_rating, model.params, data, shuffled, lrs)
+    got, losses, progress = model.params.copy(), np.full(len(canonical), np.nan), np.zeros(1, dtype=np.int64)
+    order = BlockLayout(np.full(len(canonical), -1, dtype=np.int64), blocks.block_start, n_groups)
+    n = cpu.train_epoch_per_rating_shuffled(
+        got, SHAPE, data, order, lrs, 0.1, RANGE, EpochOut(losses, progress), canonical, 5
+    )
+    assert n == len(canonical) and progress[0] == len(canonical)
+    np.testing.assert_array_equal(order.order, shuffled)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(losses, want_losses)
+    with np.errstate(all="ignore"):
+        bad = model.params.copy() * 1e200  # the first dot product overflows to inf
+        n = cpu.train_epoch_per_rating_shuffled(
+            bad, SHAPE, data, order, lrs, 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)), canonical, 5
+        )
+    assert n == 1 and not np.isfinite(losses[0])
+
+
 def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():
     data, model = problem(np.float64)
     order = np.arange(len(data.ratings))
@@ -357,13 +422,23 @@ def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():
     losses = np.full(len(order), np.nan)
     params = model.params.copy()
     n = cpu.train_epoch_per_rating_dynamic(
-        params, SHAPE, data, blocks, np.full(1, 0.1), 0.1, RANGE, EpochOut(losses, progress), 2
+        params, SHAPE, data, blocks, np.full(1, 0.1), 0.1, RANGE, EpochOut(losses, progress), 2, NO_ORDER, 0
     )
     assert n == len(order) and progress[0] == len(order) and np.isfinite(losses).all()
     params[:] *= 1e200  # the first dot product overflows to inf
     with np.errstate(all="ignore"):
         n = cpu.train_epoch_per_rating_dynamic(
-            params, SHAPE, data, blocks, np.full(1, 0.3), 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)), 2
+            params,
+            SHAPE,
+            data,
+            blocks,
+            np.full(1, 0.3),
+            0.1,
+            RANGE,
+            EpochOut(losses, np.zeros(1, np.int64)),
+            2,
+            NO_ORDER,
+            0,
         )
     assert n < len(order) and not np.isfinite(losses[n - 1])
 
@@ -388,6 +463,9 @@ def test_per_rating_groups():
     assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 1) == 10
     assert per_rating_groups(10 * PER_RATING_GROUP_BYTES, 4) == 12  # a multiple of the threads
     assert per_rating_groups(58_000_000, 2) == 14
+    assert per_rating_groups(1000, 2, per_thread=3) == 6 and per_rating_groups(1000, 1, per_thread=3) == 1
+    assert per_rating_groups(58_000_000, 2, per_thread=3) == 14  # the cache's groups are more already
+    assert per_rating_groups(58_000_000, 2, per_thread=8) == 16
 
 
 def test_shuffle_blocks_permutes_within_each_block_from_the_seed_alone():
@@ -468,22 +546,27 @@ def test_per_rating_mode_refuses_other_optimizer_or_batch_size(argv, capsys):
 
 @pytest.mark.parametrize("n_groups", [None, 3])
 def test_parallel_backend_schedulers_give_the_same_fit(n_groups, monkeypatch):
-    """The parallel backend's per-rating fit: the dynamic scheduler (default) equals the barrier one."""
+    """The parallel backend's per-rating fit: the dynamic scheduler (default) equals the barrier one; over
+    the same layout the serial backend (each block shuffled just before it trains) equals both."""
     from mfscratch import SGD, collab_learner
-    from mfscratch.backends.cpu import ParallelBackend
+    from mfscratch.backends.cpu import CpuBackend, ParallelBackend
     from mfscratch.synthetic import synthetic_dataloaders
 
     monkeypatch.setattr(ParallelBackend, "per_rating_n_groups", n_groups)
+    monkeypatch.setattr(CpuBackend, "per_rating_n_groups", n_groups)
     weights = {}
-    for scheduler in ("dynamic", "barrier"):
-        monkeypatch.setattr(ParallelBackend, "per_rating_scheduler", scheduler)
+    runs = [("dynamic", "parallel"), ("barrier", "parallel")] + ([("serial", "cpu")] if n_groups else [])
+    for scheduler, backend in runs:
+        monkeypatch.setattr(ParallelBackend, "per_rating_scheduler", "barrier" if scheduler == "serial" else scheduler)
         dls = synthetic_dataloaders(6000, 60, 80, bs=1, seed=0)
         learn = collab_learner(
-            dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend="parallel", log=None
+            dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend=backend, log=None
         )
         learn.fit_one_cycle(2, 0.02, wd=0.08)
         weights[scheduler] = learn.model.params.copy()
     np.testing.assert_array_equal(weights["dynamic"], weights["barrier"])
+    if n_groups:
+        np.testing.assert_array_equal(weights["serial"], weights["barrier"])
 
 
 def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):

@@ -31,18 +31,20 @@ __all__ = ["CpuBackend", "ParallelBackend", "per_rating_groups", "PER_RATING_GRO
 PER_RATING_GROUP_BYTES = 4 << 20
 
 
-def per_rating_groups(table_bytes: int, n_threads: int = 1) -> int:
+def per_rating_groups(table_bytes: int, n_threads: int = 1, per_thread: int = 1) -> int:
     """How many user (and item) groups per-rating SGD's epoch splits into (``kernels.cpu.blocks``).
 
-    One per thread, so that the threads train blocks that share no row; and for tables over
-    :data:`PER_RATING_GROUP_BYTES` enough groups that one block's rows (a user group's and an item
-    group's) take about that many bytes and stay in cache while the block trains (ML-25M's shape,
-    58 MB of tables: 14 groups; docs/speed.md). A multiple of the thread count, so that each thread
-    gets as many blocks of a stratum.
+    One per thread (``per_thread`` per thread when there are several threads), so that the threads
+    train blocks that share no row; and for tables over :data:`PER_RATING_GROUP_BYTES` enough groups
+    that one block's rows (a user group's and an item group's) take about that many bytes and stay in
+    cache while the block trains (ML-25M's shape, 58 MB of tables: 14 groups; docs/speed.md). A
+    multiple of the thread count, so that each thread gets as many blocks of a stratum. More groups
+    than threads give the dynamic scheduler more blocks to hand to a thread whose partner is slowed.
     """
     n_threads = max(1, int(n_threads))
     cache_groups = -(-int(table_bytes) // PER_RATING_GROUP_BYTES)
-    return n_threads * max(1, -(-cache_groups // n_threads)) if cache_groups > 1 else n_threads
+    wanted = max(cache_groups, n_threads * (max(1, int(per_thread)) if n_threads > 1 else 1))
+    return n_threads * -(-wanted // n_threads)
 
 
 class _Runner:
@@ -118,12 +120,14 @@ class _PerRatingRunner(_Runner):
     blocks of users x items, each block shuffled in place on the threads from one seed drawn from the
     learner's generator. The groups and each rating's block are made once a fit; every epoch starts
     from the same layout, so the order depends on the seed alone and a resumed fit equals an
-    uninterrupted one."""
+    uninterrupted one. The dynamic scheduler's kernel copies and shuffles each block itself when a
+    thread claims it (one parallel region an epoch); the others get the epoch's order made first."""
 
     def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int):
         super().__init__(backend, opt, mode, bs)
         self.kernel, self.shuffle, self.wd = kernel, shuffle, float(opt.wd)
         self.losses = np.empty(0, dtype=np.float64)  # one loss a rating, reused every epoch (20M ratings: 160 MB)
+        self.shuffles_blocks = getattr(kernel, "func", None) is cpu.train_epoch_per_rating_dynamic
         data, shape = backend.data, backend.shape
         n = data.users.shape[0]
         if n_groups == 1:
@@ -139,22 +143,27 @@ class _PerRatingRunner(_Runner):
         self._canonical = np.empty(n, dtype=np.int64)  # every rating, the blocks in code order
         block_start = cpu.block_layout(np.empty(0, dtype=np.int64), block, n_groups * n_groups, self._canonical)
         self.layout = BlockLayout(np.empty(n, dtype=np.int64), block_start, n_groups)
-
-    def _epoch_layout(self, rng) -> BlockLayout:
-        if self.layout.n_groups == 1:
-            return self.layout._replace(order=self._permutation(rng))
         self.order = self.layout.order
-        np.copyto(self.order, self._canonical)
-        self.shuffle(self.order, self.layout.block_start, int(rng.integers(2**63)))
-        return self.layout
 
     def _epoch(self, rng, lrs, moms, step0):
         b = self.backend
-        layout = self._epoch_layout(rng)
+        layout = self.layout
+        if layout.n_groups == 1:
+            layout = layout._replace(order=self._permutation(rng))
         if self.losses.shape[0] != layout.order.shape[0]:
             self.losses = np.empty(layout.order.shape[0], dtype=np.float64)
         out = EpochOut(self.losses, self.progress)
-        n = self.kernel(b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
+        args = (b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
+        if layout.n_groups == 1:
+            n = self.kernel(*args)
+        elif self.shuffles_blocks:
+            n = self.kernel(*args, canonical=self._canonical, seed=int(rng.integers(2**63)))
+        elif self.kernel is cpu.train_epoch_per_rating:  # serial: each block shuffled just before it trains
+            n = cpu.train_epoch_per_rating_shuffled(*args, self._canonical, int(rng.integers(2**63)))
+        else:
+            np.copyto(layout.order, self._canonical)
+            self.shuffle(layout.order, layout.block_start, int(rng.integers(2**63)))
+            n = self.kernel(*args)
         return out.losses[:n]
 
 
@@ -175,6 +184,8 @@ class CpuBackend:
     #: Per-rating SGD's user (and item) groups; None: :func:`per_rating_groups` of the tables' bytes and
     #: the thread count. Setting it reproduces another layout (a distributed fit's, with its W groups).
     per_rating_n_groups: int | None = None
+    #: With more than one thread, at least this many groups per thread (:func:`per_rating_groups`).
+    per_rating_groups_per_thread = 1
 
     def __init__(self, threads: int | None = None):
         if threads not in (None, 1):
@@ -224,7 +235,9 @@ class CpuBackend:
         if mode == "sparse":
             return _SparseRunner(self, opt, mode, bs, self._sparse_epoch, self.n_threads())
         if mode == "per-rating":
-            n_groups = self.per_rating_n_groups or per_rating_groups(params.nbytes, self.n_threads())
+            n_groups = self.per_rating_n_groups or per_rating_groups(
+                params.nbytes, self.n_threads(), self.per_rating_groups_per_thread
+            )
             kernel = self._per_rating_kernel(n_groups)
             return _PerRatingRunner(self, opt, mode, bs, kernel, self._shuffle_blocks, n_groups)
         raise ConfigError(f"unknown mode {mode!r}: use exact, sparse or per-rating")
@@ -248,7 +261,14 @@ class CpuBackend:
             {
                 k: v
                 for k, v in vars(self).items()
-                if k in ("defer_rows", "min_parallel_params", "per_rating_n_groups", "per_rating_scheduler")
+                if k
+                in (
+                    "defer_rows",
+                    "min_parallel_params",
+                    "per_rating_n_groups",
+                    "per_rating_scheduler",
+                    "per_rating_groups_per_thread",
+                )
             }
         )
         return copy

@@ -20,7 +20,12 @@ from .blocks import balanced_groups, block_index, block_layout, shuffle_blocks, 
 from .core import evaluate_mse, evaluate_mse_parallel, forward_backward, predict, split_flat
 from .deferred import train_epoch_deferred
 from .dense import train_epoch_dense, train_epoch_dense_parallel
-from .per_rating import train_epoch_per_rating, train_epoch_per_rating_dynamic, train_epoch_per_rating_parallel
+from .per_rating import (
+    train_epoch_per_rating,
+    train_epoch_per_rating_dynamic,
+    train_epoch_per_rating_parallel,
+    train_epoch_per_rating_shuffled,
+)
 from .sparse import train_epoch_sparse, train_epoch_sparse_parallel
 from .updates import adam_update_dense, sgd_update_dense, step_scalars
 
@@ -41,6 +46,7 @@ __all__ = [
     "train_epoch_per_rating",
     "train_epoch_per_rating_parallel",
     "train_epoch_per_rating_dynamic",
+    "train_epoch_per_rating_shuffled",
     "balanced_groups",
     "block_index",
     "block_layout",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import platform
 
+import numpy as np
 from llvmlite import ir
 from numba import njit
 from numba import types as nbtypes
@@ -34,6 +35,7 @@ __all__ = [
     "atomic_add",
     "spin_pause",
     "yield_thread",
+    "sleep_thread",
 ]
 
 #: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: twice as far).
@@ -119,8 +121,8 @@ def dot_rows(flat, a, b, k):
     x = flat.dtype.type(0.0)
     for j in range(0, tail, DOT_LANES):
         x += _dot_chunk(flat, a + j, b + j)
-    for j in range(tail, k):
-        x += flat[a + j] * flat[b + j]
+    for j in range(tail, k):  # unsigned indices: no code for negative (wrap-around) indexing
+        x += flat[np.uint64(a + j)] * flat[np.uint64(b + j)]
     return x
 
 
@@ -221,3 +223,22 @@ def yield_thread(typingctx):
         return context.get_dummy_value()
 
     return nbtypes.void(), codegen
+
+
+@intrinsic
+def sleep_thread(typingctx, microseconds):
+    """Sleep about ``microseconds`` (POSIX ``usleep``; a ``pause`` on Windows): a thread that has waited
+    long leaves its core, so that the thread it waits for, descheduled by other work, can run there."""
+    sig = nbtypes.void(nbtypes.int64)
+
+    def codegen(context, builder, signature, args):
+        if platform.system() == "Windows":
+            _emit_pause(builder)
+        else:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32)]), "usleep"
+            )
+            builder.call(fn, [builder.trunc(args[0], ir.IntType(32))])
+        return context.get_dummy_value()
+
+    return sig, codegen

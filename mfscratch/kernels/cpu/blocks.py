@@ -18,6 +18,7 @@ __all__ = [
     "balanced_groups",
     "block_index",
     "block_layout",
+    "shuffle_block",
     "shuffle_blocks",
     "shuffle_blocks_parallel",
     "sort_by_block",
@@ -115,20 +116,28 @@ def _splitmix64(state):
     return state, z ^ (z >> np.uint64(31))
 
 
-def _shuffle_blocks_body(blocked, block_start, seed):
-    """Shuffle each block of ``blocked`` in place (Fisher-Yates), the blocks on the Numba threads.
+@njit(cache=True, inline="always")
+def shuffle_block(blocked, first, last, p, seed):
+    """Shuffle ``blocked[first:last]`` in place (Fisher-Yates) as block ``p`` of :func:`shuffle_blocks`.
 
     Block ``p`` draws from its own splitmix64 stream, started from ``seed`` and ``p``, so the result
-    depends on ``seed`` only, not on the thread count or timing. Each draw is a 53-bit uniform scaled
-    to the range (a bias below 2^-30 at 80k ratings a block, and no division).
+    depends on ``seed`` and ``p`` only. Each draw is a 53-bit uniform scaled to the range (a bias
+    below 2^-30 at 80k ratings a block, and no division).
+    """
+    state, _ = _splitmix64(np.uint64(seed) ^ (np.uint64(p) * np.uint64(0xD1B54A32D192ED03)))
+    for s in range(last - 1, first, -1):
+        state, bits = _splitmix64(state)
+        j = first + np.int64((bits >> np.uint64(11)) * (1.0 / 9007199254740992.0) * (s - first + 1))
+        blocked[s], blocked[j] = blocked[j], blocked[s]
+
+
+def _shuffle_blocks_body(blocked, block_start, seed):
+    """Shuffle each block of ``blocked`` in place (:func:`shuffle_block`), the blocks on the Numba threads.
+
+    The result depends on ``seed`` only, not on the thread count or timing.
     """
     for p in prange(block_start.shape[0] - 1):
-        first = block_start[p]
-        state, _ = _splitmix64(np.uint64(seed) ^ (np.uint64(p) * np.uint64(0xD1B54A32D192ED03)))
-        for s in range(block_start[p + 1] - 1, first, -1):
-            state, bits = _splitmix64(state)
-            j = first + np.int64((bits >> np.uint64(11)) * (1.0 / 9007199254740992.0) * (s - first + 1))
-            blocked[s], blocked[j] = blocked[j], blocked[s]
+        shuffle_block(blocked, block_start[p], block_start[p + 1], p, seed)
 
 
 shuffle_blocks = njit(cache=True)(_shuffle_blocks_body)

@@ -31,17 +31,28 @@ from ._llvm import (
     dot_rows,
     prefetch,
     prefetch_row,
+    sleep_thread,
     spin_pause,
     yield_thread,
 )
+from .blocks import shuffle_block
 from .core import split_flat
 
-__all__ = ["train_epoch_per_rating", "train_epoch_per_rating_parallel", "train_epoch_per_rating_dynamic"]
+__all__ = [
+    "train_epoch_per_rating",
+    "train_epoch_per_rating_parallel",
+    "train_epoch_per_rating_dynamic",
+    "train_epoch_per_rating_shuffled",
+]
 
 #: Block states of the dynamic scheduler.
 _FREE, _CLAIMED, _DONE = 0, 1, 2
 #: A waiting thread yields its core after this many empty scans (with a ``pause`` between scans).
 _SPINS_BEFORE_YIELD = 16
+#: After this many empty scans a waiting thread sleeps ``_SLEEP_US`` microseconds a scan: it leaves its
+#: core, so that the thread it waits for (descheduled by other work on the machine) can run there.
+_SCANS_BEFORE_SLEEP = 64
+_SLEEP_US = 50
 
 
 @njit(inline="always", error_model="numpy")
@@ -68,10 +79,14 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
             prefetch_row(params, users[ahead] * k, k)
             prefetch_row(params, i_start + items[ahead] * k, k)
-        row = s if in_order else order[s]
+        # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
+        # negative (wrap-around) indexing; the same values.
+        at = np.uint64(s)
+        row = np.uint64(s) if in_order else np.uint64(order[at])
         u = users[row]
         i = items[row]
-        x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[u] + i_bias[i]
+        uu, ii = np.uint64(u), np.uint64(i)
+        x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[uu] + i_bias[ii]
         if has_range:
             # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
             sg = T(1.0) / (T(1.0) + math.exp(-x))
@@ -82,21 +97,21 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             dx = two * err
         loss = err * err
         if record:
-            losses[s] = loss
+            losses[at] = loss
         if not math.isfinite(loss):
             return s  # diverged: stop before this rating's update
-        lr = lrs[s] if per_step_lr else lrs[0]
+        lr = lrs[at] if per_step_lr else lrs[0]
         shrink = T(1.0 - lr * wd)
         step = T(lr) * dx
-        p = u_weight[u]
-        q = i_weight[i]
+        p = u_weight[uu]
+        q = i_weight[ii]
         for j in range(k):
             pu = p[j]
             qi = q[j]
             p[j] = pu * shrink - step * qi
             q[j] = qi * shrink - step * pu
-        u_bias[u] = u_bias[u] * shrink - step
-        i_bias[i] = i_bias[i] * shrink - step
+        u_bias[uu] = u_bias[uu] * shrink - step
+        i_bias[ii] = i_bias[ii] * shrink - step
     return last
 
 
@@ -154,7 +169,44 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     return n_steps if bad == n_steps else bad + 1
 
 
-def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y_range, out, n_workers):
+@njit(**HOT)
+def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_range, out, canonical, seed):
+    """The serial blocked epoch of :func:`train_epoch_per_rating` (``g > 1``), each block copied from
+    ``canonical`` into ``layout.order`` and shuffled (``blocks.shuffle_block``, as
+    ``blocks.shuffle_blocks(order, block_start, seed)`` shuffles it) just before it trains.
+
+    The same order, weights and losses as copying and shuffling the whole layout first, without the
+    separate pass over the epoch's order (at 25M ratings a 200 MB copy), and with each block's order
+    still in cache when it trains. ``out.progress[0]`` counts the ratings of the finished blocks.
+    Returns the number of steps done, as :func:`train_epoch_per_rating`.
+    """
+    u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
+    users, items, ratings = data
+    order, block_start, g = layout
+    losses, progress = out
+    lo_, hi_, has_range = y_range
+    T = params.dtype.type
+    k = shape.n_factors
+    n_steps = order.shape[0]
+    fetch = _fetch_rows(params, data)
+    lo, span = T(lo_), T(hi_ - lo_)
+    for b in range(g * g):
+        first = block_start[b]
+        last = block_start[b + 1]
+        for s in range(first, last):
+            order[s] = canonical[s]
+        shuffle_block(order, first, last, b, seed)
+        end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
+                           last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+        if end < last:
+            return end + 1
+        progress[0] = last
+    return n_steps
+
+
+def _train_epoch_per_rating_dynamic_body(
+    params, shape, data, layout, lrs, wd, y_range, out, n_workers, canonical, seed
+):
     r"""The epoch of :func:`train_epoch_per_rating` (``g > 1`` blocks) with no barrier between strata.
 
     Block ``(c, t)`` (user group ``c``, stratum ``t``, item group ``d = (c + t) % g``) may start once
@@ -162,11 +214,20 @@ def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y
     and ``((c + 1) % g, t - 1)``, the last user of item group ``d``. Every Numba thread loops: it takes
     the first free block (in layout order) whose two predecessors are done (a compare-and-swap claims
     it), trains it, marks it done; with no block ready it spins (a ``pause``, and after a few empty
-    scans a ``sched_yield``, so that a thread it waits for gets the core). A thread that finishes a
+    scans a ``sched_yield``, so that a thread it waits for gets the core; after longer waits it sleeps
+    50 microseconds a scan: its core goes idle, and the operating system moves a thread descheduled by
+    other work there, where a spinning thread would keep that core busy). A thread that finishes a
     block early goes on with any ready block, of this stratum or a later one, instead of waiting for the
     whole stratum, so one slow or descheduled thread holds up only the blocks on its rows.
     ``n_workers``: the threads taking blocks (the Numba thread count; passed in, because a kernel that
     asks Numba for it cannot be cached).
+
+    ``canonical`` (``n`` rows, or empty): the epoch's order is made here, block by block: the thread
+    that claims block ``p`` copies its rows of ``canonical`` into ``layout.order`` and shuffles them as
+    ``blocks.shuffle_blocks(order, block_start, seed)`` shuffles block ``p``, then trains it. The same
+    order as copying and shuffling the whole layout first, with one parallel region an epoch instead
+    of two, and each block's order written by the thread that reads it next. Empty: ``layout.order``
+    is trained as it is.
 
     Each user group's and each item group's blocks still run one after another in stratum order, and
     blocks that run at once share no row, so every row sees the same updates in the same order as in the
@@ -212,13 +273,20 @@ def _train_epoch_per_rating_dynamic_body(params, shape, data, layout, lrs, wd, y
             if claimed < 0:
                 if scan < n_blocks:  # blocks are left but none is ready: wait for a running one
                     idle += 1
-                    spin_pause()
-                    if idle % _SPINS_BEFORE_YIELD == 0:
+                    if idle > _SCANS_BEFORE_SLEEP:
+                        sleep_thread(_SLEEP_US)
+                    elif idle % _SPINS_BEFORE_YIELD == 0:
                         yield_thread()
+                    else:
+                        spin_pause()
                 continue
             idle = 0
             first = block_start[claimed]
             last = block_start[claimed + 1]
+            if canonical.shape[0] > 0:
+                for s in range(first, last):
+                    order[s] = canonical[s]
+                shuffle_block(order, first, last, claimed, seed)
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
                                last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
             if end < last:
