@@ -30,6 +30,9 @@ REPLAY_PAD = 64
 #: ``1 +- SEGMENT_SPREAD`` of the segment's ``r0``; the series of 6 terms in ``r / r0 - 1`` is then exact
 #: to ``SEGMENT_SPREAD^6 = 1.6e-8`` of the segment's move, under float32 rounding (docs/math.md).
 SEGMENT_SPREAD = 0.05
+#: A segment covers at most this many steps, so that the segments still open at a step fit a fixed
+#: window of rows (with ``sqr_mom = 0.99`` a segment ends by the spread after about 20 steps).
+SEGMENT_MAX_STEPS = 64
 
 
 class Replay(NamedTuple):
@@ -63,8 +66,73 @@ class Scratch(NamedTuple):
     root_v0: np.ndarray
 
 
+class Segments(NamedTuple):
+    """The float32 replay's segments, one epoch's worth, the same for every row (docs/math.md, section 5).
+
+    The segment that starts at step ``f`` ends before ``ends[f]``; its row of eight float64 scalars holds
+    ``S_0 .. S_5`` (with ``a'_t = a_t`` times the momentum factors from ``f`` on), ``prod_decay`` and
+    ``prod_mom`` over its steps. ``closed[f]`` is that row once step ``ends[f] - 1`` is taken; a segment
+    still open at step ``s`` keeps its sums over ``f .. s - 1`` in ``open_[f % SEGMENT_MAX_STEPS]``.
+    """
+
+    ends: np.ndarray
+    closed: np.ndarray
+    open_: np.ndarray
+    root_pow: np.ndarray  # sqrt(sqr_mom)^n for n = 0 .. SEGMENT_MAX_STEPS
+
+
 @njit(cache=True, inline="always")
-def _adam_catch_up(side, row, first, stop, replay, scratch):
+def _new_segments(replay, n_steps):
+    """Where each step's segment ends: the first step ``t`` with ``r_t < r_f (1 - spread) / (1 + spread)``
+    (``r_t / r_f = sqrt(sqr_mom)^(t - f) sqrt(c2_f / c2_t)``), at most ``SEGMENT_MAX_STEPS`` after ``f``."""
+    root_pow = np.empty(SEGMENT_MAX_STEPS + 1)
+    root_pow[0] = 1.0
+    for n in range(1, SEGMENT_MAX_STEPS + 1):
+        root_pow[n] = root_pow[n - 1] * replay.root_sqr_mom
+    low = (1.0 - SEGMENT_SPREAD) / (1.0 + SEGMENT_SPREAD)
+    inv_root_debias2 = replay.inv_root_debias2
+    ends = np.empty(n_steps, dtype=np.int64)
+    for f in range(n_steps):
+        limit = min(n_steps, f + SEGMENT_MAX_STEPS)
+        r_min = low * inv_root_debias2[f]
+        end = f + 1
+        while end < limit and root_pow[end - f] * inv_root_debias2[end] >= r_min:
+            end += 1
+        ends[f] = end
+    return Segments(ends, np.empty((n_steps, 8)), np.empty((SEGMENT_MAX_STEPS, 8)), root_pow)
+
+
+@njit(cache=True, inline="always")
+def _advance_segments(segments, replay, s):
+    """Add step ``s`` to the sums of every segment open at it (those starting in ``s - 63 .. s``)."""
+    ends, closed, open_, root_pow = segments
+    window = open_.shape[0]
+    d = replay.decay[s]
+    mom = replay.moms[s]
+    step_size = replay.step_size[s]
+    root_c = replay.inv_root_debias2[s]
+    for f in range(max(0, s - window + 1), s + 1):
+        if ends[f] <= s:
+            continue
+        sums = open_[f % window]
+        if f == s:
+            sums[:6] = 0.0
+            sums[6] = 1.0
+            sums[7] = 1.0
+        prod_mom = sums[7] * mom
+        a = step_size * prod_mom
+        delta = root_pow[s - f] * root_c * ((1.0 + SEGMENT_SPREAD) / replay.inv_root_debias2[f]) - 1.0
+        for n in range(6):
+            sums[n] = sums[n] * d + a
+            a *= delta
+        sums[6] *= d
+        sums[7] = prod_mom
+        if ends[f] == s + 1:
+            closed[f, :] = sums
+
+
+@njit(cache=True, inline="always")
+def _adam_catch_up(side, row, first, stop, replay, scratch, segments):
     r"""Apply the missed Adam steps ``first..stop-1`` to ``side``'s row ``row`` (weights and bias), g = 0.
 
     The recurrence is ``p_t = p_{t-1} d_t - m0 a'_t / (root_v0 r_t + eps)`` with ``a'_t = a_t prod_mom``
@@ -101,45 +169,34 @@ def _adam_catch_up(side, row, first, stop, replay, scratch):
             for j in range(padded):
                 pw[j] = pw[j] * d - a * m0[j] / (root_v0[j] * r + eps)
     else:
-        low = (1.0 - SEGMENT_SPREAD) / (1.0 + SEGMENT_SPREAD)  # r may fall to low * (segment's first r)
-        step = first
-        while step < stop:
-            r = root_decay_v * replay.root_sqr_mom * replay.inv_root_debias2[step]
-            r_min = r * low
-            r0 = r / (1.0 + SEGMENT_SPREAD)  # r / r0 - 1 runs from spread down to -spread
-            inv_r0 = 1.0 / r0
-            sum0 = sum1 = sum2 = sum3 = sum4 = sum5 = 0.0
-            prod_decay = 1.0
-            while step < stop:
-                r = root_decay_v * replay.root_sqr_mom * replay.inv_root_debias2[step]
-                if r < r_min:
-                    break
-                root_decay_v *= replay.root_sqr_mom
-                prod_mom *= replay.moms[step]
-                d = replay.decay[step]
-                prod_decay *= d
-                a = replay.step_size[step] * prod_mom
-                delta = r * inv_r0 - 1.0
-                sum0 = sum0 * d + a
-                a *= delta
-                sum1 = sum1 * d + a
-                a *= delta
-                sum2 = sum2 * d + a
-                a *= delta
-                sum3 = sum3 * d + a
-                a *= delta
-                sum4 = sum4 * d + a
-                a *= delta
-                sum5 = sum5 * d + a
-                step += 1
-            r0_t, prod_decay_t = T(r0), T(prod_decay)  # the segment's scalars, rounded to T
-            e0, e1, e2, e3, e4, e5 = T(sum0), T(sum1), T(sum2), T(sum3), T(sum4), T(sum5)
+        # Segments from the epoch's tables: one row of scalars each, no per-step work (docs/math.md).
+        ends, closed, open_ = segments.ends, segments.closed, segments.open_
+        window = open_.shape[0]
+        root_decay_v = 1.0  # sqrt(sqr_mom)^(f - first) at the segment's first step f
+        f = first
+        while f < stop:
+            end = ends[f]
+            sums = closed[f] if end <= stop else open_[f % window]  # the last segment may end at stop
+            end = min(end, stop)
+            r0 = root_decay_v * replay.root_sqr_mom * replay.inv_root_debias2[f] / (1.0 + SEGMENT_SPREAD)
+            r0_t, prod_decay_t = T(r0), T(sums[6])  # the segment's scalars, rounded to T
+            e0, e1, e2, e3, e4, e5 = (
+                T(prod_mom * sums[0]),
+                T(prod_mom * sums[1]),
+                T(prod_mom * sums[2]),
+                T(prod_mom * sums[3]),
+                T(prod_mom * sums[4]),
+                T(prod_mom * sums[5]),
+            )
             for j in range(padded):
                 h = root_v0[j] * r0_t
                 q = T(1.0) / (h + eps)
                 neg_z = -(h * q)
                 series = ((((e5 * neg_z + e4) * neg_z + e3) * neg_z + e2) * neg_z + e1) * neg_z + e0
                 pw[j] = pw[j] * prod_decay_t - m0[j] * q * series
+            prod_mom *= sums[7]
+            root_decay_v *= segments.root_pow[end - f]
+            f = end
     m_scale = T(prod_mom)
     v_scale = T(replay.sqr_mom ** (stop - first))
     for j in range(k):
@@ -187,10 +244,10 @@ def _sgd_catch_up(side, row, first, stop, replay, use_mom):
 
 
 @njit(cache=True, inline="always")
-def _catch_up(side, row, first, stop, replay, scratch, hyper):
+def _catch_up(side, row, first, stop, replay, scratch, segments, hyper):
     """Bring ``side``'s row ``row`` from step ``first`` to step ``stop`` of the epoch."""
     if hyper.is_adam:
-        _adam_catch_up(side, row, first, stop, replay, scratch)
+        _adam_catch_up(side, row, first, stop, replay, scratch, segments)
     else:
         _sgd_catch_up(side, row, first, stop, replay, hyper.use_mom)
 
@@ -229,6 +286,8 @@ def _train_epoch_deferred_body(params, moments, shape, data, steps, hyper, y_ran
     padded = (k + 1 + REPLAY_PAD - 1) // REPLAY_PAD * REPLAY_PAD
     # padding 0, 0, 1, so that the float32 replay's 1 / (y r0 + eps) stays finite
     scratch = Scratch(np.zeros(padded, params.dtype), np.zeros(padded, params.dtype), np.ones(padded, params.dtype))
+    segments = _new_segments(replay, n_steps)
+    segmented = hyper.is_adam and T(0.1) != 0.1  # float32 Adam replays by segments
     slots = new_slots(shape, bs, params.dtype)
     no_prefetch = Prefetch(False, 0, 0, params, moments.exp_avg, moments.exp_avg_sq, False)
     n_done = n_steps
@@ -239,10 +298,10 @@ def _train_epoch_deferred_body(params, moments, shape, data, steps, hyper, y_ran
             u = data.users[row]
             i = data.items[row]
             if done_u[u] < s:
-                _catch_up(users_side, u, done_u[u], s, replay, scratch, hyper)
+                _catch_up(users_side, u, done_u[u], s, replay, scratch, segments, hyper)
                 done_u[u] = s
             if done_i[i] < s:
-                _catch_up(items_side, i, done_i[i], s, replay, scratch, hyper)
+                _catch_up(items_side, i, done_i[i], s, replay, scratch, segments, hyper)
                 done_i[i] = s
         loss, nu, ni = batch_gradient(w2, data, order, s * bs, bs, y_range, slots, np.float64, no_prefetch)
         out.losses[s] = loss / bs
@@ -257,13 +316,15 @@ def _train_epoch_deferred_body(params, moments, shape, data, steps, hyper, y_ran
             done_u[slots.rows_u[slot]] = s + 1
         for slot in range(ni):
             done_i[slots.rows_i[slot]] = s + 1
+        if segmented:
+            _advance_segments(segments, replay, s)
         out.progress[0] = s + 1
     # End of the epoch (or divergence stop): every row to the last step taken.
     last = n_done - 1 if diverged else n_done
     for u in range(shape.n_users):
-        _catch_up(users_side, u, done_u[u], last, replay, scratch, hyper)
+        _catch_up(users_side, u, done_u[u], last, replay, scratch, segments, hyper)
     for i in range(shape.n_items):
-        _catch_up(items_side, i, done_i[i], last, replay, scratch, hyper)
+        _catch_up(items_side, i, done_i[i], last, replay, scratch, segments, hyper)
     return n_done
 
 
