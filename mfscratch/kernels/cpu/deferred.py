@@ -79,6 +79,7 @@ class Segments(NamedTuple):
     closed: np.ndarray
     open_: np.ndarray
     root_pow: np.ndarray  # sqrt(sqr_mom)^n for n = 0 .. SEGMENT_MAX_STEPS
+    v_decay: np.ndarray  # sqr_mom^n for n = 0 .. n_steps: what n missed steps multiply v by
 
 
 @njit(cache=True, inline="always")
@@ -99,13 +100,16 @@ def _new_segments(replay, n_steps):
         while end < limit and root_pow[end - f] * inv_root_debias2[end] >= r_min:
             end += 1
         ends[f] = end
-    return Segments(ends, np.empty((n_steps, 8)), np.empty((SEGMENT_MAX_STEPS, 8)), root_pow)
+    v_decay = np.empty(n_steps + 1)
+    for n in range(n_steps + 1):
+        v_decay[n] = replay.sqr_mom**n
+    return Segments(ends, np.empty((n_steps, 8)), np.empty((SEGMENT_MAX_STEPS, 8)), root_pow, v_decay)
 
 
 @njit(cache=True, inline="always")
 def _advance_segments(segments, replay, s):
     """Add step ``s`` to the sums of every segment open at it (those starting in ``s - 63 .. s``)."""
-    ends, closed, open_, root_pow = segments
+    ends, closed, open_, root_pow, _ = segments
     window = open_.shape[0]
     d = replay.decay[s]
     mom = replay.moms[s]
@@ -147,7 +151,7 @@ def _adam_catch_up(side, rows, firsts, n_rows, stop, replay, scratch, segments):
     w, m, v, wb, mb, vb = side
     pw, m0, root_v0 = scratch
     decay, step_size, moms, inv_root_debias2, root_sqr_mom, sqr_mom, eps64 = replay
-    ends, closed, open_, root_pow = segments
+    ends, closed, open_, root_pow, v_decay = segments
     window = open_.shape[0]
     T = w.dtype.type
     k = w.shape[1]
@@ -201,7 +205,7 @@ def _adam_catch_up(side, rows, firsts, n_rows, stop, replay, scratch, segments):
                 root_decay_v *= root_pow[end - f]
                 f = end
         m_scale = T(prod_mom)
-        v_scale = T(sqr_mom ** (stop - first))
+        v_scale = T(v_decay[stop - first])
         for j in range(k):
             w[row, j] = pw[j]
             m[row, j] *= m_scale
