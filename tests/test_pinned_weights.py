@@ -6,10 +6,10 @@ float32 ulp, fails this test: refactors must keep them; a change that alters the
 re-pins the hash and says why in its commit message.
 
 The hashes hold for the CPUs they were recorded on (LLVM's code for the host CPU decides the
-rounding of the vectorised dot products; AMD Zen 4 and Intel Emerald Rapids, both AVX-512, gave the
-same bytes until the re-pin noted at ``PINNED_CPUS``), so the test runs where the host CPU is one of
-those and the parallel cases with two Numba threads. Hogwild (parallel sparse mode with batches > 1) is
-not deterministic and is not pinned.
+rounding of the vectorised dot products; AMD Zen 4 and Intel Emerald Rapids, both AVX-512, give the
+same bytes), so the test runs where the host CPU is one of those and the parallel cases with two
+Numba threads. Hogwild (parallel sparse mode with batches > 1) is not
+deterministic and is not pinned.
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ from mfscratch.backends import CpuBackend, ParallelBackend
 
 pytestmark = pytest.mark.filterwarnings("ignore::mfscratch.DataWarning")
 
-#: the host CPUs (LLVM names) on which these hashes were recorded. "cpu-exact-adam" was re-pinned on
-#: Intel Emerald Rapids alone when the float32 deferred replay moved to wider segments (spread 0.1, an
-#: 8-term series): the AMD Zen 4 hashes must be re-recorded on a znver4 host before "znver4" comes back.
-PINNED_CPUS = ("emeraldrapids",)
+#: the host CPUs (LLVM names) on which these hashes were recorded
+PINNED_CPUS = ("znver4", "emeraldrapids")
 
 #: case -> (backend, settings); sparse=True with SGD and bs 1 is per-rating SGD
 CASES = {
@@ -48,7 +46,7 @@ CASES = {
 
 #: case -> sha256 of the final params (float32 bytes)
 PINNED = {
-    "cpu-exact-adam": "841d75d3fdbcad501fcf50199636a12e635bb9f6117c88cdf56a3451f2d2d26c",
+    "cpu-exact-adam": "c4971a797243598c11b0af1a858d82fe237d53c080160107dd9a5787024c7122",
     "cpu-exact-adam-dense": "8383f8162bbd4479d7f8668763b80bdb8020d9824ed9524f43ffc889c962a27b",
     "cpu-exact-adam-l2": "8af9c4d65846bee77c1cda714bf041fad54a16feea44c6cefe2efd4d8ec9d403",
     "cpu-exact-sgd-mom": "5b7325353f55bcf24026bdb985de056b56b48147adb9c1e8dc0ab8f2d0eb141c",

@@ -27,13 +27,11 @@ __all__ = ["train_epoch_deferred", "SEGMENT_SPREAD"]
 #: loop on AVX-512 takes 4 registers of 16 lanes at a time (docs/speed.md, "Deferred rows").
 REPLAY_PAD = 64
 #: The float32 replay runs the missed steps in segments over which ``r`` stays within
-#: ``1 +- SEGMENT_SPREAD`` of the segment's ``r0``; the series of ``SERIES_TERMS`` terms in ``r / r0 - 1`` is
-#: then exact to ``SEGMENT_SPREAD^8 / (1 - SEGMENT_SPREAD) = 1.1e-8`` of the segment's move, under float32
-#: rounding (docs/math.md).
-SEGMENT_SPREAD = 0.1
-SERIES_TERMS = 8
+#: ``1 +- SEGMENT_SPREAD`` of the segment's ``r0``; the series of 6 terms in ``r / r0 - 1`` is then exact
+#: to ``SEGMENT_SPREAD^6 = 1.6e-8`` of the segment's move, under float32 rounding (docs/math.md).
+SEGMENT_SPREAD = 0.05
 #: A segment covers at most this many steps, so that the segments still open at a step fit a fixed
-#: window of rows (with ``sqr_mom = 0.99`` a segment ends by the spread after about 40 steps).
+#: window of rows (with ``sqr_mom = 0.99`` a segment ends by the spread after about 20 steps).
 SEGMENT_MAX_STEPS = 64
 
 
@@ -71,8 +69,8 @@ class Scratch(NamedTuple):
 class Segments(NamedTuple):
     """The float32 replay's segments, one epoch's worth, the same for every row (docs/math.md, section 5).
 
-    The segment that starts at step ``f`` ends before ``ends[f]``; its row of ten float64 scalars holds
-    ``S_0 .. S_7`` (with ``a'_t = a_t`` times the momentum factors from ``f`` on), ``prod_decay`` and
+    The segment that starts at step ``f`` ends before ``ends[f]``; its row of eight float64 scalars holds
+    ``S_0 .. S_5`` (with ``a'_t = a_t`` times the momentum factors from ``f`` on), ``prod_decay`` and
     ``prod_mom`` over its steps. ``closed[f]`` is that row once step ``ends[f] - 1`` is taken; a segment
     still open at step ``s`` keeps its sums over ``f .. s - 1`` in ``open_[f % SEGMENT_MAX_STEPS]``.
     """
@@ -105,9 +103,7 @@ def _new_segments(replay, n_steps):
     v_decay = np.empty(n_steps + 1)
     for n in range(n_steps + 1):
         v_decay[n] = replay.sqr_mom**n
-    return Segments(
-        ends, np.empty((n_steps, SERIES_TERMS + 2)), np.empty((SEGMENT_MAX_STEPS, SERIES_TERMS + 2)), root_pow, v_decay
-    )
+    return Segments(ends, np.empty((n_steps, 8)), np.empty((SEGMENT_MAX_STEPS, 8)), root_pow, v_decay)
 
 
 @njit(cache=True, inline="always")
@@ -124,17 +120,17 @@ def _advance_segments(segments, replay, s):
             continue
         sums = open_[f % window]
         if f == s:
-            sums[:SERIES_TERMS] = 0.0
-            sums[SERIES_TERMS] = 1.0
-            sums[SERIES_TERMS + 1] = 1.0
-        prod_mom = sums[SERIES_TERMS + 1] * mom
+            sums[:6] = 0.0
+            sums[6] = 1.0
+            sums[7] = 1.0
+        prod_mom = sums[7] * mom
         a = step_size * prod_mom
         delta = root_pow[s - f] * root_c * ((1.0 + SEGMENT_SPREAD) / replay.inv_root_debias2[f]) - 1.0
-        for n in range(SERIES_TERMS):
+        for n in range(6):
             sums[n] = sums[n] * d + a
             a *= delta
-        sums[SERIES_TERMS] *= d
-        sums[SERIES_TERMS + 1] = prod_mom
+        sums[6] *= d
+        sums[7] = prod_mom
         if ends[f] == s + 1:
             closed[f, :] = sums
 
@@ -147,7 +143,7 @@ def _adam_catch_up(side, rows, firsts, n_rows, stop, replay, scratch, segments):
     The recurrence is ``p_t = p_{t-1} d_t - m0 a'_t / (root_v0 r_t + eps)`` with ``a'_t = a_t prod_mom``
     and the row scalar ``r_t = sqrt(sqr_mom)^n / sqrt(c2_t)`` (docs/math.md, section 5). float64 tables
     run it as it stands (exact); float32 tables run it in the epoch's segments over which ``r`` stays
-    within ``r0 (1 +- SEGMENT_SPREAD)``, each segment one division and an 8-term series per element
+    within ``r0 (1 +- SEGMENT_SPREAD)``, each segment one division and a 6-term series per element
     (docs/math.md derives both and the bound). A row is copied into scratch rows padded to whole vector
     blocks (padding 0, 0, 1: it stays 0). One call catches up a list of rows because an inlined call
     binds its records' arrays with a reference count each (an atomic add): once a call, not once a row.
@@ -192,22 +188,20 @@ def _adam_catch_up(side, rows, firsts, n_rows, stop, replay, scratch, segments):
                 table, at = (closed, f) if end <= stop else (open_, f % window)  # the last may end at stop
                 end = min(end, stop)
                 r0 = root_decay_v * root_sqr_mom * inv_root_debias2[f] / (1.0 + SEGMENT_SPREAD)
-                r0_t, prod_decay_t = T(r0), T(table[at, 8])  # the segment's scalars, rounded to T
+                r0_t, prod_decay_t = T(r0), T(table[at, 6])  # the segment's scalars, rounded to T
                 e0 = T(prod_mom * table[at, 0])
                 e1 = T(prod_mom * table[at, 1])
                 e2 = T(prod_mom * table[at, 2])
                 e3 = T(prod_mom * table[at, 3])
                 e4 = T(prod_mom * table[at, 4])
                 e5 = T(prod_mom * table[at, 5])
-                e6 = T(prod_mom * table[at, 6])
-                e7 = T(prod_mom * table[at, 7])
                 for j in range(padded):
                     h = root_v0[j] * r0_t
                     q = T(1.0) / (h + eps)
-                    z = -(h * q)
-                    series = ((((((e7 * z + e6) * z + e5) * z + e4) * z + e3) * z + e2) * z + e1) * z + e0
+                    neg_z = -(h * q)
+                    series = ((((e5 * neg_z + e4) * neg_z + e3) * neg_z + e2) * neg_z + e1) * neg_z + e0
                     pw[j] = pw[j] * prod_decay_t - m0[j] * q * series
-                prod_mom *= table[at, 9]
+                prod_mom *= table[at, 7]
                 root_decay_v *= root_pow[end - f]
                 f = end
         m_scale = T(prod_mom)
