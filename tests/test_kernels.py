@@ -412,6 +412,21 @@ def test_serial_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(n_g
             bad, SHAPE, data, order, lrs, 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)), canonical, 5
         )
     assert n == 1 and not np.isfinite(losses[0])
+    # one infinite rating in a later block: the stratum's other blocks still finish, as in the unfused epoch
+    ratings = data.ratings.copy()
+    ratings[shuffled[blocks.block_start[n_groups + 1] + 3]] = np.inf
+    inf_data = data._replace(ratings=ratings)
+    want, want_losses = model.params.copy(), np.full(len(canonical), np.nan)
+    unfused = BlockLayout(shuffled.copy(), blocks.block_start, n_groups)
+    n_want = cpu.train_epoch_per_rating(
+        want, SHAPE, inf_data, unfused, lrs, 0.1, RANGE, EpochOut(want_losses, np.zeros(1, np.int64))
+    )
+    got, losses = model.params.copy(), np.full(len(canonical), np.nan)
+    n = cpu.train_epoch_per_rating_shuffled(
+        got, SHAPE, inf_data, order, lrs, 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)), canonical, 5
+    )
+    assert n == n_want < len(canonical)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_dynamic_block_scheduler_counts_progress_and_stops_on_divergence():

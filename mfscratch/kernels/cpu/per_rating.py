@@ -178,7 +178,8 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     The same order, weights and losses as copying and shuffling the whole layout first, without the
     separate pass over the epoch's order (at 25M ratings a 200 MB copy), and with each block's order
     still in cache when it trains. ``out.progress[0]`` counts the ratings of the finished blocks.
-    Returns the number of steps done, as :func:`train_epoch_per_rating`.
+    Returns the number of steps done, and stops after a divergence, as :func:`train_epoch_per_rating`
+    (the stratum's other blocks finish, so the weights equal the unfused epoch's then too).
     """
     u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
     users, items, ratings = data
@@ -190,18 +191,24 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     n_steps = order.shape[0]
     fetch = _fetch_rows(params, data)
     lo, span = T(lo_), T(hi_ - lo_)
-    for b in range(g * g):
-        first = block_start[b]
-        last = block_start[b + 1]
-        for s in range(first, last):
-            order[s] = canonical[s]
-        shuffle_block(order, first, last, b, seed)
-        end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                           last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
-        if end < last:
-            return end + 1
-        progress[0] = last
-    return n_steps
+    bad = n_steps
+    for t in range(g):
+        for c in range(g):  # a stratum's blocks in turn; after a divergence the others still finish, as there
+            b = t * g + c
+            first = block_start[b]
+            last = block_start[b + 1]
+            for s in range(first, last):
+                order[s] = canonical[s]
+            shuffle_block(order, first, last, b, seed)
+            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
+                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+            if end < last:
+                bad = min(bad, end)
+            elif bad == n_steps:
+                progress[0] = last
+        if bad < n_steps:
+            break
+    return n_steps if bad == n_steps else bad + 1
 
 
 def _train_epoch_per_rating_dynamic_body(

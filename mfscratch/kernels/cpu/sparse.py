@@ -20,7 +20,7 @@ from ..records import Tables
 from ._compile import HOT, twin
 from ._llvm import PREFETCH_AHEAD, PREFETCH_MIN_BYTES, prefetch, prefetch_row
 from .core import dot, error_and_dx, split_flat
-from .updates import adam_row, rounded, sgd_row, step_scalars
+from .updates import adam_rows, rounded, sgd_rows, step_scalars
 
 __all__ = ["train_epoch_sparse", "train_epoch_sparse_parallel", "Slots", "Prefetch"]
 
@@ -163,22 +163,17 @@ def clear_slots(slots, nu, ni):
 @njit(cache=True, inline="always")
 def update_rows(w2, m2, v2, slots, nu, ni, r, hyper):
     """The optimiser step on the batch's rows only (weights and biases), with their compact gradient."""
-    for slot in range(nu):
-        u = slots.rows_u[slot]
-        if hyper.is_adam:
-            adam_row(w2.u_weight, m2.u_weight, v2.u_weight, slots.gu, u, slot, r)
-            adam_row(w2.u_bias, m2.u_bias, v2.u_bias, slots.gub, u, slot, r)
-        else:
-            sgd_row(w2.u_weight, m2.u_weight, slots.gu, u, slot, r, hyper.use_mom)
-            sgd_row(w2.u_bias, m2.u_bias, slots.gub, u, slot, r, hyper.use_mom)
-    for slot in range(ni):
-        i = slots.rows_i[slot]
-        if hyper.is_adam:
-            adam_row(w2.i_weight, m2.i_weight, v2.i_weight, slots.gi, i, slot, r)
-            adam_row(w2.i_bias, m2.i_bias, v2.i_bias, slots.gib, i, slot, r)
-        else:
-            sgd_row(w2.i_weight, m2.i_weight, slots.gi, i, slot, r, hyper.use_mom)
-            sgd_row(w2.i_bias, m2.i_bias, slots.gib, i, slot, r, hyper.use_mom)
+    rows_u, rows_i = slots.rows_u, slots.rows_i
+    if hyper.is_adam:
+        adam_rows(w2.u_weight, m2.u_weight, v2.u_weight, slots.gu, rows_u, nu, r)
+        adam_rows(w2.u_bias, m2.u_bias, v2.u_bias, slots.gub, rows_u, nu, r)
+        adam_rows(w2.i_weight, m2.i_weight, v2.i_weight, slots.gi, rows_i, ni, r)
+        adam_rows(w2.i_bias, m2.i_bias, v2.i_bias, slots.gib, rows_i, ni, r)
+    else:
+        sgd_rows(w2.u_weight, m2.u_weight, slots.gu, rows_u, nu, r, hyper.use_mom)
+        sgd_rows(w2.u_bias, m2.u_bias, slots.gub, rows_u, nu, r, hyper.use_mom)
+        sgd_rows(w2.i_weight, m2.i_weight, slots.gi, rows_i, ni, r, hyper.use_mom)
+        sgd_rows(w2.i_bias, m2.i_bias, slots.gib, rows_i, ni, r, hyper.use_mom)
 
 
 @njit(**HOT)

@@ -18,7 +18,7 @@ from numba import njit, prange
 from .. import records
 from ._compile import HOT, twin
 
-__all__ = ["step_scalars", "rounded", "adam_update_dense", "sgd_update_dense", "adam_row", "sgd_row"]
+__all__ = ["step_scalars", "rounded", "adam_update_dense", "sgd_update_dense", "adam_rows", "sgd_rows"]
 
 #: One step's optimiser scalars (see ``records.step_scalars``, shared with the CUDA kernels).
 step_scalars = njit(cache=True, inline="always", error_model="numpy")(records.step_scalars)
@@ -88,14 +88,20 @@ sgd_update_dense_inline = njit(inline="always", **HOT)(twin(_sgd_update_dense_bo
 
 
 @njit(cache=True, inline="always")
-def adam_row(w, m, v, g, row, slot, r):
-    """Adam on one row ``w[row]`` with its gradient ``g[slot]`` (``r``: scalars rounded to ``w``'s dtype)."""
-    for j in range(w.shape[1]):
-        w[row, j], m[row, j], v[row, j] = adam_element(w[row, j], g[slot, j], m[row, j], v[row, j], r)
+def adam_rows(w, m, v, g, rows, n_rows, r):
+    """Adam on the rows ``w[rows[slot]]`` with their gradients ``g[slot]``, ``slot < n_rows`` (``r``: scalars
+    rounded to ``w``'s dtype). One call a table and step, not one a row: an inlined call binds each of its
+    arrays with a reference count (an atomic add)."""
+    for slot in range(n_rows):
+        row = rows[slot]
+        for j in range(w.shape[1]):
+            w[row, j], m[row, j], v[row, j] = adam_element(w[row, j], g[slot, j], m[row, j], v[row, j], r)
 
 
 @njit(cache=True, inline="always")
-def sgd_row(w, m, g, row, slot, r, use_mom):
-    """SGD (with or without momentum) on one row ``w[row]`` with its gradient ``g[slot]``."""
-    for j in range(w.shape[1]):
-        w[row, j], m[row, j] = sgd_element(w[row, j], g[slot, j], m[row, j], r, use_mom)
+def sgd_rows(w, m, g, rows, n_rows, r, use_mom):
+    """SGD (with or without momentum) on the rows ``w[rows[slot]]`` with their gradients ``g[slot]``."""
+    for slot in range(n_rows):
+        row = rows[slot]
+        for j in range(w.shape[1]):
+            w[row, j], m[row, j] = sgd_element(w[row, j], g[slot, j], m[row, j], r, use_mom)
