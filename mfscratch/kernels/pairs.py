@@ -1,5 +1,5 @@
 """Codes and pairs of codes (user, item): integer ids to codes, the CSR matrix of each user's items,
-membership in it, repeated pairs.
+membership in it, repeated pairs, the validation split's gather.
 
 Compiled passes over the encoded ratings, ``O(n)`` each: a counting sort by user where sorting every
 ``user * n_items + item`` key would cost ``O(n log n)`` (on 25M ratings, seconds).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["dense_codes", "seen_rows", "pairs_in_rows", "count_repeated_pairs"]
+__all__ = ["dense_codes", "seen_rows", "pairs_in_rows", "count_repeated_pairs", "split_column"]
 
 
 @njit(cache=True)
@@ -115,3 +115,15 @@ def pairs_in_rows(indptr, indices, users, items, out):
             else:
                 hi = mid
         out[r] = lo < indptr[users[r] + 1] and indices[lo] == target
+
+
+@njit(cache=True, parallel=True)
+def split_column(values, perm, n_valid, train, valid):
+    """The split's gather of one column in one parallel pass: ``valid[j] = values[perm[j]]`` for
+    ``j < n_valid`` and ``train[j] = values[perm[n_valid + j]]``, as ``values[perm[:n_valid]]`` and
+    ``values[perm[n_valid:]]`` without the two index copies and with the random reads spread over the threads.
+    """
+    for j in prange(n_valid):
+        valid[j] = values[perm[j]]
+    for j in prange(perm.shape[0] - n_valid):
+        train[j] = values[perm[n_valid + j]]
