@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +213,9 @@ def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows:
 
 #: Bytes of a file that :func:`_stream_arrow` parses at a time.
 _STREAM_BLOCK = 1 << 23
+#: Threads that parse blocks at once (each also uses pyarrow's own threads).
+_STREAM_WORKERS = 4
+_ARROW_THREADS = True
 
 
 def _line_blocks(source: str, size: int):
@@ -266,30 +271,58 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     )
     ids = {j: np.empty(capacity, dtype=np.int64) for j, kind in wanted.items() if kind == "id"}
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
-    n_rows = 0
-    pool = pa.default_memory_pool()
-    try:
-        for n_blocks, block in enumerate(_line_blocks(source, _STREAM_BLOCK), 1):
-            read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if n_rows == 0 else 0)
-            table = pcsv.read_csv(
-                pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
-            )
-            n = table.num_rows
-            if n_rows + n > capacity:
+
+    def parse_block(first: bool, block) -> tuple[int, dict, dict] | None:
+        """``(rows, {id column: int64 values}, {other column: Arrow chunks})`` of one block, or ``None``
+        when an id is missing or not a plain integer. Runs in a worker thread: pyarrow's parser and
+        the compiled id parse release the GIL."""
+        read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if first else 0, use_threads=_ARROW_THREADS)
+        table = pcsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert)
+        parsed_ids, chunks = {}, {}
+        for j in wanted:
+            column = table.column(names[j])
+            if j not in ids:
+                chunks[j] = column.chunks
+                continue
+            parsed = _arrow_ints(column)
+            if parsed is None or parsed[1].any():
                 return None
-            for j in wanted:
-                column = table.column(names[j])
-                if j not in ids:
-                    others[j].extend(column.chunks)
-                    continue
-                parsed = _arrow_ints(column)
-                if parsed is None or parsed[1].any():
+            parsed_ids[j] = parsed[0]
+        return table.num_rows, parsed_ids, chunks
+
+    n_rows = 0
+
+    def take(result: tuple[int, dict, dict] | None) -> bool:
+        """Append a parsed block's rows; ``False`` when it is ``None`` or holds more rows than counted."""
+        nonlocal n_rows
+        if result is None or n_rows + result[0] > capacity:
+            return False
+        n, parsed_ids, chunks = result
+        for j, values in parsed_ids.items():
+            ids[j][n_rows : n_rows + n] = values
+        for j, column_chunks in chunks.items():
+            others[j].extend(column_chunks)
+        n_rows += n
+        return True
+
+    pool = pa.default_memory_pool()
+    workers = min(_STREAM_WORKERS, os.cpu_count() or 1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as executor:
+            pending: deque = deque()
+            blocks = _line_blocks(source, _STREAM_BLOCK)
+            for n_blocks, block in enumerate(blocks, 1):
+                # At most workers + 1 blocks in flight: the blocks are parsed in parallel, used in file order.
+                pending.append(executor.submit(parse_block, n_blocks == 1, block))
+                del block
+                while len(pending) > workers or (pending and pending[0].done()):
+                    if not take(pending.popleft().result()):
+                        return None
+                if n_blocks % 8 == 0:
+                    pool.release_unused()  # Arrow's allocator keeps freed blocks otherwise (each call costs)
+            while pending:
+                if not take(pending.popleft().result()):
                     return None
-                ids[j][n_rows : n_rows + n] = parsed[0]
-            n_rows += n
-            del table, column, block
-            if n_blocks % 8 == 0:
-                pool.release_unused()  # Arrow's allocator keeps freed blocks otherwise (each call costs)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     finally:
