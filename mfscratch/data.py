@@ -294,7 +294,13 @@ class CollabDataLoaders:
 
     @classmethod
     def _split(
-        cls, columns: list[np.ndarray], seed: int | None, n_valid: int, classes, names, bs: int
+        cls,
+        columns: list[np.ndarray],
+        seed: int | None,
+        n_valid: int,
+        classes: dict,
+        names: tuple,
+        bs: int,
     ) -> CollabDataLoaders:
         """Loaders whose validation rows are ``rng.permutation(n)[:n_valid]`` of ``columns`` (users, items,
         ratings) and whose training rows are the rest, in that order (``rng = np.random.default_rng(seed)``).
@@ -308,7 +314,8 @@ class CollabDataLoaders:
         n = len(columns[0])
         perm = np.random.default_rng(seed).permutation(n)
         dls = cls.__new__(cls)
-        dls._set_names(classes, *names, bs, seed)
+        user_name, item_name, rating_name = names
+        dls._set_names(classes, user_name, item_name, rating_name, bs, seed)
         train, valid = [], []
         while columns:
             values = columns.pop(0)
