@@ -278,16 +278,54 @@ class CollabDataLoaders:
         bs=64,
         seed=None,
     ):
+        self._set_names(classes, user_name, item_name, rating_name, bs, seed)
+        self.train_users, self.train_items, self.train_ratings = users[train_idx], items[train_idx], ratings[train_idx]
+        self.valid_users, self.valid_items, self.valid_ratings = users[valid_idx], items[valid_idx], ratings[valid_idx]
+
+    def _set_names(self, classes, user_name, item_name, rating_name, bs, seed) -> None:
         self.user_name, self.item_name, self.rating_name = user_name, item_name, rating_name
         self.classes = classes
         self.bs = int(bs)
         self.seed = seed
         self.n_users = len(classes[user_name])
         self.n_items = len(classes[item_name])
-        self.train_users, self.train_items, self.train_ratings = users[train_idx], items[train_idx], ratings[train_idx]
-        self.valid_users, self.valid_items, self.valid_ratings = users[valid_idx], items[valid_idx], ratings[valid_idx]
         #: Seconds ``from_df`` spent on each phase (``check``, ``encode``, ``split``); empty when not made by it.
         self.phase_seconds: dict[str, float] = {}
+
+    @classmethod
+    def _split(
+        cls,
+        columns: list[np.ndarray],
+        seed: int | None,
+        n_valid: int,
+        classes: dict,
+        names: tuple,
+        bs: int,
+    ) -> CollabDataLoaders:
+        """Loaders whose validation rows are ``rng.permutation(n)[:n_valid]`` of ``columns`` (users, items,
+        ratings) and whose training rows are the rest, in that order (``rng = np.random.default_rng(seed)``).
+
+        Each column is gathered into its two parts in one compiled parallel pass (``split_column``) and
+        then taken out of ``columns``: a caller that holds no other reference frees each full column as
+        soon as its parts exist, so that the table and both parts are never all held at once.
+        """
+        from .kernels.pairs import split_column
+
+        n = len(columns[0])
+        perm = np.random.default_rng(seed).permutation(n)
+        dls = cls.__new__(cls)
+        user_name, item_name, rating_name = names
+        dls._set_names(classes, user_name, item_name, rating_name, bs, seed)
+        train, valid = [], []
+        while columns:
+            values = columns.pop(0)
+            train.append(np.empty(n - n_valid, dtype=values.dtype))
+            valid.append(np.empty(n_valid, dtype=values.dtype))
+            split_column(values, perm, n_valid, train[-1], valid[-1])
+            del values
+        dls.train_users, dls.train_items, dls.train_ratings = train
+        dls.valid_users, dls.valid_items, dls.valid_ratings = valid
+        return dls
 
     @classmethod
     def from_df(
@@ -338,23 +376,12 @@ class CollabDataLoaders:
         check += time.perf_counter() - t0
         t2 = time.perf_counter()
         n = len(y)
-        perm = np.random.default_rng(seed).permutation(n)
         n_valid = int(valid_pct * n)
         validate.check_split(n, n_valid, valid_pct)
         classes = {user_name: user_vocab, item_name: item_vocab}
-        dls = cls(
-            users,
-            items,
-            y,
-            perm[n_valid:],
-            perm[:n_valid],
-            classes,
-            user_name,
-            item_name,
-            rating_name,
-            bs,
-            seed,
-        )
+        columns = [users, items, y]
+        del users, items, y, encoded  # the split frees each full column once its two parts exist
+        dls = cls._split(columns, seed, n_valid, classes, names, bs)
         dls.phase_seconds = {"check": check, "encode": encode, "split": time.perf_counter() - t2}
         return dls
 
@@ -384,11 +411,9 @@ class CollabDataLoaders:
         for name, codes, size in (("user", users, n_users), ("item", items, n_items)):
             if len(codes) != len(ratings) or (len(codes) and not 0 <= codes.min() <= codes.max() < size):
                 raise DataError(f"{name} codes must be {len(ratings)} integers in [0, {size}) (the {name}s given)")
-        n = len(ratings)
-        perm = np.random.default_rng(seed).permutation(n)
-        n_valid = int(valid_pct * n)
+        n_valid = int(valid_pct * len(ratings))
         classes = {"user": Vocab(range(n_users)), "item": Vocab(range(n_items))}
-        return cls(users, items, ratings, perm[n_valid:], perm[:n_valid], classes, "user", "item", "rating", bs, seed)
+        return cls._split([users, items, ratings], seed, n_valid, classes, ("user", "item", "rating"), bs)
 
     def show_batch(self, max_n: int = 10, seed: int | None = None) -> pd.DataFrame:
         """A few training rows decoded back to their names, like fastai's ``dls.show_batch()``."""

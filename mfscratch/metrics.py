@@ -71,7 +71,9 @@ class SeenItems:
         counts = np.bincount(items, minlength=n_items).astype(np.int64)
         indptr = np.empty(n_users + 1, dtype=np.int64)
         indices = np.empty(len(users), dtype=np.int64)
-        used = seen_rows(users, items, int(n_users), indptr, indices)  # sorted by user, then item; repeats dropped
+        used = seen_rows(
+            users, items, int(n_users), int(n_items), indptr, indices
+        )  # sorted by user, then item; repeats dropped
         return cls(indptr, indices if used == len(indices) else indices[:used].copy(), counts)
 
     @classmethod

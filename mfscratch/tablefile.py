@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +213,11 @@ def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows:
 
 #: Bytes of a file that :func:`_stream_arrow` parses at a time.
 _STREAM_BLOCK = 1 << 23
+#: Threads that parse blocks at once (each also uses pyarrow's own threads).
+_STREAM_WORKERS = 4
+#: The block reader's first guess of the bytes a row (its id arrays start with the file's bytes / this many
+#: rows, and grow when there are more): ML-25M's ``ratings.csv`` has 27 bytes a row.
+_STREAM_BYTES_PER_ROW = 16
 
 
 def _line_blocks(source: str, size: int):
@@ -239,8 +246,8 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     """``(columns, n_rows)`` of a plain UTF-8 file read block by block (pyarrow's parser on blocks of
     :data:`_STREAM_BLOCK` bytes cut at line ends), each block's id tokens parsed at once into int64
     arrays (``ids.parse_ids``' plain-integer rule): the ids' text, 10 bytes a token and more, is never
-    held for the whole file, and the table is not read twice. ``capacity``: at least the file's data
-    lines (the counted lines).
+    held for the whole file, and the table is not read twice. ``capacity``: the rows the id arrays
+    start with (they grow when the file holds more).
 
     ``None`` when a block holds anything else, so that the whole-file reader reads it as before and
     says what is wrong: an id that is missing or not a plain integer, a rating column whose type
@@ -266,30 +273,63 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     )
     ids = {j: np.empty(capacity, dtype=np.int64) for j, kind in wanted.items() if kind == "id"}
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
-    n_rows = 0
-    pool = pa.default_memory_pool()
-    try:
-        for n_blocks, block in enumerate(_line_blocks(source, _STREAM_BLOCK), 1):
-            read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if n_rows == 0 else 0)
-            table = pcsv.read_csv(
-                pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
-            )
-            n = table.num_rows
-            if n_rows + n > capacity:
+
+    def parse_block(first: bool, block) -> tuple[int, dict, dict] | None:
+        """``(rows, {id column: int64 values}, {other column: Arrow chunks})`` of one block, or ``None``
+        when an id is missing or not a plain integer. Runs in a worker thread: pyarrow's parser and
+        the compiled id parse release the GIL."""
+        read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if first else 0)
+        table = pcsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert)
+        parsed_ids, chunks = {}, {}
+        for j in wanted:
+            column = table.column(names[j])
+            if j not in ids:
+                chunks[j] = column.chunks
+                continue
+            parsed = _arrow_ints(column)
+            if parsed is None or parsed[1].any():
                 return None
-            for j in wanted:
-                column = table.column(names[j])
-                if j not in ids:
-                    others[j].extend(column.chunks)
-                    continue
-                parsed = _arrow_ints(column)
-                if parsed is None or parsed[1].any():
+            parsed_ids[j] = parsed[0]
+        return table.num_rows, parsed_ids, chunks
+
+    n_rows = 0
+
+    def take(result: tuple[int, dict, dict] | None) -> bool:
+        """Append a parsed block's rows; ``False`` when it is ``None`` or holds more rows than counted."""
+        nonlocal n_rows
+        if result is None:
+            return False
+        n, parsed_ids, chunks = result
+        if n_rows + n > len(next(iter(ids.values()), ())):
+            for j, values in ids.items():
+                grown = np.empty(max(2 * len(values), n_rows + n), dtype=np.int64)
+                grown[:n_rows] = values[:n_rows]
+                ids[j] = grown
+        for j, values in parsed_ids.items():
+            ids[j][n_rows : n_rows + n] = values
+        for j, column_chunks in chunks.items():
+            others[j].extend(column_chunks)
+        n_rows += n
+        return True
+
+    pool = pa.default_memory_pool()
+    workers = min(_STREAM_WORKERS, os.cpu_count() or 1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as executor:
+            pending: deque = deque()
+            blocks = _line_blocks(source, _STREAM_BLOCK)
+            for n_blocks, block in enumerate(blocks, 1):
+                # At most workers + 1 blocks in flight: the blocks are parsed in parallel, used in file order.
+                pending.append(executor.submit(parse_block, n_blocks == 1, block))
+                del block
+                while len(pending) > workers or (pending and pending[0].done()):
+                    if not take(pending.popleft().result()):
+                        return None
+                if n_blocks % 8 == 0:
+                    pool.release_unused()  # Arrow's allocator keeps freed blocks otherwise (each call costs)
+            while pending:
+                if not take(pending.popleft().result()):
                     return None
-                ids[j][n_rows : n_rows + n] = parsed[0]
-            n_rows += n
-            del table, column, block
-            if n_blocks % 8 == 0:
-                pool.release_unused()  # Arrow's allocator keeps freed blocks otherwise (each call costs)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     finally:
@@ -393,10 +433,18 @@ def _parse(stream: ts.Utf8Stream, path: Path, compression, encoding: str, plan: 
     arrow = plan.arrow and lay.sep != WHITESPACE
     if arrow and compression is None and encoding in ("utf-8", "utf-8-sig"):
         stream.close()
-        counter = ts.count_lines(path, skip=stream.skipped)
         streamed = None
         if lay.sep != "::" and "id" in lay.wanted.values():
-            streamed = _stream_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, lay.header_line, counter.lines)
+            # The lines are counted on a thread of their own while the blocks are parsed (both release the GIL).
+            with ThreadPoolExecutor(max_workers=1) as executor:
+                counting = executor.submit(ts.count_lines, path, stream.skipped)
+                capacity = path.stat().st_size // _STREAM_BYTES_PER_ROW + 1
+                streamed = _stream_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, lay.header_line, capacity)
+                counter = counting.result()
+            if streamed is not None and streamed[1] > counter.lines:
+                streamed = None  # more rows than lines: the whole-file reader says what is wrong
+        else:
+            counter = ts.count_lines(path, skip=stream.skipped)
         if streamed is not None:
             columns, n_rows = streamed
         else:

@@ -140,9 +140,12 @@ class _PerRatingRunner(_Runner):
         )
         block = np.empty(n, dtype=np.int32)
         cpu.block_index(data, groups, block)
-        self._canonical = np.empty(n, dtype=np.int64)  # every rating, the blocks in code order
-        block_start = cpu.block_layout(np.empty(0, dtype=np.int64), block, n_groups * n_groups, self._canonical)
-        self.layout = BlockLayout(np.empty(n, dtype=np.int64), block_start, n_groups)
+        # Every rating, the blocks in code order, and the epoch's order: row numbers, int32 while they fit
+        # (at 20M ratings 80 MB each instead of 160 MB; the kernels index with either).
+        rows = np.int32 if n <= np.iinfo(np.int32).max else np.int64
+        self._canonical = np.empty(n, dtype=rows)
+        block_start = cpu.block_layout(np.empty(0, dtype=rows), block, n_groups * n_groups, self._canonical)
+        self.layout = BlockLayout(np.empty(n, dtype=rows), block_start, n_groups)
         self.order = self.layout.order
 
     def _epoch(self, rng, lrs, moms, step0):
