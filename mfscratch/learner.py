@@ -216,18 +216,8 @@ class Learner(LearnerAPI):
         ``cbs``: callbacks for this fit only, as in :meth:`fit`."""
         lr_max = self.lr if lr_max is None else lr_max
         checks.check_fit(n_epoch, lr_max, wd, start_epoch)
-        checks.check_one_cycle(div, div_final, pct_start, moms)
+        self.fit_args = checks.one_cycle_fit_args(n_epoch, lr_max, div, div_final, pct_start, wd, moms)
         moms = (0.95, 0.85, 0.95) if moms is None else moms
-        self.fit_args = dict(
-            method="fit_one_cycle",
-            n_epoch=n_epoch,
-            lr_max=lr_max,
-            div=div,
-            div_final=div_final,
-            pct_start=pct_start,
-            wd=wd,
-            moms=list(moms),
-        )
         total = n_epoch * self._steps_per_epoch()
         with attached(self, cbs, start_epoch), compile_notice(self.log):
             self._fit(n_epoch, schedule.OneCycle(total, lr_max, div, div_final, pct_start, moms), wd, start_epoch)

@@ -136,6 +136,23 @@ def check_one_cycle(div, div_final, pct_start, moms) -> None:
             raise ConfigError(f"moms must be three momenta in [0, 1) such as (0.95, 0.85, 0.95), got {moms!r}")
 
 
+def one_cycle_fit_args(n_epoch, lr_max, div, div_final, pct_start, wd, moms) -> dict:
+    """A ``fit_one_cycle`` call's schedule arguments, checked, as the fit and its checkpoints record them
+    (``moms`` ``None``: fastai's ``(0.95, 0.85, 0.95)``)."""
+    check_one_cycle(div, div_final, pct_start, moms)
+    moms = (0.95, 0.85, 0.95) if moms is None else moms
+    return dict(
+        method="fit_one_cycle",
+        n_epoch=n_epoch,
+        lr_max=lr_max,
+        div=div,
+        div_final=div_final,
+        pct_start=pct_start,
+        wd=wd,
+        moms=list(moms),
+    )
+
+
 def check_seed(seed) -> int | None:
     """``None`` or an integer >= 0: NumPy's generators take non-negative seeds (of any size).
 

@@ -189,18 +189,8 @@ class DsgdTrainer:
         """fastai's one-cycle, as ``Learner.fit_one_cycle``; ``start_epoch`` skips the epochs a restored
         checkpoint already trained (``mfscratch.distributed.resume``)."""
         checks.check_fit(n_epoch, lr_max, wd)
-        checks.check_one_cycle(div, div_final, pct_start, moms)
+        self.fit_args = checks.one_cycle_fit_args(n_epoch, lr_max, div, div_final, pct_start, wd, moms)
         moms = tuple(moms or (0.95, 0.85, 0.95))
-        self.fit_args = dict(
-            method="fit_one_cycle",
-            n_epoch=n_epoch,
-            lr_max=lr_max,
-            div=div,
-            div_final=div_final,
-            pct_start=pct_start,
-            wd=wd,
-            moms=list(moms),
-        )
         total = n_epoch * self.steps_per_epoch
         self._fit(n_epoch, ("one_cycle", total, lr_max, div, div_final, pct_start, moms), wd, start_epoch)
 
