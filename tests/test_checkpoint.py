@@ -169,7 +169,7 @@ def test_checkpoint_and_model_written_by_version_0_1_still_load(name):
 
     folder = Path(__file__).parent / "data" / "v0.1"
     want, classes, _ = load_model(folder / f"{name}-model.npz")
-    frame = pd.read_csv(folder / "ratings.csv")
+    frame = pd.read_csv(folder / "synthetic_ratings.csv")
     kw = {"opt_func": SGD, "sparse": True} if name == "per-rating" else {}
     dls = CollabDataLoaders.from_df(frame, seed=1, bs=1 if name == "per-rating" else 16)
     learn = collab_learner(dls, n_factors=4, y_range=(0, 5.5), seed=3, log=None, **kw)

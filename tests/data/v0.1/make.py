@@ -30,7 +30,7 @@ def main(out: Path) -> None:
     rng = np.random.default_rng(0)
     pairs = rng.choice(20 * 30, 300, replace=False)
     frame = pd.DataFrame({"user": pairs // 30, "item": pairs % 30, "rating": rng.integers(1, 6, 300).astype(float)})
-    frame.to_csv(out / "ratings.csv", index=False)
+    frame.to_csv(out / "synthetic_ratings.csv", index=False)
     for name, kw, bs in (("exact", {}, 16), ("per-rating", {"opt_func": SGD, "sparse": True}, 1)):
         learn, dls = learner(frame, bs, kw)
         learn.fit_one_cycle(2, 1e-2, wd=0.1)
