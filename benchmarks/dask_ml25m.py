@@ -64,18 +64,11 @@ def parquet_parts(cache: Path, n: int, n_users: int, n_items: int, n_files: int)
 
 
 def start_cluster(n_workers: int):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
-        memory_limit=0,
-        silence_logs=logging.ERROR,
-    )
+    from mfscratch.distributed.cli import local_cluster
+
+    cluster = local_cluster(n_workers, memory_limit=0, silence_logs=logging.ERROR)
     return cluster, Client(cluster)
 
 

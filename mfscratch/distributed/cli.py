@@ -37,11 +37,29 @@ NOT_ON_A_CLUSTER = {
 _LOCAL = re.compile(r"^local:(\d+)$")
 
 
+def local_cluster(n_workers: int, **options):
+    """A ``LocalCluster`` of ``n_workers`` single-thread worker processes on 127.0.0.1, no dashboard, a
+    failed task's log silenced (it is reported once, as the error line); ``options`` override these."""
+    from distributed import LocalCluster
+
+    settings = dict(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
+        silence_logs=logging.CRITICAL,
+    )
+    settings.update(options)
+    return LocalCluster(**settings)
+
+
 @contextlib.contextmanager
 def cluster_client(scheduler: str, timeout: float = 60.0):
     """A ``distributed.Client`` for ``scheduler``: an address, or ``local:N`` (a LocalCluster of ``N``
     single-thread worker processes on 127.0.0.1, closed when the block ends, also on an error)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     match = _LOCAL.match(scheduler)
     if match is None and scheduler.startswith("local:"):
@@ -62,15 +80,7 @@ def cluster_client(scheduler: str, timeout: float = 60.0):
     n = int(match.group(1))
     if n < 1:
         raise ConfigError("--scheduler local:N needs N >= 1 worker processes")
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # its HTTP port: loopback, free
-        silence_logs=logging.CRITICAL,  # a failed task is reported once, as the error line
-    )
+    cluster = local_cluster(n)
     try:
         client = Client(cluster, timeout=timeout)
         try:
