@@ -62,6 +62,13 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
 
     Returns ``last``, or the position of the first non-finite loss (training stops there, before its
     update). The maths: the module docstring.
+
+    Software-pipelined by one step: the next step's logit ``x`` (its two rows' dot product and biases)
+    is computed before this step's update, so that its loads, multiplies and sums run while this step's
+    sigmoid and error wait on each other (the two chains overlap; a CPU's reorder window alone does not
+    reach that far ahead). When the next step shares this step's user or item, its logit is computed
+    again after the update. Every logit is therefore the one the plain loop computes, from the same
+    values: the same floats, bit for bit.
     """
     T = params.dtype.type
     in_order = order.shape[0] == 0
@@ -69,6 +76,15 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
     per_step_lr = lrs.shape[0] > 1
     record = losses.shape[0] > 0
     two = T(2.0)
+    if first >= last:
+        return last
+    # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
+    # negative (wrap-around) indexing; the same values.
+    row = np.uint64(first) if in_order else np.uint64(order[np.uint64(first)])
+    u = users[row]
+    i = items[row]
+    x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[np.uint64(u)] + i_bias[np.uint64(i)]
+    row_next, u_next, i_next, x_next = row, u, i, x
     for s in range(first, last):
         if fetch and s + 2 * PREFETCH_AHEAD < last:
             if not in_order:
@@ -79,14 +95,18 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
             prefetch_row(params, users[ahead] * k, k)
             prefetch_row(params, i_start + items[ahead] * k, k)
-        # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
-        # negative (wrap-around) indexing; the same values.
         at = np.uint64(s)
-        row = np.uint64(s) if in_order else np.uint64(order[at])
-        u = users[row]
-        i = items[row]
+        more = s + 1 < last
+        if more:  # the next step's logit, before this step's update
+            row_next = at + np.uint64(1) if in_order else np.uint64(order[at + np.uint64(1)])
+            u_next = users[row_next]
+            i_next = items[row_next]
+            x_next = (
+                dot_rows(params, u_next * k, i_start + i_next * k, k)
+                + u_bias[np.uint64(u_next)]
+                + i_bias[np.uint64(i_next)]
+            )
         uu, ii = np.uint64(u), np.uint64(i)
-        x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[uu] + i_bias[ii]
         if has_range:
             # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
             sg = T(1.0) / (T(1.0) + math.exp(-x))
@@ -112,6 +132,14 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             q[j] = qi * shrink - step * pu
         u_bias[uu] = u_bias[uu] * shrink - step
         i_bias[ii] = i_bias[ii] * shrink - step
+        if more:
+            if u_next == u or i_next == i:  # it reads a row this step just changed
+                x_next = (
+                    dot_rows(params, u_next * k, i_start + i_next * k, k)
+                    + u_bias[np.uint64(u_next)]
+                    + i_bias[np.uint64(i_next)]
+                )
+            row, u, i, x = row_next, u_next, i_next, x_next
     return last
 
 
