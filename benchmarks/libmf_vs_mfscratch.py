@@ -166,8 +166,11 @@ def best_bins(driver, rows, m, n, k, threads, candidates, log=print) -> int:
     return best
 
 
-def mfscratch_epoch_seconds(dls, k, threads, epochs, y_range, seed=42) -> tuple[list[float], float, str]:
-    """The recorder's training seconds of each epoch of a per-rating ``fit_one_cycle``, the last valid MSE."""
+def mfscratch_epoch_seconds(
+    dls, k, threads, epochs, y_range, seed=42, scheduler: str | None = None
+) -> tuple[list[float], float, str]:
+    """The recorder's training seconds of each epoch of a per-rating ``fit_one_cycle``, the last valid MSE
+    (``scheduler``: the parallel backend's ``per_rating_scheduler``; None: its default)."""
     from mfscratch import SGD, collab_learner
     from mfscratch.bench import PER_RATING_RECIPE
 
@@ -183,6 +186,7 @@ def mfscratch_epoch_seconds(dls, k, threads, epochs, y_range, seed=42) -> tuple[
         opt_func=SGD,
         backend=backend,
         threads=None if threads == 1 else threads,
+        per_rating_scheduler=None if threads == 1 else scheduler,
         log=None,
     )
     learn.warmup()

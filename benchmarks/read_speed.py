@@ -15,7 +15,6 @@ The file is kept in ``--dir`` (default: the system's temporary folder) for the n
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import statistics
 import tempfile

@@ -146,7 +146,10 @@ class Learner(LearnerAPI):
     each batch instead of every row (not the fastai recipe; see ``optim.py``); ``backend`` picks
     where the kernels run. ``log`` receives each line of the results table (``None``: silent).
 
-    ``threads`` sets the Numba threads of the ``parallel`` backend (default: all of them).
+    ``threads`` sets the Numba threads of the ``parallel`` backend (default: all of them);
+    ``per_rating_scheduler`` how that backend hands per-rating SGD's blocks to them: ``"dynamic"``
+    (default) or ``"barrier"``, reproducible, or ``"free"``, LIBMF's rule, steadier when other work
+    shares the cores but not reproducible run to run.
 
     ``after_epoch`` is a list of callables ``cb(learner, epoch)`` run after each finished epoch
     (``mfscratch.checkpoint.Checkpoint`` is one); ``fit_args`` holds the arguments of the current
@@ -165,6 +168,7 @@ class Learner(LearnerAPI):
         backend: str = "cpu",
         log=print,
         threads: int | None = None,
+        per_rating_scheduler: str | None = None,
     ):
         self.dls, self.model = dls, model
         self.opt = resolve_opt(opt_func)
@@ -172,7 +176,7 @@ class Learner(LearnerAPI):
         self.wd = None if wd is None else checks.nonneg_float("wd", wd)
         self.sparse = bool(sparse)
         self.backend_name = backend
-        self.backend = get_backend(backend, threads=threads)
+        self.backend = get_backend(backend, threads=threads, per_rating_scheduler=per_rating_scheduler)
         self.log = log
         seed = checks.check_seed(seed)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1] if seed is not None else None)
@@ -382,6 +386,7 @@ def collab_learner(
     backend: str = "cpu",
     log=print,
     threads: int | None = None,
+    per_rating_scheduler: str | None = None,
     **kwargs,
 ) -> Learner:
     """fastai's ``collab_learner`` for the dot-product model (``use_nn=False``).
@@ -415,6 +420,7 @@ def collab_learner(
             backend=backend,
             log=log,
             threads=threads,
+            per_rating_scheduler=per_rating_scheduler,
         )
     except MemoryError:
         raise checks.memory_error(dls.n_users, dls.n_items, n_factors, checks.available_memory()) from None

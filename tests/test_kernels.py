@@ -584,6 +584,61 @@ def test_parallel_backend_schedulers_give_the_same_fit(n_groups, monkeypatch):
         np.testing.assert_array_equal(weights["serial"], weights["barrier"])
 
 
+def _per_rating_fit(backend: str, threads: int | None, scheduler: str | None, n_groups: int):
+    from mfscratch import SGD, collab_learner
+    from mfscratch.synthetic import synthetic_dataloaders
+
+    dls = synthetic_dataloaders(6000, 60, 80, bs=1, seed=0)
+    learn = collab_learner(
+        dls, n_factors=8, y_range=(0.5, 5.5), seed=0, sparse=True, opt_func=SGD, backend=backend, log=None,
+        threads=threads, per_rating_scheduler=scheduler,
+    )  # fmt: skip
+    learn.backend.per_rating_n_groups = n_groups
+    learn.fit_one_cycle(2, 0.02, wd=0.08)
+    return learn
+
+
+def test_free_scheduler_on_one_thread_takes_the_layout_order():
+    """LIBMF's rule with one thread: no block is ever running when it looks, so it takes the blocks in
+    layout order, and the fit equals the reproducible schedulers' bit for bit."""
+    free = _per_rating_fit("parallel", 1, "free", 3)
+    kernel = free.backend._per_rating_kernel(3)
+    assert kernel.func is cpu.train_epoch_per_rating_dynamic and kernel.keywords == {"n_workers": 1, "free": True}
+    barrier = _per_rating_fit("parallel", 1, "barrier", 3)
+    np.testing.assert_array_equal(free.model.params, barrier.model.params)
+
+
+def test_free_scheduler_on_every_thread_trains_every_rating_as_well():
+    """With every thread, every step of both epochs runs (finite losses, the progress counter complete),
+    the fit is declared not reproducible, and it is as good as the reproducible fit's to 1%."""
+    import numba
+
+    threads = numba.config.NUMBA_NUM_THREADS
+    free = _per_rating_fit("parallel", threads, "free", 4)
+    dynamic = _per_rating_fit("parallel", threads, None, 4)
+    assert free.backend.reproducible("per-rating") is False and dynamic.backend.reproducible("per-rating") is True
+    steps = free.dls.n_train
+    assert len(free.recorder.mean_losses) == 2 and np.isfinite(free.recorder.mean_losses).all()
+    assert free.recorder.steps[-1] == 2 * steps - 1
+    (_, v_free), (_, v_dyn) = free.recorder.values[-1], dynamic.recorder.values[-1]
+    assert abs(v_free - v_dyn) <= 0.01 * v_dyn
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backend", "cpu"], "error: per_rating_scheduler hands per-rating blocks to the parallel backend"),
+        (["--backend", "dask"], "error: --per-rating-scheduler applies to --backend parallel"),
+    ],
+)
+def test_per_rating_scheduler_needs_the_parallel_backend(argv, message, capsys):
+    from mfscratch import cli
+
+    assert cli.main(["train", "--mode", "per-rating", "--per-rating-scheduler", "free", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+
+
 def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):
     """``threads=`` (API) and ``--threads`` (CLI) set the parallel backend's block-taking threads."""
     import numba
@@ -593,7 +648,8 @@ def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):
 
     threads = min(2, numba.config.NUMBA_NUM_THREADS)
     kernel = ParallelBackend(threads=threads)._per_rating_kernel(3)
-    assert kernel.func is cpu.train_epoch_per_rating_dynamic and kernel.keywords == {"n_workers": threads}
+    assert kernel.func is cpu.train_epoch_per_rating_dynamic
+    assert kernel.keywords == {"n_workers": threads, "free": False}
     assert ParallelBackend(threads=1)._per_rating_kernel(1) is cpu.train_epoch_per_rating_parallel
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating\n" + "".join(f"{u % 23},{(u * 7) % 31},{1 + u % 5}\n" for u in range(600)))

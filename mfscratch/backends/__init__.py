@@ -92,8 +92,16 @@ def available_backends() -> list[str]:
     return [name for name, cls in BACKENDS.items() if cls.available()]
 
 
-def get_backend(name: str, threads: int | None = None) -> Backend:
-    """A fresh backend object by name (``'cpu'``, ``'parallel'``, ``'cuda'``); ``threads``: see ``ParallelBackend``."""
+def get_backend(name: str, threads: int | None = None, per_rating_scheduler: str | None = None) -> Backend:
+    """A fresh backend object by name (``'cpu'``, ``'parallel'``, ``'cuda'``); ``threads`` and
+    ``per_rating_scheduler``: see ``ParallelBackend``."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
-    return BACKENDS[name](threads=threads)
+    if per_rating_scheduler is None:
+        return BACKENDS[name](threads=threads)
+    if name != "parallel":
+        raise ConfigError(
+            f"per_rating_scheduler hands per-rating blocks to the parallel backend's threads; "
+            f"use backend 'parallel' (got {name!r}) or leave it out"
+        )
+    return ParallelBackend(threads=threads, per_rating_scheduler=per_rating_scheduler)

@@ -170,6 +170,17 @@ class _PerRatingRunner(_Runner):
         return out.losses[:n]
 
 
+#: ``ParallelBackend.per_rating_scheduler``'s values.
+PER_RATING_SCHEDULERS = ("dynamic", "barrier", "free")
+
+
+def check_per_rating_scheduler(name) -> str:
+    """``name`` if it is one of :data:`PER_RATING_SCHEDULERS`, else a ConfigError saying which are."""
+    if name not in PER_RATING_SCHEDULERS:
+        raise ConfigError(f"per_rating_scheduler must be one of {', '.join(PER_RATING_SCHEDULERS)}, got {name!r}")
+    return name
+
+
 class CpuBackend:
     """Numba kernels on the host, one thread, updating ``model.params`` in place; every mode reproducible."""
 
@@ -304,6 +315,8 @@ class ParallelBackend(CpuBackend):
       default): a thread takes any block whose predecessors on its rows are done, with no barrier
       between strata, so a thread slowed by other work on the machine holds up only the blocks on its
       rows; ``"barrier"`` runs the strata one after another. Both give the same weights bit for bit.
+      ``"free"`` hands out blocks by LIBMF's rule (any block whose user and item groups are idle, in
+      any stratum): steadier when other work shares the cores, but not reproducible run to run.
     """
 
     name = "parallel"
@@ -317,15 +330,17 @@ class ParallelBackend(CpuBackend):
     #: too short to pay for the wait on a descheduled thread at each region's end (docs/speed.md), so
     #: smaller models run the serial kernels. Set it to 0 to always split the update.
     min_parallel_params = 1_000_000
-    #: How per-rating SGD's blocks are handed to the threads: "dynamic" (default) or "barrier"; the
-    #: same result either way (``kernels.cpu.per_rating``).
+    #: How per-rating SGD's blocks are handed to the threads: "dynamic" (default) or "barrier" (the
+    #: same result either way), or "free" (LIBMF's rule; not reproducible) (``kernels.cpu.per_rating``).
     per_rating_scheduler = "dynamic"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, per_rating_scheduler: str | None = None):
         cores = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
         if threads is not None and not 1 <= int(threads) <= cores:
             raise ConfigError(f"threads must be between 1 and {cores} (the cores Numba sees), got {threads}")
         self.threads = None if threads is None else int(threads)
+        if per_rating_scheduler is not None:
+            self.per_rating_scheduler = check_per_rating_scheduler(per_rating_scheduler)
         self.model: Any = None
 
     def n_threads(self) -> int:
@@ -344,11 +359,12 @@ class ParallelBackend(CpuBackend):
         return self._dense_epoch if n_params >= self.min_parallel_params else cpu.train_epoch_dense
 
     def _per_rating_kernel(self, n_groups: int) -> Any:
-        if self.per_rating_scheduler not in ("dynamic", "barrier"):
-            raise ConfigError(f"per_rating_scheduler must be 'dynamic' or 'barrier', got {self.per_rating_scheduler!r}")
-        if n_groups > 1 and self.per_rating_scheduler == "dynamic":
-            return functools.partial(cpu.train_epoch_per_rating_dynamic, n_workers=self.n_threads())
+        scheduler = check_per_rating_scheduler(self.per_rating_scheduler)
+        if n_groups > 1 and scheduler in ("dynamic", "free"):
+            return functools.partial(
+                cpu.train_epoch_per_rating_dynamic, n_workers=self.n_threads(), free=scheduler == "free"
+            )
         return self._per_rating_epoch
 
     def reproducible(self, mode: str) -> bool:
-        return mode != "sparse"
+        return mode != "sparse" and not (mode == "per-rating" and self.per_rating_scheduler == "free")

@@ -120,6 +120,14 @@ def add_train_args(p: argparse.ArgumentParser, valid_pct: bool = True) -> None:
         type=positive_int,
         help="threads of the parallel backend (default: all the cores Numba sees)",
     )
+    g.add_argument(
+        "--per-rating-scheduler",
+        choices=("dynamic", "barrier", "free"),
+        help="how --backend parallel hands --mode per-rating's blocks to its threads: dynamic (default) or "
+        "barrier give the same weights every run; free (LIBMF's rule: any block whose users and items no "
+        "running block touches) keeps both threads busy when other work shares the cores, but its weights "
+        "differ from run to run",
+    )
 
 
 def add_scheduler_arg(p: argparse.ArgumentParser) -> None:

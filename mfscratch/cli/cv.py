@@ -27,6 +27,7 @@ def cmd_cv(args) -> int:
     """ML-100k u1..u5: train on each base file, test on its test file; RMSE/MAE per fold, mean and std."""
     import numpy as np
 
+    from ..backends import get_backend
     from ..data import data_dir
     from ..io import write_json
     from ..learner import collab_learner, format_time
@@ -38,6 +39,7 @@ def cmd_cv(args) -> int:
         raise ConfigError(f"cv runs ML-100k's u1..u5 folds; --data {args.data} has no such folds")
     y_range = check_y_range(args.y_range)
     resolve_recipe(args)
+    get_backend(args.backend, args.threads, args.per_rating_scheduler)  # settings it cannot take, before any fold
     say = (lambda *a, **k: None) if args.quiet else print
     for note in check_outputs([Output("--json", args.json)], dataset_inputs(data_dir() / "ml-100k")):
         say(f"note: {note}", file=sys.stderr)
@@ -59,6 +61,7 @@ def cmd_cv(args) -> int:
             backend=args.backend,
             log=None,
             threads=args.threads,
+            per_rating_scheduler=args.per_rating_scheduler,
         )
         learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
         errors = rating_errors(learn.model, dls.valid_users, dls.valid_items, dls.valid_ratings)

@@ -63,7 +63,9 @@ def _check_train_settings(args) -> None:
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"unknown --backend {args.backend!r}: use one of {', '.join(BACKENDS)}")
-    get_backend(args.backend, args.threads)  # a backend this machine cannot run (cuda without a GPU) says so now
+    get_backend(
+        args.backend, args.threads, args.per_rating_scheduler
+    )  # a backend this machine cannot run (cuda without a GPU) says so now
     if args.split is not None and args.valid_pct is not None:
         raise ConfigError(
             f"--split {args.split} validates on ML-100k's {args.split}.test file, so --valid-pct does not apply; "
@@ -135,6 +137,8 @@ def cmd_train(args) -> int:
     y_range = check_y_range(args.y_range)
     resolve_recipe(args)
     if args.backend == "dask":  # read and trained on a cluster's workers (mfscratch.distributed)
+        if args.per_rating_scheduler:
+            raise ConfigError("--per-rating-scheduler applies to --backend parallel; drop it with --backend dask")
         from ..distributed.cli import train_on_cluster
 
         return train_on_cluster(args, y_range)
@@ -160,6 +164,7 @@ def cmd_train(args) -> int:
         backend=args.backend,
         log=None if args.quiet else print,
         threads=args.threads,
+        per_rating_scheduler=args.per_rating_scheduler,
     )
     init_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -246,6 +251,7 @@ def cmd_train(args) -> int:
                 "seed": args.seed,
                 "mode": args.mode,
                 "backend": args.backend,
+                "per_rating_scheduler": getattr(learn.backend, "per_rating_scheduler", None),
                 "schedule": "one_cycle",
                 "early_stop": args.early_stop,
                 "keep_best": args.keep_best,

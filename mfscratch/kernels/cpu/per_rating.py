@@ -239,8 +239,48 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     return n_steps if bad == n_steps else bad + 1
 
 
+@njit(cache=True, inline="always")
+def _claim_ordered(state, g, scan):
+    """The first free block from ``scan`` on (layout order) whose two predecessors on its rows are done,
+    claimed by a compare-and-swap; -1 if none is ready."""
+    for b in range(scan, state.shape[0]):
+        if atomic_load(state, b) != _FREE:
+            continue
+        t, c = b // g, b % g
+        if t > 0 and (
+            atomic_load(state, (t - 1) * g + c) != _DONE or atomic_load(state, (t - 1) * g + (c + 1) % g) != _DONE
+        ):
+            continue
+        if atomic_cas(state, b, _FREE, _CLAIMED) == _FREE:
+            return b
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _claim_free(state, busy, lock, g, scan):
+    """LIBMF's rule: the first free block from ``scan`` on (layout order) whose user group and item group
+    no running block uses, claimed with both groups marked busy; -1 if none is. One thread looks at a
+    time (a spin lock: a few hundred claims an epoch, so it is never contended for long)."""
+    if atomic_cas(lock, 0, 0, 1) != 0:
+        return -1
+    claimed = -1
+    for b in range(scan, state.shape[0]):
+        if atomic_load(state, b) != _FREE:
+            continue
+        t, c = b // g, b % g
+        d = (c + t) % g
+        if atomic_load(busy, c) == 0 and atomic_load(busy, g + d) == 0:
+            atomic_store(busy, c, 1)
+            atomic_store(busy, g + d, 1)
+            atomic_store(state, b, _CLAIMED)
+            claimed = b
+            break
+    atomic_store(lock, 0, 0)
+    return claimed
+
+
 def _train_epoch_per_rating_dynamic_body(
-    params, shape, data, layout, lrs, wd, y_range, out, n_workers, canonical, seed
+    params, shape, data, layout, lrs, wd, y_range, out, n_workers, canonical, seed, free=False
 ):
     r"""The epoch of :func:`train_epoch_per_rating` (``g > 1`` blocks) with no barrier between strata.
 
@@ -271,6 +311,13 @@ def _train_epoch_per_rating_dynamic_body(
     the loop cannot deadlock, even if the threads run one after another. ``out.progress[0]`` counts the
     ratings of the finished blocks. On a non-finite loss no new block starts; blocks already running
     finish theirs (the weights after a divergence are not reproducible; the returned step count is).
+
+    ``free=True``: LIBMF's rule instead. A thread takes the first free block whose user group and item
+    group no running block uses, whatever stratum it is in (:func:`_claim_free`), so a thread never waits
+    while such a block is left, however far behind a slowed thread is. Blocks that run at once still
+    share no row, and every block trains once an epoch, but two blocks on the same rows may now run in
+    either order, so the weights depend on the thread timing: not reproducible run to run (docs/speed.md
+    measures the spread of the validation error).
     """
     u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
     users, items, ratings = data
@@ -285,6 +332,8 @@ def _train_epoch_per_rating_dynamic_body(
     n_blocks = g * g
     state = np.zeros(n_blocks, dtype=np.int64)
     flags = np.zeros(1, dtype=np.int64)  # [0]: 1 once a block diverged
+    busy = np.zeros(2 * g, dtype=np.int64)  # free: user groups [0, g) and item groups [g, 2g) in use
+    lock = np.zeros(1, dtype=np.int64)  # free: 1 while a thread looks for a block
     first_bad = np.full(n_blocks, n_steps, dtype=np.int64)
     for _worker in prange(n_workers):
         scan = 0  # every block before ``scan`` is claimed
@@ -292,19 +341,7 @@ def _train_epoch_per_rating_dynamic_body(
         while scan < n_blocks and atomic_load(flags, 0) == 0:
             while scan < n_blocks and atomic_load(state, scan) != _FREE:
                 scan += 1
-            claimed = -1
-            for b in range(scan, n_blocks):
-                if atomic_load(state, b) != _FREE:
-                    continue
-                t, c = b // g, b % g
-                if t > 0 and (
-                    atomic_load(state, (t - 1) * g + c) != _DONE
-                    or atomic_load(state, (t - 1) * g + (c + 1) % g) != _DONE
-                ):
-                    continue
-                if atomic_cas(state, b, _FREE, _CLAIMED) == _FREE:
-                    claimed = b
-                    break
+            claimed = _claim_free(state, busy, lock, g, scan) if free else _claim_ordered(state, g, scan)
             if claimed < 0:
                 if scan < n_blocks:  # blocks are left but none is ready: wait for a running one
                     idle += 1
@@ -329,6 +366,10 @@ def _train_epoch_per_rating_dynamic_body(
                 atomic_store(flags, 0, 1)
             atomic_add(progress, 0, last - first)
             atomic_store(state, claimed, _DONE)
+            if free:
+                t, c = claimed // g, claimed % g
+                atomic_store(busy, c, 0)
+                atomic_store(busy, g + (c + t) % g, 0)
     bad = first_bad.min()
     return n_steps if bad == n_steps else bad + 1
 
