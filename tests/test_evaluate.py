@@ -7,16 +7,22 @@ import numpy as np
 import pytest
 
 from mfscratch.kernels import cpu
+from mfscratch.kernels.cpu._llvm import PREFETCH_MIN_BYTES
 from mfscratch.kernels.cpu.core import EVAL_RUN
 from mfscratch.kernels.records import Ratings, Shape, YRange
 
 
-@pytest.mark.parametrize("n", [1000, 3 * EVAL_RUN + 17])
-def test_parallel_evaluation_equals_the_serial_one(n):
+@pytest.mark.parametrize(
+    "n, nu",
+    [(1000, 500), (3 * EVAL_RUN + 17, 500), (EVAL_RUN + 5, 120_000)],
+    ids=["small", "several-runs", "prefetching"],  # 120,000 users x 21: tables over PREFETCH_MIN_BYTES
+)
+def test_parallel_evaluation_equals_the_serial_one(n, nu):
     rng = np.random.default_rng(0)
-    nu, ni, k = 500, 300, 20
+    ni, k = 300, 20
     params = (rng.standard_normal((nu + ni) * (k + 1)) * 0.3).astype(np.float32)
     tables = cpu.split_flat(params, Shape(nu, ni, k))
+    assert (params.nbytes > PREFETCH_MIN_BYTES) == (nu == 120_000)
     data = Ratings(
         rng.integers(0, nu, n).astype(np.int64),
         rng.integers(0, ni, n).astype(np.int64),

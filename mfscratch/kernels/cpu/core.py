@@ -13,6 +13,7 @@ from numba import njit, prange
 
 from .. import records
 from ._compile import twin
+from ._llvm import PREFETCH_MIN_BYTES, prefetch
 
 __all__ = [
     "sigmoid",
@@ -119,6 +120,33 @@ def predict(tables, users, items, y_range, out):
 EVAL_RUN = 1 << 16
 
 
+#: ``evaluate_mse`` on tables larger than ``PREFETCH_MIN_BYTES`` asks for the rows of the rating this many
+#: rows ahead: the rows of ratings in no particular order come from memory or a far cache, and the
+#: loads of several ratings then overlap (at ML-25M's shape about half the time of a validation pass).
+EVAL_PREFETCH_AHEAD = 12
+
+
+@njit(cache=True, inline="always")
+def prefetch_rows(tables, u, i):
+    """Hint the CPU to load every cache line of ``P[u]``, ``Q[i]``, ``b[u]`` and ``c[i]`` (no effect on results)."""
+    row_u, row_i = tables.u_weight[u], tables.i_weight[i]
+    per_line = 64 // row_u.itemsize
+    for j in range(0, row_u.shape[0], per_line):
+        prefetch(row_u, j)
+        prefetch(row_i, j)
+    prefetch(row_u, row_u.shape[0] - 1)
+    prefetch(row_i, row_i.shape[0] - 1)
+    prefetch(tables.u_bias, u)
+    prefetch(tables.i_bias, i)
+
+
+@njit(cache=True, inline="always")
+def _tables_bytes(tables):
+    return (tables.u_weight.size + tables.u_bias.size) * tables.u_weight.itemsize + (
+        tables.i_weight.size + tables.i_bias.size
+    ) * tables.i_weight.itemsize
+
+
 def _evaluate_mse_body(tables, data, y_range):
     """Exact mean squared error over all rows of ``data`` (accumulated in float64, run by run)."""
     lo, hi, has_range = y_range
@@ -126,9 +154,13 @@ def _evaluate_mse_body(tables, data, y_range):
     n = users.shape[0]
     n_runs = (n + EVAL_RUN - 1) // EVAL_RUN
     run_sums = np.zeros(n_runs, dtype=np.float64)
+    fetch = _tables_bytes(tables) > PREFETCH_MIN_BYTES
     for run in prange(n_runs):
         total = 0.0
-        for r in range(run * EVAL_RUN, min(n, (run + 1) * EVAL_RUN)):
+        end = min(n, (run + 1) * EVAL_RUN)
+        for r in range(run * EVAL_RUN, end):
+            if fetch and r + EVAL_PREFETCH_AHEAD < end:
+                prefetch_rows(tables, users[r + EVAL_PREFETCH_AHEAD], items[r + EVAL_PREFETCH_AHEAD])
             x = logit(tables, users[r], items[r])
             pred = lo + (hi - lo) * sigmoid(x) if has_range else x
             err = pred - ratings[r]
