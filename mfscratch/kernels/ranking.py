@@ -7,7 +7,7 @@ training (``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``, a CSR row) and co
 ``first_item`` (``#na#``) are never chosen.
 
 Selection keeps a min-heap of the ``k`` best so far: ``O(n_items log k)`` per user, one scratch vector
-per user, users in parallel. Ties go to the lower item code, so results do not depend on threads.
+per user, tiles of users in parallel. Ties go to the lower item code, so results do not depend on threads.
 Users with fewer than ``k`` candidates get ``-1`` items and ``-inf`` scores in the unused slots.
 """
 
@@ -87,6 +87,10 @@ def _select_topk(scores, k, out_items, out_scores):
         _sift_down(heap_scores, heap_items, 0, n)
 
 
+#: Users scored together: each item's row is read once for the tile (from cache) instead of once per user.
+USER_TILE = 8
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def topk_items(
     u_weight, i_weight, u_bias, i_bias, users, seen_indptr, seen_indices, first_item, k, out_items, out_scores
@@ -94,22 +98,31 @@ def topk_items(
     """For each ``users[r]``: the ``k`` unseen items with the highest scores ``x`` (see the module docstring).
 
     ``out_items`` (int64) and ``out_scores`` (float64) are ``(len(users), k)``; row ``r`` is sorted
-    best first. Parallel over users. ``fastmath`` reassociation lets the dot product vectorise
-    (about twice as fast); it may change a score's last bits, never the order of distinct scores.
+    best first. Parallel over tiles of :data:`USER_TILE` users: the tile's users are scored item by
+    item, so that the item table (15 MB at ML-25M's shape) streams through the cache once a tile, not
+    once a user. ``fastmath`` reassociation lets the dot product vectorise (about twice as fast); it
+    may change a score's last bits, never the order of distinct scores.
     """
     n_items = i_weight.shape[0]
     n_factors = i_weight.shape[1]
-    for r in prange(users.shape[0]):
-        u = users[r]
-        scores = np.empty(n_items, dtype=np.float64)
-        base = np.float64(u_bias[u])
+    n_users = users.shape[0]
+    for tile in prange((n_users + USER_TILE - 1) // USER_TILE):
+        r0 = tile * USER_TILE
+        m = min(n_users, r0 + USER_TILE) - r0
+        scores = np.empty((m, n_items), dtype=np.float64)
         for i in range(n_items):
-            acc = 0.0
-            for j in range(n_factors):
-                acc += np.float64(u_weight[u, j]) * np.float64(i_weight[i, j])
-            scores[i] = acc + base + np.float64(i_bias[i])
-        for i in range(min(first_item, n_items)):
-            scores[i] = -np.inf
-        for p in range(seen_indptr[u], seen_indptr[u + 1]):
-            scores[seen_indices[p]] = -np.inf
-        _select_topk(scores, k, out_items[r], out_scores[r])
+            item_bias = np.float64(i_bias[i])
+            for a in range(m):
+                u = users[r0 + a]
+                acc = 0.0
+                for j in range(n_factors):
+                    acc += np.float64(u_weight[u, j]) * np.float64(i_weight[i, j])
+                scores[a, i] = acc + np.float64(u_bias[u]) + item_bias
+        for a in range(m):
+            u = users[r0 + a]
+            row = scores[a]
+            for i in range(min(first_item, n_items)):
+                row[i] = -np.inf
+            for p in range(seen_indptr[u], seen_indptr[u + 1]):
+                row[seen_indices[p]] = -np.inf
+            _select_topk(row, k, out_items[r0 + a], out_scores[r0 + a])
