@@ -211,8 +211,9 @@ def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows:
     return {j: table[names[at(j)]] for j in wanted}, len(table)
 
 
-#: Bytes of a file that :func:`_stream_arrow` parses at a time.
-_STREAM_BLOCK = 1 << 23
+#: Bytes of a file that :func:`_stream_arrow` parses at a time: each block in flight holds its text, its parsed
+#: columns and its ids (about 10x its size in all), so the blocks stay small; 2 MiB blocks still make few calls.
+_STREAM_BLOCK = 1 << 21
 #: Threads that parse blocks at once (each also uses pyarrow's own threads).
 _STREAM_WORKERS = 4
 #: The block reader's first guess of the bytes a row (its id arrays start with the file's bytes / this many
@@ -273,6 +274,7 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     )
     ids = {j: np.empty(capacity, dtype=np.int64) for j, kind in wanted.items() if kind == "id"}
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
+    numbers: dict = {}  # other column: its values so far as one array, or False once it holds something else
 
     def parse_block(first: bool, block) -> tuple[int, dict, dict] | None:
         """``(rows, {id column: int64 values}, {other column: Arrow chunks})`` of one block, or ``None``
@@ -308,8 +310,41 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
         for j, values in parsed_ids.items():
             ids[j][n_rows : n_rows + n] = values
         for j, column_chunks in chunks.items():
-            others[j].extend(column_chunks)
+            if not _take_numbers(j, column_chunks, n):
+                others[j].extend(column_chunks)
         n_rows += n
+        return True
+
+    def _take_numbers(j: int, column_chunks: list, n: int) -> bool:
+        """Copy a block's int64 or float64 chunks without nulls into column ``j``'s one NumPy array (made
+        at the first block with the id arrays' capacity, grown like them), so that the file's numbers are
+        never held twice (chunks and array) and no block's chunks outlive it. ``False`` once the column
+        holds anything else (a null, another type): from then on its chunks are kept whole, as before,
+        and the array so far goes back into chunks."""
+        values = numbers.get(j)
+        if values is False:
+            return False
+        kind = column_chunks[0].type if column_chunks else None
+        if (
+            kind not in (pa.int64(), pa.float64())
+            or any(c.type != kind or c.null_count for c in column_chunks)
+            or (values is not None and values.dtype != kind.to_pandas_dtype())
+        ):
+            if values is not None:  # what is copied so far becomes a chunk again, in file order
+                others[j].append(pa.array(values[:n_rows]))
+            numbers[j] = False
+            return False
+        if values is None or n_rows + n > len(values):
+            grown = np.empty(
+                max(capacity, 2 * (0 if values is None else len(values)), n_rows + n), kind.to_pandas_dtype()
+            )
+            if values is not None:
+                grown[:n_rows] = values[:n_rows]
+            numbers[j] = values = grown
+        pos = n_rows
+        for chunk in column_chunks:
+            values[pos : pos + len(chunk)] = chunk.to_numpy()
+            pos += len(chunk)
         return True
 
     pool = pa.default_memory_pool()
@@ -337,7 +372,12 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     if n_rows == 0 or any(len({c.type for c in chunks}) > 1 for chunks in others.values()):
         return None
     columns: dict = {j: values[:n_rows] for j, values in ids.items()}
+    for j, values in numbers.items():
+        if values is not False:
+            columns[j] = values[:n_rows]
     for j, chunks in others.items():
+        if j in columns:
+            continue
         columns[j] = _numbers(chunks, n_rows) if chunks[0].type in (pa.int64(), pa.float64()) else None
         if columns[j] is None:
             columns[j] = pa.chunked_array(chunks)

@@ -223,6 +223,8 @@ def _read_both_ways(monkeypatch, path):
         "7,007,4\n",  # an id with a leading zero: text ids, read whole
         "8,,4\n",  # a missing id
         "9,3,4.5\n",  # the ratings turn from integers to decimals in a later block
+        "9,3,\n",  # a missing rating alone in a later block: read whole
+        "9,3,4\n9,3,\n",  # a missing rating among others: the ratings read so far go back into Arrow chunks
         "9,3,4,5\n",  # a row of the wrong width
         "   \n9,3,4\n",  # a blank line of spaces
         "user 9,3,4\n",  # a text id
@@ -236,7 +238,9 @@ def test_block_by_block_reading_equals_the_whole_file_read(monkeypatch, tmp_path
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating\n" + "\n".join(lines) + "\n" + tail)
     (streamed, whole), used_blocks = _read_both_ways(monkeypatch, path)
-    assert used_blocks == (tail in ("", "   \n9,3,4\n"))  # plain ids are read block by block, the rest whole
+    assert used_blocks == (
+        tail in ("", "   \n9,3,4\n", "9,3,4\n9,3,\n")
+    )  # plain ids are read block by block, the rest whole
     if isinstance(whole, str):
         assert streamed == whole
         return
