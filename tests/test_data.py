@@ -87,3 +87,49 @@ def test_show_batch_decodes_names(ratings_df, capsys):
     assert list(df.columns) == ["user", "item", "rating"] and len(df) == 4
     assert set(df["item"]) <= set(ratings_df["item"])
     assert "item" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "n, valid_pct, seed", [(1, 0.0, 0), (2, 0.5, 1), (997, 0.2, 42), (50_000, 0.2, 7), (3001, 0.9, 3)]
+)
+def test_split_equals_the_permutation_gather(n, valid_pct, seed):
+    """The split (an int32 shuffle, one gathered array per column, training rows first) gives exactly the rows,
+    in exactly the order, of ``perm = rng.permutation(n)``: validation ``perm[:n_valid]``, training the rest."""
+    rng = np.random.default_rng(seed + 100)
+    users = rng.integers(0, 30, n).astype(np.int32)
+    items = rng.integers(0, 40, n).astype(np.int32)
+    ratings = rng.normal(size=n).astype(np.float32)
+    dls = CollabDataLoaders.from_codes(users, items, ratings, 30, 40, valid_pct=valid_pct, seed=seed)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_valid = int(valid_pct * n)
+    for got, column in (
+        ((dls.train_users, dls.valid_users), users),
+        ((dls.train_items, dls.valid_items), items),
+        ((dls.train_ratings, dls.valid_ratings), ratings),
+    ):
+        train, valid = got
+        assert train.dtype == valid.dtype == column.dtype
+        assert train.flags.c_contiguous and valid.flags.c_contiguous
+        np.testing.assert_array_equal(valid, column[perm[:n_valid]])
+        np.testing.assert_array_equal(train, column[perm[n_valid:]])
+
+
+def test_split_of_from_df_equals_the_permutation_gather():
+    """``from_df`` on a random table: the same rows in the same order as the gather by ``rng.permutation``."""
+    rng = np.random.default_rng(5)
+    n = 20_000
+    df = pd.DataFrame(
+        {"user": rng.integers(10, 500, n), "item": rng.integers(3, 900, n), "rating": rng.integers(1, 11, n) / 2}
+    )
+    dls = CollabDataLoaders.from_df(df, valid_pct=0.2, seed=11)
+    perm = np.random.default_rng(11).permutation(n)
+    n_valid = int(0.2 * n)
+    users = np.searchsorted(np.unique(df["user"]), df["user"]) + 1
+    items = np.searchsorted(np.unique(df["item"]), df["item"]) + 1
+    y = df["rating"].to_numpy(np.float32)
+    np.testing.assert_array_equal(dls.valid_users, users[perm[:n_valid]])
+    np.testing.assert_array_equal(dls.train_users, users[perm[n_valid:]])
+    np.testing.assert_array_equal(dls.valid_items, items[perm[:n_valid]])
+    np.testing.assert_array_equal(dls.train_items, items[perm[n_valid:]])
+    np.testing.assert_array_equal(dls.valid_ratings, y[perm[:n_valid]])
+    np.testing.assert_array_equal(dls.train_ratings, y[perm[n_valid:]])
