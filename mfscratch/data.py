@@ -358,9 +358,7 @@ class CollabDataLoaders:
         bs = validate.positive_int("bs", bs)
         names = (user_name, item_name, rating_name)
         t0 = time.perf_counter()
-        y = validate.check_rating_values(ratings, rating_name, float32=True)
-        if consume:
-            del ratings[rating_name]
+        y64 = validate.check_rating_values(ratings, rating_name)  # float32 once the ids' columns are freed
         check, encode = time.perf_counter() - t0, 0.0
         encoded = []
         for role, name in (("user", user_name), ("item", item_name)):
@@ -374,7 +372,14 @@ class CollabDataLoaders:
                 del ratings[name]
             check, encode = check + (t1 - t0) + (time.perf_counter() - t2), encode + (t2 - t1)
             encoded.append((codes, vocab))
+            del codes
         (users, user_vocab), (items, item_vocab) = encoded
+        t0 = time.perf_counter()
+        y = validate.ratings_float32(y64)
+        del y64
+        if consume:
+            del ratings[rating_name]
+        encode += time.perf_counter() - t0
         t0 = time.perf_counter()
         validate.warn_repeated_pairs(ratings, users, items, len(user_vocab), len(item_vocab), names)
         check += time.perf_counter() - t0

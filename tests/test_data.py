@@ -133,3 +133,19 @@ def test_split_of_from_df_equals_the_permutation_gather():
     np.testing.assert_array_equal(dls.train_items, items[perm[n_valid:]])
     np.testing.assert_array_equal(dls.valid_ratings, y[perm[:n_valid]])
     np.testing.assert_array_equal(dls.train_ratings, y[perm[n_valid:]])
+
+
+def test_non_finite_ratings_counted_across_chunks(monkeypatch):
+    """The float32 check runs a chunk at a time: the count and the first bad row are those of the whole column."""
+    from mfscratch import validate
+
+    monkeypatch.setattr(validate, "_FINITE_CHUNK", 4)
+    ratings = [1.0, 2.0, 3.0, 4.0, 5.0, 1e39, 2.0, 3.0, np.nan, 1.0, 2.0, np.inf, 4.0]
+    df = pd.DataFrame({"user": np.arange(13) % 3, "item": np.arange(13) % 5, "rating": ratings}, index=range(100, 113))
+    with pytest.raises(DataError, match=r"has 3 value\(s\) that are not finite numbers \(first: row 105, \S*1e\+39"):
+        CollabDataLoaders.from_df(df, seed=0)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(np.array(ratings, dtype=np.float32))
+    df["rating"] = np.where(finite, ratings, 3.0)
+    dls = CollabDataLoaders.from_df(df, valid_pct=0.0, seed=0)
+    np.testing.assert_array_equal(np.sort(dls.train_ratings), np.sort(df["rating"].to_numpy(np.float32)))
