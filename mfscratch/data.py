@@ -236,7 +236,7 @@ _DENSE_SPAN_PER_ROW = 1
 
 def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:
     """Codes ``1..K`` in sorted order of the values (0 for missing) and the vocabulary."""
-    if col.dtype == np.int64 and len(col):
+    if col.dtype in (np.int64, np.int32) and len(col):
         values = col.to_numpy()
         low, high = int(values.min()), int(values.max())
         if high - low < max(1 << 20, _DENSE_SPAN_PER_ROW * len(values)):

@@ -121,16 +121,20 @@ def read_ratings(
     header: bool | None = None,
     encoding: str | None = None,
     sep: str | None = None,
+    narrow_ids: bool = False,
 ) -> RatingsTable:
     """Ratings from a CSV, TSV, ``;``, ``|``, ``::``, whitespace-separated or Parquet file, compressed or not.
 
     ``user_col``, ``item_col``, ``rating_col``: a column name, or a 0-based position (``2`` or
     ``"2"``). ``header``, ``encoding`` and ``sep`` are detected unless given (see
     :mod:`mfscratch.tablefile`); ids keep their identity as written (:func:`parse_ids`).
-    ``table.info`` says how the file was read and counts its lines.
+    ``table.info`` says how the file was read and counts its lines. ``narrow_ids=True``: integer ids that all
+    fit are int32 where the file is read block by block (a table read only to be encoded, as the command line's).
     """
     specs = [_column_spec(c) for c in (user_col, item_col, rating_col)]
-    df, info = read_columns(path, specs, ("id", "id", "number"), ("user", "item", "rating"), header, encoding, sep)
+    df, info = read_columns(
+        path, specs, ("id", "id", "number"), ("user", "item", "rating"), header, encoding, sep, narrow_ids=narrow_ids
+    )
     if info.header is None:  # a file without a header: give the columns the usual names
         df.columns = ["user", "item", "rating"]
     df.columns = [str(c) for c in df.columns]

@@ -338,3 +338,31 @@ def test_data_ml25m_by_name_takes_the_same_path(capsys, tmp_path, monkeypatch, s
     r = json.loads(report.read_text())
     assert r["n_train"] + r["n_valid"] == 6000 and r["n_items"] == len(movie_ids) + 1  # no row lost, no id merged
     assert r["settings"]["data"] == "ml-25m" and r["read_seconds"] >= 0
+
+
+@pytest.mark.parametrize("late_id", [None, 2**31, 10**15, 2**31 - 1])
+def test_narrow_ids_read_the_same_values(monkeypatch, tmp_path, late_id):
+    """``narrow_ids``: int32 id columns while every id fits, widened to int64 at a later block's id that does
+    not; the values (and everything else) are those of the ordinary read, and the loaders made from both equal."""
+    from mfscratch import tablefile
+    from mfscratch.readers import read_ratings
+
+    monkeypatch.setattr(tablefile, "_STREAM_BLOCK", 64)
+    rng = np.random.default_rng(1)
+    rows = [
+        f"{u},{i},{r}" for u, i, r in zip(rng.integers(1, 50, 300), rng.integers(1, 40, 300), rng.integers(1, 6, 300))
+    ]
+    if late_id is not None:
+        rows.append(f"{late_id},3,4")
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    wide, narrow = read_ratings(path), read_ratings(path, narrow_ids=True)
+    assert wide.df["user"].dtype == wide.df["item"].dtype == np.int64
+    fits = late_id is None or late_id < 2**31
+    assert narrow.df["user"].dtype == (np.int32 if fits else np.int64) and narrow.df["item"].dtype == np.int32
+    pd.testing.assert_frame_equal(narrow.df, wide.df, check_dtype=False)
+    assert narrow.info == wide.info
+    a, b = wide.loaders(seed=3), narrow.loaders(seed=3)
+    assert a.classes == b.classes and all(type(v) is int for v in b.classes["user"][1:])
+    for name in ("train_users", "train_items", "train_ratings", "valid_users", "valid_items", "valid_ratings"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

@@ -287,7 +287,10 @@ def load_training_data(args):
             raise ConfigError("give either --ratings FILE or --data NAME/--split, not both")
         sep = "\t" if args.sep in ("tab", "\\t") else args.sep
         cols = (_col(args.user_col, 0), _col(args.item_col, 1), _col(args.rating_col, 2))
-        table = read_ratings(args.ratings, *cols, header=args.header, encoding=args.encoding, sep=sep)
+        # Ids as int32 where they fit: the table is only encoded; with --items, keys compare to the items' int64.
+        table = read_ratings(
+            args.ratings, *cols, header=args.header, encoding=args.encoding, sep=sep, narrow_ids=args.items is None
+        )
         if table.info is not None and not args.quiet:
             print(f"note: {table.info.summary()}", file=sys.stderr)
         if args.items is not None:
