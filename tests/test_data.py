@@ -149,3 +149,17 @@ def test_non_finite_ratings_counted_across_chunks(monkeypatch):
     df["rating"] = np.where(finite, ratings, 3.0)
     dls = CollabDataLoaders.from_df(df, valid_pct=0.0, seed=0)
     np.testing.assert_array_equal(np.sort(dls.train_ratings), np.sort(df["rating"].to_numpy(np.float32)))
+
+
+def test_a_consuming_from_df_gives_the_freed_heap_back_and_empties_the_table():
+    """``consume=True`` empties the table and ends with ``malloc_trim`` (glibc; a no-op elsewhere): same loaders."""
+    from mfscratch.data import _give_back_freed_memory
+
+    _give_back_freed_memory()
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"u": rng.integers(0, 40, 500), "i": rng.integers(0, 60, 500), "r": rng.integers(1, 6, 500)})
+    want = CollabDataLoaders.from_df(df.copy(), seed=4)
+    got = CollabDataLoaders.from_df(df, seed=4, consume=True)
+    assert df.shape[1] == 0
+    for name in ("train_users", "train_items", "train_ratings", "valid_users", "valid_items", "valid_ratings"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
