@@ -366,3 +366,22 @@ def test_narrow_ids_read_the_same_values(monkeypatch, tmp_path, late_id):
     assert a.classes == b.classes and all(type(v) is int for v in b.classes["user"][1:])
     for name in ("train_users", "train_items", "train_ratings", "valid_users", "valid_items", "valid_ratings"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_init_params_in_chunks_is_bit_equal_to_whole_tables(monkeypatch, dtype, chunk):
+    """The initialisation drawn a chunk at a time gives the bytes (and leaves the generator in the state) of
+    ``fmod(N(0, 1), 2) * 0.01`` drawn table by table in float64 and cast at the end."""
+    from mfscratch import model
+
+    def whole_tables(n_users, n_items, n_factors, rng, dtype):
+        shapes = model.table_shapes(n_users, n_items, n_factors).values()
+        return np.concatenate([np.fmod(rng.standard_normal(r * c), 2.0) * 0.01 for r, c in shapes]).astype(dtype)
+
+    monkeypatch.setattr(model, "_INIT_CHUNK", chunk)
+    for shape in ((3, 4, 2), (944, 1665, 50), (10, 10, 1)):
+        want_rng, got_rng = np.random.default_rng(3), np.random.default_rng(3)
+        want, got = whole_tables(*shape, want_rng, dtype), model.init_params(*shape, got_rng, dtype)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        assert got_rng.bit_generator.state == want_rng.bit_generator.state
