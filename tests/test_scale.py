@@ -282,6 +282,7 @@ def _attach_titles_by_row(table, items, merge_duplicates=False):
     "keys",
     [
         [3, 1, 2, 3, 30, 1, 7],  # int keys, the items' keys int too
+        np.array([3, 1, 2, 3, 30, 1, 7], dtype=np.int32),  # int32 keys (read_ratings(narrow_ids=True)): as int64
         ["3", "1", "2", "3", "30", "1", "7"],  # text keys against int item keys: compared as text
         ["3", None, "2", "3", "30", "1", None],  # missing keys
     ],
@@ -295,7 +296,7 @@ def test_titles_attached_per_distinct_key_as_per_row(keys, merge):
     titled = attach_titles(table, items, merge_duplicates=merge)
     assert titled.df["title"].tolist() == _attach_titles_by_row(table, items, merge)
     assert list(titled.df.columns) == ["u", "title", "r"] and titled.df["u"].tolist() == list(range(len(keys)))
-    if None not in keys:
+    if not any(k is None for k in keys):
         dls = CollabDataLoaders.from_df(titled.df, valid_pct=0.0, seed=0, bs=1)
         want = pd.DataFrame({"u": ratings["u"], "title": _attach_titles_by_row(table, items, merge), "r": ratings["r"]})
         ref = CollabDataLoaders.from_df(want, valid_pct=0.0, seed=0, bs=1)
