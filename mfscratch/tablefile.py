@@ -278,7 +278,7 @@ def _stream_arrow(
         quoted_strings_can_be_null=True,
     )
     id_type = np.int32 if narrow_ids else np.int64
-    ids = {j: np.empty(capacity, dtype=id_type) for j, kind in wanted.items() if kind == "id"}
+    ids: dict[int, np.ndarray] = {j: np.empty(capacity, dtype=id_type) for j, kind in wanted.items() if kind == "id"}
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
     numbers: dict = {}  # other column: its values so far as one array, or False once it holds something else
 
