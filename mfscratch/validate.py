@@ -307,6 +307,8 @@ def check_id_values(df: pd.DataFrame, name: str, role: str) -> None:
     """No missing ids, one kind of value per column (the distinct values are counted once encoded:
     :func:`check_distinct`)."""
     col, where = df[name], _where(df)
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iu":
+        return  # NumPy integers hold no missing value and one kind (no mask of the column made to say so)
     missing = col.isna()
     if missing.any():
         first = col.index[missing.to_numpy()][0]
