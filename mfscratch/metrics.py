@@ -74,9 +74,7 @@ class SeenItems:
         used = seen_rows(
             users, items, int(n_users), int(n_items), indptr, indices
         )  # sorted by user, then item; repeats dropped
-        # The used part as a view: a copy would hold the CSR twice (2 x 160 MB at 20M ratings) for the
-        # few entries the repeats leave unused.
-        return cls(indptr, indices[:used], counts)
+        return cls(indptr, indices if used == len(indices) else indices[:used].copy(), counts)
 
     @classmethod
     def from_loaders(cls, dls) -> SeenItems:
