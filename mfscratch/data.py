@@ -13,10 +13,12 @@ epoch, last partial batch dropped), so the loaders only hold arrays.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import http.client
 import os
 import shutil
+import sys
 import tempfile
 import time
 import urllib.error
@@ -236,7 +238,7 @@ _DENSE_SPAN_PER_ROW = 1
 
 def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:
     """Codes ``1..K`` in sorted order of the values (0 for missing) and the vocabulary."""
-    if col.dtype == np.int64 and len(col):
+    if col.dtype in (np.int64, np.int32) and len(col):
         values = col.to_numpy()
         low, high = int(values.min()), int(values.max())
         if high - low < max(1 << 20, _DENSE_SPAN_PER_ROW * len(values)):
@@ -254,6 +256,25 @@ def _encode(col: pd.Series, name: str) -> tuple[np.ndarray, Vocab]:
         ) from None
     values = uniques.tolist()
     return (codes + 1).astype(np.int32), Vocab(["#na#"] + values)
+
+
+def _give_back_freed_memory() -> None:
+    """Return the C heap's free memory to the system (glibc's ``malloc_trim(0)``; nothing elsewhere).
+
+    Reading and encoding a large table free many blocks of a few MB, some made on the reader's threads:
+    glibc keeps such chunks in its arenas (below its mmap threshold, which grows to 32 MB after the first
+    large free) for reuse, about 30 MB at 25M rows, that the training never asks for again. The last step of
+    a consuming ``from_df``, where that memory is known to be garbage; a no-op where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
 
 
 class CollabDataLoaders:
@@ -305,24 +326,28 @@ class CollabDataLoaders:
         """Loaders whose validation rows are ``rng.permutation(n)[:n_valid]`` of ``columns`` (users, items,
         ratings) and whose training rows are the rest, in that order (``rng = np.random.default_rng(seed)``).
 
-        Each column is gathered into its two parts in one compiled parallel pass (``split_column``) and
-        then taken out of ``columns``: a caller that holds no other reference frees each full column as
-        soon as its parts exist, so that the table and both parts are never all held at once.
+        The permutation is drawn as ``rng.shuffle`` of an ``int32`` range (the same permutation as
+        ``rng.permutation(n)``, half the bytes). Each column is gathered in one compiled parallel pass
+        (``split_column``) into one array, training rows first; the training and validation arrays are the
+        two views of it, so no row is held twice. Each column is then taken out of ``columns``: a caller
+        that holds no other reference frees each full column as soon as its gathered copy exists.
         """
         from .kernels.pairs import split_column
 
         n = len(columns[0])
-        perm = np.random.default_rng(seed).permutation(n)
+        perm = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        np.random.default_rng(seed).shuffle(perm)
         dls = cls.__new__(cls)
         user_name, item_name, rating_name = names
         dls._set_names(classes, user_name, item_name, rating_name, bs, seed)
         train, valid = [], []
         while columns:
             values = columns.pop(0)
-            train.append(np.empty(n - n_valid, dtype=values.dtype))
-            valid.append(np.empty(n_valid, dtype=values.dtype))
-            split_column(values, perm, n_valid, train[-1], valid[-1])
+            gathered = np.empty(n, dtype=values.dtype)
+            split_column(values, perm, n_valid, gathered)
             del values
+            train.append(gathered[: n - n_valid])
+            valid.append(gathered[n - n_valid :])
         dls.train_users, dls.train_items, dls.train_ratings = train
         dls.valid_users, dls.valid_items, dls.valid_ratings = valid
         return dls
@@ -354,9 +379,7 @@ class CollabDataLoaders:
         bs = validate.positive_int("bs", bs)
         names = (user_name, item_name, rating_name)
         t0 = time.perf_counter()
-        y = validate.check_rating_values(ratings, rating_name, float32=True)
-        if consume:
-            del ratings[rating_name]
+        y64 = validate.check_rating_values(ratings, rating_name)  # float32 once the ids' columns are freed
         check, encode = time.perf_counter() - t0, 0.0
         encoded = []
         for role, name in (("user", user_name), ("item", item_name)):
@@ -370,7 +393,14 @@ class CollabDataLoaders:
                 del ratings[name]
             check, encode = check + (t1 - t0) + (time.perf_counter() - t2), encode + (t2 - t1)
             encoded.append((codes, vocab))
+            del codes
         (users, user_vocab), (items, item_vocab) = encoded
+        t0 = time.perf_counter()
+        y = validate.ratings_float32(y64)
+        del y64
+        if consume:
+            del ratings[rating_name]
+        encode += time.perf_counter() - t0
         t0 = time.perf_counter()
         validate.warn_repeated_pairs(ratings, users, items, len(user_vocab), len(item_vocab), names)
         check += time.perf_counter() - t0
@@ -382,6 +412,8 @@ class CollabDataLoaders:
         columns = [users, items, y]
         del users, items, y, encoded  # the split frees each full column once its two parts exist
         dls = cls._split(columns, seed, n_valid, classes, names, bs)
+        if consume:  # the table's columns are gone: what the C heap kept of them goes back to the system
+            _give_back_freed_memory()
         dls.phase_seconds = {"check": check, "encode": encode, "split": time.perf_counter() - t2}
         return dls
 

@@ -82,4 +82,7 @@ class OptState:
 
     @classmethod
     def zeros_like(cls, params: np.ndarray) -> OptState:
-        return cls(np.zeros_like(params), np.zeros_like(params), 0)
+        """Zero moments shaped like ``params``, made with ``np.zeros`` (``calloc``): the pages stay unmapped
+        until written, so an optimiser that never reads its moments (plain SGD) holds no memory for them,
+        where ``np.zeros_like`` writes every page."""
+        return cls(np.zeros(params.shape, params.dtype), np.zeros(params.shape, params.dtype), 0)

@@ -121,16 +121,20 @@ def read_ratings(
     header: bool | None = None,
     encoding: str | None = None,
     sep: str | None = None,
+    narrow_ids: bool = False,
 ) -> RatingsTable:
     """Ratings from a CSV, TSV, ``;``, ``|``, ``::``, whitespace-separated or Parquet file, compressed or not.
 
     ``user_col``, ``item_col``, ``rating_col``: a column name, or a 0-based position (``2`` or
     ``"2"``). ``header``, ``encoding`` and ``sep`` are detected unless given (see
     :mod:`mfscratch.tablefile`); ids keep their identity as written (:func:`parse_ids`).
-    ``table.info`` says how the file was read and counts its lines.
+    ``table.info`` says how the file was read and counts its lines. ``narrow_ids=True``: integer ids that all
+    fit are int32 where the file is read block by block (a table read only to be encoded, as the command line's).
     """
     specs = [_column_spec(c) for c in (user_col, item_col, rating_col)]
-    df, info = read_columns(path, specs, ("id", "id", "number"), ("user", "item", "rating"), header, encoding, sep)
+    df, info = read_columns(
+        path, specs, ("id", "id", "number"), ("user", "item", "rating"), header, encoding, sep, narrow_ids=narrow_ids
+    )
     if info.header is None:  # a file without a header: give the columns the usual names
         df.columns = ["user", "item", "rating"]
     df.columns = [str(c) for c in df.columns]
@@ -172,7 +176,11 @@ def attach_titles(
     # Each distinct key is named once; the rows then take their key's name by code (25M rows, 59k keys).
     row_codes, distinct = pd.factorize(keys, use_na_sentinel=False)
     unique_keys = pd.Series(distinct, dtype=keys.dtype)
-    if keys.dtype != items["key"].dtype:
+    signed = all(isinstance(d, np.dtype) and d.kind == "i" for d in (keys.dtype, items["key"].dtype))
+    if keys.dtype != items["key"].dtype and signed:
+        # int32 ids (read_ratings(narrow_ids=True)) and int64 keys: compare as int64.
+        unique_keys, items = unique_keys.astype(np.int64), items.assign(key=items["key"].astype(np.int64))
+    elif keys.dtype != items["key"].dtype:
         # "1" in one file and 1 in the other: compare as text.
         unique_keys, items = unique_keys.astype(str), items.assign(key=items["key"].astype(str))
     titles = items["title"].astype(str)
@@ -254,10 +262,11 @@ def _ml100k_titled(folder: Path, file: str) -> RatingsTable:
     return RatingsTable(titled, "user", "title", "rating", str(folder / file))
 
 
-def read_movielens(name: str = "ml-100k", titles: bool = True) -> RatingsTable:
+def read_movielens(name: str = "ml-100k", titles: bool = True, narrow_ids: bool = False) -> RatingsTable:
     """A MovieLens set by name (downloaded and checked by ``untar_data``), each in its own format.
 
-    ``titles=True`` names the items by title (see the module docstring on duplicates).
+    ``titles=True`` names the items by title (see the module docstring on duplicates). ``narrow_ids``: the
+    CSV sets (ml-20m, ml-25m, ml-latest-small) give their user ids as int32 (:func:`read_ratings`).
     """
     if name not in DATASETS:
         raise ConfigError(f"--data {name!r}: use one of {', '.join(DATASETS)}")
@@ -275,7 +284,7 @@ def read_movielens(name: str = "ml-100k", titles: bool = True) -> RatingsTable:
         movies = folder / "movies.dat"
         items = _movies_dat(movies) if titles and movies.is_file() else None
     else:  # ml-20m, ml-25m, ml-latest-small: CSV with header userId,movieId,rating,timestamp
-        table = read_ratings(ratings_path, "userId", "movieId", "rating", header=True)
+        table = read_ratings(ratings_path, "userId", "movieId", "rating", header=True, narrow_ids=narrow_ids)
         movies = folder / "movies.csv"
         items = read_items(movies, "movieId", "title", header=True) if titles and movies.is_file() else None
     if items is None:

@@ -91,6 +91,7 @@ class _Plan:
     sep: str | None
     what: str
     arrow: bool
+    narrow_ids: bool = False
 
 
 @dataclass
@@ -211,8 +212,10 @@ def _parse_arrow(source, sep: str, n_fields: int, wanted: dict, path, skip_rows:
     return {j: table[names[at(j)]] for j in wanted}, len(table)
 
 
-#: Bytes of a file that :func:`_stream_arrow` parses at a time.
-_STREAM_BLOCK = 1 << 23
+_INT32_MIN, _INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
+#: Bytes of a file that :func:`_stream_arrow` parses at a time: each block in flight holds its text, its parsed
+#: columns and its ids (about 10x its size in all), so the blocks stay small; 2 MiB blocks still make few calls.
+_STREAM_BLOCK = 1 << 21
 #: Threads that parse blocks at once (each also uses pyarrow's own threads).
 _STREAM_WORKERS = 4
 #: The block reader's first guess of the bytes a row (its id arrays start with the file's bytes / this many
@@ -242,12 +245,15 @@ def _line_blocks(source: str, size: int):
             carry = data[cut:]
 
 
-def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows: int, capacity: int):
+def _stream_arrow(
+    source: str, sep: str, n_fields: int, wanted: dict, skip_rows: int, capacity: int, narrow_ids: bool = False
+):
     """``(columns, n_rows)`` of a plain UTF-8 file read block by block (pyarrow's parser on blocks of
     :data:`_STREAM_BLOCK` bytes cut at line ends), each block's id tokens parsed at once into int64
     arrays (``ids.parse_ids``' plain-integer rule): the ids' text, 10 bytes a token and more, is never
     held for the whole file, and the table is not read twice. ``capacity``: the rows the id arrays
-    start with (they grow when the file holds more).
+    start with (they grow when the file holds more). ``narrow_ids``: the id arrays are int32 while every
+    id fits (half the memory); a column is widened to int64 at the first block that holds an id that does not.
 
     ``None`` when a block holds anything else, so that the whole-file reader reads it as before and
     says what is wrong: an id that is missing or not a plain integer, a rating column whose type
@@ -271,8 +277,10 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
         strings_can_be_null=True,
         quoted_strings_can_be_null=True,
     )
-    ids = {j: np.empty(capacity, dtype=np.int64) for j, kind in wanted.items() if kind == "id"}
+    id_type = np.int32 if narrow_ids else np.int64
+    ids: dict[int, np.ndarray] = {j: np.empty(capacity, dtype=id_type) for j, kind in wanted.items() if kind == "id"}
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
+    numbers: dict = {}  # other column: its values so far as one array, or False once it holds something else
 
     def parse_block(first: bool, block) -> tuple[int, dict, dict] | None:
         """``(rows, {id column: int64 values}, {other column: Arrow chunks})`` of one block, or ``None``
@@ -302,14 +310,55 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
         n, parsed_ids, chunks = result
         if n_rows + n > len(next(iter(ids.values()), ())):
             for j, values in ids.items():
-                grown = np.empty(max(2 * len(values), n_rows + n), dtype=np.int64)
+                grown = np.empty(max(2 * len(values), n_rows + n), dtype=values.dtype)
                 grown[:n_rows] = values[:n_rows]
                 ids[j] = grown
         for j, values in parsed_ids.items():
+            if (
+                ids[j].dtype == np.int32
+                and len(values)
+                and not (_INT32_MIN <= values.min() <= values.max() <= _INT32_MAX)
+            ):
+                widened = np.empty(len(ids[j]), dtype=np.int64)  # an id beyond int32: int64 from now on
+                widened[:n_rows] = ids[j][:n_rows]
+                ids[j] = widened
             ids[j][n_rows : n_rows + n] = values
         for j, column_chunks in chunks.items():
-            others[j].extend(column_chunks)
+            if not _take_numbers(j, column_chunks, n):
+                others[j].extend(column_chunks)
         n_rows += n
+        return True
+
+    def _take_numbers(j: int, column_chunks: list, n: int) -> bool:
+        """Copy a block's int64 or float64 chunks without nulls into column ``j``'s one NumPy array (made
+        at the first block with the id arrays' capacity, grown like them), so that the file's numbers are
+        never held twice (chunks and array) and no block's chunks outlive it. ``False`` once the column
+        holds anything else (a null, another type): from then on its chunks are kept whole, as before,
+        and the array so far goes back into chunks."""
+        values = numbers.get(j)
+        if values is False:
+            return False
+        kind = column_chunks[0].type if column_chunks else None
+        if (
+            kind not in (pa.int64(), pa.float64())
+            or any(c.type != kind or c.null_count for c in column_chunks)
+            or (values is not None and values.dtype != kind.to_pandas_dtype())
+        ):
+            if values is not None:  # what is copied so far becomes a chunk again, in file order
+                others[j].append(pa.array(values[:n_rows]))
+            numbers[j] = False
+            return False
+        if values is None or n_rows + n > len(values):
+            grown = np.empty(
+                max(capacity, 2 * (0 if values is None else len(values)), n_rows + n), kind.to_pandas_dtype()
+            )
+            if values is not None:
+                grown[:n_rows] = values[:n_rows]
+            numbers[j] = values = grown
+        pos = n_rows
+        for chunk in column_chunks:
+            values[pos : pos + len(chunk)] = chunk.to_numpy()
+            pos += len(chunk)
         return True
 
     pool = pa.default_memory_pool()
@@ -337,7 +386,12 @@ def _stream_arrow(source: str, sep: str, n_fields: int, wanted: dict, skip_rows:
     if n_rows == 0 or any(len({c.type for c in chunks}) > 1 for chunks in others.values()):
         return None
     columns: dict = {j: values[:n_rows] for j, values in ids.items()}
+    for j, values in numbers.items():
+        if values is not False:
+            columns[j] = values[:n_rows]
     for j, chunks in others.items():
+        if j in columns:
+            continue
         columns[j] = _numbers(chunks, n_rows) if chunks[0].type in (pa.int64(), pa.float64()) else None
         if columns[j] is None:
             columns[j] = pa.chunked_array(chunks)
@@ -439,7 +493,9 @@ def _parse(stream: ts.Utf8Stream, path: Path, compression, encoding: str, plan: 
             with ThreadPoolExecutor(max_workers=1) as executor:
                 counting = executor.submit(ts.count_lines, path, stream.skipped)
                 capacity = path.stat().st_size // _STREAM_BYTES_PER_ROW + 1
-                streamed = _stream_arrow(str(path), lay.sep, lay.n_fields, lay.wanted, lay.header_line, capacity)
+                streamed = _stream_arrow(
+                    str(path), lay.sep, lay.n_fields, lay.wanted, lay.header_line, capacity, plan.narrow_ids
+                )
                 counter = counting.result()
             if streamed is not None and streamed[1] > counter.lines:
                 streamed = None  # more rows than lines: the whole-file reader says what is wrong
@@ -540,13 +596,16 @@ def read_columns(
     encoding: str | None = None,
     sep: str | None = None,
     what: str = "ratings",
+    narrow_ids: bool = False,
 ) -> tuple[pd.DataFrame, TableInfo]:
     """Columns ``specs`` (0-based positions or header names) of the table file at ``path``.
 
     ``kinds``: ``"id"`` (typed by :func:`~mfscratch.ids.parse_ids`), ``"text"`` or ``"number"``
     (inferred; a column that is not all numbers stays text for the caller to report). ``roles``
     name the columns in messages. The DataFrame's columns are the header names (positions when the
-    file has none), in the order asked. See the module docstring for everything else.
+    file has none), in the order asked. ``narrow_ids``: a plain UTF-8 file of integer ids read block by block
+    gives its id columns as int32 where every id fits (half the memory of int64, for a table read only to
+    be encoded); every other reader gives int64 as always. See the module docstring for everything else.
     """
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise DataError(f"the {what} file must be given as a path, got {path!r}")
@@ -564,7 +623,7 @@ def read_columns(
     if sep is not None and (not isinstance(sep, str) or not sep.strip(" ") and sep != "\t" or len(sep) > 2):
         raise ConfigError(f"sep must be one or two characters such as ',' or '::' ('\\t' for tab), got {sep!r}")
     roles = list(roles or [f"column {s}" for s in specs])
-    plan = _Plan(list(specs), list(kinds), roles, header, sep, what, _has_arrow())
+    plan = _Plan(list(specs), list(kinds), roles, header, sep, what, _has_arrow(), narrow_ids)
     compression = ts.compression_of(path)
     if compression == "parquet":
         return _read_parquet(path, plan)

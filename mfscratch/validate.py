@@ -40,6 +40,7 @@ __all__ = [
     "resolve_columns",
     "check_ratings",
     "check_rating_values",
+    "ratings_float32",
     "check_id_values",
     "check_distinct",
     "warn_repeated_pairs",
@@ -306,6 +307,8 @@ def check_id_values(df: pd.DataFrame, name: str, role: str) -> None:
     """No missing ids, one kind of value per column (the distinct values are counted once encoded:
     :func:`check_distinct`)."""
     col, where = df[name], _where(df)
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iu":
+        return  # NumPy integers hold no missing value and one kind (no mask of the column made to say so)
     missing = col.isna()
     if missing.any():
         first = col.index[missing.to_numpy()][0]
@@ -333,28 +336,44 @@ def check_distinct(df: pd.DataFrame, name: str, role: str, n_distinct: int, firs
         )
 
 
-def check_rating_values(df: pd.DataFrame, rating_name, float32: bool = False) -> np.ndarray:
-    """A non-empty table whose ratings are finite numbers in float32; returns them as float64 (``float32``:
-    as float32, the training precision, without a float64 copy where the column is float64 already)."""
+#: Rows whose float32 values :func:`check_rating_values` makes at a time (4 MB), to find the non-finite ones.
+_FINITE_CHUNK = 1 << 20
+
+
+def check_rating_values(df: pd.DataFrame, rating_name) -> np.ndarray:
+    """A non-empty table whose ratings are finite numbers in float32; returns them as float64 (a view of a
+    float64 column, no copy). The float32 values are made a chunk at a time to be checked, so that the
+    check holds no copy of the column; :func:`ratings_float32` makes the training copy when it is wanted."""
     where = _where(df)
     if len(df) == 0:
         raise DataError(f"{where}the ratings table is empty; give it at least a few rows")
     raw = df[rating_name]
-    numbers = pd.to_numeric(raw, errors="coerce")
-    if numbers.dtype == np.float64:
-        y = numbers.to_numpy()  # NaN stays NaN; a view, not a copy
+    if raw.dtype == np.float64:
+        y = raw.to_numpy()  # NaN stays NaN; a view, not a copy (what to_numeric would give, copied)
     else:
-        y = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+        numbers = pd.to_numeric(raw, errors="coerce")
+        if numbers.dtype == np.float64:
+            y = numbers.to_numpy()
+        else:
+            y = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    n_bad, first = 0, -1
     with np.errstate(over="ignore"):
-        y32 = y.astype(np.float32)
-        bad = ~np.isfinite(y32)  # training uses float32: 1e39 is as bad as inf
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
+        for start in range(0, len(y), _FINITE_CHUNK):
+            bad = ~np.isfinite(y[start : start + _FINITE_CHUNK].astype(np.float32))  # 1e39 is as bad as inf
+            if bad.any():
+                n_bad += int(bad.sum())
+                first = start + int(np.flatnonzero(bad)[0]) if first < 0 else first
+    if n_bad:
         raise DataError(
-            f"{where}rating column {rating_name!r} has {int(bad.sum())} value(s) that are not finite "
+            f"{where}rating column {rating_name!r} has {n_bad} value(s) that are not finite "
             f"numbers (first: row {df.index[first]!r}, {raw.iloc[first]!r}); drop or fix those rows"
         )
-    return y32 if float32 else y
+    return y
+
+
+def ratings_float32(y: np.ndarray) -> np.ndarray:
+    """The checked ratings (:func:`check_rating_values`) in float32, the training precision."""
+    return y.astype(np.float32)
 
 
 def warn_repeated_pairs(

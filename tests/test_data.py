@@ -87,3 +87,79 @@ def test_show_batch_decodes_names(ratings_df, capsys):
     assert list(df.columns) == ["user", "item", "rating"] and len(df) == 4
     assert set(df["item"]) <= set(ratings_df["item"])
     assert "item" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "n, valid_pct, seed", [(1, 0.0, 0), (2, 0.5, 1), (997, 0.2, 42), (50_000, 0.2, 7), (3001, 0.9, 3)]
+)
+def test_split_equals_the_permutation_gather(n, valid_pct, seed):
+    """The split (an int32 shuffle, one gathered array per column, training rows first) gives exactly the rows,
+    in exactly the order, of ``perm = rng.permutation(n)``: validation ``perm[:n_valid]``, training the rest."""
+    rng = np.random.default_rng(seed + 100)
+    users = rng.integers(0, 30, n).astype(np.int32)
+    items = rng.integers(0, 40, n).astype(np.int32)
+    ratings = rng.normal(size=n).astype(np.float32)
+    dls = CollabDataLoaders.from_codes(users, items, ratings, 30, 40, valid_pct=valid_pct, seed=seed)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_valid = int(valid_pct * n)
+    for got, column in (
+        ((dls.train_users, dls.valid_users), users),
+        ((dls.train_items, dls.valid_items), items),
+        ((dls.train_ratings, dls.valid_ratings), ratings),
+    ):
+        train, valid = got
+        assert train.dtype == valid.dtype == column.dtype
+        assert train.flags.c_contiguous and valid.flags.c_contiguous
+        np.testing.assert_array_equal(valid, column[perm[:n_valid]])
+        np.testing.assert_array_equal(train, column[perm[n_valid:]])
+
+
+def test_split_of_from_df_equals_the_permutation_gather():
+    """``from_df`` on a random table: the same rows in the same order as the gather by ``rng.permutation``."""
+    rng = np.random.default_rng(5)
+    n = 20_000
+    df = pd.DataFrame(
+        {"user": rng.integers(10, 500, n), "item": rng.integers(3, 900, n), "rating": rng.integers(1, 11, n) / 2}
+    )
+    dls = CollabDataLoaders.from_df(df, valid_pct=0.2, seed=11)
+    perm = np.random.default_rng(11).permutation(n)
+    n_valid = int(0.2 * n)
+    users = np.searchsorted(np.unique(df["user"]), df["user"]) + 1
+    items = np.searchsorted(np.unique(df["item"]), df["item"]) + 1
+    y = df["rating"].to_numpy(np.float32)
+    np.testing.assert_array_equal(dls.valid_users, users[perm[:n_valid]])
+    np.testing.assert_array_equal(dls.train_users, users[perm[n_valid:]])
+    np.testing.assert_array_equal(dls.valid_items, items[perm[:n_valid]])
+    np.testing.assert_array_equal(dls.train_items, items[perm[n_valid:]])
+    np.testing.assert_array_equal(dls.valid_ratings, y[perm[:n_valid]])
+    np.testing.assert_array_equal(dls.train_ratings, y[perm[n_valid:]])
+
+
+def test_non_finite_ratings_counted_across_chunks(monkeypatch):
+    """The float32 check runs a chunk at a time: the count and the first bad row are those of the whole column."""
+    from mfscratch import validate
+
+    monkeypatch.setattr(validate, "_FINITE_CHUNK", 4)
+    ratings = [1.0, 2.0, 3.0, 4.0, 5.0, 1e39, 2.0, 3.0, np.nan, 1.0, 2.0, np.inf, 4.0]
+    df = pd.DataFrame({"user": np.arange(13) % 3, "item": np.arange(13) % 5, "rating": ratings}, index=range(100, 113))
+    with pytest.raises(DataError, match=r"has 3 value\(s\) that are not finite numbers \(first: row 105, \S*1e\+39"):
+        CollabDataLoaders.from_df(df, seed=0)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(np.array(ratings, dtype=np.float32))
+    df["rating"] = np.where(finite, ratings, 3.0)
+    dls = CollabDataLoaders.from_df(df, valid_pct=0.0, seed=0)
+    np.testing.assert_array_equal(np.sort(dls.train_ratings), np.sort(df["rating"].to_numpy(np.float32)))
+
+
+def test_a_consuming_from_df_gives_the_freed_heap_back_and_empties_the_table():
+    """``consume=True`` empties the table and ends with ``malloc_trim`` (glibc; a no-op elsewhere): same loaders."""
+    from mfscratch.data import _give_back_freed_memory
+
+    _give_back_freed_memory()
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"u": rng.integers(0, 40, 500), "i": rng.integers(0, 60, 500), "r": rng.integers(1, 6, 500)})
+    want = CollabDataLoaders.from_df(df.copy(), seed=4)
+    got = CollabDataLoaders.from_df(df, seed=4, consume=True)
+    assert df.shape[1] == 0
+    for name in ("train_users", "train_items", "train_ratings", "valid_users", "valid_items", "valid_ratings"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))

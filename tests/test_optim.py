@@ -1,5 +1,7 @@
 """One optimiser step (reference and compiled) against torch.optim and the contract's formulas."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,26 @@ def test_float32_update_matches_float64_to_rounding():
     p32 = p0.astype(np.float32)
     cpu.adam_update_dense(p32, g.astype(np.float32), m0.astype(np.float32), v0.astype(np.float32), sc)
     np.testing.assert_allclose(p32, ref, rtol=1e-5, atol=1e-6)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_zero_moments_hold_no_memory_until_written():
+    """Plain SGD never reads its moments: zeroed moment tables of 2 x 64 MB add (almost) nothing to the RSS."""
+    from mfscratch.optim import OptState
+
+    params = np.ones(16 << 20, dtype=np.float32)
+    before = _rss_bytes()
+    state = OptState.zeros_like(params)
+    grown = _rss_bytes() - before
+    assert state.exp_avg.shape == state.exp_avg_sq.shape == params.shape
+    assert state.exp_avg.dtype == state.exp_avg_sq.dtype == np.float32
+    assert not state.exp_avg.any() and not state.exp_avg_sq.any() and state.step == 0
+    assert grown < 16 << 20, f"the zero moments made {grown / 1e6:.0f} MB resident"

@@ -223,6 +223,8 @@ def _read_both_ways(monkeypatch, path):
         "7,007,4\n",  # an id with a leading zero: text ids, read whole
         "8,,4\n",  # a missing id
         "9,3,4.5\n",  # the ratings turn from integers to decimals in a later block
+        "9,3,\n",  # a missing rating alone in a later block: read whole
+        "9,3,4\n9,3,\n",  # a missing rating among others: the ratings read so far go back into Arrow chunks
         "9,3,4,5\n",  # a row of the wrong width
         "   \n9,3,4\n",  # a blank line of spaces
         "user 9,3,4\n",  # a text id
@@ -236,7 +238,9 @@ def test_block_by_block_reading_equals_the_whole_file_read(monkeypatch, tmp_path
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating\n" + "\n".join(lines) + "\n" + tail)
     (streamed, whole), used_blocks = _read_both_ways(monkeypatch, path)
-    assert used_blocks == (tail in ("", "   \n9,3,4\n"))  # plain ids are read block by block, the rest whole
+    assert used_blocks == (
+        tail in ("", "   \n9,3,4\n", "9,3,4\n9,3,\n")
+    )  # plain ids are read block by block, the rest whole
     if isinstance(whole, str):
         assert streamed == whole
         return
@@ -278,6 +282,7 @@ def _attach_titles_by_row(table, items, merge_duplicates=False):
     "keys",
     [
         [3, 1, 2, 3, 30, 1, 7],  # int keys, the items' keys int too
+        np.array([3, 1, 2, 3, 30, 1, 7], dtype=np.int32),  # int32 keys (read_ratings(narrow_ids=True)): as int64
         ["3", "1", "2", "3", "30", "1", "7"],  # text keys against int item keys: compared as text
         ["3", None, "2", "3", "30", "1", None],  # missing keys
     ],
@@ -291,7 +296,7 @@ def test_titles_attached_per_distinct_key_as_per_row(keys, merge):
     titled = attach_titles(table, items, merge_duplicates=merge)
     assert titled.df["title"].tolist() == _attach_titles_by_row(table, items, merge)
     assert list(titled.df.columns) == ["u", "title", "r"] and titled.df["u"].tolist() == list(range(len(keys)))
-    if None not in keys:
+    if not any(k is None for k in keys):
         dls = CollabDataLoaders.from_df(titled.df, valid_pct=0.0, seed=0, bs=1)
         want = pd.DataFrame({"u": ratings["u"], "title": _attach_titles_by_row(table, items, merge), "r": ratings["r"]})
         ref = CollabDataLoaders.from_df(want, valid_pct=0.0, seed=0, bs=1)
@@ -334,3 +339,50 @@ def test_data_ml25m_by_name_takes_the_same_path(capsys, tmp_path, monkeypatch, s
     r = json.loads(report.read_text())
     assert r["n_train"] + r["n_valid"] == 6000 and r["n_items"] == len(movie_ids) + 1  # no row lost, no id merged
     assert r["settings"]["data"] == "ml-25m" and r["read_seconds"] >= 0
+
+
+@pytest.mark.parametrize("late_id", [None, 2**31, 10**15, 2**31 - 1])
+def test_narrow_ids_read_the_same_values(monkeypatch, tmp_path, late_id):
+    """``narrow_ids``: int32 id columns while every id fits, widened to int64 at a later block's id that does
+    not; the values (and everything else) are those of the ordinary read, and the loaders made from both equal."""
+    from mfscratch import tablefile
+    from mfscratch.readers import read_ratings
+
+    monkeypatch.setattr(tablefile, "_STREAM_BLOCK", 64)
+    rng = np.random.default_rng(1)
+    rows = [
+        f"{u},{i},{r}" for u, i, r in zip(rng.integers(1, 50, 300), rng.integers(1, 40, 300), rng.integers(1, 6, 300))
+    ]
+    if late_id is not None:
+        rows.append(f"{late_id},3,4")
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    wide, narrow = read_ratings(path), read_ratings(path, narrow_ids=True)
+    assert wide.df["user"].dtype == wide.df["item"].dtype == np.int64
+    fits = late_id is None or late_id < 2**31
+    assert narrow.df["user"].dtype == (np.int32 if fits else np.int64) and narrow.df["item"].dtype == np.int32
+    pd.testing.assert_frame_equal(narrow.df, wide.df, check_dtype=False)
+    assert narrow.info == wide.info
+    a, b = wide.loaders(seed=3), narrow.loaders(seed=3)
+    assert a.classes == b.classes and all(type(v) is int for v in b.classes["user"][1:])
+    for name in ("train_users", "train_items", "train_ratings", "valid_users", "valid_items", "valid_ratings"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_init_params_in_chunks_is_bit_equal_to_whole_tables(monkeypatch, dtype, chunk):
+    """The initialisation drawn a chunk at a time gives the bytes (and leaves the generator in the state) of
+    ``fmod(N(0, 1), 2) * 0.01`` drawn table by table in float64 and cast at the end."""
+    from mfscratch import model
+
+    def whole_tables(n_users, n_items, n_factors, rng, dtype):
+        shapes = model.table_shapes(n_users, n_items, n_factors).values()
+        return np.concatenate([np.fmod(rng.standard_normal(r * c), 2.0) * 0.01 for r, c in shapes]).astype(dtype)
+
+    monkeypatch.setattr(model, "_INIT_CHUNK", chunk)
+    for shape in ((3, 4, 2), (944, 1665, 50), (10, 10, 1)):
+        want_rng, got_rng = np.random.default_rng(3), np.random.default_rng(3)
+        want, got = whole_tables(*shape, want_rng, dtype), model.init_params(*shape, got_rng, dtype)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        assert got_rng.bit_generator.state == want_rng.bit_generator.state

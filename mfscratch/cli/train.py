@@ -293,7 +293,8 @@ def load_training_data(args):
             raise ConfigError("give either --ratings FILE or --data NAME/--split, not both")
         sep = "\t" if args.sep in ("tab", "\\t") else args.sep
         cols = (_col(args.user_col, 0), _col(args.item_col, 1), _col(args.rating_col, 2))
-        table = read_ratings(args.ratings, *cols, header=args.header, encoding=args.encoding, sep=sep)
+        # Ids as int32 where they fit: the table is only encoded (and named by title).
+        table = read_ratings(args.ratings, *cols, header=args.header, encoding=args.encoding, sep=sep, narrow_ids=True)
         if table.info is not None and not args.quiet:
             print(f"note: {table.info.summary()}", file=sys.stderr)
         if args.items is not None:
@@ -308,7 +309,7 @@ def load_training_data(args):
                 f"--split {args.split} is one of ML-100k's own splits; it does not apply to --data {name}"
             )
         return loaders_from_split(*read_ml100k_split(args.split), bs=args.bs), f"{name}/{args.split}"
-    return read_movielens(name).loaders(_valid_pct(args), args.seed, args.bs, consume=True), name
+    return read_movielens(name, narrow_ids=True).loaders(_valid_pct(args), args.seed, args.bs, consume=True), name
 
 
 def _valid_pct(args) -> float:

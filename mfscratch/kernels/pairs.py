@@ -130,12 +130,14 @@ def pairs_in_rows(indptr, indices, users, items, out):
 
 
 @njit(cache=True, parallel=True)
-def split_column(values, perm, n_valid, train, valid):
-    """The split's gather of one column in one parallel pass: ``valid[j] = values[perm[j]]`` for
-    ``j < n_valid`` and ``train[j] = values[perm[n_valid + j]]``, as ``values[perm[:n_valid]]`` and
-    ``values[perm[n_valid:]]`` without the two index copies and with the random reads spread over the threads.
+def split_column(values, perm, n_valid, out):
+    """The split's gather of one column in one parallel pass, training rows first:
+    ``out[:n - n_valid] = values[perm[n_valid:]]`` and ``out[n - n_valid:] = values[perm[:n_valid]]``, without the
+    index copies and with the random reads spread over the threads. The training and validation columns
+    are then the two views of ``out``: each row is held once.
     """
+    n_train = perm.shape[0] - n_valid
+    for j in prange(n_train):
+        out[j] = values[perm[n_valid + j]]
     for j in prange(n_valid):
-        valid[j] = values[perm[j]]
-    for j in prange(perm.shape[0] - n_valid):
-        train[j] = values[perm[n_valid + j]]
+        out[n_train + j] = values[perm[j]]
