@@ -18,8 +18,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
+from ... import schedule
+from ..records import LossSummary, StepLrs
 from ._compile import HOT, twin
 from ._llvm import (
     PREFETCH_AHEAD,
@@ -55,20 +58,77 @@ _SCANS_BEFORE_SLEEP = 64
 _SLEEP_US = 50
 
 
+one_cycle_lr = njit(cache=True, inline="always", error_model="numpy")(schedule.one_cycle_lr)
+
+
+def as_step_lrs(lrs):
+    """``lrs`` as a :class:`~mfscratch.kernels.records.StepLrs`: an array (one rate a step, or one for
+    every step) is wrapped, a record is passed on. Compiled per type (``overload``), so the kernels take
+    either."""
+    if isinstance(lrs, np.ndarray):
+        return StepLrs(lrs, 0, 0, 0.0, 0.0, 0.0, 0.0)
+    return lrs
+
+
+@overload(as_step_lrs, inline="always")
+def _as_step_lrs(lrs):
+    if isinstance(lrs, types.Array):
+        return lambda lrs: StepLrs(lrs, 0, 0, 0.0, 0.0, 0.0, 0.0)
+    return lambda lrs: lrs
+
+
+def as_loss_summary(losses, n_steps):
+    """``losses`` as a :class:`~mfscratch.kernels.records.LossSummary`: an array of one loss a step is
+    the tail of every step (empty: nothing kept), a summary is passed on. Compiled per type."""
+    if isinstance(losses, np.ndarray):
+        empty = np.empty(0, dtype=np.float64)
+        return LossSummary(np.empty(0, np.int64), empty, losses, 0 if losses.shape[0] > 0 else n_steps, empty, empty)
+    return losses
+
+
+@overload(as_loss_summary, inline="always")
+def _as_loss_summary(losses, n_steps):
+    if isinstance(losses, types.Array):
+
+        def wrap(losses, n_steps):
+            empty = np.empty(0, dtype=np.float64)
+            tail_start = 0 if losses.shape[0] > 0 else n_steps
+            return LossSummary(np.empty(0, np.int64), empty, losses, tail_start, empty, empty)
+
+        return wrap
+    return lambda losses, n_steps: losses
+
+
+@njit(inline="always", error_model="numpy")
+def step_lr(lrs, s):
+    """The learning rate of step ``s`` of the epoch (``lrs``: a ``StepLrs``)."""
+    n = lrs.lrs.shape[0]
+    if n > 1:
+        return lrs.lrs[np.uint64(s)]
+    if n == 1:
+        return lrs.lrs[0]
+    return one_cycle_lr(lrs.first_step + s, lrs.total_steps, lrs.pct_start, lrs.lr_start, lrs.lr_max, lrs.lr_end)
+
+
 @njit(inline="always", error_model="numpy")
 def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first, last, lrs, wd,
-                 lo, span, has_range, losses, k, fetch):  # fmt: skip
+                 lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
+                               bad_losses, block, k, fetch):  # fmt: skip
     """Steps ``first..last-1`` of the epoch (one block, or the whole serial epoch), in turn.
 
-    Returns ``last``, or the position of the first non-finite loss (training stops there, before its
-    update). The maths: the module docstring.
+    ``lrs``: a ``StepLrs``; ``sample_steps..bad_losses``: a ``LossSummary``'s fields, unpacked (numba
+    0.68 loses writes made through a record's fields inside a prange body), where the block's losses
+    go (``sums[block]``, ``bad_losses[block]``). Returns ``last``, or the position of
+    the first non-finite loss (training stops there, before its update). The maths: the module docstring.
     """
     T = params.dtype.type
     in_order = order.shape[0] == 0
     i_start = u_weight.shape[0] * k
-    per_step_lr = lrs.shape[0] > 1
-    record = losses.shape[0] > 0
     two = T(2.0)
+    n_sample = sample_steps.shape[0]
+    j = np.searchsorted(sample_steps, first)  # the block's first kept step of the sample
+    next_sample = sample_steps[j] if j < n_sample else -1
+    total = 0.0
     for s in range(first, last):
         if fetch and s + 2 * PREFETCH_AHEAD < last:
             if not in_order:
@@ -96,22 +156,31 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             err = x - ratings[row]
             dx = two * err
         loss = err * err
-        if record:
-            losses[at] = loss
+        if s >= tail_start:
+            tail[np.uint64(s - tail_start)] = loss
+        if s == next_sample:
+            sample[j] = loss
+            j += 1
+            next_sample = sample_steps[j] if j < n_sample else -1
         if not math.isfinite(loss):
+            if bad_losses.shape[0] > 0:
+                bad_losses[block] = loss
             return s  # diverged: stop before this rating's update
-        lr = lrs[at] if per_step_lr else lrs[0]
+        total += loss
+        lr = step_lr(lrs, s)
         shrink = T(1.0 - lr * wd)
         step = T(lr) * dx
         p = u_weight[uu]
         q = i_weight[ii]
-        for j in range(k):
-            pu = p[j]
-            qi = q[j]
-            p[j] = pu * shrink - step * qi
-            q[j] = qi * shrink - step * pu
+        for j2 in range(k):
+            pu = p[j2]
+            qi = q[j2]
+            p[j2] = pu * shrink - step * qi
+            q[j2] = qi * shrink - step * pu
         u_bias[uu] = u_bias[uu] * shrink - step
         i_bias[ii] = i_bias[ii] * shrink - step
+    if sums.shape[0] > 0:
+        sums[block] = total
     return last
 
 
@@ -151,6 +220,8 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     T = params.dtype.type
     k = shape.n_factors
     n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
+    step_lrs = as_step_lrs(lrs)
+    sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     first_bad = np.full(g, n_steps, dtype=np.int64)
     lo, span = T(lo_), T(hi_ - lo_)
@@ -159,7 +230,8 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
             first = block_start[t * g + c]
             last = block_start[t * g + c + 1]
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
+                               bad_losses, t * g + c, k, fetch)  # fmt: skip
             if end < last:
                 first_bad[c] = end
         if first_bad.min() < n_steps:
@@ -189,6 +261,8 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     T = params.dtype.type
     k = shape.n_factors
     n_steps = order.shape[0]
+    step_lrs = as_step_lrs(lrs)
+    sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     lo, span = T(lo_), T(hi_ - lo_)
     bad = n_steps
@@ -201,7 +275,8 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
                 order[s] = canonical[s]
             shuffle_block(order, first, last, b, seed)
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
+                               bad_losses, b, k, fetch)  # fmt: skip
             if end < last:
                 bad = min(bad, end)
             elif bad == n_steps:
@@ -252,6 +327,8 @@ def _train_epoch_per_rating_dynamic_body(
     T = params.dtype.type
     k = shape.n_factors
     n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
+    step_lrs = as_step_lrs(lrs)
+    sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     lo, span = T(lo_), T(hi_ - lo_)
     n_blocks = g * g
@@ -295,7 +372,8 @@ def _train_epoch_per_rating_dynamic_body(
                     order[s] = canonical[s]
                 shuffle_block(order, first, last, claimed, seed)
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
+                               bad_losses, claimed, k, fetch)  # fmt: skip
             if end < last:
                 first_bad[claimed] = end
                 atomic_store(flags, 0, 1)
