@@ -1,7 +1,8 @@
 """The learner: fastai's ``collab_learner``, ``fit`` and ``fit_one_cycle``, and the recorder.
 
 The path of a batch: ``dls`` holds the encoded arrays -> :meth:`Learner._fit` makes the per-step
-learning rates and momenta -> the backend's epoch runner (``backends/``) draws the epoch's order and
+learning rates and momenta (or, for the per-rating runner, a ``records.StepLrs`` from which its
+kernel makes them) -> the backend's epoch runner (``backends/``) draws the epoch's order and
 runs the compiled kernel (``kernels/``: forward, backward, optimiser update) -> the model's flat
 parameter buffer.
 """
