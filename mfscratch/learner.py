@@ -97,12 +97,9 @@ class Recorder:
             kept_losses = np.asarray(losses, dtype=np.float64)[kept]
         self._steps["steps"].append((kept + start).astype(np.float64))
         self._steps["losses"].append(kept_losses)
-        at = steps_schedule.at(kept + start) if lrs is None or moms is None else None
-        for i, (name, values) in enumerate((("lrs", lrs), ("moms", moms))):
-            if values is None:
-                self._steps[name].append(np.asarray(at[i], dtype=np.float64))
-            else:
-                self._steps[name].append(np.asarray(values, dtype=np.float64)[kept])
+        at = steps_schedule.at(kept + start) if lrs is None or moms is None else (None, None)
+        for name, values, made in (("lrs", lrs, at[0]), ("moms", moms, at[1])):
+            self._steps[name].append(np.asarray(made if values is None else np.asarray(values)[kept], dtype=np.float64))
 
     @property
     def sampled(self) -> bool:
@@ -311,7 +308,7 @@ class Learner(LearnerAPI):
         # and hands the runner zeros (calloc'd, so never resident where the kernel does not read them);
         # the recorder's sample of them is made at its steps.
         lean = not in_kernel and not opt.uses_momentum and steps > rec.STEPS_KEPT and hasattr(steps_schedule, "at")
-        zero_moms = np.zeros(steps, dtype=np.float64) if lean else None
+        zero_moms = np.zeros(steps if lean else 0, dtype=np.float64)
         rec.setup_seconds = time.perf_counter() - t_setup
         if start_epoch == 0:  # fastai resets the smoother at each fit; a resumed fit keeps the restored one
             self._smooth_avg, self._smooth_count = 0.0, 0

@@ -69,7 +69,8 @@ class _Runner:
                 return self._epoch(rng, lrs, moms, int(step0))
             return self._epoch(rng, lrs, moms, int(step0), keep)
 
-    def _epoch(self, rng, lrs, moms, step0: int) -> np.ndarray:
+    def _epoch(self, rng, lrs, moms, step0: int, keep: LossKeep | None = None) -> Any:
+        """One epoch; ``keep``: only runners with ``steps_in_kernel`` are given one."""
         raise NotImplementedError
 
     def _steps(self, rng, lrs, moms, step0: int) -> tuple[Steps, EpochOut]:
