@@ -211,3 +211,49 @@ def test_a_summarised_epoch_allocates_no_per_step_array(monkeypatch):
 def test_smooth_tail_is_long_enough():
     """The moving average's weight on what comes before the tail is below float64's resolution."""
     assert 0.98**SMOOTH_TAIL < 1e-30 and SMOOTH_TAIL < Recorder.STEPS_KEPT
+
+
+def test_constant_lr_fit_summarised_records_what_the_arrays_did(monkeypatch):
+    """``fit`` (a constant rate: one element for every step) through the same two ways."""
+    fits = []
+    for in_kernel in (False, True):
+        monkeypatch.setattr(Recorder, "STEPS_KEPT", 1000)
+        monkeypatch.setattr(_PerRatingRunner, "steps_in_kernel", in_kernel)
+        dls = synthetic_dataloaders(4000, 60, 50, bs=1, seed=0)
+        learn = collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), opt_func=SGD, sparse=True, seed=1, log=None)
+        learn.fit(2, 0.01, wd=0.05)
+        fits.append(learn)
+    np.testing.assert_array_equal(fits[1].model.params, fits[0].model.params)
+    _assert_same_record(fits[1].recorder, fits[0].recorder)
+
+
+def test_resumed_summarised_fit_is_bit_identical(monkeypatch, tmp_path):
+    """A checkpointed per-rating fit whose epochs are summarised resumes to the uninterrupted fit: the
+    weights and the recorder's values (the moving average restarts from the restored one)."""
+    from mfscratch import checkpoint as ck
+
+    monkeypatch.setattr(Recorder, "STEPS_KEPT", 1000)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(learn, epoch):
+        if epoch == 0:
+            raise Stop
+
+    def learner():
+        dls = synthetic_dataloaders(4000, 60, 50, bs=1, seed=0)
+        return collab_learner(dls, n_factors=8, y_range=(0.5, 5.5), opt_func=SGD, sparse=True, seed=1, log=None)
+
+    straight = learner()
+    straight.fit_one_cycle(3, 0.02)
+    stopped = learner()
+    stopped.after_epoch += [ck.Checkpoint(tmp_path), stop_after_first]
+    with pytest.raises(Stop):
+        stopped.fit_one_cycle(3, 0.02)
+    resumed = learner()
+    ck.resume(resumed, tmp_path)
+    assert resumed.recorder.sampled
+    np.testing.assert_array_equal(resumed.model.params, straight.model.params)
+    assert resumed.recorder.values == straight.recorder.values
+    assert resumed.recorder.losses == straight.recorder.losses and resumed.recorder.steps == straight.recorder.steps

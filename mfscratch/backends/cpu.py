@@ -133,6 +133,15 @@ class _PerRatingRunner(_Runner):
     def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int):
         super().__init__(backend, opt, mode, bs)
         self.kernel, self.shuffle, self.wd = kernel, shuffle, float(opt.wd)
+        # This module's kernels take the records; another per-rating kernel (a backend's own, such as the
+        # half-storage one) gets per-step arrays and one loss a step, as before.
+        self.takes_records = getattr(kernel, "func", kernel) in (
+            cpu.train_epoch_per_rating,
+            cpu.train_epoch_per_rating_parallel,
+            cpu.train_epoch_per_rating_dynamic,
+        )
+        if not self.takes_records:
+            self.steps_in_kernel = False
         self.losses = np.empty(0, dtype=np.float64)  # one loss a rating, reused by short epochs
         # A long epoch's summary (LossSummary): its sample and tail, and each block's sum and bad loss.
         self.sample, self.tail = np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
@@ -158,14 +167,17 @@ class _PerRatingRunner(_Runner):
         self.layout = BlockLayout(np.empty(n, dtype=rows), block_start, n_groups)
         self.order = self.layout.order
 
-    def _kept(self, n_steps: int, keep: LossKeep | None) -> LossSummary:
+    def _kept(self, n_steps: int, keep: LossKeep | None) -> Any:
         """Where the epoch's losses go: one a step (``keep`` None; the array the runner returns), or
-        ``keep``'s sample and tail. One record type either way: the kernels compile once for it."""
+        ``keep``'s sample and tail. One record type either way (the kernels compile once for it), or
+        the plain array for a kernel that takes no records."""
         self.sums[:] = 0.0
         self.bad_losses[:] = 0.0
         if keep is None:
             if self.losses.shape[0] != n_steps:
                 self.losses = np.empty(n_steps, dtype=np.float64)
+            if not self.takes_records:
+                return self.losses
             return LossSummary(np.empty(0, dtype=np.int64), self.sample[:0], self.losses, 0, self.sums, self.bad_losses)
         tail = min(int(keep.tail), n_steps)
         if self.tail.shape[0] != tail:
@@ -180,7 +192,7 @@ class _PerRatingRunner(_Runner):
         layout = self.layout
         if layout.n_groups == 1:
             layout = layout._replace(order=self._permutation(rng))
-        if isinstance(lrs, np.ndarray):
+        if isinstance(lrs, np.ndarray) and self.takes_records:
             lrs = StepLrs(np.ascontiguousarray(lrs, dtype=np.float64), 0, 0, 0.0, 0.0, 0.0, 0.0)
         n_steps = layout.order.shape[0]
         kept = self._kept(n_steps, keep)
