@@ -300,8 +300,8 @@ class Learner(LearnerAPI):
         self.backend.bind(self.model, self.opt_state, self.dls)
         runner = self.backend.runner(opt, mode_of(self.sparse, opt, self.dls.bs), self.dls.bs)
         # The per-rating runner makes each step's learning rate in its kernel (no momentum: plain SGD) and
-        # summarises a long epoch's losses there: no per-step array at all (at 20M steps an epoch each
-        # would be 160 MB).
+        # summarises a long epoch's losses there: no per-step lrs, momenta or losses (at 20M steps an
+        # epoch each would be 160 MB).
         in_kernel = getattr(runner, "steps_in_kernel", False) and hasattr(steps_schedule, "step_lrs")
         summarise = in_kernel and steps > rec.STEPS_KEPT
         # Plain SGD never reads its momentum: a long epoch then skips making the momenta (8 bytes a step)

@@ -127,7 +127,7 @@ class _PerRatingRunner(_Runner):
     thread claims it (one parallel region an epoch); the others get the epoch's order made first."""
 
     #: Takes ``records.StepLrs`` (the learning rate made in the kernel) and a ``keep`` (``LossKeep``),
-    #: with which it returns an ``EpochLosses`` summary: no per-step array at all (``EpochRunner``).
+    #: with which it returns an ``EpochLosses`` summary: no per-step lrs, momenta or losses (``EpochRunner``).
     steps_in_kernel = True
 
     def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int):
