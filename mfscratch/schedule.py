@@ -132,8 +132,15 @@ class OneCycle:
     def __init__(
         self, total_steps: int, lr_max: float, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)
     ):
-        self.total_steps, self.lr_max, self.div, self.div_final = total_steps, lr_max, div, div_final
-        self.pct_start, self.moms = pct_start, tuple(moms)
+        # Python floats: the slices, ``at`` and the per-rating kernels (``step_lrs``) then all compute in
+        # float64 from the same numbers, whatever type the caller passed (a NumPy float32 lr included).
+        self.total_steps, self.lr_max, self.div, self.div_final = (
+            int(total_steps),
+            float(lr_max),
+            float(div),
+            float(div_final),
+        )
+        self.pct_start, self.moms = float(pct_start), tuple(float(m) for m in moms)
 
     def __call__(self, start: int, stop: int, with_moms: bool = True):
         return one_cycle(
@@ -143,12 +150,12 @@ class OneCycle:
     def step_lrs(self, first_step: int) -> StepLrs:
         """The learning rates of the epoch starting at ``first_step``, made in the per-rating kernels
         (:func:`one_cycle_lr`): the same floats as ``self(first_step, ...)[0]``, with no per-step array."""
-        lr_max = float(self.lr_max)
+        lr_max = self.lr_max
         return StepLrs(
             np.empty(0, dtype=np.float64),
-            int(self.total_steps),
+            self.total_steps,
             int(first_step),
-            float(self.pct_start),
+            self.pct_start,
             lr_max / self.div,
             lr_max,
             lr_max / self.div_final,

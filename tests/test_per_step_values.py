@@ -257,3 +257,13 @@ def test_resumed_summarised_fit_is_bit_identical(monkeypatch, tmp_path):
     np.testing.assert_array_equal(resumed.model.params, straight.model.params)
     assert resumed.recorder.values == straight.recorder.values
     assert resumed.recorder.losses == straight.recorder.losses and resumed.recorder.steps == straight.recorder.steps
+
+
+def test_step_lrs_equal_the_slices_for_any_number_type():
+    """A NumPy float32 lr_max (or integer div) gives the kernel the same rates as the slices."""
+    sched = schedule.OneCycle(5000, np.float32(0.02), div=25, div_final=np.float64(1e4), pct_start=np.float32(0.3))
+    rec = sched.step_lrs(1000)
+    compiled = cpu.per_rating.one_cycle_lr
+    got = np.array([compiled(1000 + s, rec.total_steps, rec.pct_start, *rec[4:]) for s in range(2000)])
+    np.testing.assert_array_equal(got, sched(1000, 3000, with_moms=False)[0])
+    np.testing.assert_array_equal(got, sched.at(np.arange(1000, 3000))[0])
