@@ -1,7 +1,8 @@
 """The learner: fastai's ``collab_learner``, ``fit`` and ``fit_one_cycle``, and the recorder.
 
 The path of a batch: ``dls`` holds the encoded arrays -> :meth:`Learner._fit` makes the per-step
-learning rates and momenta -> the backend's epoch runner (``backends/``) draws the epoch's order and
+learning rates and momenta (or, for the per-rating runner, a ``records.StepLrs`` from which its
+kernel makes them) -> the backend's epoch runner (``backends/``) draws the epoch's order and
 runs the compiled kernel (``kernels/``: forward, backward, optimiser update) -> the model's flat
 parameter buffer.
 """
@@ -17,7 +18,7 @@ from numba import njit
 
 from . import schedule
 from . import validate as checks  # not "validate": Learner has a validate() method
-from .backends import get_backend, mode_of
+from .backends import EpochLosses, LossKeep, get_backend, mode_of
 from .callbacks import CancelFitException, attached
 from .data import CollabDataLoaders
 from .errors import ConfigError, DivergenceError
@@ -29,6 +30,13 @@ from .optim import Adam, OptState, resolve_opt
 __all__ = ["Learner", "Recorder", "collab_learner", "format_time"]
 
 SMOOTH_BETA = 0.98  # fastai's AvgSmoothLoss
+#: Per-rating epochs of more steps than this make each step's learning rate in the kernel instead of
+#: reading it from an array made before the epoch (8 bytes a step: 8 MB here); the cosine costs a
+#: step about 10 ns, the array read less (docs/speed.md, "Per-step values at bs 1").
+LRS_IN_KERNEL_STEPS = 1 << 20
+#: A long epoch summarised in the kernel keeps its last SMOOTH_TAIL losses for the moving average: the
+#: earlier ones weigh at most 0.98^4096 ~ 1e-36 of it, far below float64's resolution (2e-16).
+SMOOTH_TAIL = 4096
 
 
 class Recorder:
@@ -47,7 +55,10 @@ class Recorder:
     sample of :attr:`SAMPLE_STEPS` steps drawn with a seed fixed by the epoch's first step, so that
     memory stays flat however many epochs run (at 20M steps an epoch, every loss would be 160 MB
     more an epoch) and a resumed fit records the same steps as an uninterrupted one. ``steps``
-    says which steps were kept; ``mean_losses`` holds each epoch's mean over all its steps.
+    says which steps were kept; ``mean_losses`` holds each epoch's mean over all its steps. The
+    per-rating runner summarises such an epoch in its kernel (``backends.EpochLosses``): the same
+    sampled steps and values, and a mean whose sum is added in block order rather than NumPy's
+    pairwise order (equal to rounding, about 1e-16 relative).
     """
 
     #: Epochs of at most this many steps keep every step's values.
@@ -65,24 +76,34 @@ class Recorder:
         self.setup_seconds: float = 0.0
         self._steps: dict[str, list] = {name: [] for name in self._STEP_FIELDS}
 
-    def add_steps(self, losses: np.ndarray, lrs: np.ndarray, moms, start: int, steps_schedule=None) -> None:
+    def kept_steps(self, n: int, start: int) -> np.ndarray:
+        """The positions in an epoch of ``n`` steps, starting at fit step ``start``, whose values are kept."""
+        if n <= self.STEPS_KEPT:
+            return np.arange(n)
+        return np.sort(np.random.default_rng(start).choice(n, self.SAMPLE_STEPS, replace=False))
+
+    def add_steps(self, losses, lrs, moms, start: int, steps_schedule=None) -> None:
         """Record one epoch's per-step values, its steps being ``start, start + 1, ...`` of the fit.
 
-        Copies what it keeps: a runner may reuse its ``losses`` buffer for the next epoch. ``moms``
-        ``None``: the momenta of the kept steps come from ``steps_schedule.at`` (``schedule.OneCycle``).
+        ``losses``: one a step (an array), or an ``EpochLosses`` summary whose sample holds the kept
+        steps'. Copies what it keeps: a runner may reuse its buffers for the next epoch. ``lrs`` or
+        ``moms`` ``None``: the kept steps' values come from ``steps_schedule.at`` (``schedule.OneCycle``).
         """
-        n = len(losses)
-        self.mean_losses.append(float(np.mean(losses)) if n else float("nan"))
-        if n <= self.STEPS_KEPT:
-            kept = np.arange(n)
+        if isinstance(losses, EpochLosses):
+            n = losses.n_done
+            self.mean_losses.append(losses.total / n if n else float("nan"))
+            kept = np.asarray(losses.sample_steps, dtype=np.int64)
+            kept_losses = np.array(losses.sample, dtype=np.float64)
         else:
-            kept = np.sort(np.random.default_rng(start).choice(n, self.SAMPLE_STEPS, replace=False))
+            n = len(losses)
+            self.mean_losses.append(float(np.mean(losses)) if n else float("nan"))
+            kept = self.kept_steps(n, start)
+            kept_losses = np.asarray(losses, dtype=np.float64)[kept]
         self._steps["steps"].append((kept + start).astype(np.float64))
-        for name, values in (("losses", losses), ("lrs", lrs), ("moms", moms)):
-            if values is None:
-                self._steps[name].append(np.asarray(steps_schedule.at(kept + start)[1], dtype=np.float64))
-            else:
-                self._steps[name].append(np.asarray(values, dtype=np.float64)[kept])
+        self._steps["losses"].append(kept_losses)
+        at = steps_schedule.at(kept + start) if lrs is None or moms is None else (None, None)
+        for name, values, made in (("lrs", lrs, at[0]), ("moms", moms, at[1])):
+            self._steps[name].append(np.asarray(made if values is None else np.asarray(values)[kept], dtype=np.float64))
 
     @property
     def sampled(self) -> bool:
@@ -135,6 +156,23 @@ def _smooth(losses: np.ndarray, avg: float, count: int) -> tuple[float, int, flo
     count += len(losses)
     smoothed = avg / (1.0 - SMOOTH_BETA**count) if count else float("nan")
     return avg, count, smoothed
+
+
+def _smooth_tail(tail: np.ndarray, n: int, count: int) -> tuple[float, int, float]:
+    """:func:`_smooth` over an epoch of ``n`` steps of which only the last ``len(tail)`` losses are
+    kept (at least :data:`SMOOTH_TAIL`): the average restarts at the tail, since what came before
+    weighs at most ``0.98^len(tail)`` of it (below float64's resolution: the same float)."""
+    avg = float(_moving_average(np.asarray(tail, dtype=np.float64), 0.0, SMOOTH_BETA))
+    count += n
+    return avg, count, avg / (1.0 - SMOOTH_BETA**count)
+
+
+def _max_lr(steps_schedule, start: int, stop: int) -> float:
+    """The largest learning rate of steps ``start..stop-1``, made a slice at a time (no per-step array)."""
+    chunk = 1 << 20
+    return max(
+        float(np.max(steps_schedule(a, min(a + chunk, stop), with_moms=False)[0])) for a in range(start, stop, chunk)
+    )
 
 
 class Learner(LearnerAPI):
@@ -269,41 +307,64 @@ class Learner(LearnerAPI):
         t_setup = time.perf_counter()
         self.backend.bind(self.model, self.opt_state, self.dls)
         runner = self.backend.runner(opt, mode_of(self.sparse, opt, self.dls.bs), self.dls.bs)
+        # The per-rating runner summarises a long epoch's losses in its kernel, and above LRS_IN_KERNEL_STEPS
+        # steps makes each step's learning rate there too (no momentum: plain SGD): no per-step lrs,
+        # momenta or losses (at 20M steps an epoch each would be 160 MB). Shorter epochs get the
+        # epoch's learning rates as an array: reading one costs the step less than its cosine.
+        summarise = getattr(runner, "steps_in_kernel", False) and steps > rec.STEPS_KEPT
+        in_kernel = summarise and steps > LRS_IN_KERNEL_STEPS and hasattr(steps_schedule, "step_lrs")
         # Plain SGD never reads its momentum: a long epoch then skips making the momenta (8 bytes a step)
         # and hands the runner zeros (calloc'd, so never resident where the kernel does not read them);
         # the recorder's sample of them is made at its steps.
-        lean = not opt.uses_momentum and steps > rec.STEPS_KEPT and hasattr(steps_schedule, "at")
-        zero_moms = np.zeros(steps, dtype=np.float64) if lean else None
+        lean = not in_kernel and not opt.uses_momentum and steps > rec.STEPS_KEPT and hasattr(steps_schedule, "at")
+        zero_moms = np.zeros(steps if lean else 0, dtype=np.float64)
         rec.setup_seconds = time.perf_counter() - t_setup
         if start_epoch == 0:  # fastai resets the smoother at each fit; a resumed fit keeps the restored one
             self._smooth_avg, self._smooth_count = 0.0, 0
         if start_epoch < n_epoch:
             self._log_header()
         for epoch in range(start_epoch, n_epoch):
+            first = epoch * steps
             # The epoch's slice of the schedule is set-up, as the whole schedule was when made at once:
             # outside train_seconds (at bs 1 on 5M ratings, 0.15 s of cosines).
             t_schedule = time.perf_counter()
-            if lean:
-                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps, with_moms=False)[0], zero_moms
+            keep = LossKeep(rec.kept_steps(steps, first), SMOOTH_TAIL) if summarise else None
+            if in_kernel:
+                ep_lrs, ep_moms = steps_schedule.step_lrs(first), np.empty(0, dtype=np.float64)
+            elif lean:
+                ep_lrs, ep_moms = steps_schedule(first, first + steps, with_moms=False)[0], zero_moms
             else:
-                ep_lrs, ep_moms = steps_schedule(epoch * steps, (epoch + 1) * steps)
+                ep_lrs, ep_moms = steps_schedule(first, first + steps)
             t0 = time.perf_counter()
             rec.setup_seconds += t0 - t_schedule
-            losses = self._train_epoch(runner, ep_lrs, ep_moms, epoch, n_epoch)
+            losses = self._train_epoch(runner, ep_lrs, ep_moms, epoch, n_epoch, steps, keep)
             t_train = time.perf_counter() - t0
-            if len(losses) < steps or not np.isfinite(losses[-1]):
+            if isinstance(losses, EpochLosses):
+                n_done, last_loss = losses.n_done, losses.last_loss
+            else:
+                n_done, last_loss = len(losses), (losses[-1] if len(losses) else float("nan"))
+            if n_done < steps or not np.isfinite(last_loss):
                 self.backend.sync()
-                bad = len(losses)
-                loss, lr = (losses[-1], max(ep_lrs[:bad])) if bad else (float("nan"), ep_lrs[0])
+                bad = n_done
+                if in_kernel:
+                    lr = _max_lr(steps_schedule, first, first + max(bad, 1))
+                else:
+                    lr = max(ep_lrs[:bad]) if bad else ep_lrs[0]
                 decoupled = opt.decouple_wd or not isinstance(opt, Adam)  # the decay multiplies by 1 - lr * wd
-                raise DivergenceError(checks.divergence_message(epoch, bad, loss, lr, opt.wd, decoupled))
+                raise DivergenceError(checks.divergence_message(epoch, bad, last_loss, lr, opt.wd, decoupled))
             self.opt_state.step += steps
-            self._smooth_avg, self._smooth_count, train_loss = _smooth(losses, self._smooth_avg, self._smooth_count)
+            if isinstance(losses, EpochLosses):
+                smoothed = _smooth_tail(losses.tail, losses.n_done, self._smooth_count)
+            else:
+                smoothed = _smooth(losses, self._smooth_avg, self._smooth_count)
+            self._smooth_avg, self._smooth_count, train_loss = smoothed
             t_valid = time.perf_counter()
             valid_loss = self._valid_loss()
             t_valid = time.perf_counter() - t_valid
             rec.values.append([train_loss, valid_loss])
-            rec.add_steps(losses, ep_lrs, None if lean else ep_moms, epoch * steps, steps_schedule)
+            rec.add_steps(
+                losses, None if in_kernel else ep_lrs, None if lean or in_kernel else ep_moms, first, steps_schedule
+            )
             seconds = time.perf_counter() - t0
             rec.epoch_seconds.append(seconds)
             rec.train_seconds.append(t_train)
@@ -339,20 +400,20 @@ class Learner(LearnerAPI):
             return bool(self.progress)
         return self.log is not None and self.dls.n_train > self.PROGRESS_MIN_ROWS and sys.stderr.isatty()
 
-    def _train_epoch(self, runner, lrs, moms, epoch: int, n_epoch: int) -> np.ndarray:
-        """One epoch through the backend's runner: one call; with a progress bar, a thread polls the
-        runner's step counter while the epoch runs, so the bar changes nothing the epoch computes."""
+    def _train_epoch(self, runner, lrs, moms, epoch: int, n_epoch: int, steps: int, keep=None):
+        """One epoch of ``steps`` steps through the backend's runner: one call (``keep``: see
+        ``backends.EpochRunner``); with a progress bar, a thread polls the runner's step counter while
+        the epoch runs, so the bar changes nothing the epoch computes."""
         step0 = self.opt_state.step
+        args = (self.rng, lrs, moms, step0) + (() if keep is None else (keep,))
         if not self._show_progress():
-            return runner.train_epoch(self.rng, lrs, moms, step0)
+            return runner.train_epoch(*args)
         import threading
 
         from tqdm import tqdm
 
         done = threading.Event()
-        with tqdm(
-            total=len(lrs), desc=f"epoch {epoch + 1}/{n_epoch}", unit="step", leave=False, file=sys.stderr
-        ) as bar:
+        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{n_epoch}", unit="step", leave=False, file=sys.stderr) as bar:
 
             def poll():
                 while not done.wait(0.1):
@@ -361,11 +422,11 @@ class Learner(LearnerAPI):
             watcher = threading.Thread(target=poll, daemon=True)
             watcher.start()
             try:
-                losses = runner.train_epoch(self.rng, lrs, moms, step0)
+                losses = runner.train_epoch(*args)
             finally:
                 done.set()
                 watcher.join()
-            bar.update(len(losses) - bar.n)
+            bar.update((losses.n_done if isinstance(losses, EpochLosses) else len(losses)) - bar.n)
         return losses
 
 

@@ -15,7 +15,9 @@ import math
 
 import numpy as np
 
-__all__ = ["sched_cos", "combined_cos", "one_cycle", "constant", "OneCycle", "Constant"]
+from .kernels.records import StepLrs
+
+__all__ = ["sched_cos", "combined_cos", "one_cycle", "one_cycle_lr", "constant", "OneCycle", "Constant"]
 
 
 def sched_cos(start: float, end: float, pos: np.ndarray) -> np.ndarray:
@@ -97,6 +99,25 @@ def one_cycle(
     return lrs, mom
 
 
+def one_cycle_lr(step: int, total_steps: int, pct_start: float, start: float, middle: float, end: float) -> float:
+    """:func:`one_cycle`'s value at one step: ``start -> middle -> end`` (the learning rates' ends are
+    ``lr_max / div``, ``lr_max``, ``lr_max / div_final``), the same float64 operations in the same order,
+    so the same float bit for bit (``math.cos`` and NumPy's ``cos`` both call the C library's ``cos``).
+
+    Plain Python; the per-rating kernels compile it to make each step's learning rate themselves
+    (``records.StepLrs``) instead of reading a per-step array.
+    """
+    pos = float(step) / max(total_steps, 1)
+    if pos < pct_start:
+        s0, s1 = start, middle
+        term = pos / pct_start
+    else:
+        s0, s1 = middle, end
+        term = (pos - pct_start) / (1.0 - pct_start)
+    term = 1.0 + math.cos(math.pi * (1.0 - term))  # sched_cos's (1 + cos(pi (1 - p)))
+    return s0 + term * (s1 - s0) / 2.0
+
+
 def constant(total_steps: int, lr: float, mom: float, start: int = 0, stop: int | None = None):
     """Per-step arrays for ``fit``: the same learning rate and momentum at every step (``start..stop-1``)."""
     n = (total_steps if stop is None else stop) - start
@@ -111,12 +132,33 @@ class OneCycle:
     def __init__(
         self, total_steps: int, lr_max: float, div=25.0, div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)
     ):
-        self.total_steps, self.lr_max, self.div, self.div_final = total_steps, lr_max, div, div_final
-        self.pct_start, self.moms = pct_start, tuple(moms)
+        # Python floats: the slices, ``at`` and the per-rating kernels (``step_lrs``) then all compute in
+        # float64 from the same numbers, whatever type the caller passed (a NumPy float32 lr included).
+        self.total_steps, self.lr_max, self.div, self.div_final = (
+            int(total_steps),
+            float(lr_max),
+            float(div),
+            float(div_final),
+        )
+        self.pct_start, self.moms = float(pct_start), tuple(float(m) for m in moms)
 
     def __call__(self, start: int, stop: int, with_moms: bool = True):
         return one_cycle(
             self.total_steps, self.lr_max, self.div, self.div_final, self.pct_start, self.moms, start, stop, with_moms
+        )
+
+    def step_lrs(self, first_step: int) -> StepLrs:
+        """The learning rates of the epoch starting at ``first_step``, made in the per-rating kernels
+        (:func:`one_cycle_lr`): the same floats as ``self(first_step, ...)[0]``, with no per-step array."""
+        lr_max = self.lr_max
+        return StepLrs(
+            np.empty(0, dtype=np.float64),
+            self.total_steps,
+            int(first_step),
+            self.pct_start,
+            lr_max / self.div,
+            lr_max,
+            lr_max / self.div_final,
         )
 
     def at(self, steps: np.ndarray):
@@ -136,6 +178,12 @@ class Constant:
     def __call__(self, start: int, stop: int, with_moms: bool = True):
         lrs, moms = constant(self.total_steps, self.lr, self.mom, start, stop)
         return lrs, moms if with_moms else moms[:0]
+
+    def step_lrs(self, first_step: int) -> StepLrs:
+        """The learning rates of an epoch for the per-rating kernels: one for every step."""
+        return StepLrs(
+            np.full(1, self.lr, dtype=np.float64), int(self.total_steps), int(first_step), 0.0, 0.0, 0.0, 0.0
+        )
 
     def at(self, steps: np.ndarray):
         n = len(steps)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ConfigError
-from .common import MODES, mode_of, normalise_mode
+from .common import MODES, EpochLosses, LossKeep, mode_of, normalise_mode
 from .cpu import CpuBackend, ParallelBackend, per_rating_groups
 from .cuda import CudaBackend
 from .dask import DaskBackend
@@ -33,6 +33,8 @@ __all__ = [
     "Backend",
     "EpochRunner",
     "MODES",
+    "EpochLosses",
+    "LossKeep",
     "mode_of",
     "normalise_mode",
     "per_rating_groups",
@@ -47,7 +49,14 @@ __all__ = [
 
 
 class EpochRunner(Protocol):
-    """One fit's epochs in one mode: ``train_epoch`` runs an epoch and returns its per-step losses."""
+    """One fit's epochs in one mode: ``train_epoch`` runs an epoch and returns its per-step losses.
+
+    A runner whose ``steps_in_kernel`` is true (the CPU per-rating runner) also takes, as ``lrs``, a
+    ``kernels.records.StepLrs`` (the learning rates made in its kernel, no per-step array; ``moms``
+    unused, may be empty) and a ``keep`` (:class:`LossKeep`), with which it returns an
+    :class:`EpochLosses` summary instead of one loss a step. Other runners (CUDA, Dask) have no such
+    attribute and are given per-step arrays and no ``keep``.
+    """
 
     #: ``exact``, ``sparse`` or ``per-rating``
     mode: str
@@ -57,11 +66,13 @@ class EpochRunner(Protocol):
     #: The training rows of the last epoch in the order they were trained.
     order: np.ndarray
 
-    def train_epoch(self, rng: np.random.Generator, lrs: np.ndarray, moms: np.ndarray, step0: int) -> np.ndarray:
+    def train_epoch(
+        self, rng: np.random.Generator, lrs: Any, moms: np.ndarray, step0: int, keep: LossKeep | None = None
+    ) -> np.ndarray | EpochLosses:
         """One epoch: the order drawn from ``rng``, step ``s`` at ``lrs[s]``, ``moms[s]`` and Adam's step
         count ``step0 + s + 1``. Returns the batch losses; a NaN/inf loss stops the epoch before that
         step's update and the array ends there. The array may be a buffer the next epoch reuses: copy
-        what is kept."""
+        what is kept. ``keep`` (``steps_in_kernel`` runners only): an :class:`EpochLosses` instead."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,13 +11,44 @@ from numba import njit
 
 from ..errors import ConfigError
 
-__all__ = ["MODES", "mode_of", "normalise_mode", "permutation_into", "tiny_problem"]
+__all__ = ["MODES", "mode_of", "normalise_mode", "permutation_into", "tiny_problem", "LossKeep", "EpochLosses"]
 
 #: The training modes: every row every step (the fastai recipe), only the batch's rows, and per-rating
 #: SGD (sparse mode with plain SGD, no momentum, batches of one rating: a fused kernel).
 MODES = ("exact", "sparse", "per-rating")
 #: Names that version 0.1 used, accepted for one more release with a DeprecationWarning.
 OLD_MODE_NAMES = {"sparse-sgd1": "per-rating"}
+
+
+@dataclass(frozen=True)
+class LossKeep:
+    """What a long epoch keeps of its losses (a runner with ``steps_in_kernel``): the losses of the
+    steps ``sample_steps`` (positions in the epoch, sorted, int64) and of its last ``tail`` steps."""
+
+    sample_steps: np.ndarray
+    tail: int
+
+
+@dataclass(frozen=True)
+class EpochLosses:
+    """A long epoch's losses summarised by the kernel, instead of one float64 a step (at 20M steps an
+    epoch, 160 MB): what the learner and the recorder use of them.
+
+    ``n_done``: the steps done (all, or up to and including the first non-finite loss); ``last_loss``:
+    the loss of step ``n_done - 1`` (non-finite: the epoch diverged there); ``total``: the float64 sum
+    of the losses, each block's summed in step order and the blocks' sums added in block (step) order:
+    not NumPy's pairwise sum, so ``total / n_done`` equals ``np.mean`` of the same losses to rounding
+    (about 1e-16 relative), not bit for bit; ``sample``: the losses of the steps ``sample_steps``;
+    ``tail``: the losses of the epoch's last ``len(tail)`` steps. The arrays may be buffers the next
+    epoch reuses: copy what is kept.
+    """
+
+    n_done: int
+    last_loss: float
+    total: float
+    sample_steps: np.ndarray
+    sample: np.ndarray
+    tail: np.ndarray
 
 
 def mode_of(sparse: bool, opt, bs: int) -> str:

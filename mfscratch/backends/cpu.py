@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..kernels import cpu
-from ..kernels.records import BlockLayout, EpochOut, Groups, Moments, Ratings, Steps, hyper_of
-from .common import permutation_into, tiny_problem
+from ..kernels.records import BlockLayout, EpochOut, Groups, LossSummary, Moments, Ratings, StepLrs, Steps, hyper_of
+from .common import EpochLosses, LossKeep, permutation_into, tiny_problem
 
 __all__ = ["CpuBackend", "ParallelBackend", "per_rating_groups", "PER_RATING_GROUP_BYTES"]
 
@@ -62,12 +62,15 @@ class _Runner:
             self.order = np.empty(self.backend.data.users.shape[0], dtype=np.int64)
         return permutation_into(rng, self.order)
 
-    def train_epoch(self, rng, lrs, moms, step0: int) -> np.ndarray:
+    def train_epoch(self, rng, lrs, moms, step0: int, keep: LossKeep | None = None) -> Any:
         self.progress[:] = 0
         with self.backend.threads_in_use():
-            return self._epoch(rng, lrs, moms, int(step0))
+            if keep is None:
+                return self._epoch(rng, lrs, moms, int(step0))
+            return self._epoch(rng, lrs, moms, int(step0), keep)
 
-    def _epoch(self, rng, lrs, moms, step0: int) -> np.ndarray:
+    def _epoch(self, rng, lrs, moms, step0: int, keep: LossKeep | None = None) -> Any:
+        """One epoch; ``keep``: only runners with ``steps_in_kernel`` are given one."""
         raise NotImplementedError
 
     def _steps(self, rng, lrs, moms, step0: int) -> tuple[Steps, EpochOut]:
@@ -123,13 +126,29 @@ class _PerRatingRunner(_Runner):
     uninterrupted one. The dynamic scheduler's kernel copies and shuffles each block itself when a
     thread claims it (one parallel region an epoch); the others get the epoch's order made first."""
 
+    #: Takes ``records.StepLrs`` (the learning rate made in the kernel) and a ``keep`` (``LossKeep``),
+    #: with which it returns an ``EpochLosses`` summary: no per-step lrs, momenta or losses (``EpochRunner``).
+    steps_in_kernel = True
+
     def __init__(self, backend, opt, mode, bs, kernel, shuffle, n_groups: int):
         super().__init__(backend, opt, mode, bs)
         self.kernel, self.shuffle, self.wd = kernel, shuffle, float(opt.wd)
-        self.losses = np.empty(0, dtype=np.float64)  # one loss a rating, reused every epoch (20M ratings: 160 MB)
+        # This module's kernels take the records; another per-rating kernel (a backend's own, such as the
+        # half-storage one) gets per-step arrays and one loss a step, as before.
+        self.takes_records = getattr(kernel, "func", kernel) in (
+            cpu.train_epoch_per_rating,
+            cpu.train_epoch_per_rating_parallel,
+            cpu.train_epoch_per_rating_dynamic,
+        )
+        if not self.takes_records:
+            self.steps_in_kernel = False
+        self.losses = np.empty(0, dtype=np.float64)  # one loss a rating, reused by short epochs
+        # A long epoch's summary (LossSummary): its sample and tail, and each block's sum and bad loss.
+        self.sample, self.tail = np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
         self.shuffles_blocks = getattr(kernel, "func", None) is cpu.train_epoch_per_rating_dynamic
         data, shape = backend.data, backend.shape
         n = data.users.shape[0]
+        self.sums, self.bad_losses = np.zeros(n_groups * n_groups), np.zeros(n_groups * n_groups)
         if n_groups == 1:
             self.layout = BlockLayout(np.empty(0, dtype=np.int64), np.array([0, n], dtype=np.int64), 1)
             return
@@ -148,14 +167,36 @@ class _PerRatingRunner(_Runner):
         self.layout = BlockLayout(np.empty(n, dtype=rows), block_start, n_groups)
         self.order = self.layout.order
 
-    def _epoch(self, rng, lrs, moms, step0):
+    def _kept(self, n_steps: int, keep: LossKeep | None) -> Any:
+        """Where the epoch's losses go: one a step (``keep`` None; the array the runner returns), or
+        ``keep``'s sample and tail. One record type either way (the kernels compile once for it), or
+        the plain array for a kernel that takes no records."""
+        self.sums[:] = 0.0
+        self.bad_losses[:] = 0.0
+        if keep is None:
+            if self.losses.shape[0] != n_steps:
+                self.losses = np.empty(n_steps, dtype=np.float64)
+            if not self.takes_records:
+                return self.losses
+            return LossSummary(np.empty(0, dtype=np.int64), self.sample[:0], self.losses, 0, self.sums, self.bad_losses)
+        tail = min(int(keep.tail), n_steps)
+        if self.tail.shape[0] != tail:
+            self.tail = np.empty(tail, dtype=np.float64)
+        if self.sample.shape[0] != keep.sample_steps.shape[0]:
+            self.sample = np.empty(keep.sample_steps.shape[0], dtype=np.float64)
+        sample_steps = np.ascontiguousarray(keep.sample_steps, dtype=np.int64)
+        return LossSummary(sample_steps, self.sample, self.tail, n_steps - tail, self.sums, self.bad_losses)
+
+    def _epoch(self, rng, lrs, moms, step0, keep: LossKeep | None = None):
         b = self.backend
         layout = self.layout
         if layout.n_groups == 1:
             layout = layout._replace(order=self._permutation(rng))
-        if self.losses.shape[0] != layout.order.shape[0]:
-            self.losses = np.empty(layout.order.shape[0], dtype=np.float64)
-        out = EpochOut(self.losses, self.progress)
+        if isinstance(lrs, np.ndarray) and self.takes_records:
+            lrs = StepLrs(np.ascontiguousarray(lrs, dtype=np.float64), 0, 0, 0.0, 0.0, 0.0, 0.0)
+        n_steps = layout.order.shape[0]
+        kept = self._kept(n_steps, keep)
+        out = EpochOut(kept, self.progress)
         args = (b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
         if layout.n_groups == 1:
             n = self.kernel(*args)
@@ -167,7 +208,21 @@ class _PerRatingRunner(_Runner):
             np.copyto(layout.order, self._canonical)
             self.shuffle(layout.order, layout.block_start, int(rng.integers(2**63)))
             n = self.kernel(*args)
-        return out.losses[:n]
+        if keep is None:
+            return self.losses[:n]
+        return self._summary(kept, int(n), n_steps)
+
+    def _summary(self, kept: LossSummary, n: int, n_steps: int) -> EpochLosses:
+        """The :class:`EpochLosses` of an epoch that did ``n`` of its ``n_steps`` steps."""
+        block_start = self.layout.block_start
+        last = int(np.searchsorted(block_start, n - 1, side="right")) - 1  # the block of step n - 1
+        last_loss = float(kept.bad_losses[last])
+        if np.isfinite(last_loss):  # no divergence: step n - 1 is the epoch's last, in the tail
+            last_loss = float(kept.tail[-1]) if n == n_steps else float("nan")
+        total = 0.0
+        for block_sum in kept.sums.tolist():  # in block order, as the docstring of EpochLosses says
+            total += block_sum
+        return EpochLosses(n, last_loss, total, kept.sample_steps, kept.sample, kept.tail)
 
 
 #: ``ParallelBackend.per_rating_scheduler``'s values.

@@ -13,7 +13,7 @@ tables); each package compiles them (``njit`` on the CPU, device functions on th
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,8 @@ __all__ = [
     "BlockLayout",
     "Groups",
     "EpochOut",
+    "StepLrs",
+    "LossSummary",
     "StepScalars",
     "step_scalars",
     "sigmoid",
@@ -118,10 +120,44 @@ class Groups(NamedTuple):
 
 class EpochOut(NamedTuple):
     """What an epoch kernel writes besides the weights: ``losses[s]`` (one per step; empty: none kept)
-    and ``progress`` (one int64 slot per lane of work, each the steps its lane has done: for a bar)."""
+    and ``progress`` (one int64 slot per lane of work, each the steps its lane has done: for a bar).
+    The per-rating kernels also take a :class:`LossSummary` as ``losses``: what a long epoch keeps."""
 
-    losses: np.ndarray
+    losses: Any
     progress: np.ndarray
+
+
+class StepLrs(NamedTuple):
+    """An epoch's learning rates for the per-rating kernels: step ``s`` of the epoch (0-based) trains at
+    ``lrs[s]`` (one a step), at ``lrs[0]`` (one element: every step), or, with ``lrs`` empty, at
+    ``fit_one_cycle``'s rate for step ``first_step + s`` of ``total_steps``, made in the kernel
+    (``schedule.one_cycle_lr``: ``lr_start = lr_max / div``, ``lr_end = lr_max / div_final``), so that
+    no per-step array exists (at 20M steps an epoch it is 160 MB)."""
+
+    lrs: np.ndarray
+    total_steps: int
+    first_step: int
+    pct_start: float
+    lr_start: float
+    lr_max: float
+    lr_end: float
+
+
+class LossSummary(NamedTuple):
+    """What a per-rating epoch keeps of its losses instead of one a step (:class:`EpochOut`'s ``losses``).
+
+    ``sample[j]``: the loss of step ``sample_steps[j]`` (sorted, int64); ``tail[s - tail_start]``: the
+    losses of steps ``tail_start..`` (the epoch's last ``len(tail)``); ``sums[b]``: the float64 sum of
+    block ``b``'s losses in step order; ``bad_losses[b]``: the non-finite loss block ``b`` stopped at
+    (written only then). Empty ``sums`` and ``bad_losses``: not written.
+    """
+
+    sample_steps: np.ndarray
+    sample: np.ndarray
+    tail: np.ndarray
+    tail_start: int
+    sums: np.ndarray
+    bad_losses: np.ndarray
 
 
 class StepScalars(NamedTuple):

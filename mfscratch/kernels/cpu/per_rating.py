@@ -18,8 +18,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
+from ... import schedule
+from ..records import LossSummary, StepLrs
 from ._compile import HOT, twin
 from ._llvm import (
     PREFETCH_AHEAD,
@@ -55,13 +58,106 @@ _SCANS_BEFORE_SLEEP = 64
 _SLEEP_US = 50
 
 
+one_cycle_lr = njit(cache=True, inline="always", error_model="numpy")(schedule.one_cycle_lr)
+
+
+def as_step_lrs(lrs):
+    """``lrs`` as a :class:`~mfscratch.kernels.records.StepLrs`: an array (one rate a step, or one for
+    every step) is wrapped, a record is passed on. Compiled per type (``overload``), so the kernels take
+    either."""
+    if isinstance(lrs, np.ndarray):
+        return StepLrs(lrs, 0, 0, 0.0, 0.0, 0.0, 0.0)
+    return lrs
+
+
+@overload(as_step_lrs, inline="always")
+def _as_step_lrs(lrs):
+    if isinstance(lrs, types.Array):
+        return lambda lrs: StepLrs(lrs, 0, 0, 0.0, 0.0, 0.0, 0.0)
+    return lambda lrs: lrs
+
+
+def as_loss_summary(losses, n_steps):
+    """``losses`` as a :class:`~mfscratch.kernels.records.LossSummary`: an array of one loss a step is
+    the tail of every step (empty: nothing kept), a summary is passed on. Compiled per type."""
+    if isinstance(losses, np.ndarray):
+        empty = np.empty(0, dtype=np.float64)
+        return LossSummary(np.empty(0, np.int64), empty, losses, 0 if losses.shape[0] > 0 else n_steps, empty, empty)
+    return losses
+
+
+@overload(as_loss_summary, inline="always")
+def _as_loss_summary(losses, n_steps):
+    if isinstance(losses, types.Array):
+
+        def wrap(losses, n_steps):
+            empty = np.empty(0, dtype=np.float64)
+            tail_start = 0 if losses.shape[0] > 0 else n_steps
+            return LossSummary(np.empty(0, np.int64), empty, losses, tail_start, empty, empty)
+
+        return wrap
+    return lambda losses, n_steps: losses
+
+
+#: Steps a block trains at a time: their learning rates are made before, their losses kept after
+#: (two 8 KB buffers, in cache meanwhile).
+STEP_CHUNK = 1024
+
+
+@njit(inline="always", error_model="numpy")
+def fill_lrs(lrs, c0, c1, out):
+    """``out[s - c0]``: the learning rate of step ``s`` of the epoch, for ``s`` in ``c0..c1-1`` (``lrs``: a
+    ``StepLrs``). Made a chunk at a time rather than in the step loop: the cosines of a chunk do not wait
+    on each other or on the step's memory loads (measured faster at k = 64; docs/speed.md)."""
+    n = lrs.lrs.shape[0]
+    if n > 1:
+        for s in range(c0, c1):
+            out[s - c0] = lrs.lrs[np.uint64(s)]
+    elif n == 1:
+        out[: c1 - c0] = lrs.lrs[0]
+    else:
+        first, total, pct = lrs.first_step, lrs.total_steps, lrs.pct_start
+        for s in range(c0, c1):
+            out[s - c0] = one_cycle_lr(first + s, total, pct, lrs.lr_start, lrs.lr_max, lrs.lr_end)
+
+
+@njit(inline="always")
+def keep_losses(chunk_losses, c0, c1, sample_steps, sample, i_sample, tail, tail_start, total):
+    """Keep the losses of steps ``c0..c1-1`` (``chunk_losses[s - c0]``): those of the sample (from its
+    ``i_sample``-th step on) and of the tail, and add them to ``total`` in step order. Returns the new
+    ``(i_sample, total)``. Done a chunk at a time after the chunk trains, so that the step loop stores
+    each loss once and tests nothing more (it is bound by memory latency: fewer instructions a step
+    keep more steps' loads in flight)."""
+    n_sample = sample_steps.shape[0]
+    while i_sample < n_sample and sample_steps[i_sample] < c1:
+        sample[i_sample] = chunk_losses[sample_steps[i_sample] - c0]
+        i_sample += 1
+    for s in range(max(c0, tail_start), c1):
+        tail[s - tail_start] = chunk_losses[s - c0]
+    for s in range(c0, c1):
+        total += chunk_losses[s - c0]
+    return i_sample, total
+
+
+@njit(inline="always", error_model="numpy")
+def _logit(params, u_bias, i_bias, i_start, u, i, k):
+    """``x = P[u] . Q[i] + b[u] + c[i]`` of the flat buffer (the dot product in 16-lane chunks)."""
+    return dot_rows(params, u * k, i_start + i * k, k) + u_bias[np.uint64(u)] + i_bias[np.uint64(i)]
+
+
 @njit(inline="always", error_model="numpy")
 def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first, last, lrs, wd,
-                 lo, span, has_range, losses, k, fetch):  # fmt: skip
+                 lo, span, has_range, sample_steps, sample, tail, tail_start, sums, bad_losses, block, k,
+                 fetch):  # fmt: skip
     """Steps ``first..last-1`` of the epoch (one block, or the whole serial epoch), in turn.
 
-    Returns ``last``, or the position of the first non-finite loss (training stops there, before its
-    update). The maths: the module docstring.
+    The steps go :data:`STEP_CHUNK` at a time: ``lrs`` (a ``StepLrs``) is made for the chunk before it
+    trains (:func:`fill_lrs`), and its losses kept after (:func:`keep_losses`) into
+    ``sample_steps..bad_losses``, a ``LossSummary``'s fields, unpacked (numba 0.68 loses writes made
+    through a record's fields inside a prange body): each step's at its place in ``sample`` and
+    ``tail``, the block's sum at ``sums[block]``, a non-finite loss at ``bad_losses[block]``. Returns
+    ``last``, or the position of the first non-finite loss (training stops there, before its update).
+    The maths: the module docstring.
 
     Software-pipelined by one step: the next step's logit ``x`` (its two rows' dot product and biases)
     is computed before this step's update, so that its loads, multiplies and sums run while this step's
@@ -73,73 +169,73 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
     T = params.dtype.type
     in_order = order.shape[0] == 0
     i_start = u_weight.shape[0] * k
-    per_step_lr = lrs.shape[0] > 1
-    record = losses.shape[0] > 0
     two = T(2.0)
-    if first >= last:
-        return last
-    # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
-    # negative (wrap-around) indexing; the same values.
-    row = np.uint64(first) if in_order else np.uint64(order[np.uint64(first)])
-    u = users[row]
-    i = items[row]
-    x = dot_rows(params, u * k, i_start + i * k, k) + u_bias[np.uint64(u)] + i_bias[np.uint64(i)]
-    row_next, u_next, i_next, x_next = row, u, i, x
-    for s in range(first, last):
-        if fetch and s + 2 * PREFETCH_AHEAD < last:
-            if not in_order:
-                ahead = order[s + 2 * PREFETCH_AHEAD]
-                prefetch(users, ahead)
-                prefetch(items, ahead)
-                prefetch(ratings, ahead)
-            ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
-            prefetch_row(params, users[ahead] * k, k)
-            prefetch_row(params, i_start + items[ahead] * k, k)
-        at = np.uint64(s)
-        more = s + 1 < last
-        if more:  # the next step's logit, before this step's update
-            row_next = at + np.uint64(1) if in_order else np.uint64(order[at + np.uint64(1)])
-            u_next = users[row_next]
-            i_next = items[row_next]
-            x_next = (
-                dot_rows(params, u_next * k, i_start + i_next * k, k)
-                + u_bias[np.uint64(u_next)]
-                + i_bias[np.uint64(i_next)]
-            )
-        uu, ii = np.uint64(u), np.uint64(i)
-        if has_range:
-            # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
-            sg = T(1.0) / (T(1.0) + math.exp(-x))
-            err = lo + span * sg - ratings[row]
-            dx = two * err * span * sg * (T(1.0) - sg)
-        else:
-            err = x - ratings[row]
-            dx = two * err
-        loss = err * err
-        if record:
-            losses[at] = loss
-        if not math.isfinite(loss):
-            return s  # diverged: stop before this rating's update
-        lr = lrs[at] if per_step_lr else lrs[0]
-        shrink = T(1.0 - lr * wd)
-        step = T(lr) * dx
-        p = u_weight[uu]
-        q = i_weight[ii]
-        for j in range(k):
-            pu = p[j]
-            qi = q[j]
-            p[j] = pu * shrink - step * qi
-            q[j] = qi * shrink - step * pu
-        u_bias[uu] = u_bias[uu] * shrink - step
-        i_bias[ii] = i_bias[ii] * shrink - step
-        if more:
-            if u_next == u or i_next == i:  # it reads a row this step just changed
-                x_next = (
-                    dot_rows(params, u_next * k, i_start + i_next * k, k)
-                    + u_bias[np.uint64(u_next)]
-                    + i_bias[np.uint64(i_next)]
-                )
-            row, u, i, x = row_next, u_next, i_next, x_next
+    i_sample = np.searchsorted(sample_steps, first)  # the block's first step of the sample
+    total = 0.0
+    chunk_lrs = np.empty(STEP_CHUNK, dtype=np.float64)
+    chunk_losses = np.empty(STEP_CHUNK, dtype=np.float64)
+    for c0 in range(first, last, STEP_CHUNK):
+        c1 = min(c0 + STEP_CHUNK, last)
+        fill_lrs(lrs, c0, c1, chunk_lrs)
+        # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
+        # negative (wrap-around) indexing; the same values.
+        row = np.uint64(c0) if in_order else np.uint64(order[np.uint64(c0)])
+        u = users[row]
+        i = items[row]
+        x = _logit(params, u_bias, i_bias, i_start, u, i, k)
+        row_next, u_next, i_next, x_next = row, u, i, x
+        for s in range(c0, c1):
+            if fetch and s + 2 * PREFETCH_AHEAD < last:
+                if not in_order:
+                    ahead = order[s + 2 * PREFETCH_AHEAD]
+                    prefetch(users, ahead)
+                    prefetch(items, ahead)
+                    prefetch(ratings, ahead)
+                ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
+                prefetch_row(params, users[ahead] * k, k)
+                prefetch_row(params, i_start + items[ahead] * k, k)
+            at = np.uint64(s)
+            more = s + 1 < c1
+            if more:  # the next step's logit, before this step's update
+                row_next = at + np.uint64(1) if in_order else np.uint64(order[at + np.uint64(1)])
+                u_next = users[row_next]
+                i_next = items[row_next]
+                x_next = _logit(params, u_bias, i_bias, i_start, u_next, i_next, k)
+            uu, ii = np.uint64(u), np.uint64(i)
+            if has_range:
+                # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
+                sg = T(1.0) / (T(1.0) + math.exp(-x))
+                err = lo + span * sg - ratings[row]
+                dx = two * err * span * sg * (T(1.0) - sg)
+            else:
+                err = x - ratings[row]
+                dx = two * err
+            loss = err * err
+            chunk_losses[np.uint64(s - c0)] = loss
+            if not math.isfinite(loss):
+                keep_losses(chunk_losses, c0, s + 1, sample_steps, sample, i_sample, tail, tail_start, total)
+                if bad_losses.shape[0] > 0:
+                    bad_losses[block] = loss
+                return s  # diverged: stop before this rating's update
+            lr = chunk_lrs[np.uint64(s - c0)]
+            shrink = T(1.0 - lr * wd)
+            step = T(lr) * dx
+            p = u_weight[uu]
+            q = i_weight[ii]
+            for j in range(k):
+                pu = p[j]
+                qi = q[j]
+                p[j] = pu * shrink - step * qi
+                q[j] = qi * shrink - step * pu
+            u_bias[uu] = u_bias[uu] * shrink - step
+            i_bias[ii] = i_bias[ii] * shrink - step
+            if more:
+                if u_next == u or i_next == i:  # it reads a row this step just changed
+                    x_next = _logit(params, u_bias, i_bias, i_start, u_next, i_next, k)
+                row, u, i, x = row_next, u_next, i_next, x_next
+        i_sample, total = keep_losses(chunk_losses, c0, c1, sample_steps, sample, i_sample, tail, tail_start, total)
+    if sums.shape[0] > 0:
+        sums[block] = total
     return last
 
 
@@ -163,8 +259,10 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     Every stratum ends at a barrier (all its blocks finish before the next stratum starts):
     :func:`train_epoch_per_rating_dynamic` does without.
 
-    ``lrs`` holds one learning rate per step, or one for every step; ``out.losses`` one squared error per
-    step, or none (empty: nothing is recorded; at 25M ratings the per-step arrays would be 200 MB each);
+    ``lrs`` holds one learning rate per step, or one for every step, or is a ``records.StepLrs`` (the
+    one-cycle rate made here, no per-step array); ``out.losses`` one squared error per step, or none
+    (empty: nothing is recorded), or is a ``records.LossSummary`` (a long epoch's sample, tail and
+    block sums: at 25M ratings the per-step arrays would be 200 MB each);
     ``out.progress[0]`` counts the ratings of the finished strata. Returns the number of steps done:
     all, or (the position of the first non-finite loss) + 1 (training stops there, before its update;
     with ``g > 1`` other blocks of that stratum may finish theirs).
@@ -179,6 +277,8 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     T = params.dtype.type
     k = shape.n_factors
     n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
+    step_lrs = as_step_lrs(lrs)
+    sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     first_bad = np.full(g, n_steps, dtype=np.int64)
     lo, span = T(lo_), T(hi_ - lo_)
@@ -187,7 +287,8 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
             first = block_start[t * g + c]
             last = block_start[t * g + c + 1]
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
+                               bad_losses, t * g + c, k, fetch)  # fmt: skip
             if end < last:
                 first_bad[c] = end
         if first_bad.min() < n_steps:
@@ -217,6 +318,8 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     T = params.dtype.type
     k = shape.n_factors
     n_steps = order.shape[0]
+    step_lrs = as_step_lrs(lrs)
+    sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     lo, span = T(lo_), T(hi_ - lo_)
     bad = n_steps
@@ -229,7 +332,8 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
                 order[s] = canonical[s]
             shuffle_block(order, first, last, b, seed)
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
+                               bad_losses, b, k, fetch)  # fmt: skip
             if end < last:
                 bad = min(bad, end)
             elif bad == n_steps:
@@ -327,6 +431,8 @@ def _train_epoch_per_rating_dynamic_body(
     T = params.dtype.type
     k = shape.n_factors
     n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
+    step_lrs = as_step_lrs(lrs)
+    sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     lo, span = T(lo_), T(hi_ - lo_)
     n_blocks = g * g
@@ -360,7 +466,8 @@ def _train_epoch_per_rating_dynamic_body(
                     order[s] = canonical[s]
                 shuffle_block(order, first, last, claimed, seed)
             end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, lrs, wd, lo, span, has_range, losses, k, fetch)  # fmt: skip
+                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
+                               bad_losses, claimed, k, fetch)  # fmt: skip
             if end < last:
                 first_bad[claimed] = end
                 atomic_store(flags, 0, 1)
