@@ -23,6 +23,7 @@ from numba import njit
 
 from ._compile import HOT
 from .core import split_flat
+from .per_rating import rating_error
 
 __all__ = ["FP32", "FP16", "BF16", "STORAGE_CODES", "round_to_storage", "round_params", "train_epoch_per_rating_half"]
 
@@ -93,7 +94,7 @@ def train_epoch_per_rating_half(params, shape, data, layout, lrs, wd, y_range, o
     n_steps = users.shape[0] if in_order else order.shape[0]
     per_step_lr = lrs.shape[0] > 1
     record = losses.shape[0] > 0
-    lo, span, two = T(lo_), T(hi_ - lo_), T(2.0)
+    lo, span, one, two = T(lo_), T(hi_ - lo_), T(1.0), T(2.0)
     first_bad = n_steps
     for t in range(g):
         for c in range(g):
@@ -105,13 +106,7 @@ def train_epoch_per_rating_half(params, shape, data, layout, lrs, wd, y_range, o
                 for j in range(k):
                     x += u_weight[u, j] * i_weight[i, j]
                 x = x + u_bias[u] + i_bias[i]
-                if has_range:
-                    sg = T(1.0) / (T(1.0) + math.exp(-x))
-                    err = lo + span * sg - ratings[row]
-                    dx = two * err * span * sg * (T(1.0) - sg)
-                else:
-                    err = x - ratings[row]
-                    dx = two * err
+                err, dx = rating_error(x, ratings[row], lo, span, has_range, one, two)
                 loss = err * err
                 if record:
                     losses[s] = loss

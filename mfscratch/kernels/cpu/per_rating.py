@@ -140,6 +140,20 @@ def keep_losses(chunk_losses, c0, c1, sample_steps, sample, i_sample, tail, tail
 
 
 @njit(inline="always", error_model="numpy")
+def rating_error(x, y, lo, span, has_range, one, two):
+    """``(err, dx)`` of one rating ``y`` from its logit ``x``, in the tables' dtype (``one``, ``two``: 1
+    and 2 in it): ``err = lo + span s - y`` with ``s = sigmoid(x)`` and ``dx = 2 err span s (1 - s)``;
+    without a range ``err = x - y`` and ``dx = 2 err``. Branch-free in ``x``: below about -88,
+    ``exp(-x)`` is inf in float32 and ``s`` exactly 0."""
+    if has_range:
+        sg = one / (one + math.exp(-x))
+        err = lo + span * sg - y
+        return err, two * err * span * sg * (one - sg)
+    err = x - y
+    return err, two * err
+
+
+@njit(inline="always", error_model="numpy")
 def _logit(params, u_bias, i_bias, i_start, u, i, k):
     """``x = P[u] . Q[i] + b[u] + c[i]`` of the flat buffer (the dot product in 16-lane chunks)."""
     return dot_rows(params, u * k, i_start + i * k, k) + u_bias[np.uint64(u)] + i_bias[np.uint64(i)]
@@ -169,7 +183,7 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
     T = params.dtype.type
     in_order = order.shape[0] == 0
     i_start = u_weight.shape[0] * k
-    two = T(2.0)
+    one, two = T(1.0), T(2.0)
     i_sample = np.searchsorted(sample_steps, first)  # the block's first step of the sample
     total = 0.0
     chunk_lrs = np.empty(STEP_CHUNK, dtype=np.float64)
@@ -202,14 +216,7 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
                 i_next = items[row_next]
                 x_next = _logit(params, u_bias, i_bias, i_start, u_next, i_next, k)
             uu, ii = np.uint64(u), np.uint64(i)
-            if has_range:
-                # Branch-free: for x below about -88, exp(-x) is inf in float32 and s is exactly 0.
-                sg = T(1.0) / (T(1.0) + math.exp(-x))
-                err = lo + span * sg - ratings[row]
-                dx = two * err * span * sg * (T(1.0) - sg)
-            else:
-                err = x - ratings[row]
-                dx = two * err
+            err, dx = rating_error(x, ratings[row], lo, span, has_range, one, two)
             loss = err * err
             chunk_losses[np.uint64(s - c0)] = loss
             if not math.isfinite(loss):
