@@ -100,24 +100,33 @@ def topk_items(
     ``out_items`` (int64) and ``out_scores`` (float64) are ``(len(users), k)``; row ``r`` is sorted
     best first. Parallel over tiles of :data:`USER_TILE` users: the tile's users are scored item by
     item, so that the item table (15 MB at ML-25M's shape) streams through the cache once a tile, not
-    once a user. ``fastmath`` reassociation lets the dot product vectorise (about twice as fast); it
+    once a user. Both tables' rows are widened to float64 once (exact), not at every product (a third
+    less time). ``fastmath`` reassociation lets the dot product vectorise (about twice as fast); it
     may change a score's last bits, never the order of distinct scores.
     """
     n_items = i_weight.shape[0]
     n_factors = i_weight.shape[1]
     n_users = users.shape[0]
+    # The factors in float64 once (exact), not at every product.
+    item_rows = np.empty((n_items, n_factors), dtype=np.float64)
+    for i in prange(n_items):
+        for j in range(n_factors):
+            item_rows[i, j] = i_weight[i, j]
     for tile in prange((n_users + USER_TILE - 1) // USER_TILE):
         r0 = tile * USER_TILE
         m = min(n_users, r0 + USER_TILE) - r0
         scores = np.empty((m, n_items), dtype=np.float64)
+        user_rows = np.empty((m, n_factors), dtype=np.float64)
+        for a in range(m):
+            for j in range(n_factors):
+                user_rows[a, j] = u_weight[users[r0 + a], j]
         for i in range(n_items):
             item_bias = np.float64(i_bias[i])
             for a in range(m):
-                u = users[r0 + a]
                 acc = 0.0
                 for j in range(n_factors):
-                    acc += np.float64(u_weight[u, j]) * np.float64(i_weight[i, j])
-                scores[a, i] = acc + np.float64(u_bias[u]) + item_bias
+                    acc += user_rows[a, j] * item_rows[i, j]
+                scores[a, i] = acc + np.float64(u_bias[users[r0 + a]]) + item_bias
         for a in range(m):
             u = users[r0 + a]
             row = scores[a]
