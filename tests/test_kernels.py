@@ -598,12 +598,62 @@ def _per_rating_fit(backend: str, threads: int | None, scheduler: str | None, n_
     return learn
 
 
+def test_dynamic_scheduler_pins_one_thread_a_core_only_when_they_match(monkeypatch):
+    """The parallel backend pins its block-taking threads, one a core, when it has as many threads as the
+    process has cores (Linux), not when fewer threads leave the operating system a choice; and not at all
+    with ``per_rating_bind_threads = False``."""
+    import os
+
+    import numba
+
+    from mfscratch.backends.cpu import ParallelBackend
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no sched_getaffinity on this system")
+    cores = sorted(os.sched_getaffinity(0))
+    threads = len(cores)
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("Numba sees fewer threads than this process has cores")
+    np.testing.assert_array_equal(ParallelBackend(threads=threads)._per_rating_kernel(3).keywords["cpus"], cores)
+    if threads > 1:
+        assert ParallelBackend(threads=threads - 1)._per_rating_kernel(3).keywords["cpus"].size == 0
+    monkeypatch.setattr(ParallelBackend, "per_rating_bind_threads", False)
+    assert ParallelBackend(threads=threads)._per_rating_kernel(3).keywords["cpus"].size == 0
+
+
+def test_pinned_epoch_equals_the_unpinned_one_and_restores_the_affinity():
+    """Pinning the threads changes no weight, and every thread (the caller's too) gets its CPU mask back."""
+    import os
+
+    import numba
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no sched_getaffinity on this system")
+    before = os.sched_getaffinity(0)
+    cpus = np.array(sorted(before), dtype=np.int64)
+    data, model = problem(np.float32)
+    blocks, _ = layout(data, np.arange(len(data.ratings)), 3)
+    weights = []
+    for pin in (None, cpus):
+        params = model.params.copy()
+        losses = np.empty(len(data.ratings))
+        n = cpu.train_epoch_per_rating_dynamic(
+            params, SHAPE, data, blocks, np.full(1, 0.05), 0.1, RANGE, EpochOut(losses, np.zeros(1, np.int64)),
+            min(2, numba.config.NUMBA_NUM_THREADS), NO_ORDER, 0, cpus=pin,
+        )  # fmt: skip
+        assert n == len(data.ratings)
+        weights.append(params)
+        assert os.sched_getaffinity(0) == before
+    np.testing.assert_array_equal(weights[0], weights[1])
+
+
 def test_free_scheduler_on_one_thread_takes_the_layout_order():
     """LIBMF's rule with one thread: no block is ever running when it looks, so it takes the blocks in
     layout order, and the fit equals the reproducible schedulers' bit for bit."""
     free = _per_rating_fit("parallel", 1, "free", 3)
     kernel = free.backend._per_rating_kernel(3)
-    assert kernel.func is cpu.train_epoch_per_rating_dynamic and kernel.keywords == {"n_workers": 1, "free": True}
+    assert kernel.func is cpu.train_epoch_per_rating_dynamic
+    assert kernel.keywords["n_workers"] == 1 and kernel.keywords["free"] is True
     barrier = _per_rating_fit("parallel", 1, "barrier", 3)
     np.testing.assert_array_equal(free.model.params, barrier.model.params)
 
@@ -649,7 +699,7 @@ def test_threads_option_reaches_the_dynamic_scheduler(tmp_path):
     threads = min(2, numba.config.NUMBA_NUM_THREADS)
     kernel = ParallelBackend(threads=threads)._per_rating_kernel(3)
     assert kernel.func is cpu.train_epoch_per_rating_dynamic
-    assert kernel.keywords == {"n_workers": threads, "free": False}
+    assert kernel.keywords["n_workers"] == threads and kernel.keywords["free"] is False
     assert ParallelBackend(threads=1)._per_rating_kernel(1) is cpu.train_epoch_per_rating_parallel
     path = tmp_path / "r.csv"
     path.write_text("user,item,rating\n" + "".join(f"{u % 23},{(u * 7) % 31},{1 + u % 5}\n" for u in range(600)))

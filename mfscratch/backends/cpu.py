@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Any
 
 import numba
@@ -336,6 +337,7 @@ class CpuBackend:
                     "min_parallel_params",
                     "per_rating_n_groups",
                     "per_rating_scheduler",
+                    "per_rating_bind_threads",
                     "per_rating_groups_per_thread",
                 )
             }
@@ -388,6 +390,10 @@ class ParallelBackend(CpuBackend):
     #: How per-rating SGD's blocks are handed to the threads: "dynamic" (default) or "barrier" (the
     #: same result either way), or "free" (LIBMF's rule; not reproducible) (``kernels.cpu.per_rating``).
     per_rating_scheduler = "dynamic"
+    #: With as many threads as this process has cores, the dynamic and free schedulers pin each thread
+    #: to one core for the epoch (its affinity restored after; Linux): another program busy on one core
+    #: then slows one thread, not both (docs/speed.md, "Round 3"). False: the operating system places them.
+    per_rating_bind_threads = True
 
     def __init__(self, threads: int | None = None, per_rating_scheduler: str | None = None):
         cores = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
@@ -416,10 +422,24 @@ class ParallelBackend(CpuBackend):
     def _per_rating_kernel(self, n_groups: int) -> Any:
         scheduler = check_per_rating_scheduler(self.per_rating_scheduler)
         if n_groups > 1 and scheduler in ("dynamic", "free"):
+            n_workers = self.n_threads()
             return functools.partial(
-                cpu.train_epoch_per_rating_dynamic, n_workers=self.n_threads(), free=scheduler == "free"
+                cpu.train_epoch_per_rating_dynamic,
+                n_workers=n_workers,
+                free=scheduler == "free",
+                cpus=self._worker_cpus(n_workers),
             )
         return self._per_rating_epoch
+
+    def _worker_cpus(self, n_workers: int) -> np.ndarray:
+        """The CPUs the dynamic scheduler's threads are pinned to for an epoch, one each: this process's
+        CPUs when there are exactly as many as threads (``per_rating_bind_threads``; Linux), else none
+        (empty: the operating system places them, as when fewer threads than cores leave it a choice)."""
+        getaffinity = getattr(os, "sched_getaffinity", None)
+        if not self.per_rating_bind_threads or getaffinity is None:
+            return np.empty(0, dtype=np.int64)
+        allowed = sorted(getaffinity(0))
+        return np.array(allowed if len(allowed) == n_workers else [], dtype=np.int64)
 
     def reproducible(self, mode: str) -> bool:
         return mode != "sparse" and not (mode == "per-rating" and self.per_rating_scheduler == "free")

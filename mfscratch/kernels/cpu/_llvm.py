@@ -36,6 +36,9 @@ __all__ = [
     "spin_pause",
     "yield_thread",
     "sleep_thread",
+    "CPU_MASK_WORDS",
+    "get_thread_cpus",
+    "set_thread_cpus",
 ]
 
 #: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: twice as far).
@@ -242,3 +245,45 @@ def sleep_thread(typingctx, microseconds):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+_LINUX = platform.system() == "Linux"
+#: 64-bit words of a CPU mask (:func:`get_thread_cpus`): 1,024 CPUs, glibc's ``cpu_set_t``.
+CPU_MASK_WORDS = 16
+
+
+def _affinity_intrinsic(name: str, doc: str):
+    """An intrinsic ``f(mask) -> int64`` calling Linux's ``name(0, bytes, mask)`` on the calling thread
+    (``mask``: a uint64 array, bit ``c % 64`` of word ``c // 64`` for CPU ``c``); 0 on success, -1 on
+    failure, and -1 without a call on other systems."""
+
+    def typer(typingctx, mask):
+        if not isinstance(mask, nbtypes.Array) or mask.dtype != nbtypes.uint64:
+            raise TypeError("a CPU mask is a uint64 array")
+
+        def codegen(context, builder, signature, args):
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            if not _LINUX:
+                return ir.Constant(i64, -1)
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            byte_ptr = builder.bitcast(array.data, ir.IntType(8).as_pointer())
+            nbytes = builder.mul(array.nitems, ir.Constant(i64, 8))
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(i32, [i32, i64, ir.IntType(8).as_pointer()]), name
+            )
+            result = builder.call(fn, [ir.Constant(i32, 0), nbytes, byte_ptr])
+            return builder.sext(result, i64)
+
+        return nbtypes.int64(mask), codegen
+
+    typer.__doc__ = doc
+    typer.__name__ = typer.__qualname__ = f"_{name}"
+    return intrinsic(typer)
+
+
+get_thread_cpus = _affinity_intrinsic(
+    "sched_getaffinity", "Read the calling thread's CPU mask into ``mask`` (Linux); 0 on success."
+)
+set_thread_cpus = _affinity_intrinsic(
+    "sched_setaffinity", "Let the calling thread run only on the CPUs of ``mask`` (Linux); 0 on success."
+)

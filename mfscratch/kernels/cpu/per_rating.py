@@ -25,6 +25,7 @@ from ... import schedule
 from ..records import LossSummary, StepLrs
 from ._compile import HOT, twin
 from ._llvm import (
+    CPU_MASK_WORDS,
     PREFETCH_AHEAD,
     PREFETCH_MIN_BYTES,
     atomic_add,
@@ -32,8 +33,10 @@ from ._llvm import (
     atomic_load,
     atomic_store,
     dot_rows,
+    get_thread_cpus,
     prefetch,
     prefetch_row,
+    set_thread_cpus,
     sleep_thread,
     spin_pause,
     yield_thread,
@@ -390,8 +393,22 @@ def _claim_free(state, busy, lock, g, scan):
     return claimed
 
 
+@njit(cache=True, inline="always")
+def _bind_worker(cpus, worker, saved):
+    """Pin the calling thread to CPU ``cpus[worker % len(cpus)]``, its previous CPU mask saved into
+    ``saved`` (Linux); whether it did."""
+    if cpus.shape[0] == 0 or get_thread_cpus(saved) != 0:
+        return False
+    cpu = cpus[worker % cpus.shape[0]]
+    if cpu < 0 or cpu >= 64 * CPU_MASK_WORDS:
+        return False
+    mask = np.zeros(CPU_MASK_WORDS, dtype=np.uint64)
+    mask[cpu // 64] = np.uint64(1) << np.uint64(cpu % 64)
+    return set_thread_cpus(mask) == 0
+
+
 def _train_epoch_per_rating_dynamic_body(
-    params, shape, data, layout, lrs, wd, y_range, out, n_workers, canonical, seed, free=False
+    params, shape, data, layout, lrs, wd, y_range, out, n_workers, canonical, seed, free=False, cpus=None
 ):
     r"""The epoch of :func:`train_epoch_per_rating` (``g > 1`` blocks) with no barrier between strata.
 
@@ -429,6 +446,13 @@ def _train_epoch_per_rating_dynamic_body(
     share no row, and every block trains once an epoch, but two blocks on the same rows may now run in
     either order, so the weights depend on the thread timing: not reproducible run to run (docs/speed.md
     measures the spread of the validation error).
+
+    ``cpus`` (an int64 array of CPU numbers, or None): worker ``w`` runs the epoch on CPU
+    ``cpus[w % len(cpus)]`` alone (Linux), its previous CPU mask restored when it is done. Left to
+    itself, the operating system sometimes puts both threads of a two-core machine on the core that
+    another program leaves free, where they share it, instead of one there and one beside the other
+    program: one thread a core gives the threads the cores' whole share (docs/speed.md). The weights
+    do not depend on it.
     """
     u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
     users, items, ratings = data
@@ -449,6 +473,10 @@ def _train_epoch_per_rating_dynamic_body(
     lock = np.zeros(1, dtype=np.int64)  # free: 1 while a thread looks for a block
     first_bad = np.full(n_blocks, n_steps, dtype=np.int64)
     for _worker in prange(n_workers):
+        saved = np.zeros(CPU_MASK_WORDS, dtype=np.uint64)
+        bound = False
+        if cpus is not None:
+            bound = _bind_worker(cpus, _worker, saved)
         scan = 0  # every block before ``scan`` is claimed
         idle = 0
         while scan < n_blocks and atomic_load(flags, 0) == 0:
@@ -484,6 +512,8 @@ def _train_epoch_per_rating_dynamic_body(
                 t, c = claimed // g, claimed % g
                 atomic_store(busy, c, 0)
                 atomic_store(busy, g + (c + t) % g, 0)
+        if bound:
+            set_thread_cpus(saved)
     bad = first_bad.min()
     return n_steps if bad == n_steps else bad + 1
 
