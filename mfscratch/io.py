@@ -31,7 +31,7 @@ import numpy as np
 
 from .data import Vocab
 from .errors import ConfigError, ModelFileError, OutputError
-from .model import EmbeddingDotBias
+from .model import EmbeddingDotBias, aligned_empty
 
 __all__ = ["save_model", "load_model", "atomic_write", "write_json", "FORMAT_VERSION"]
 
@@ -336,7 +336,9 @@ def load_model(path):
     ):
         raise _damaged(path, f"has a bad y_range {yr.tolist()!r} (want [] or [lo, hi] with lo < hi)")
     y_range = tuple(float(v) for v in yr) if yr.size == 2 else None
-    params = np.concatenate([uw.ravel(), iw.ravel(), ub.ravel(), ib.ravel()]).astype(uw.dtype)
+    tables = [uw.ravel(), iw.ravel(), ub.ravel(), ib.ravel()]
+    params = aligned_empty(sum(t.size for t in tables), uw.dtype)
+    np.concatenate(tables, out=params, casting="same_kind")
     model = EmbeddingDotBias(k, n_users, n_items, y_range=y_range, params=params)
     user_name, item_name = _scalar(data, "user_name", str, "user"), _scalar(data, "item_name", str, "item")
     if user_name is None or item_name is None:
