@@ -218,7 +218,8 @@ def ranking_metrics(
         seen_before = np.empty(len(vu), dtype=np.bool_)
         pairs_in_rows(seen.indptr, seen.indices, np.ascontiguousarray(vu), np.ascontiguousarray(vi), seen_before)
         vu, vi = vu[~seen_before], vi[~seen_before]
-    eligible = np.unique(vu)
+    n_users = len(seen.indptr) - 1
+    eligible = np.flatnonzero(np.bincount(vu, minlength=n_users)) if len(vu) else np.empty(0, dtype=np.int64)
     n_scored = ranking_users(len(eligible), n_items, users, n_train=len(seen.indices))  # distinct training pairs
     sampled = n_scored < len(eligible)
     chosen = np.sort(np.random.default_rng(seed).choice(eligible, n_scored, replace=False)) if sampled else eligible
@@ -227,7 +228,9 @@ def ranking_metrics(
         result.update(precision=float("nan"), recall=float("nan"), ndcg=float("nan"), n_users=0)
     else:
         if sampled:
-            rows = np.isin(vu, chosen)
+            is_chosen = np.zeros(max(n_users, int(chosen.max()) + 1), dtype=np.bool_)
+            is_chosen[chosen] = True
+            rows = is_chosen[vu]
             vu, vi = vu[rows], vi[rows]
         top_items, _ = topk(model, chosen, seen, k, first_item)
         result.update(ranking_from_topk(top_items, chosen, vu, vi, n_items), n_users=int(len(chosen)))
