@@ -12,7 +12,7 @@ from kernel_problem import run_epoch as _run_epoch
 
 from mfscratch import reference
 from mfscratch.kernels import cpu
-from mfscratch.kernels.cpu._llvm import PREFETCH_MIN_BYTES, dot_rows
+from mfscratch.kernels.cpu._llvm import PREFETCH_MIN_BYTES, dot_rows, update_rows
 from mfscratch.kernels.records import BlockLayout, EpochOut, Hyper, Ratings, Shape, step_scalars
 from mfscratch.model import EmbeddingDotBias
 from mfscratch.synthetic import synthetic_dataloaders, synthetic_ratings
@@ -232,6 +232,38 @@ def test_dot_rows_in_vector_chunks(k, dtype, rtol):
     want = np.dot(flat[a : a + k].astype(np.float64), flat[b : b + k].astype(np.float64))
     assert np.isclose(got, want, rtol=rtol, atol=rtol)
     assert dot_rows(flat, a, b, k) == got  # a fixed order of summation
+
+
+@numba.njit(cache=False)
+def _update_rows_loop(flat, a, b, k, shrink, step):
+    for j in range(k):
+        p, q = flat[a + j], flat[b + j]
+        flat[a + j] = p * shrink - step * q
+        flat[b + j] = q * shrink - step * p
+
+
+@numba.njit(cache=False)
+def _update_rows_vector(flat, a, b, k, shrink, step):
+    update_rows(flat, a, b, k, shrink, step)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 50, 64])
+@pytest.mark.parametrize("b_first", [False, True])
+def test_update_rows_equals_the_scalar_loop(k, dtype, b_first):
+    """The per-rating update (16-lane chunks, the last one masked) rounds as the scalar loop, element by
+    element, and writes nothing outside the two rows."""
+    rng = np.random.default_rng(k)
+    flat = rng.standard_normal(5 * k + 7).astype(dtype)
+    a, b = 3, 2 * k + 5  # unaligned starts, a gap between the rows
+    if b_first:
+        a, b = b, a
+    shrink, step = dtype(1.0 - 0.02 * 0.08), dtype(0.0137)
+    want, got = flat.copy(), flat.copy()
+    _update_rows_loop(want, a, b, k, shrink, step)
+    _update_rows_vector(got, a, b, k, shrink, step)
+    assert got.tobytes() == want.tobytes()
+    assert not np.array_equal(got, flat)
 
 
 def test_balanced_groups_are_contiguous_with_equal_shares():

@@ -1,8 +1,10 @@
-"""LLVM intrinsics the kernels use: a prefetch hint, a 16-lane dot-product chunk, and atomics.
+"""LLVM intrinsics the kernels use: a prefetch hint, a 16-lane dot-product chunk, the per-rating update
+of two rows, and atomics.
 
-The first two do not change what is computed: the prefetch is a hint, and the chunked dot product sums
-in a fixed order (deterministic; it differs from a left-to-right sum by float rounding only). Why each
-exists and what it measured: docs/speed.md ("Sparse per-rating SGD", "Scale").
+The first three do not change what is computed: the prefetch is a hint, the chunked dot product sums
+in a fixed order (deterministic; it differs from a left-to-right sum by float rounding only), and the
+row update rounds as a scalar loop does. Why each exists and what it measured: docs/speed.md
+("Sparse per-rating SGD", "Scale", "Round 4").
 
 The atomics (:func:`atomic_load`, :func:`atomic_store`, :func:`atomic_cas`, :func:`atomic_add` on
 int64 array elements, sequentially consistent) and the spin-wait helpers (:func:`spin_pause`,
@@ -29,6 +31,7 @@ __all__ = [
     "prefetch",
     "prefetch_row",
     "dot_rows",
+    "update_rows",
     "atomic_load",
     "atomic_store",
     "atomic_cas",
@@ -127,6 +130,74 @@ def dot_rows(flat, a, b, k):
     for j in range(tail, k):  # unsigned indices: no code for negative (wrap-around) indexing
         x += flat[np.uint64(a + j)] * flat[np.uint64(b + j)]
     return x
+
+
+def _splat(builder, value, lanes):
+    """``<value, value, ..., value>``: ``lanes`` copies of a scalar."""
+    vec_type = ir.VectorType(value.type, lanes)
+    vec = builder.insert_element(ir.Constant(vec_type, None), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _masked_access(builder, vec_type, align):
+    """LLVM's ``masked.load`` and ``masked.store`` for ``vec_type`` (lanes outside the mask are not touched)."""
+    mask_type = ir.VectorType(ir.IntType(1), vec_type.count)
+    name = f"v{vec_type.count}f{vec_type.element.intrinsic_name[1:]}.p0"
+    ptr_type, i32 = vec_type.as_pointer(), ir.IntType(32)
+    load_type = ir.FunctionType(vec_type, [ptr_type, i32, mask_type, vec_type])
+    store_type = ir.FunctionType(ir.VoidType(), [vec_type, ptr_type, i32, mask_type])
+    load = cgutils.get_or_insert_function(builder.module, load_type, "llvm.masked.load." + name)
+    store = cgutils.get_or_insert_function(builder.module, store_type, "llvm.masked.store." + name)
+
+    def masked_load(ptr, mask):
+        return builder.call(load, [ptr, i32(align), mask, ir.Constant(vec_type, None)])
+
+    def masked_store(value, ptr, mask):
+        builder.call(store, [value, ptr, i32(align), mask])
+
+    return masked_load, masked_store
+
+
+@intrinsic
+def update_rows(typingctx, flat, a, b, k, shrink, step):
+    """``p, q = p shrink - step q, q shrink - step p`` for the rows ``p = flat[a:a+k]``, ``q = flat[b:b+k]``
+    (``a + k <= b`` or ``b + k <= a``: two different rows), both from their old values.
+
+    The per-rating step's update, 16 lanes at a time, the last chunk masked to the ``k % 16`` lanes left.
+    Each element rounds as the scalar loop rounds it (two products and a difference, no fused
+    multiply-add), so the result is the loop's bit for bit. Written in LLVM IR because the two rows are
+    views of one buffer: LLVM's vectoriser guards its loop with a run-time overlap check and adds a scalar
+    tail, and at k = 50 or 64 most of the time went there (docs/speed.md).
+    """
+    if not isinstance(flat, nbtypes.Array) or not isinstance(flat.dtype, nbtypes.Float):
+        raise TypeError("update_rows works on a float array")
+    sig = nbtypes.void(flat, a, b, k, shrink, step)
+
+    def codegen(context, builder, signature, args):
+        flat_type = signature.args[0]
+        dtype = flat_type.dtype
+        array = context.make_array(flat_type)(context, builder, args[0])
+        i64 = ir.IntType(64)
+        a, b, k = (context.cast(builder, v, t, nbtypes.int64) for v, t in zip(args[1:4], signature.args[1:4]))
+        shrink, step = (context.cast(builder, v, t, dtype) for v, t in zip(args[4:6], signature.args[4:6]))
+        vec_type = ir.VectorType(context.get_value_type(dtype), DOT_LANES)
+        masked_load, masked_store = _masked_access(builder, vec_type, dtype.bitwidth // 8)
+        shrinks, steps = _splat(builder, shrink, DOT_LANES), _splat(builder, step, DOT_LANES)
+        lanes = ir.Constant(ir.VectorType(i64, DOT_LANES), list(range(DOT_LANES)))
+        last = _splat(builder, k, DOT_LANES)
+        with cgutils.for_range_slice(builder, i64(0), k, i64(DOT_LANES)) as (j, _):
+            mask = builder.icmp_signed("<", builder.add(lanes, _splat(builder, j, DOT_LANES)), last)
+            rows = []
+            for start in (a, b):
+                index = builder.add(start, j)
+                ptr = cgutils.get_item_pointer(context, builder, flat_type, array, [index], wraparound=False)
+                rows.append(builder.bitcast(ptr, vec_type.as_pointer()))
+            p, q = (masked_load(ptr, mask) for ptr in rows)
+            masked_store(builder.fsub(builder.fmul(p, shrinks), builder.fmul(steps, q)), rows[0], mask)
+            masked_store(builder.fsub(builder.fmul(q, shrinks), builder.fmul(steps, p)), rows[1], mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 def _element_pointer(context, builder, signature, args):

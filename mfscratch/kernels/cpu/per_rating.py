@@ -39,6 +39,7 @@ from ._llvm import (
     set_thread_cpus,
     sleep_thread,
     spin_pause,
+    update_rows,
     yield_thread,
 )
 from .blocks import shuffle_block
@@ -230,13 +231,7 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
             lr = chunk_lrs[np.uint64(s - c0)]
             shrink = T(1.0 - lr * wd)
             step = T(lr) * dx
-            p = u_weight[uu]
-            q = i_weight[ii]
-            for j in range(k):
-                pu = p[j]
-                qi = q[j]
-                p[j] = pu * shrink - step * qi
-                q[j] = qi * shrink - step * pu
+            update_rows(params, u * k, i_start + i * k, k, shrink, step)  # P[u], Q[i]
             u_bias[uu] = u_bias[uu] * shrink - step
             i_bias[ii] = i_bias[ii] * shrink - step
             if more:
