@@ -327,16 +327,18 @@ class CollabDataLoaders:
         ratings) and whose training rows are the rest, in that order (``rng = np.random.default_rng(seed)``).
 
         The permutation is drawn as ``rng.shuffle`` of an ``int32`` range (the same permutation as
-        ``rng.permutation(n)``, half the bytes). Each column is gathered in one compiled parallel pass
+        ``rng.permutation(n)``, half the bytes), compiled with its swaps prefetched (``kernels.shuffle``:
+        the same permutation bit for bit). Each column is gathered in one compiled parallel pass
         (``split_column``) into one array, training rows first; the training and validation arrays are the
         two views of it, so no row is held twice. Each column is then taken out of ``columns``: a caller
         that holds no other reference frees each full column as soon as its gathered copy exists.
         """
         from .kernels.pairs import split_column
+        from .kernels.shuffle import shuffle
 
         n = len(columns[0])
         perm = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
-        np.random.default_rng(seed).shuffle(perm)
+        shuffle(np.random.default_rng(seed), perm)
         dls = cls.__new__(cls)
         user_name, item_name, rating_name = names
         dls._set_names(classes, user_name, item_name, rating_name, bs, seed)

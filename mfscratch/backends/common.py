@@ -82,10 +82,13 @@ def _fill_range(out):
 def permutation_into(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
     """``rng.permutation(len(out))`` written into ``out`` (int64): the same numbers, no fresh allocation.
 
-    NumPy's permutation is ``arange`` then ``shuffle``; both in place skip a fresh array's page faults.
+    NumPy's permutation is ``arange`` then ``shuffle``; both in place skip a fresh array's page faults,
+    and the shuffle is ``kernels.shuffle``'s (NumPy's, compiled, with its swaps prefetched).
     """
+    from ..kernels.shuffle import shuffle
+
     _fill_range(out)
-    rng.shuffle(out)
+    shuffle(rng, out)
     return out
 
 
