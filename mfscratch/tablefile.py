@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import plainblock
 from . import textstream as ts
 from .errors import ConfigError, DataError
 from .ids import parse_ids
@@ -246,14 +247,25 @@ def _line_blocks(source: str, size: int):
 
 
 def _stream_arrow(
-    source: str, sep: str, n_fields: int, wanted: dict, skip_rows: int, capacity: int, narrow_ids: bool = False
+    source: str,
+    sep: str,
+    n_fields: int,
+    wanted: dict,
+    skip_rows: int,
+    capacity: int,
+    narrow_ids: bool = False,
+    counter: ts.LineCounter | None = None,
+    bom: int = 0,
 ):
-    """``(columns, n_rows)`` of a plain UTF-8 file read block by block (pyarrow's parser on blocks of
-    :data:`_STREAM_BLOCK` bytes cut at line ends), each block's id tokens parsed at once into int64
-    arrays (``ids.parse_ids``' plain-integer rule): the ids' text, 10 bytes a token and more, is never
-    held for the whole file, and the table is not read twice. ``capacity``: the rows the id arrays
-    start with (they grow when the file holds more). ``narrow_ids``: the id arrays are int32 while every
-    id fits (half the memory); a column is widened to int64 at the first block that holds an id that does not.
+    """``(columns, n_rows)`` of a plain UTF-8 file read block by block (blocks of :data:`_STREAM_BLOCK`
+    bytes cut at line ends; plain numeric rows by ``plainblock``'s compiled pass, other blocks by
+    pyarrow's parser, their id tokens parsed at once into int64 arrays by ``ids.parse_ids``'
+    plain-integer rule): the ids' text, 10 bytes a token and more, is never held for the whole file,
+    and the table is not read twice. ``capacity``: the rows the id arrays start with (they grow when
+    the file holds more). ``narrow_ids``: the id arrays are int32 while every id fits (half the
+    memory); a column is widened to int64 at the first block that holds an id that does not.
+    ``counter``: fed every block's bytes (after the ``bom`` bytes of a byte-order mark), so that it
+    has counted the file's lines when the read completes.
 
     ``None`` when a block holds anything else, so that the whole-file reader reads it as before and
     says what is wrong: an id that is missing or not a plain integer, a rating column whose type
@@ -282,10 +294,28 @@ def _stream_arrow(
     others: dict = {j: [] for j, kind in wanted.items() if kind != "id"}
     numbers: dict = {}  # other column: its values so far as one array, or False once it holds something else
 
+    # The fast path (plainblock) reads blocks of plain numeric rows; its roles: None when a wanted column is
+    # neither an id nor a number, or more than one is a number.
+    roles = np.array([plainblock.SKIP] * n_fields)
+    for j, kind in wanted.items():
+        roles[j] = plainblock.ID if kind == "id" else plainblock.NUMBER if kind == "number" else -1
+    plain_roles = roles if (roles >= 0).all() and (roles == plainblock.NUMBER).sum() <= 1 else None
+    id_columns = sorted(j for j, kind in wanted.items() if kind == "id")
+
     def parse_block(first: bool, block) -> tuple[int, dict, dict] | None:
         """``(rows, {id column: int64 values}, {other column: Arrow chunks})`` of one block, or ``None``
-        when an id is missing or not a plain integer. Runs in a worker thread: pyarrow's parser and
+        when an id is missing or not a plain integer. A block of plain rows is read by the compiled
+        fast path (``plainblock``), any other by pyarrow. Runs in a worker thread: both parsers and
         the compiled id parse release the GIL."""
+        if plain_roles is not None:
+            plain = plainblock.parse_plain_block(
+                block, sep, plain_roles, skip_rows if first else 0, len(block) // n_fields + 1
+            )
+            if plain is not None:
+                rows, id_values, rating = plain
+                number_columns = [j for j in wanted if j not in id_columns]
+                chunks = {j: [pa.array(rating)] for j in number_columns}
+                return rows, {j: id_values[slot] for slot, j in enumerate(id_columns)}, chunks
         read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if first else 0)
         table = pcsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert)
         parsed_ids, chunks = {}, {}
@@ -368,6 +398,8 @@ def _stream_arrow(
             pending: deque = deque()
             blocks = _line_blocks(source, _STREAM_BLOCK)
             for n_blocks, block in enumerate(blocks, 1):
+                if counter is not None:  # counted while the workers parse
+                    counter.feed(memoryview(block)[bom if n_blocks == 1 else 0 :])
                 # At most workers + 1 blocks in flight: the blocks are parsed in parallel, used in file order.
                 pending.append(executor.submit(parse_block, n_blocks == 1, block))
                 del block
@@ -489,15 +521,17 @@ def _parse(stream: ts.Utf8Stream, path: Path, compression, encoding: str, plan: 
         stream.close()
         streamed = None
         if lay.sep != "::" and "id" in lay.wanted.values():
-            # The lines are counted on a thread of their own while the blocks are parsed (both release the GIL).
-            with ThreadPoolExecutor(max_workers=1) as executor:
-                counting = executor.submit(ts.count_lines, path, stream.skipped)
-                capacity = path.stat().st_size // _STREAM_BYTES_PER_ROW + 1
-                streamed = _stream_arrow(
-                    str(path), lay.sep, lay.n_fields, lay.wanted, lay.header_line, capacity, plan.narrow_ids
-                )
-                counter = counting.result()
-            if streamed is not None and streamed[1] > counter.lines:
+            # The lines are counted from the blocks as they are read (the file is read once); when the block
+            # reader gives up part-way, in a pass of their own.
+            counter = ts.LineCounter()
+            capacity = path.stat().st_size // _STREAM_BYTES_PER_ROW + 1
+            streamed = _stream_arrow(
+                str(path), lay.sep, lay.n_fields, lay.wanted, lay.header_line, capacity, plan.narrow_ids,
+                counter, stream.skipped,
+            )  # fmt: skip
+            if streamed is None:
+                counter = ts.count_lines(path, skip=stream.skipped)
+            elif streamed[1] > counter.lines:
                 streamed = None  # more rows than lines: the whole-file reader says what is wrong
         else:
             counter = ts.count_lines(path, skip=stream.skipped)

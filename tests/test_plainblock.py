@@ -1,0 +1,123 @@
+"""plainblock: the block reader's compiled fast path reads plain rows as pyarrow reads them, and hands
+anything else to pyarrow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfscratch.plainblock import ID, NUMBER, SKIP, parse_plain_block
+
+ROLES = np.array([ID, ID, NUMBER, SKIP])
+
+
+def _parse(text: str, skip: int = 0, roles=ROLES):
+    block = text.encode()
+    return parse_plain_block(block, ",", roles, skip, len(block) // len(roles) + 1)
+
+
+def test_plain_rows_with_a_header_and_without_a_last_line_end():
+    rows, ids, rating = _parse("userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n7,0,5.0,\n12,1029,3.25,x", skip=1)
+    assert rows == 3
+    assert ids.tolist() == [[1, 7, 12], [31, 0, 1029]]
+    assert rating.dtype == np.float64 and rating.tolist() == [2.5, 5.0, 3.25]
+
+
+def test_integer_ratings_stay_integers_as_pyarrow_infers_them():
+    rows, _, rating = _parse("1,2,3,9\n4,5,10,9\n")
+    assert rows == 2 and rating.dtype == np.int64 and rating.tolist() == [3, 10]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "01,2,3.5,1\n",  # an id with a leading zero: another id than 1
+        "+1,2,3.5,1\n",  # a sign
+        "-1,2,3.5,1\n",
+        " 1,2,3.5,1\n",  # spaces
+        "1,2,3.5 ,1\n",
+        "1,2,3.5,1\r\n",  # CRLF
+        "1,2,3.5,1\n\n2,2,3,1\n",  # a blank line
+        '1,2,3.5,"1"\n',  # a quote
+        "1,2,3.,1\n",  # a point without digits after it
+        "1,2,.5,1\n",
+        "1,2,05,1\n",  # a leading zero in the rating
+        "1,2,1e5,1\n",  # an exponent
+        "1,2,nan,1\n",
+        "1,2,,1\n",  # a missing rating
+        ",2,3,1\n",  # a missing id
+        "1,2,3.5\n",  # too few fields
+        "1,2,3.5,1,1\n",  # too many
+        "1234567890123456789,2,3,1\n",  # 19 digits: beyond the fast path's ids
+        "1,2,1234567890.123456,1\n",  # 16 digits: beyond exact float64 parsing
+        "1,2,3,\x7f\n",  # a control byte in a skipped field
+        "1,2,3,caf\xe9\n",  # text beyond ASCII in a skipped field
+    ],
+)
+def test_anything_else_goes_to_pyarrow(text):
+    assert _parse(text) is None
+
+
+def test_decimal_ratings_round_as_a_correct_parse():
+    rng = np.random.default_rng(0)
+    tokens = []
+    for _ in range(3000):
+        whole = int(rng.integers(1, 8))
+        decimals = int(rng.integers(1, 16 - whole))
+        first = str(int(rng.integers(1, 10))) if whole > 1 else str(int(rng.integers(0, 10)))
+        rest = "".join(str(d) for d in rng.integers(0, 10, whole - 1 + decimals))
+        tokens.append(first + rest[: whole - 1] + "." + rest[whole - 1 :])
+    text = "".join(f"1,2,{t},0\n" for t in tokens)
+    rows, _, rating = _parse(text)
+    assert rows == len(tokens)
+    assert rating.tolist() == [float(t) for t in tokens]  # Python's float() rounds correctly
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "plain",
+        "integer ratings",
+        "a late leading zero",
+        "a late quote",
+        "a late blank line",
+        "no last line end",
+    ],
+)
+def test_the_fast_path_reads_files_as_pyarrow_does(monkeypatch, tmp_path, body):
+    from mfscratch import plainblock, tablefile
+    from mfscratch.readers import read_ratings
+
+    rng = np.random.default_rng(5)
+    n = 400
+    users, items = rng.integers(1, 60, n), rng.integers(1, 45, n)
+    ratings = rng.integers(1, 11, n) / 2 if body != "integer ratings" else rng.integers(1, 6, n)
+    lines = [f"{u},{i},{r},{t}" for u, i, r, t in zip(users, items, ratings, rng.integers(0, 10**9, n))]
+    if body == "a late leading zero":
+        lines[-3] = "07,3,4.5,1"
+    elif body == "a late quote":
+        lines[-3] = '7,3,4.5,"1"'
+    elif body == "a late blank line":
+        lines.insert(-3, "")
+    text = "userId,movieId,rating,timestamp\n" + "\n".join(lines) + ("" if body == "no last line end" else "\n")
+    path = tmp_path / "r.csv"
+    path.write_text(text)
+    monkeypatch.setattr(tablefile, "_STREAM_BLOCK", 256)
+    fast_blocks = []
+    parse = plainblock.parse_plain_block
+
+    def counted(*args):
+        out = parse(*args)
+        fast_blocks.append(out is not None)
+        return out
+
+    monkeypatch.setattr(plainblock, "parse_plain_block", counted)
+    fast = read_ratings(path, "userId", "movieId", "rating")
+    assert any(fast_blocks)
+    monkeypatch.setattr(plainblock, "parse_plain_block", lambda *a: None)
+    slow = read_ratings(path, "userId", "movieId", "rating")
+    pd.testing.assert_frame_equal(fast.df, slow.df)
+    assert fast.info == slow.info
+    whole = pd.read_csv(path, dtype={"userId": str, "movieId": str})
+    assert len(fast.df) == len(whole.dropna(how="all"))
