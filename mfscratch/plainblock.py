@@ -57,8 +57,11 @@ def _parse(block, sep, roles, skip_lines, ids, ints, floats):  # pragma: no cove
             start = pos
             if role == ID:
                 value = 0
-                while pos < n and _ZERO <= block[pos] <= _NINE:
-                    value = value * 10 + (block[pos] - _ZERO)
+                while pos < n:
+                    digit = np.uint8(block[pos] - _ZERO)  # wraps below '0': one test for a digit
+                    if digit > 9:
+                        break
+                    value = value * 10 + digit
                     pos += 1
                 digits = pos - start
                 if digits == 0 or digits > _MAX_ID_DIGITS or (digits > 1 and block[start] == _ZERO):
@@ -67,8 +70,11 @@ def _parse(block, sep, roles, skip_lines, ids, ints, floats):  # pragma: no cove
                 slot += 1
             elif role == NUMBER:
                 mantissa = 0
-                while pos < n and _ZERO <= block[pos] <= _NINE:
-                    mantissa = mantissa * 10 + (block[pos] - _ZERO)
+                while pos < n:
+                    digit = np.uint8(block[pos] - _ZERO)
+                    if digit > 9:
+                        break
+                    mantissa = mantissa * 10 + digit
                     pos += 1
                 whole = pos - start
                 if whole == 0 or (whole > 1 and block[start] == _ZERO):
@@ -77,8 +83,11 @@ def _parse(block, sep, roles, skip_lines, ids, ints, floats):  # pragma: no cove
                 if pos < n and block[pos] == _DOT:
                     pos += 1
                     point = pos
-                    while pos < n and _ZERO <= block[pos] <= _NINE:
-                        mantissa = mantissa * 10 + (block[pos] - _ZERO)
+                    while pos < n:
+                        digit = np.uint8(block[pos] - _ZERO)
+                        if digit > 9:
+                            break
+                        mantissa = mantissa * 10 + digit
                         pos += 1
                     decimals = pos - point
                     if decimals == 0:
@@ -89,9 +98,11 @@ def _parse(block, sep, roles, skip_lines, ids, ints, floats):  # pragma: no cove
                 ints[row] = mantissa
                 floats[row] = mantissa / _POW10[decimals]
             else:
-                while pos < n and block[pos] != sep and block[pos] != _NL:
+                while pos < n:
                     c = block[pos]
-                    if c < 32 or c > 126 or c == _QUOTE:
+                    if c == sep or c == _NL:
+                        break
+                    if np.uint8(c - 32) > 94 or c == _QUOTE:  # outside printable ASCII, or a quote
                         return -1, False
                     pos += 1
             if field < n_fields - 1:
