@@ -418,6 +418,51 @@ def test_dynamic_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(th
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_groups", [2, 3])
+def test_ratings_stored_by_block_train_the_steps_of_the_canonical_layout(threads, n_groups):
+    """``block_ordered`` stores the ratings as ``data[canonical]``; over them, with no canonical rows and no
+    order array, the dynamic and the serial kernels shuffle each block's ratings in a buffer of their own
+    and train the steps of ``shuffle_blocks`` over the canonical layout: weights and losses bit for bit."""
+    import numba
+
+    data, model = problem(np.float32)
+    blocks, groups = layout(data, np.arange(len(data.ratings)), n_groups)
+    canonical = blocks.order.copy()
+    stored = Ratings(*(np.empty_like(column) for column in data))
+    block_start = cpu.block_ordered(data, groups, stored)
+    np.testing.assert_array_equal(block_start, blocks.block_start)
+    for got_column, column in zip(stored, data):
+        np.testing.assert_array_equal(got_column, column[canonical])
+    lrs = np.linspace(0.3, 0.1, len(canonical))
+    shuffled = canonical.copy()
+    cpu.shuffle_blocks(shuffled, blocks.block_start, 99)
+    want, want_losses = per_rating_epoch(cpu.train_epoch_per_rating, model.params, data, shuffled, lrs)
+    no_rows = np.empty(0, dtype=np.int32)
+    by_block = BlockLayout(no_rows, block_start, n_groups)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for _ in range(2):
+            got, losses, progress = model.params.copy(), np.full(len(canonical), np.nan), np.zeros(1, np.int64)
+            out = EpochOut(losses, progress)
+            n = cpu.train_epoch_per_rating_dynamic(
+                got, SHAPE, stored, by_block, lrs, 0.1, RANGE, out, threads, no_rows, 99
+            )
+            assert n == len(canonical) and progress[0] == len(canonical)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(losses, want_losses)
+    finally:
+        numba.set_num_threads(before)
+    got, losses, progress = model.params.copy(), np.full(len(canonical), np.nan), np.zeros(1, np.int64)
+    n = cpu.train_epoch_per_rating_shuffled(
+        got, SHAPE, stored, by_block, lrs, 0.1, RANGE, EpochOut(losses, progress), no_rows, 99
+    )
+    assert n == len(canonical) and progress[0] == len(canonical)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(losses, want_losses)
+
+
 @pytest.mark.parametrize("n_groups", [2, 3])
 def test_serial_kernel_shuffling_each_block_is_shuffle_blocks_then_the_epoch(n_groups):
     """The serial blocked epoch that shuffles each block just before it trains equals ``shuffle_blocks``

@@ -122,10 +122,12 @@ class _SparseRunner(_Runner):
 class _PerRatingRunner(_Runner):
     """Per-rating SGD (``kernels.cpu.per_rating``) over the learner's permutation (one group), or over
     blocks of users x items, each block shuffled in place on the threads from one seed drawn from the
-    learner's generator. The groups and each rating's block are made once a fit; every epoch starts
+    learner's generator. The groups and the block layout are made once a fit; every epoch starts
     from the same layout, so the order depends on the seed alone and a resumed fit equals an
-    uninterrupted one. The dynamic scheduler's kernel copies and shuffles each block itself when a
-    thread claims it (one parallel region an epoch); the others get the epoch's order made first."""
+    uninterrupted one. For the dynamic scheduler's kernel and the serial one the ratings are stored
+    block by block once a fit (``block_data``), and the thread that reaches a block shuffles its
+    ratings itself (one parallel region an epoch, no order array); the barrier kernel gets the epoch's
+    order of row numbers made first."""
 
     #: Takes ``records.StepLrs`` (the learning rate made in the kernel) and a ``keep`` (``LossKeep``),
     #: with which it returns an ``EpochLosses`` summary: no per-step lrs, momenta or losses (``EpochRunner``).
@@ -150,23 +152,53 @@ class _PerRatingRunner(_Runner):
         data, shape = backend.data, backend.shape
         n = data.users.shape[0]
         self.sums, self.bad_losses = np.zeros(n_groups * n_groups), np.zeros(n_groups * n_groups)
+        self.block_data: Ratings | None = None  # the ratings stored block by block, for the kernels that take them
+        self._seed: int | None = None  # the last epoch's shuffle seed, for ``order``
         if n_groups == 1:
             self.layout = BlockLayout(np.empty(0, dtype=np.int64), np.array([0, n], dtype=np.int64), 1)
             return
-        groups = Groups(
+        self.groups = Groups(
             cpu.balanced_groups(data.users, shape.n_users, n_groups),
             cpu.balanced_groups(data.items, shape.n_items, n_groups),
             n_groups,
         )
+        groups = self.groups
+        rows = np.int32 if n <= np.iinfo(np.int32).max else np.int64
+        if self.shuffles_blocks or kernel is cpu.train_epoch_per_rating:
+            # The kernels that shuffle each block as they reach it take the ratings stored block by block
+            # (a copy, 12 bytes a rating): a block's codes and ratings are then one stretch of memory, read
+            # in cache as the block trains, and no order array spans the epoch (docs/speed.md, "Round 4").
+            self.block_data = Ratings(np.empty_like(data.users), np.empty_like(data.items), np.empty_like(data.ratings))
+            block_start = cpu.block_ordered(data, groups, self.block_data)
+            self.layout = BlockLayout(np.empty(0, dtype=rows), block_start, n_groups)
+            return
         block = np.empty(n, dtype=np.int32)
         cpu.block_index(data, groups, block)
         # Every rating, the blocks in code order, and the epoch's order: row numbers, int32 while they fit
         # (at 20M ratings 80 MB each instead of 160 MB; the kernels index with either).
-        rows = np.int32 if n <= np.iinfo(np.int32).max else np.int64
         self._canonical = np.empty(n, dtype=rows)
         block_start = cpu.block_layout(np.empty(0, dtype=rows), block, n_groups * n_groups, self._canonical)
         self.layout = BlockLayout(np.empty(n, dtype=rows), block_start, n_groups)
         self.order = self.layout.order
+
+    @property
+    def order(self) -> np.ndarray:
+        """The last epoch's rows of the training set, in the order trained. With the ratings stored by block
+        no array holds them while an epoch trains: they are made here, on request, from the layout and
+        the epoch's seed (what the kernels shuffled, applied to the rows' canonical layout)."""
+        if self.block_data is None or self._seed is None:
+            return self._order
+        data, g = self.backend.data, self.layout.n_groups
+        block = np.empty(data.users.shape[0], dtype=np.int32)
+        cpu.block_index(data, self.groups, block)
+        rows = np.empty(data.users.shape[0], dtype=np.int64)
+        cpu.block_layout(np.empty(0, dtype=np.int64), block, g * g, rows)
+        cpu.shuffle_blocks(rows, self.layout.block_start, self._seed)
+        return rows
+
+    @order.setter
+    def order(self, rows: np.ndarray) -> None:
+        self._order = rows
 
     def _kept(self, n_steps: int, keep: LossKeep | None) -> Any:
         """Where the epoch's losses go: one a step (``keep`` None; the array the runner returns), or
@@ -195,16 +227,20 @@ class _PerRatingRunner(_Runner):
             layout = layout._replace(order=self._permutation(rng))
         if isinstance(lrs, np.ndarray) and self.takes_records:
             lrs = StepLrs(np.ascontiguousarray(lrs, dtype=np.float64), 0, 0, 0.0, 0.0, 0.0, 0.0)
-        n_steps = layout.order.shape[0]
+        n_steps = b.data.users.shape[0]
         kept = self._kept(n_steps, keep)
         out = EpochOut(kept, self.progress)
-        args = (b.model.params, b.shape, b.data, layout, lrs, self.wd, b.y_range, out)
+        data = b.data if self.block_data is None else self.block_data
+        args = (b.model.params, b.shape, data, layout, lrs, self.wd, b.y_range, out)
+        no_rows = layout.order[:0]  # no canonical rows: the ratings are stored by block
         if layout.n_groups == 1:
             n = self.kernel(*args)
         elif self.shuffles_blocks:
-            n = self.kernel(*args, canonical=self._canonical, seed=int(rng.integers(2**63)))
+            self._seed = int(rng.integers(2**63))
+            n = self.kernel(*args, canonical=no_rows, seed=self._seed)
         elif self.kernel is cpu.train_epoch_per_rating:  # serial: each block shuffled just before it trains
-            n = cpu.train_epoch_per_rating_shuffled(*args, self._canonical, int(rng.integers(2**63)))
+            self._seed = int(rng.integers(2**63))
+            n = cpu.train_epoch_per_rating_shuffled(*args, no_rows, self._seed)
         else:
             np.copyto(layout.order, self._canonical)
             self.shuffle(layout.order, layout.block_start, int(rng.integers(2**63)))

@@ -16,7 +16,15 @@ body, serially and with ``parallel=True`` (the ``*_parallel`` names). The CUDA t
 do (float32 scalars, ``error_model``, one ``reassoc`` flag, prefetching): docs/speed.md.
 """
 
-from .blocks import balanced_groups, block_index, block_layout, shuffle_blocks, shuffle_blocks_parallel, sort_by_block
+from .blocks import (
+    balanced_groups,
+    block_index,
+    block_layout,
+    block_ordered,
+    shuffle_blocks,
+    shuffle_blocks_parallel,
+    sort_by_block,
+)
 from .core import evaluate_mse, evaluate_mse_parallel, forward_backward, predict, split_flat
 from .deferred import train_epoch_deferred
 from .dense import train_epoch_dense, train_epoch_dense_parallel
@@ -50,6 +58,7 @@ __all__ = [
     "balanced_groups",
     "block_index",
     "block_layout",
+    "block_ordered",
     "shuffle_blocks",
     "shuffle_blocks_parallel",
     "sort_by_block",

@@ -18,6 +18,7 @@ __all__ = [
     "balanced_groups",
     "block_index",
     "block_layout",
+    "block_ordered",
     "shuffle_block",
     "shuffle_blocks",
     "shuffle_blocks_parallel",
@@ -81,6 +82,32 @@ def block_index(data, groups, block):
     for r in range(data.users.shape[0]):
         block[r] = position[groups.user_group[data.users[r]] * g + groups.item_group[data.items[r]]]
     return _block_counts(data, groups, position)
+
+
+@njit(cache=True)
+def block_ordered(data, groups, out):
+    """The ratings of ``data`` stored block by block into ``out`` (a ``Ratings`` of arrays as long);
+    returns the layout's ``block_start``.
+
+    ``out``'s ``p``-th block, ``block_start[p]..block_start[p + 1] - 1``, holds the ratings of the
+    ``p``-th block (stratum-major) in their order in ``data``: ``out[s] = data[canonical[s]]`` for the
+    ``canonical`` that :func:`block_index` and :func:`block_layout` make, without making it (a counting
+    sort whose blocks come from the groups' tables as it goes: no array of a block or a row per rating).
+    """
+    g = groups.n_groups
+    position = _stratum_positions(g)
+    block_start = _block_counts(data, groups, position)
+    fill = block_start[:-1].copy()
+    users, items, ratings = data
+    out_users, out_items, out_ratings = out
+    for r in range(users.shape[0]):
+        p = position[groups.user_group[users[r]] * g + groups.item_group[items[r]]]
+        at = fill[p]
+        out_users[at] = users[r]
+        out_items[at] = items[r]
+        out_ratings[at] = ratings[r]
+        fill[p] = at + 1
+    return block_start
 
 
 @njit(cache=True)

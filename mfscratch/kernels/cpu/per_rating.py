@@ -164,10 +164,12 @@ def _logit(params, u_bias, i_bias, i_start, u, i, k):
 
 
 @njit(inline="always", error_model="numpy")
-def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first, last, lrs, wd,
-                 lo, span, has_range, sample_steps, sample, tail, tail_start, sums, bad_losses, block, k,
+def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, offset, first, last,
+                 lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums, bad_losses, block, k,
                  fetch):  # fmt: skip
-    """Steps ``first..last-1`` of the epoch (one block, or the whole serial epoch), in turn.
+    """Steps ``first..last-1`` of the epoch (one block, or the whole serial epoch), in turn; step ``s``
+    trains rating ``order[s - offset]`` (``order``: the epoch's order, ``offset`` 0, or one block's,
+    ``offset = first``), or rating ``s`` when ``order`` is empty.
 
     The steps go :data:`STEP_CHUNK` at a time: ``lrs`` (a ``StepLrs``) is made for the chunk before it
     trains (:func:`fill_lrs`), and its losses kept after (:func:`keep_losses`) into
@@ -197,7 +199,7 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
         fill_lrs(lrs, c0, c1, chunk_lrs)
         # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
         # negative (wrap-around) indexing; the same values.
-        row = np.uint64(c0) if in_order else np.uint64(order[np.uint64(c0)])
+        row = np.uint64(c0) if in_order else np.uint64(order[np.uint64(c0 - offset)])
         u = users[row]
         i = items[row]
         x = _logit(params, u_bias, i_bias, i_start, u, i, k)
@@ -205,17 +207,17 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
         for s in range(c0, c1):
             if fetch and s + 2 * PREFETCH_AHEAD < last:
                 if not in_order:
-                    ahead = order[s + 2 * PREFETCH_AHEAD]
+                    ahead = order[s + 2 * PREFETCH_AHEAD - offset]
                     prefetch(users, ahead)
                     prefetch(items, ahead)
                     prefetch(ratings, ahead)
-                ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD]
+                ahead = s + PREFETCH_AHEAD if in_order else order[s + PREFETCH_AHEAD - offset]
                 prefetch_row(params, users[ahead] * k, k)
                 prefetch_row(params, i_start + items[ahead] * k, k)
             at = np.uint64(s)
             more = s + 1 < c1
             if more:  # the next step's logit, before this step's update
-                row_next = at + np.uint64(1) if in_order else np.uint64(order[at + np.uint64(1)])
+                row_next = at + np.uint64(1) if in_order else np.uint64(order[np.uint64(s + 1 - offset)])
                 u_next = users[row_next]
                 i_next = items[row_next]
                 x_next = _logit(params, u_bias, i_bias, i_start, u_next, i_next, k)
@@ -291,7 +293,7 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
         for c in prange(g):
             first = block_start[t * g + c]
             last = block_start[t * g + c + 1]
-            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
+            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, 0, first,
                                last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
                                bad_losses, t * g + c, k, fetch)  # fmt: skip
             if end < last:
@@ -303,11 +305,47 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     return n_steps if bad == n_steps else bad + 1
 
 
+@njit(cache=True, inline="always")
+def _max_block(block_start):
+    """The most ratings a block of the layout holds."""
+    most = 0
+    for p in range(block_start.shape[0] - 1):
+        most = max(most, block_start[p + 1] - block_start[p])
+    return most
+
+
+@njit(inline="always")
+def _block_order(order, canonical, local, first, last, p, seed):
+    """Block ``p``'s order for the epoch, as ``(array, offset)`` for :func:`_train_block`.
+
+    * ``canonical`` given: its rows ``first..last-1`` copied into ``order`` and shuffled there
+      (``blocks.shuffle_block``, as ``blocks.shuffle_blocks(order, block_start, seed)`` shuffles block ``p``);
+    * neither ``canonical`` nor ``order``: the ratings are stored block by block, so the block is the
+      ratings ``first..last-1``; they are shuffled the same way in ``local``, the thread's own buffer
+      (no order array for the whole epoch, and the block's ratings are contiguous: their codes and
+      values stay in cache while it trains);
+    * ``order`` alone: trained as it is.
+    """
+    if canonical.shape[0] > 0:
+        for s in range(first, last):
+            order[s] = canonical[s]
+        shuffle_block(order, first, last, p, seed)
+        return order, 0
+    if order.shape[0] == 0:
+        for t in range(last - first):
+            local[t] = first + t
+        shuffle_block(local, 0, last - first, p, seed)
+        return local, first
+    return order, 0
+
+
 @njit(**HOT)
 def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_range, out, canonical, seed):
-    """The serial blocked epoch of :func:`train_epoch_per_rating` (``g > 1``), each block copied from
-    ``canonical`` into ``layout.order`` and shuffled (``blocks.shuffle_block``, as
-    ``blocks.shuffle_blocks(order, block_start, seed)`` shuffles it) just before it trains.
+    """The serial blocked epoch of :func:`train_epoch_per_rating` (``g > 1``), each block's order made just
+    before it trains (:func:`_block_order`): copied from ``canonical`` into ``layout.order`` and shuffled
+    (``blocks.shuffle_block``, as ``blocks.shuffle_blocks(order, block_start, seed)`` shuffles it), or,
+    with neither ``canonical`` nor ``layout.order`` (ratings stored block by block), the block's own
+    ratings shuffled the same way in a buffer of the block's size.
 
     The same order, weights and losses as copying and shuffling the whole layout first, without the
     separate pass over the epoch's order (at 25M ratings a 200 MB copy), and with each block's order
@@ -322,23 +360,22 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     lo_, hi_, has_range = y_range
     T = params.dtype.type
     k = shape.n_factors
-    n_steps = order.shape[0]
+    n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
     step_lrs = as_step_lrs(lrs)
     sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     lo, span = T(lo_), T(hi_ - lo_)
+    local = np.empty(_max_block(block_start) if order.shape[0] == 0 else 0, dtype=order.dtype)
     bad = n_steps
     for t in range(g):
         for c in range(g):  # a stratum's blocks in turn; after a divergence the others still finish, as there
             b = t * g + c
             first = block_start[b]
             last = block_start[b + 1]
-            for s in range(first, last):
-                order[s] = canonical[s]
-            shuffle_block(order, first, last, b, seed)
-            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
-                               bad_losses, b, k, fetch)  # fmt: skip
+            steps, offset = _block_order(order, canonical, local, first, last, b, seed)
+            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, steps, offset,
+                               first, last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start,
+                               sums, bad_losses, b, k, fetch)  # fmt: skip
             if end < last:
                 bad = min(bad, end)
             elif bad == n_steps:
@@ -424,8 +461,11 @@ def _train_epoch_per_rating_dynamic_body(
     that claims block ``p`` copies its rows of ``canonical`` into ``layout.order`` and shuffles them as
     ``blocks.shuffle_blocks(order, block_start, seed)`` shuffles block ``p``, then trains it. The same
     order as copying and shuffling the whole layout first, with one parallel region an epoch instead
-    of two, and each block's order written by the thread that reads it next. Empty: ``layout.order``
-    is trained as it is.
+    of two, and each block's order written by the thread that reads it next. Empty, with an empty
+    ``layout.order``: the ratings are stored block by block (``blocks.block_ordered``), and the thread
+    shuffles its block's ratings the same way in a buffer of its own (the same steps as shuffling the
+    canonical rows, with no order array for the epoch). Empty otherwise: ``layout.order`` is trained
+    as it is (:func:`_block_order`).
 
     Each user group's and each item group's blocks still run one after another in stratum order, and
     blocks that run at once share no row, so every row sees the same updates in the same order as in the
@@ -467,7 +507,9 @@ def _train_epoch_per_rating_dynamic_body(
     busy = np.zeros(2 * g, dtype=np.int64)  # free: user groups [0, g) and item groups [g, 2g) in use
     lock = np.zeros(1, dtype=np.int64)  # free: 1 while a thread looks for a block
     first_bad = np.full(n_blocks, n_steps, dtype=np.int64)
+    local_size = _max_block(block_start) if order.shape[0] == 0 and canonical.shape[0] == 0 else 0
     for _worker in prange(n_workers):
+        local = np.empty(local_size, dtype=order.dtype)  # the thread's block order (ratings stored by block)
         saved = np.zeros(CPU_MASK_WORDS, dtype=np.uint64)
         bound = False
         if cpus is not None:
@@ -491,13 +533,10 @@ def _train_epoch_per_rating_dynamic_body(
             idle = 0
             first = block_start[claimed]
             last = block_start[claimed + 1]
-            if canonical.shape[0] > 0:
-                for s in range(first, last):
-                    order[s] = canonical[s]
-                shuffle_block(order, first, last, claimed, seed)
-            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, first,
-                               last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
-                               bad_losses, claimed, k, fetch)  # fmt: skip
+            steps, offset = _block_order(order, canonical, local, first, last, claimed, seed)
+            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, steps, offset,
+                               first, last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start,
+                               sums, bad_losses, claimed, k, fetch)  # fmt: skip
             if end < last:
                 first_bad[claimed] = end
                 atomic_store(flags, 0, 1)
