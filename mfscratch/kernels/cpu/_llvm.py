@@ -44,7 +44,8 @@ __all__ = [
     "set_thread_cpus",
 ]
 
-#: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: twice as far).
+#: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: the sparse kernels
+#: twice as far, the per-rating kernel four times: its steps are shorter).
 PREFETCH_AHEAD = 4
 #: Tables (and rating arrays) smaller than this many bytes are not prefetched: they live in cache anyway.
 PREFETCH_MIN_BYTES = 1 << 23

@@ -205,9 +205,9 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
         x = _logit(params, u_bias, i_bias, i_start, u, i, k)
         row_next, u_next, i_next, x_next = row, u, i, x
         for s in range(c0, c1):
-            if fetch and s + 2 * PREFETCH_AHEAD < last:
+            if fetch and s + 4 * PREFETCH_AHEAD < last:
                 if not in_order:
-                    ahead = order[s + 2 * PREFETCH_AHEAD - offset]
+                    ahead = order[s + 4 * PREFETCH_AHEAD - offset]
                     prefetch(users, ahead)
                     prefetch(items, ahead)
                     prefetch(ratings, ahead)
@@ -249,7 +249,7 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
 @njit(cache=True, inline="always")
 def _fetch_rows(params, data):
     """Whether to prefetch: in a shuffled order every rating also reads users/items/ratings at a random
-    row; once those arrays or the tables outgrow the caches, prefetch (codes 8 ratings ahead, rows 4 ahead)."""
+    row; once those arrays or the tables outgrow the caches, prefetch (codes 16 ratings ahead, rows 4 ahead)."""
     users, items, ratings = data
     data_bytes = users.size * users.itemsize + items.size * items.itemsize + ratings.size * ratings.itemsize
     return params.size * params.itemsize + data_bytes > PREFETCH_MIN_BYTES
