@@ -42,10 +42,10 @@ __all__ = [
 #: ``max(RANKING_MIN_BUDGET, RANKING_SCORES_PER_RATING x training ratings)`` scores; above it, a
 #: seeded sample of ``budget // n_items`` users. A score (a dot product of k factors) costs a small
 #: fraction of a per-rating SGD step, so the budget costs less than a per-rating epoch (ML-25M's
-#: shape: 80M scores, 1,354 of about 160,000 users); every user of ML-100k (1.6M scores) and ML-1M
+#: shape: 60M scores, 1,016 of about 160,000 users); every user of ML-100k (1.6M scores) and ML-1M
 #: (22M) is scored.
 RANKING_MIN_BUDGET = 25_000_000
-RANKING_SCORES_PER_RATING = 4
+RANKING_SCORES_PER_RATING = 3
 #: The smallest sample the ranking metrics draw (when items are so many that the budget allows fewer).
 RANKING_MIN_SAMPLE = 1_000
 

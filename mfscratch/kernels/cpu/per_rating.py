@@ -530,6 +530,10 @@ def _train_epoch_per_rating_dynamic_body(
                     else:
                         spin_pause()
                 continue
+            if atomic_load(flags, 0) != 0:
+                # A block diverged while this one was being claimed (its predecessor, marked done after the
+                # flag was raised, may be the block that diverged): no new block starts.
+                break
             idle = 0
             first = block_start[claimed]
             last = block_start[claimed + 1]
