@@ -164,8 +164,8 @@ def _logit(params, u_bias, i_bias, i_start, u, i, k):
 
 
 @njit(inline="always", error_model="numpy")
-def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, offset, first, last,
-                 lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums, bad_losses, block, k,
+def _train_block(params, i_start, u_bias, i_bias, users, items, ratings, order, offset, first, last, lrs, wd, lo,
+                 span, has_range, sample_steps, sample, tail, tail_start, sums, bad_losses, block, k,
                  fetch):  # fmt: skip
     """Steps ``first..last-1`` of the epoch (one block, or the whole serial epoch), in turn; step ``s``
     trains rating ``order[s - offset]`` (``order``: the epoch's order, ``offset`` 0, or one block's,
@@ -188,7 +188,6 @@ def _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratin
     """
     T = params.dtype.type
     in_order = order.shape[0] == 0
-    i_start = u_weight.shape[0] * k
     one, two = T(1.0), T(2.0)
     i_sample = np.searchsorted(sample_steps, first)  # the block's first step of the sample
     total = 0.0
@@ -276,13 +275,14 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
     """
     # Every record is unpacked before the prange loop: numba 0.68 loses writes made through a
     # record's fields inside a prange body.
-    u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
+    _, _, u_bias, i_bias = split_flat(params, shape)
     users, items, ratings = data
     order, block_start, g = layout
     losses, progress = out
     lo_, hi_, has_range = y_range
     T = params.dtype.type
     k = shape.n_factors
+    i_start = shape.n_users * k  # where Q starts in the flat buffer
     n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
     step_lrs = as_step_lrs(lrs)
     sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
@@ -293,7 +293,7 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
         for c in prange(g):
             first = block_start[t * g + c]
             last = block_start[t * g + c + 1]
-            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, order, 0, first,
+            end = _train_block(params, i_start, u_bias, i_bias, users, items, ratings, order, 0, first,
                                last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start, sums,
                                bad_losses, t * g + c, k, fetch)  # fmt: skip
             if end < last:
@@ -353,13 +353,14 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     Returns the number of steps done, and stops after a divergence, as :func:`train_epoch_per_rating`
     (the stratum's other blocks finish, so the weights equal the unfused epoch's then too).
     """
-    u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
+    _, _, u_bias, i_bias = split_flat(params, shape)
     users, items, ratings = data
     order, block_start, g = layout
     losses, progress = out
     lo_, hi_, has_range = y_range
     T = params.dtype.type
     k = shape.n_factors
+    i_start = shape.n_users * k  # where Q starts in the flat buffer
     n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
     step_lrs = as_step_lrs(lrs)
     sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
@@ -373,7 +374,7 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
             first = block_start[b]
             last = block_start[b + 1]
             steps, offset = _block_order(order, canonical, local, first, last, b, seed)
-            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, steps, offset,
+            end = _train_block(params, i_start, u_bias, i_bias, users, items, ratings, steps, offset,
                                first, last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start,
                                sums, bad_losses, b, k, fetch)  # fmt: skip
             if end < last:
@@ -489,13 +490,14 @@ def _train_epoch_per_rating_dynamic_body(
     program: one thread a core gives the threads the cores' whole share (docs/speed.md). The weights
     do not depend on it.
     """
-    u_weight, i_weight, u_bias, i_bias = split_flat(params, shape)
+    _, _, u_bias, i_bias = split_flat(params, shape)
     users, items, ratings = data
     order, block_start, g = layout
     losses, progress = out
     lo_, hi_, has_range = y_range
     T = params.dtype.type
     k = shape.n_factors
+    i_start = shape.n_users * k  # where Q starts in the flat buffer
     n_steps = users.shape[0] if order.shape[0] == 0 else order.shape[0]
     step_lrs = as_step_lrs(lrs)
     sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
@@ -538,7 +540,7 @@ def _train_epoch_per_rating_dynamic_body(
             first = block_start[claimed]
             last = block_start[claimed + 1]
             steps, offset = _block_order(order, canonical, local, first, last, claimed, seed)
-            end = _train_block(params, u_weight, i_weight, u_bias, i_bias, users, items, ratings, steps, offset,
+            end = _train_block(params, i_start, u_bias, i_bias, users, items, ratings, steps, offset,
                                first, last, step_lrs, wd, lo, span, has_range, sample_steps, sample, tail, tail_start,
                                sums, bad_losses, claimed, k, fetch)  # fmt: skip
             if end < last:
