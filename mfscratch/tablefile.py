@@ -301,6 +301,7 @@ def _stream_arrow(
         roles[j] = plainblock.ID if kind == "id" else plainblock.NUMBER if kind == "number" else -1
     plain_roles = roles if (roles >= 0).all() and (roles == plainblock.NUMBER).sum() <= 1 else None
     id_columns = sorted(j for j, kind in wanted.items() if kind == "id")
+    number_columns = [j for j in wanted if j not in id_columns]
 
     def parse_block(first: bool, block) -> tuple[int, dict, dict] | None:
         """``(rows, {id column: int64 values}, {other column: Arrow chunks})`` of one block, or ``None``
@@ -313,7 +314,6 @@ def _stream_arrow(
             )
             if plain is not None:
                 rows, id_values, rating = plain
-                number_columns = [j for j in wanted if j not in id_columns]
                 chunks = {j: [pa.array(rating)] for j in number_columns}
                 return rows, {j: id_values[slot] for slot, j in enumerate(id_columns)}, chunks
         read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if first else 0)

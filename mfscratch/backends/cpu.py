@@ -162,24 +162,29 @@ class _PerRatingRunner(_Runner):
             cpu.balanced_groups(data.items, shape.n_items, n_groups),
             n_groups,
         )
-        groups = self.groups
         rows = np.int32 if n <= np.iinfo(np.int32).max else np.int64
         if self.shuffles_blocks or kernel is cpu.train_epoch_per_rating:
             # The kernels that shuffle each block as they reach it take the ratings stored block by block
             # (a copy, 12 bytes a rating): a block's codes and ratings are then one stretch of memory, read
             # in cache as the block trains, and no order array spans the epoch (docs/speed.md, "Round 4").
             self.block_data = Ratings(np.empty_like(data.users), np.empty_like(data.items), np.empty_like(data.ratings))
-            block_start = cpu.block_ordered(data, groups, self.block_data)
+            block_start = cpu.block_ordered(data, self.groups, self.block_data)
             self.layout = BlockLayout(np.empty(0, dtype=rows), block_start, n_groups)
             return
-        block = np.empty(n, dtype=np.int32)
-        cpu.block_index(data, groups, block)
         # Every rating, the blocks in code order, and the epoch's order: row numbers, int32 while they fit
         # (at 20M ratings 80 MB each instead of 160 MB; the kernels index with either).
-        self._canonical = np.empty(n, dtype=rows)
-        block_start = cpu.block_layout(np.empty(0, dtype=rows), block, n_groups * n_groups, self._canonical)
+        self._canonical, block_start = self._canonical_rows(rows)
         self.layout = BlockLayout(np.empty(n, dtype=rows), block_start, n_groups)
         self.order = self.layout.order
+
+    def _canonical_rows(self, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, block_start)``: the training rows sorted by block, stably (``dtype`` row numbers)."""
+        data, g = self.backend.data, self.groups.n_groups
+        block = np.empty(data.users.shape[0], dtype=np.int32)
+        cpu.block_index(data, self.groups, block)
+        rows = np.empty(data.users.shape[0], dtype=dtype)
+        block_start = cpu.block_layout(np.empty(0, dtype=dtype), block, g * g, rows)
+        return rows, block_start
 
     @property
     def order(self) -> np.ndarray:
@@ -188,12 +193,8 @@ class _PerRatingRunner(_Runner):
         the epoch's seed (what the kernels shuffled, applied to the rows' canonical layout)."""
         if self.block_data is None or self._seed is None:
             return self._order
-        data, g = self.backend.data, self.layout.n_groups
-        block = np.empty(data.users.shape[0], dtype=np.int32)
-        cpu.block_index(data, self.groups, block)
-        rows = np.empty(data.users.shape[0], dtype=np.int64)
-        cpu.block_layout(np.empty(0, dtype=np.int64), block, g * g, rows)
-        cpu.shuffle_blocks(rows, self.layout.block_start, self._seed)
+        rows, block_start = self._canonical_rows(np.int64)
+        cpu.shuffle_blocks(rows, block_start, self._seed)
         return rows
 
     @order.setter

@@ -306,12 +306,14 @@ def _train_epoch_per_rating_body(params, shape, data, layout, lrs, wd, y_range, 
 
 
 @njit(cache=True, inline="always")
-def _max_block(block_start):
-    """The most ratings a block of the layout holds."""
+def _block_buffer(order, canonical, block_start):
+    """The buffer :func:`_block_order` shuffles a block's ratings in: as long as the layout's largest
+    block when neither ``canonical`` nor ``order`` is given (ratings stored by block), else empty."""
     most = 0
-    for p in range(block_start.shape[0] - 1):
-        most = max(most, block_start[p + 1] - block_start[p])
-    return most
+    if order.shape[0] == 0 and canonical.shape[0] == 0:
+        for p in range(block_start.shape[0] - 1):
+            most = max(most, block_start[p + 1] - block_start[p])
+    return np.empty(most, dtype=order.dtype)
 
 
 @njit(inline="always")
@@ -366,7 +368,7 @@ def train_epoch_per_rating_shuffled(params, shape, data, layout, lrs, wd, y_rang
     sample_steps, sample, tail, tail_start, sums, bad_losses = as_loss_summary(losses, n_steps)
     fetch = _fetch_rows(params, data)
     lo, span = T(lo_), T(hi_ - lo_)
-    local = np.empty(_max_block(block_start) if order.shape[0] == 0 else 0, dtype=order.dtype)
+    local = _block_buffer(order, canonical, block_start)
     bad = n_steps
     for t in range(g):
         for c in range(g):  # a stratum's blocks in turn; after a divergence the others still finish, as there
@@ -509,9 +511,8 @@ def _train_epoch_per_rating_dynamic_body(
     busy = np.zeros(2 * g, dtype=np.int64)  # free: user groups [0, g) and item groups [g, 2g) in use
     lock = np.zeros(1, dtype=np.int64)  # free: 1 while a thread looks for a block
     first_bad = np.full(n_blocks, n_steps, dtype=np.int64)
-    local_size = _max_block(block_start) if order.shape[0] == 0 and canonical.shape[0] == 0 else 0
     for _worker in prange(n_workers):
-        local = np.empty(local_size, dtype=order.dtype)  # the thread's block order (ratings stored by block)
+        local = _block_buffer(order, canonical, block_start)  # the thread's block order (ratings stored by block)
         saved = np.zeros(CPU_MASK_WORDS, dtype=np.uint64)
         bound = False
         if cpus is not None:
