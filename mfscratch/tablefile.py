@@ -229,21 +229,26 @@ def _line_blocks(source: str, size: int):
     at the file's end), as zero-copy Arrow buffers."""
     import pyarrow as pa
 
-    with open(source, "rb") as f:
+    with open(source, "rb", buffering=0) as f:
         carry = b""
         while True:
-            chunk = f.read(size)
-            data = carry + chunk if carry else chunk
-            if not chunk:
-                if data:
-                    yield pa.py_buffer(data)
+            # Each block is a buffer of its own (the workers hold it while they parse); the cut-off line
+            # of the previous one goes first, and the file's next bytes are read in behind it.
+            data = bytearray(len(carry) + size)
+            data[: len(carry)] = carry
+            end = len(carry)
+            while end < len(data) and (got := f.readinto(memoryview(data)[end:])):
+                end += got
+            if end == len(carry):  # the file's end
+                if carry:
+                    yield pa.py_buffer(carry)
                 return
-            cut = data.rfind(b"\n") + 1
+            cut = data.rfind(b"\n", 0, end) + 1
             if cut == 0:  # no line end yet: read on
-                carry = data
+                carry = bytes(data[:end])
                 continue
             yield pa.py_buffer(memoryview(data)[:cut])
-            carry = data[cut:]
+            carry = bytes(data[cut:end])
 
 
 def _stream_arrow(
@@ -264,8 +269,10 @@ def _stream_arrow(
     and the table is not read twice. ``capacity``: the rows the id arrays start with (they grow when
     the file holds more). ``narrow_ids``: the id arrays are int32 while every id fits (half the
     memory); a column is widened to int64 at the first block that holds an id that does not.
-    ``counter``: fed every block's bytes (after the ``bom`` bytes of a byte-order mark), so that it
-    has counted the file's lines when the read completes.
+    ``counter``: counts every block's lines in file order (after the ``bom`` bytes of a byte-order
+    mark), so that it has counted the file's lines when the read completes: a block that the fast path
+    read by the parser's lines (each of its lines is one row: no blank line, no ``\r``), any other by
+    a pass over its bytes.
 
     ``None`` when a block holds anything else, so that the whole-file reader reads it as before and
     says what is wrong: an id that is missing or not a plain integer, a rating column whose type
@@ -303,11 +310,11 @@ def _stream_arrow(
     id_columns = sorted(j for j, kind in wanted.items() if kind == "id")
     number_columns = [j for j in wanted if j not in id_columns]
 
-    def parse_block(first: bool, block) -> tuple[int, dict, dict] | None:
-        """``(rows, {id column: int64 values}, {other column: Arrow chunks})`` of one block, or ``None``
-        when an id is missing or not a plain integer. A block of plain rows is read by the compiled
-        fast path (``plainblock``), any other by pyarrow. Runs in a worker thread: both parsers and
-        the compiled id parse release the GIL."""
+    def parse_block(first: bool, block) -> tuple[int, dict, dict, bool] | None:
+        """``(rows, {id column: int64 values}, {other column: Arrow chunks}, plain)`` of one block, or
+        ``None`` when an id is missing or not a plain integer. A block of plain rows is read by the
+        compiled fast path (``plainblock``; ``plain`` True: each of its lines is one row), any other by
+        pyarrow. Runs in a worker thread: both parsers and the compiled id parse release the GIL."""
         if plain_roles is not None:
             plain = plainblock.parse_plain_block(
                 block, sep, plain_roles, skip_rows if first else 0, len(block) // n_fields + 1
@@ -315,7 +322,7 @@ def _stream_arrow(
             if plain is not None:
                 rows, id_values, rating = plain
                 chunks = {j: [pa.array(rating)] for j in number_columns}
-                return rows, {j: id_values[slot] for slot, j in enumerate(id_columns)}, chunks
+                return rows, {j: id_values[slot] for slot, j in enumerate(id_columns)}, chunks, True
         read = pcsv.ReadOptions(column_names=names, skip_rows=skip_rows if first else 0)
         table = pcsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert)
         parsed_ids, chunks = {}, {}
@@ -328,16 +335,27 @@ def _stream_arrow(
             if parsed is None or parsed[1].any():
                 return None
             parsed_ids[j] = parsed[0]
-        return table.num_rows, parsed_ids, chunks
+        return table.num_rows, parsed_ids, chunks, False
 
     n_rows = 0
 
-    def take(result: tuple[int, dict, dict] | None) -> bool:
-        """Append a parsed block's rows; ``False`` when it is ``None`` or holds more rows than counted."""
+    def count(first: bool, block, plain: bool, n: int) -> None:
+        """Count the block's lines: from the fast path's rows (the first block, which may hold a header,
+        and a block the fast path did not read: by a pass over its bytes)."""
+        if counter is None:
+            return
+        if plain and not first and n > 0 and counter.at_line_start():
+            counter.add_plain_lines(n, block[-1] != b"\n"[0])
+        else:
+            counter.feed(memoryview(block)[bom if first else 0 :])
+
+    def take(first: bool, block, result: tuple[int, dict, dict, bool] | None) -> bool:
+        """Append a parsed block's rows and count its lines; ``False`` when it is ``None``."""
         nonlocal n_rows
         if result is None:
             return False
-        n, parsed_ids, chunks = result
+        n, parsed_ids, chunks, plain = result
+        count(first, block, plain, n)
         if n_rows + n > len(next(iter(ids.values()), ())):
             for j, values in ids.items():
                 grown = np.empty(max(2 * len(values), n_rows + n), dtype=values.dtype)
@@ -398,18 +416,20 @@ def _stream_arrow(
             pending: deque = deque()
             blocks = _line_blocks(source, _STREAM_BLOCK)
             for n_blocks, block in enumerate(blocks, 1):
-                if counter is not None:  # counted while the workers parse
-                    counter.feed(memoryview(block)[bom if n_blocks == 1 else 0 :])
                 # At most workers + 1 blocks in flight: the blocks are parsed in parallel, used in file order.
-                pending.append(executor.submit(parse_block, n_blocks == 1, block))
+                first = n_blocks == 1
+                pending.append((first, block, executor.submit(parse_block, first, block)))
                 del block
-                while len(pending) > workers or (pending and pending[0].done()):
-                    if not take(pending.popleft().result()):
+                while len(pending) > workers or (pending and pending[0][2].done()):
+                    first, block, parsed = pending.popleft()
+                    if not take(first, block, parsed.result()):
                         return None
+                    del block, parsed
                 if n_blocks % 8 == 0:
                     pool.release_unused()  # Arrow's allocator keeps freed blocks otherwise (each call costs)
             while pending:
-                if not take(pending.popleft().result()):
+                first, block, parsed = pending.popleft()
+                if not take(first, block, parsed.result()):
                     return None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None

@@ -230,6 +230,20 @@ class LineCounter:
         else:
             st[2], st[3] = 0, 0
 
+    def at_line_start(self) -> bool:
+        """Whether the bytes fed so far end with a line feed (or none were fed): no line is open."""
+        return bool(self.state[3] == 0 and self.state[4] == 0)
+
+    def add_plain_lines(self, lines: int, last_open: bool) -> None:
+        """Count a chunk that a parser read as ``lines`` lines, none blank and none ended by ``\r``, fed
+        :meth:`at_line_start` (what :meth:`feed` would count for it, without a pass over its bytes);
+        ``last_open``: the chunk's last line has no line feed (the file ends there)."""
+        if lines <= 0 or not self.at_line_start():
+            raise ValueError("add_plain_lines counts whole lines from a line start")
+        st = self.state
+        st[0] += lines - 1 if last_open else lines
+        st[2], st[3] = (1, 1) if last_open else (0, 0)
+
     @property
     def lines(self) -> int:
         return int(self.state[0] + (1 if self.state[3] else 0))

@@ -82,12 +82,15 @@ def test_decimal_ratings_round_as_a_correct_parse():
         "a late leading zero",
         "a late quote",
         "a late blank line",
+        "late CRLF line ends",
+        "blank lines at the end",
         "no last line end",
     ],
 )
 def test_the_fast_path_reads_files_as_pyarrow_does(monkeypatch, tmp_path, body):
     from mfscratch import plainblock, tablefile
     from mfscratch.readers import read_ratings
+    from mfscratch.textstream import count_lines
 
     rng = np.random.default_rng(5)
     n = 400
@@ -100,9 +103,13 @@ def test_the_fast_path_reads_files_as_pyarrow_does(monkeypatch, tmp_path, body):
         lines[-3] = '7,3,4.5,"1"'
     elif body == "a late blank line":
         lines.insert(-3, "")
+    elif body == "late CRLF line ends":
+        lines[-40:] = [line + "\r" for line in lines[-40:]]
+    elif body == "blank lines at the end":
+        lines += ["", " ", ""]
     text = "userId,movieId,rating,timestamp\n" + "\n".join(lines) + ("" if body == "no last line end" else "\n")
     path = tmp_path / "r.csv"
-    path.write_text(text)
+    path.write_bytes(text.encode())
     monkeypatch.setattr(tablefile, "_STREAM_BLOCK", 256)
     fast_blocks = []
     parse = plainblock.parse_plain_block
@@ -119,5 +126,8 @@ def test_the_fast_path_reads_files_as_pyarrow_does(monkeypatch, tmp_path, body):
     slow = read_ratings(path, "userId", "movieId", "rating")
     pd.testing.assert_frame_equal(fast.df, slow.df)
     assert fast.info == slow.info
+    # The lines the fast path counted from its rows are those of a pass over the file's bytes.
+    counter = count_lines(path)
+    assert (fast.info.n_lines, fast.info.n_blank) == (counter.lines, counter.blank)
     whole = pd.read_csv(path, dtype={"userId": str, "movieId": str})
     assert len(fast.df) == len(whole.dropna(how="all"))
