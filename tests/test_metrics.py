@@ -26,6 +26,34 @@ def test_seen_items_csr_drops_duplicates_and_counts_ratings():
     assert seen.item_counts.tolist() == [0, 2, 0, 2, 0]  # ratings, duplicates included
 
 
+@pytest.mark.parametrize("chunks", [1, 2, 3, 7])
+def test_seen_rows_and_repeats_on_any_number_of_chunks(monkeypatch, chunks):
+    """The counting sorts split the rows into chunks on the threads; any split gives the same CSR
+    matrix as sorting the distinct pairs, and the same count of repeats as pandas."""
+    import pandas as pd
+
+    from mfscratch.kernels import pairs
+
+    monkeypatch.setattr(pairs, "sort_chunks", lambda n, n_keys: chunks)
+    rng = np.random.default_rng(chunks)
+    for n_users, n_items, n in ((1, 1, 1), (5, 4, 60), (40, 3, 500), (300, 200, 20000), (9, 9, 0)):
+        users = rng.integers(0, n_users, n).astype(np.int32)
+        items = rng.integers(0, n_items, n).astype(np.int32)
+        distinct = np.unique(users.astype(np.int64) * n_items + items)
+        indptr = np.empty(n_users + 1, dtype=np.int64)
+        indices = np.empty(n, dtype=np.int32)
+        used = pairs.seen_rows(users, items, n_users, n_items, indptr, indices)
+        assert used == len(distinct)
+        assert indptr.tolist() == np.searchsorted(distinct // n_items, np.arange(n_users + 1)).tolist()
+        assert indices[:used].tolist() == (distinct % n_items).tolist()
+        want = int(pd.DataFrame({"u": users, "i": items}).duplicated().sum())
+        assert pairs.count_repeated_pairs(users, items, n_users, n_items) == want
+        start = np.empty(n_users + 1, dtype=np.int64)
+        grouped = np.empty(n, dtype=np.int32)
+        pairs.group_rows(users, n_users, np.arange(n, dtype=np.int32), chunks, start, grouped)
+        assert grouped.tolist() == np.argsort(users, kind="stable").tolist()  # stable: rows in order
+
+
 def test_hand_checked_metrics_one_user():
     # Ranked list [2, 5, 3], relevant {3, 4}: one hit, at rank 3.
     r = ranking_from_topk([[2, 5, 3]], [1], [1, 1], [3, 4], n_items=6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["dense_codes", "seen_rows", "pairs_in_rows", "count_repeated_pairs", "split_column"]
+__all__ = ["dense_codes", "group_rows", "seen_rows", "pairs_in_rows", "count_repeated_pairs", "split_column"]
 
 
 @njit(cache=True)
@@ -38,80 +38,158 @@ def dense_codes(values, low, span, codes):
     return distinct
 
 
+def sort_chunks(n_rows: int, n_keys: int) -> int:
+    """How many chunks :func:`group_rows` splits ``n_rows`` rows into: one a Numba thread, while the
+    chunks' counts (``chunks x n_keys`` of 8 bytes) stay within a byte a row."""
+    import numba
+
+    return max(1, min(numba.get_num_threads(), n_rows // (8 * max(n_keys, 1))))
+
+
+@njit(cache=True, inline="always")
+def _chunk(c, n_chunks, n):
+    """Rows ``[first, last)`` of chunk ``c`` of ``n_chunks`` (equal shares, in order)."""
+    return c * n // n_chunks, (c + 1) * n // n_chunks
+
+
 @njit(cache=True)
-def count_repeated_pairs(users, items, n_users, n_items):
+def _chunk_offsets(counts, start):
+    """Turn ``counts[c, k]`` (chunk ``c``'s rows of key ``k``) into where chunk ``c`` puts its first row of
+    key ``k``: the rows of smaller keys, then those of key ``k`` in earlier chunks; ``start[k]``: where
+    key ``k``'s rows begin (``start[n_keys]``: all rows)."""
+    n_chunks, n_keys = counts.shape
+    total = 0
+    for k in range(n_keys):
+        start[k] = total
+        for c in range(n_chunks):
+            x = counts[c, k]
+            counts[c, k] = total
+            total += x
+    start[n_keys] = total
+
+
+@njit(cache=True, parallel=True)
+def group_rows(keys, n_keys, values, n_chunks, start, grouped):
+    """A stable counting sort on the threads: ``grouped[start[k]:start[k + 1]]`` holds the ``values`` of
+    the rows with ``keys[r] == k``, in row order. ``O(n + n_chunks n_keys)``.
+
+    The rows go in ``n_chunks`` equal chunks, one a thread: each chunk counts its keys, the counts
+    become each chunk's places (:func:`_chunk_offsets`), and each chunk writes its rows there.
+    """
+    n = keys.shape[0]
+    counts = np.zeros((n_chunks, n_keys), dtype=np.int64)
+    for c in prange(n_chunks):
+        first, last = _chunk(c, n_chunks, n)
+        for r in range(first, last):
+            counts[c, keys[r]] += 1
+    _chunk_offsets(counts, start)
+    for c in prange(n_chunks):
+        first, last = _chunk(c, n_chunks, n)
+        for r in range(first, last):
+            k = keys[r]
+            grouped[counts[c, k]] = values[r]
+            counts[c, k] += 1
+
+
+@njit(cache=True, inline="always")
+def _key_range(start, c, n_chunks):
+    """Keys ``[first, last)`` of chunk ``c`` of ``n_chunks``: consecutive keys with about equal rows
+    (``start``: each key's first row in the grouped order, as :func:`group_rows` makes it)."""
+    n_keys = start.shape[0] - 1
+    n = start[n_keys]
+    first = 0 if c == 0 else np.searchsorted(start, c * n // n_chunks)
+    last = n_keys if c == n_chunks - 1 else np.searchsorted(start, (c + 1) * n // n_chunks)
+    return min(first, n_keys), min(last, n_keys)
+
+
+@njit(cache=True, parallel=True)
+def _count_repeats(start, grouped, n_items, n_chunks):
+    """Rows that repeat an earlier item within their user's group (``grouped``: items grouped by user);
+    each thread marks its users' items in a table of its own holding the last user that rated each."""
+    repeated = np.zeros(n_chunks, dtype=np.int64)
+    for c in prange(n_chunks):
+        first, last = _key_range(start, c, n_chunks)
+        last_user = np.full(n_items, -1, dtype=np.int64)
+        count = 0
+        for u in range(first, last):
+            for p in range(start[u], start[u + 1]):
+                i = grouped[p]
+                if last_user[i] == u:
+                    count += 1
+                else:
+                    last_user[i] = u
+        repeated[c] = count
+    return repeated.sum()
+
+
+def count_repeated_pairs(users, items, n_users: int, n_items: int) -> int:
     """How many rows repeat an earlier row's ``(users[r], items[r])`` pair (codes below ``n_users``,
     ``n_items``): the rows less the distinct pairs.
 
-    The rows are grouped by user (a counting sort of their items, 4 bytes a row), then each user's
-    items are marked in one table of ``n_items`` entries holding the last user that rated each.
+    The rows are grouped by user (:func:`group_rows`, 4 bytes a row), then each user's items are marked
+    in a table of ``n_items`` entries holding the last user that rated each; both on the threads.
     """
-    n = users.shape[0]
-    start = np.zeros(n_users + 1, dtype=np.int64)
-    for r in range(n):
-        start[users[r] + 1] += 1
-    for u in range(n_users):
-        start[u + 1] += start[u]
-    fill = start[:-1].copy()
+    n = len(users)
+    n_chunks = sort_chunks(n, n_users)
+    start = np.empty(n_users + 1, dtype=np.int64)
     grouped = np.empty(n, dtype=np.int32)
-    for r in range(n):
-        u = users[r]
-        grouped[fill[u]] = items[r]
-        fill[u] += 1
-    last_user = np.full(n_items, -1, dtype=np.int64)
-    repeated = 0
-    for u in range(n_users):
-        for p in range(start[u], start[u + 1]):
-            i = grouped[p]
-            if last_user[i] == u:
-                repeated += 1
-            else:
-                last_user[i] = u
-    return repeated
+    group_rows(users, n_users, items, n_chunks, start, grouped)
+    return int(_count_repeats(start, grouped, n_items, n_chunks))
+
+
+@njit(cache=True, parallel=True)
+def _group_items_by_user(item_start, by_item, n_users, n_chunks, user_start, indices):
+    """The second counting sort of :func:`seen_rows`: ``by_item`` (the rows' users, grouped by item,
+    ``item_start`` each item's first) regrouped by user, each user's items written in increasing order
+    into ``indices`` (``user_start``: each user's first). Chunks of consecutive items, one a thread, so
+    that each user's items come out in item order."""
+    counts = np.zeros((n_chunks, n_users), dtype=np.int64)
+    for c in prange(n_chunks):
+        first, last = _key_range(item_start, c, n_chunks)
+        for p in range(item_start[first], item_start[last]):
+            counts[c, by_item[p]] += 1
+    _chunk_offsets(counts, user_start)
+    for c in prange(n_chunks):
+        first, last = _key_range(item_start, c, n_chunks)
+        for i in range(first, last):
+            for p in range(item_start[i], item_start[i + 1]):
+                u = by_item[p]
+                indices[counts[c, u]] = i
+                counts[c, u] += 1
 
 
 @njit(cache=True)
-def seen_rows(users, items, n_users, n_items, indptr, indices):
+def _drop_repeats(user_start, indices, indptr):
+    """Each user's row of ``indices`` (``user_start``) without its repeats (equal neighbours: the row is
+    sorted), the rows moved up to close the gaps; ``indptr``: the new rows. Returns the entries kept."""
+    out = 0
+    indptr[0] = 0
+    for u in range(user_start.shape[0] - 1):
+        for p in range(user_start[u], user_start[u + 1]):
+            if p == user_start[u] or indices[p] != indices[p - 1]:
+                indices[out] = indices[p]
+                out += 1
+        indptr[u + 1] = out
+    return out
+
+
+def seen_rows(users, items, n_users: int, n_items: int, indptr, indices) -> int:
     """The CSR matrix of (user, item) pairs: user ``u``'s items sorted and unique in
     ``indices[indptr[u]:indptr[u + 1]]``; returns the number of entries used (``indices`` has room
     for one per pair, ``indptr`` for ``n_users + 1`` offsets).
 
-    Two counting sorts, ``O(n + n_users + n_items)``: the rows' users grouped by item (4 bytes a row),
-    then each item, in increasing order, appended to its users' rows, so that every row comes out
-    sorted and a repeat is the row's last entry; a last pass closes the gaps the repeats leave.
+    Two counting sorts on the threads, ``O(n + n_users + n_items)``: the rows' users grouped by item
+    (:func:`group_rows`, 4 bytes a row), then regrouped by user in item order, so that every row comes
+    out sorted and a repeat sits next to its twin; a last pass closes the gaps the repeats leave.
     """
-    n = users.shape[0]
-    item_end = np.zeros(n_items + 1, dtype=np.int64)
-    counts = np.zeros(n_users + 1, dtype=np.int64)
-    for r in range(n):
-        item_end[items[r] + 1] += 1
-        counts[users[r] + 1] += 1
-    for i in range(n_items):
-        item_end[i + 1] += item_end[i]
-    for u in range(n_users):
-        counts[u + 1] += counts[u]
-    grouped = np.empty(n, dtype=np.int32)  # the rows' users, grouped by item
-    for r in range(n):
-        i = items[r]
-        grouped[item_end[i]] = users[r]
-        item_end[i] += 1  # ends as the end of item i's group
-    fill = counts[:-1].copy()
-    start = 0
-    for i in range(n_items):
-        for p in range(start, item_end[i]):
-            u = grouped[p]
-            if fill[u] == counts[u] or indices[fill[u] - 1] != i:
-                indices[fill[u]] = i
-                fill[u] += 1
-        start = item_end[i]
-    out = 0
-    indptr[0] = 0
-    for u in range(n_users):
-        for p in range(counts[u], fill[u]):
-            indices[out] = indices[p]
-            out += 1
-        indptr[u + 1] = out
-    return out
+    n = len(users)
+    item_start = np.empty(n_items + 1, dtype=np.int64)
+    by_item = np.empty(n, dtype=np.int32)  # the rows' users, grouped by item
+    group_rows(items, n_items, users, sort_chunks(n, n_items), item_start, by_item)
+    user_start = np.empty(n_users + 1, dtype=np.int64)
+    _group_items_by_user(item_start, by_item, n_users, sort_chunks(n, n_users), user_start, indices)
+    del by_item
+    return int(_drop_repeats(user_start, indices, indptr))
 
 
 @njit(cache=True, parallel=True)
