@@ -55,8 +55,41 @@ def test_integer_ratings_stay_integers_as_pyarrow_infers_them():
         "1,2,3,caf\xe9\n",  # text beyond ASCII in a skipped field
     ],
 )
-def test_anything_else_goes_to_pyarrow(text):
+@pytest.mark.parametrize("where", ["alone", "amid plain rows"])
+def test_anything_else_goes_to_pyarrow(text, where):
+    if where == "amid plain rows":  # read in 8-byte words, not in the short copy of the block's end
+        text = "1,2,3.5,1\n" * 40 + text + "4,5,3,2\n" * 40
     assert _parse(text) is None
+
+
+def test_random_plain_rows_as_python_reads_them():
+    """Ids of 1 to 18 digits, ratings of up to 15 digits with or without a point, skipped fields of any
+    printable text: the word-at-a-time reading gives what a plain Python split gives, wherever a row
+    falls against the 8-byte words and the block's end."""
+    rng = np.random.default_rng(11)
+    printable = [chr(c) for c in range(32, 127) if chr(c) not in ',"']
+
+    def number(digits: int) -> str:
+        first = str(rng.integers(1, 10)) if digits > 1 else str(rng.integers(0, 10))
+        return first + "".join(str(d) for d in rng.integers(0, 10, digits - 1))
+
+    for _ in range(30):
+        lines = []
+        for _ in range(int(rng.integers(1, 60))):
+            whole = int(rng.integers(1, 9))
+            point = rng.random() < 0.7
+            decimals = int(rng.integers(1, 16 - whole)) if point else 0
+            rating = number(whole) + ("." + "".join(str(d) for d in rng.integers(0, 10, decimals)) if point else "")
+            skipped = "".join(rng.choice(printable, int(rng.integers(0, 20))))
+            lines.append(f"{number(int(rng.integers(1, 19)))},{number(int(rng.integers(1, 19)))},{rating},{skipped}")
+        text = "\n".join(lines) + ("\n" if rng.random() < 0.5 else "")
+        rows, ids, rating = _parse(text)
+        fields = [line.split(",") for line in lines]
+        assert rows == len(lines)
+        assert ids.tolist() == [[int(f[0]) for f in fields], [int(f[1]) for f in fields]]
+        points = any("." in f[2] for f in fields)
+        assert rating.dtype == (np.float64 if points else np.int64)
+        assert rating.tolist() == [float(f[2]) if points else int(f[2]) for f in fields]
 
 
 def test_decimal_ratings_round_as_a_correct_parse():

@@ -1,5 +1,5 @@
 """LLVM intrinsics the kernels use: a prefetch hint, a 16-lane dot-product chunk, the per-rating update
-of two rows, and atomics.
+of two rows, atomics, and the word loads of the file reader's fast path.
 
 The first three do not change what is computed: the prefetch is a hint, the chunked dot product sums
 in a fixed order (deterministic; it differs from a left-to-right sum by float rounding only), and the
@@ -42,6 +42,8 @@ __all__ = [
     "CPU_MASK_WORDS",
     "get_thread_cpus",
     "set_thread_cpus",
+    "load_word",
+    "trailing_zeros",
 ]
 
 #: How many ratings ahead the sparse and per-rating kernels prefetch table rows (codes: the sparse kernels
@@ -359,3 +361,33 @@ get_thread_cpus = _affinity_intrinsic(
 set_thread_cpus = _affinity_intrinsic(
     "sched_setaffinity", "Let the calling thread run only on the CPUs of ``mask`` (Linux); 0 on success."
 )
+
+
+@intrinsic
+def load_word(typingctx, data, pos):
+    """The 8 bytes ``data[pos:pos+8]`` of a uint8 array as one little-endian uint64 (an unaligned load;
+    the caller keeps ``pos + 8`` within the array)."""
+    if not isinstance(data, nbtypes.Array) or data.dtype != nbtypes.uint8:
+        raise TypeError("load_word reads a uint8 array")
+    sig = nbtypes.uint64(data, pos)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(array.data, [args[1]])
+        # x86 and ARM64 are little-endian: the first byte is the word's lowest
+        return builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def trailing_zeros(typingctx, word):
+    """The number of zero bits below the lowest set bit of a nonzero uint64 (``llvm.cttz``: one instruction)."""
+    sig = nbtypes.int64(nbtypes.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+
+    return sig, codegen
