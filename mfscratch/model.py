@@ -10,6 +10,7 @@ turns every dense optimiser step into one loop over one array.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from . import reference
 from .errors import ConfigError
@@ -74,12 +75,23 @@ def init_params(n_users: int, n_items: int, n_factors: int, rng: np.random.Gener
     """
     n = sum(r * c for r, c in table_shapes(n_users, n_items, n_factors).values())
     params = aligned_empty(n, dtype)
+    z = np.empty(min(_INIT_CHUNK, n), dtype=np.float64)
     for start in range(0, n, _INIT_CHUNK):
-        z = rng.standard_normal(min(_INIT_CHUNK, n - start))
-        np.fmod(z, 2.0, out=z)
-        z *= 0.01
-        params[start : start + len(z)] = z
+        draws = z[: min(_INIT_CHUNK, n - start)]
+        rng.standard_normal(out=draws)
+        _fold_and_scale(draws, params[start : start + len(draws)])
     return params
+
+
+@njit(cache=True)
+def _fold_and_scale(z, out):
+    """``out[j] = fmod(z[j], 2) * 0.01``, rounded to ``out``'s dtype: NumPy's ``np.fmod(z, 2.0) * 0.01``
+    assigned into ``out``, bit for bit, in one pass (``fmod`` is exact, and the identity below 2)."""
+    for j in range(z.shape[0]):
+        v = z[j]
+        if not -2.0 < v < 2.0:
+            v = np.fmod(v, 2.0)
+        out[j] = v * 0.01
 
 
 class EmbeddingDotBias:
