@@ -430,10 +430,11 @@ def test_ratings_stored_by_block_train_the_steps_of_the_canonical_layout(threads
     blocks, groups = layout(data, np.arange(len(data.ratings)), n_groups)
     canonical = blocks.order.copy()
     stored = Ratings(*(np.empty_like(column) for column in data))
-    block_start = cpu.block_ordered(data, groups, stored)
-    np.testing.assert_array_equal(block_start, blocks.block_start)
-    for got_column, column in zip(stored, data):
-        np.testing.assert_array_equal(got_column, column[canonical])
+    for n_chunks in (3, 2, 1):  # the chunks count and place their ratings in turn: the same layout
+        block_start = cpu.block_ordered(data, groups, stored, n_chunks)
+        np.testing.assert_array_equal(block_start, blocks.block_start)
+        for got_column, column in zip(stored, data):
+            np.testing.assert_array_equal(got_column, column[canonical])
     lrs = np.linspace(0.3, 0.1, len(canonical))
     shuffled = canonical.copy()
     cpu.shuffle_blocks(shuffled, blocks.block_start, 99)

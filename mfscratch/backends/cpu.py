@@ -168,7 +168,8 @@ class _PerRatingRunner(_Runner):
             # (a copy, 12 bytes a rating): a block's codes and ratings are then one stretch of memory, read
             # in cache as the block trains, and no order array spans the epoch (docs/speed.md, "Round 4").
             self.block_data = Ratings(np.empty_like(data.users), np.empty_like(data.items), np.empty_like(data.ratings))
-            block_start = cpu.block_ordered(data, self.groups, self.block_data)
+            with backend.threads_in_use():  # a chunk of the ratings a thread
+                block_start = cpu.block_ordered(data, self.groups, self.block_data, backend.n_threads())
             self.layout = BlockLayout(np.empty(0, dtype=rows), block_start, n_groups)
             return
         # Every rating, the blocks in code order, and the epoch's order: row numbers, int32 while they fit

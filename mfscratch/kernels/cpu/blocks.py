@@ -84,8 +84,8 @@ def block_index(data, groups, block):
     return _block_counts(data, groups, position)
 
 
-@njit(cache=True)
-def block_ordered(data, groups, out):
+@njit(cache=True, parallel=True)
+def block_ordered(data, groups, out, n_chunks=1):
     """The ratings of ``data`` stored block by block into ``out`` (a ``Ratings`` of arrays as long);
     returns the layout's ``block_start``.
 
@@ -93,20 +93,36 @@ def block_ordered(data, groups, out):
     ``p``-th block (stratum-major) in their order in ``data``: ``out[s] = data[canonical[s]]`` for the
     ``canonical`` that :func:`block_index` and :func:`block_layout` make, without making it (a counting
     sort whose blocks come from the groups' tables as it goes: no array of a block or a row per rating).
+    The ratings go in ``n_chunks`` equal chunks of rows, one a thread: each counts its blocks, then
+    writes its ratings after those of the chunks before it, so each block keeps the rows' order.
     """
     g = groups.n_groups
     position = _stratum_positions(g)
-    block_start = _block_counts(data, groups, position)
-    fill = block_start[:-1].copy()
     users, items, ratings = data
     out_users, out_items, out_ratings = out
-    for r in range(users.shape[0]):
-        p = position[groups.user_group[users[r]] * g + groups.item_group[items[r]]]
-        at = fill[p]
-        out_users[at] = users[r]
-        out_items[at] = items[r]
-        out_ratings[at] = ratings[r]
-        fill[p] = at + 1
+    user_group, item_group = groups.user_group, groups.item_group
+    n = users.shape[0]
+    fill = np.zeros((n_chunks, g * g), dtype=np.int64)
+    for c in prange(n_chunks):
+        for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            fill[c, position[user_group[users[r]] * g + item_group[items[r]]]] += 1
+    block_start = np.zeros(g * g + 1, dtype=np.int64)
+    total = 0
+    for p in range(g * g):  # chunk c's first rating of block p: the blocks before, then the chunks before
+        block_start[p] = total
+        for c in range(n_chunks):
+            count = fill[c, p]
+            fill[c, p] = total
+            total += count
+    block_start[g * g] = total
+    for c in prange(n_chunks):
+        for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            p = position[user_group[users[r]] * g + item_group[items[r]]]
+            at = fill[c, p]
+            out_users[at] = users[r]
+            out_items[at] = items[r]
+            out_ratings[at] = ratings[r]
+            fill[c, p] = at + 1
     return block_start
 
 
