@@ -13,17 +13,19 @@ from numba import njit, prange
 __all__ = ["dense_codes", "group_rows", "seen_rows", "pairs_in_rows", "count_repeated_pairs", "split_column"]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def dense_codes(values, low, span, codes):
     """Integer ids ``values`` (all in ``[low, low + span)``) to ``codes``: 1 + the value's rank among the
     distinct values, as ``pd.factorize(values, sort=True)`` + 1. Returns the distinct values, sorted.
 
     A table of ``span`` entries marks the values present; its running count is the rank. ``O(n + span)``,
-    where factorizing hashes every value and sorting costs ``O(n log n)``.
+    where factorizing hashes every value and sorting costs ``O(n log n)``. The marking and the coding
+    passes run on the threads (a value is marked by whichever thread meets it first, with the same 1).
     """
     rank = np.zeros(span, dtype=np.int32)  # ranks <= the rows (codes are int32 too)
-    for r in range(values.shape[0]):
-        rank[values[r] - low] = 1
+    for r in prange(values.shape[0]):
+        if rank[values[r] - low] == 0:  # written once: the table's lines stay shared between the threads
+            rank[values[r] - low] = 1
     n_distinct = 0
     for v in range(span):
         if rank[v]:
@@ -33,7 +35,7 @@ def dense_codes(values, low, span, codes):
     for v in range(span):
         if rank[v]:
             distinct[rank[v] - 1] = v + low
-    for r in range(values.shape[0]):
+    for r in prange(values.shape[0]):
         codes[r] = rank[values[r] - low]
     return distinct
 
