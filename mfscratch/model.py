@@ -79,7 +79,12 @@ def init_params(n_users: int, n_items: int, n_factors: int, rng: np.random.Gener
     for start in range(0, n, _INIT_CHUNK):
         draws = z[: min(_INIT_CHUNK, n - start)]
         rng.standard_normal(out=draws)
-        _fold_and_scale(draws, params[start : start + len(draws)])
+        if params.dtype in (np.float32, np.float64):
+            _fold_and_scale(draws, params[start : start + len(draws)])
+        else:  # float16 storage (the half-precision kernels): the same steps in NumPy
+            np.fmod(draws, 2.0, out=draws)
+            draws *= 0.01
+            params[start : start + len(draws)] = draws
     return params
 
 
