@@ -30,10 +30,11 @@ from .optim import Adam, OptState, resolve_opt
 __all__ = ["Learner", "Recorder", "collab_learner", "format_time"]
 
 SMOOTH_BETA = 0.98  # fastai's AvgSmoothLoss
-#: Per-rating epochs of more steps than this make each step's learning rate in the kernel instead of
-#: reading it from an array made before the epoch (8 bytes a step: 8 MB here); the cosine costs a
-#: step about 10 ns, the array read less (docs/speed.md, "Per-step values at bs 1").
-LRS_IN_KERNEL_STEPS = 1 << 20
+#: Per-rating epochs of more steps than this (and of more than ``Recorder.STEPS_KEPT``: the epochs whose
+#: losses the kernel summarises) make each step's learning rate in the kernel instead of reading it from
+#: an array made before the epoch (8 bytes a step): the same cosines, split over the threads and counted
+#: in the epoch's training time, with no array (docs/speed.md, "Per-step values at bs 1").
+LRS_IN_KERNEL_STEPS = 0
 #: A long epoch summarised in the kernel keeps its last SMOOTH_TAIL losses for the moving average: the
 #: earlier ones weigh at most 0.98^4096 ~ 1e-36 of it, far below float64's resolution (2e-16).
 SMOOTH_TAIL = 4096
@@ -307,10 +308,10 @@ class Learner(LearnerAPI):
         t_setup = time.perf_counter()
         self.backend.bind(self.model, self.opt_state, self.dls)
         runner = self.backend.runner(opt, mode_of(self.sparse, opt, self.dls.bs), self.dls.bs)
-        # The per-rating runner summarises a long epoch's losses in its kernel, and above LRS_IN_KERNEL_STEPS
-        # steps makes each step's learning rate there too (no momentum: plain SGD): no per-step lrs,
-        # momenta or losses (at 20M steps an epoch each would be 160 MB). Shorter epochs get the
-        # epoch's learning rates as an array: reading one costs the step less than its cosine.
+        # The per-rating runner summarises a long epoch's losses in its kernel and makes each step's learning
+        # rate there too (no momentum: plain SGD): no per-step lrs, momenta or losses (at 20M steps an
+        # epoch each would be 160 MB); the cosines then run on the kernel's threads, inside the epoch's
+        # training time. Shorter epochs get the epoch's learning rates as an array.
         summarise = getattr(runner, "steps_in_kernel", False) and steps > rec.STEPS_KEPT
         in_kernel = summarise and steps > LRS_IN_KERNEL_STEPS and hasattr(steps_schedule, "step_lrs")
         # Plain SGD never reads its momentum: a long epoch then skips making the momenta (8 bytes a step)
