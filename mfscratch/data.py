@@ -223,7 +223,7 @@ class Vocab(list):
 
     def __init__(self, values):
         super().__init__(values)
-        self.o2i = _ZeroDefault((v, i) for i, v in enumerate(self))
+        self.o2i = _ZeroDefault(zip(self, range(len(self))))
 
     def __repr__(self) -> str:
         head = ", ".join(repr(v) for v in self[:5])

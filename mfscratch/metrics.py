@@ -72,12 +72,12 @@ class SeenItems:
             0 <= users.min() and users.max() < n_users and 0 <= items.min() and items.max() < n_items
         ):
             raise ConfigError(f"user codes must lie in [0, {n_users}) and item codes in [0, {n_items})")
-        counts = np.bincount(items, minlength=n_items).astype(np.int64)
+        counts = np.empty(n_items, dtype=np.int64)
         indptr = np.empty(n_users + 1, dtype=np.int64)
         indices = np.empty(len(users), dtype=np.int32 if n_items <= np.iinfo(np.int32).max else np.int64)
         used = seen_rows(
-            users, items, int(n_users), int(n_items), indptr, indices
-        )  # sorted by user, then item; repeats dropped
+            users, items, int(n_users), int(n_items), indptr, indices, counts
+        )  # sorted by user, then item; repeats dropped; counts: each item's ratings
         return cls(indptr, indices[:used], counts)  # a view: the few repeats' slots are not worth a copy
 
     @classmethod

@@ -175,10 +175,11 @@ def _drop_repeats(user_start, indices, indptr):
     return out
 
 
-def seen_rows(users, items, n_users: int, n_items: int, indptr, indices) -> int:
+def seen_rows(users, items, n_users: int, n_items: int, indptr, indices, item_counts=None) -> int:
     """The CSR matrix of (user, item) pairs: user ``u``'s items sorted and unique in
     ``indices[indptr[u]:indptr[u + 1]]``; returns the number of entries used (``indices`` has room
-    for one per pair, ``indptr`` for ``n_users + 1`` offsets).
+    for one per pair, ``indptr`` for ``n_users + 1`` offsets). ``item_counts`` (``n_items`` int64, if
+    given): each item's rows, repeats included (the first counting sort's counts).
 
     Two counting sorts on the threads, ``O(n + n_users + n_items)``: the rows' users grouped by item
     (:func:`group_rows`, 4 bytes a row), then regrouped by user in item order, so that every row comes
@@ -188,6 +189,8 @@ def seen_rows(users, items, n_users: int, n_items: int, indptr, indices) -> int:
     item_start = np.empty(n_items + 1, dtype=np.int64)
     by_item = np.empty(n, dtype=np.int32)  # the rows' users, grouped by item
     group_rows(items, n_items, users, sort_chunks(n, n_items), item_start, by_item)
+    if item_counts is not None:
+        np.subtract(item_start[1:], item_start[:-1], out=item_counts)
     user_start = np.empty(n_users + 1, dtype=np.int64)
     _group_items_by_user(item_start, by_item, n_users, sort_chunks(n, n_users), user_start, indices)
     del by_item
