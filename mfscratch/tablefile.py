@@ -340,12 +340,12 @@ def _stream_arrow(
     n_rows = 0
 
     def count(first: bool, block, plain: bool, n: int) -> None:
-        """Count the block's lines: from the fast path's rows (the first block, which may hold a header,
-        and a block the fast path did not read: by a pass over its bytes)."""
+        """Count the block's lines: a block the fast path read, from its ``n`` rows; the first block
+        (which may hold a header) and any other, by a pass over its bytes."""
         if counter is None:
             return
         if plain and not first and n > 0 and counter.at_line_start():
-            counter.add_plain_lines(n, block[-1] != b"\n"[0])
+            counter.add_plain_lines(n, block[-1] != 10)  # no line feed at the end: the file's last line
         else:
             counter.feed(memoryview(block)[bom if first else 0 :])
 

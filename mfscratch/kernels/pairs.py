@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["dense_codes", "group_rows", "seen_rows", "pairs_in_rows", "count_repeated_pairs", "split_column"]
+__all__ = [
+    "dense_codes",
+    "chunk_range",
+    "chunk_places",
+    "group_rows",
+    "seen_rows",
+    "pairs_in_rows",
+    "count_repeated_pairs",
+    "split_column",
+]
 
 
 @njit(cache=True, parallel=True)
@@ -49,13 +58,13 @@ def sort_chunks(n_rows: int, n_keys: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _chunk(c, n_chunks, n):
+def chunk_range(c, n_chunks, n):
     """Rows ``[first, last)`` of chunk ``c`` of ``n_chunks`` (equal shares, in order)."""
     return c * n // n_chunks, (c + 1) * n // n_chunks
 
 
 @njit(cache=True)
-def _chunk_offsets(counts, start):
+def chunk_places(counts, start):
     """Turn ``counts[c, k]`` (chunk ``c``'s rows of key ``k``) into where chunk ``c`` puts its first row of
     key ``k``: the rows of smaller keys, then those of key ``k`` in earlier chunks; ``start[k]``: where
     key ``k``'s rows begin (``start[n_keys]``: all rows)."""
@@ -76,17 +85,17 @@ def group_rows(keys, n_keys, values, n_chunks, start, grouped):
     the rows with ``keys[r] == k``, in row order. ``O(n + n_chunks n_keys)``.
 
     The rows go in ``n_chunks`` equal chunks, one a thread: each chunk counts its keys, the counts
-    become each chunk's places (:func:`_chunk_offsets`), and each chunk writes its rows there.
+    become each chunk's places (:func:`chunk_places`), and each chunk writes its rows there.
     """
     n = keys.shape[0]
     counts = np.zeros((n_chunks, n_keys), dtype=np.int64)
     for c in prange(n_chunks):
-        first, last = _chunk(c, n_chunks, n)
+        first, last = chunk_range(c, n_chunks, n)
         for r in range(first, last):
             counts[c, keys[r]] += 1
-    _chunk_offsets(counts, start)
+    chunk_places(counts, start)
     for c in prange(n_chunks):
-        first, last = _chunk(c, n_chunks, n)
+        first, last = chunk_range(c, n_chunks, n)
         for r in range(first, last):
             k = keys[r]
             grouped[counts[c, k]] = values[r]
@@ -150,7 +159,7 @@ def _group_items_by_user(item_start, by_item, n_users, n_chunks, user_start, ind
         first, last = _key_range(item_start, c, n_chunks)
         for p in range(item_start[first], item_start[last]):
             counts[c, by_item[p]] += 1
-    _chunk_offsets(counts, user_start)
+    chunk_places(counts, user_start)
     for c in prange(n_chunks):
         first, last = _key_range(item_start, c, n_chunks)
         for i in range(first, last):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..pairs import chunk_places, chunk_range
 from ._compile import twin
 
 __all__ = [
@@ -104,19 +105,14 @@ def block_ordered(data, groups, out, n_chunks=1):
     n = users.shape[0]
     fill = np.zeros((n_chunks, g * g), dtype=np.int64)
     for c in prange(n_chunks):
-        for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+        first, last = chunk_range(c, n_chunks, n)
+        for r in range(first, last):
             fill[c, position[user_group[users[r]] * g + item_group[items[r]]]] += 1
-    block_start = np.zeros(g * g + 1, dtype=np.int64)
-    total = 0
-    for p in range(g * g):  # chunk c's first rating of block p: the blocks before, then the chunks before
-        block_start[p] = total
-        for c in range(n_chunks):
-            count = fill[c, p]
-            fill[c, p] = total
-            total += count
-    block_start[g * g] = total
+    block_start = np.empty(g * g + 1, dtype=np.int64)
+    chunk_places(fill, block_start)  # chunk c's first rating of block p: the blocks before, then the chunks before
     for c in prange(n_chunks):
-        for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+        first, last = chunk_range(c, n_chunks, n)
+        for r in range(first, last):
             p = position[user_group[users[r]] * g + item_group[items[r]]]
             at = fill[c, p]
             out_users[at] = users[r]
