@@ -33,7 +33,7 @@ SKIP, ID, NUMBER = 0, 1, 2
 _MAX_ID_DIGITS = 18
 _MAX_NUMBER_DIGITS = 15
 _POW10 = np.array([10.0**d for d in range(_MAX_NUMBER_DIGITS + 1)])
-_NL, _DOT, _QUOTE, _ZERO, _NINE = 10, 46, 34, 48, 57
+_NL, _DOT, _QUOTE, _ZERO = 10, 46, 34, 48
 
 
 #: Every byte of a word set to 1, to ``'0'``, to its high bit.
