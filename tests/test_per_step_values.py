@@ -17,7 +17,7 @@ from mfscratch import learner as learner_module
 from mfscratch.backends import CpuBackend, ParallelBackend
 from mfscratch.backends.cpu import _PerRatingRunner
 from mfscratch.kernels import cpu
-from mfscratch.kernels.records import BlockLayout, EpochOut, LossSummary
+from mfscratch.kernels.records import BlockLayout, EpochOut, LossSummary, StepLrs
 from mfscratch.learner import SMOOTH_TAIL, Recorder
 from mfscratch.synthetic import synthetic_dataloaders
 
@@ -46,6 +46,65 @@ def test_one_cycle_lr_is_one_cycle_bit_for_bit(total, pct):
     rec = sched.step_lrs(total // 3)
     got = np.array([compiled(rec.first_step + s, rec.total_steps, rec.pct_start, *rec[4:]) for s in range(total // 2)])
     np.testing.assert_array_equal(got, sched(total // 3, total // 3 + total // 2)[0])
+
+
+def test_cos_near_is_within_its_slack_of_the_c_library():
+    """The vectorised cosine behind the kernels' learning rates stays well inside ``COS_SLACK`` of
+    ``math.cos`` on its whole range, quadrant edges and ends included."""
+    per_rating = cpu.per_rating
+    xs = np.concatenate(
+        [
+            np.linspace(0.0, per_rating.COS_NEAR_MAX, 2_000_001),
+            np.random.default_rng(0).uniform(0.0, per_rating.COS_NEAR_MAX, 1_000_000),
+            np.pi * (1.0 - np.linspace(0.0, 1.0, 100_003)),
+            [np.nextafter(q * np.pi / 4, s) for q in range(6) for s in (0.0, 9.0)],
+        ]
+    )
+    got = _cos_near_all(xs)
+    assert np.abs(got - np.cos(xs)).max() < per_rating.COS_SLACK / 16
+
+
+@numba.njit
+def _cos_near_all(xs):
+    out = np.empty_like(xs)
+    for j in range(xs.shape[0]):
+        out[j] = cpu.per_rating.cos_near(xs[j])
+    return out
+
+
+@numba.njit
+def _fill_chunks(lrs, wd, n, steps, shrinks):
+    for c0 in range(0, n, cpu.per_rating.STEP_CHUNK):
+        c1 = min(c0 + cpu.per_rating.STEP_CHUNK, n)
+        cpu.per_rating.fill_lrs(lrs, wd, c0, c1, steps[c0:c1], shrinks[c0:c1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "total, first, pct, lr_max, wd",
+    [
+        (240_000_000, 0, 0.25, 0.02, 0.01),  # the start of a 12-epoch fit at ML-25M's shape
+        (240_000_000, 59_990_000, 0.25, 0.02, 0.01),  # across the phase boundary
+        (240_000_000, 239_900_000, 0.25, 0.02, 0.01),  # the end: rates near lr_max / div_final
+        (100_003, 0, 0.0, 0.1, 0.0),
+        (5_000, 0, 0.999, 0.02, 0.08),  # and steps past the end (positions above 1)
+        (300_000, 7, 0.3, 3.0, 1.5),  # a rate times wd near 1: shrinks near 0
+        (50_000, 0, 1.7, 0.02, 0.01),  # pct_start above 1: cosines of arguments outside cos_near's range
+        (50_000, 0, 0.25, 0.02, -0.05),  # a negative wd
+    ],
+)
+def test_fill_lrs_gives_the_exact_rates_roundings(total, first, pct, lr_max, wd, dtype):
+    """The numbers a step takes from its rate, ``T(lr)`` and ``T(1 - lr wd)``, from the kernel's
+    two-pass fill equal those of :func:`schedule.one_cycle_lr`'s exact rate, bit for bit, chunk by
+    chunk, for float32 and float64 tables."""
+    ends = (lr_max / 25.0, lr_max, lr_max / 1e5)
+    n = 100_000  # past the schedule's end where total - first is less: cosines outside cos_near's range
+    lrs = StepLrs(np.empty(0), total, first, pct, *ends)
+    steps, shrinks = np.empty(n, dtype), np.empty(n, dtype)
+    _fill_chunks(lrs, wd, n, steps, shrinks)
+    exact = np.array([schedule.one_cycle_lr(first + s, total, pct, *ends) for s in range(n)])
+    np.testing.assert_array_equal(steps, exact.astype(dtype))
+    np.testing.assert_array_equal(shrinks, (1.0 - exact * wd).astype(dtype))
 
 
 def _with_threads(threads, fn):

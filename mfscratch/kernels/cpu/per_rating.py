@@ -108,21 +108,97 @@ def _as_loss_summary(losses, n_steps):
 STEP_CHUNK = 1024
 
 
+# fdlibm's polynomials for sin and cos on [-pi/4, pi/4] (each under 1 ulp there).
+_S1, _S2, _S3 = -1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04
+_S4, _S5, _S6 = 2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10
+_C1, _C2, _C3 = 4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.48015872894767294178e-05
+_C4, _C5, _C6 = -2.75573143513906633035e-07, 2.08757232129817482790e-09, -1.13596475577881948265e-11
+_INV_PIO2 = 6.36619772367581382433e-01
+#: pi/2 in two parts (fdlibm's ``pio2_1``, ``pio2_1t``): the first holds 33 bits, so ``n`` times it is exact.
+_PIO2_HI, _PIO2_LO = 1.57079632673412561417e00, 6.07710050650619224932e-11
+#: Where :func:`cos_near` is used: arguments outside are left to the C library.
+COS_NEAR_MAX = 4.0
+#: A bound on ``|cos_near(x) - cos(x)|`` for ``0 <= x <= COS_NEAR_MAX`` with room to spare, the C
+#: library's own error (under 1 ulp) included: the two differ by under 4e-16 (tested), this is 1.4e-14.
+COS_SLACK = 2.0**-46
+
+
 @njit(inline="always", error_model="numpy")
-def fill_lrs(lrs, c0, c1, out):
-    """``out[s - c0]``: the learning rate of step ``s`` of the epoch, for ``s`` in ``c0..c1-1`` (``lrs``: a
-    ``StepLrs``). Made a chunk at a time rather than in the step loop: the cosines of a chunk do not wait
-    on each other or on the step's memory loads (measured faster at k = 64; docs/speed.md)."""
-    n = lrs.lrs.shape[0]
-    if n > 1:
-        for s in range(c0, c1):
-            out[s - c0] = lrs.lrs[np.uint64(s)]
-    elif n == 1:
-        out[: c1 - c0] = lrs.lrs[0]
+def cos_near(x):
+    """``cos(x)`` for ``0 <= x <= COS_NEAR_MAX`` within :data:`COS_SLACK`, in code that vectorises (no call):
+    ``x = n pi/2 + y`` with ``|y| <= pi/4``, then fdlibm's polynomial for ``cos(y)`` or ``sin(y)``."""
+    n = np.float64(np.int64(x * _INV_PIO2 + 0.5))  # the nearest quadrant: 0, 1, 2 or 3 (x >= 0)
+    y = (x - n * _PIO2_HI) - n * _PIO2_LO
+    z = y * y
+    sin_y = y + y * z * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
+    cos_y = (1.0 - 0.5 * z) + z * z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6)))))
+    # cos(x) is cos(y), -sin(y), -cos(y), sin(y) in quadrants 0 to 3 (selects, not branches: it vectorises)
+    v = sin_y if (n == 1.0 or n == 3.0) else cos_y
+    return -v if (n == 1.0 or n == 2.0) else v
+
+
+@njit(inline="always", error_model="numpy")
+def one_cycle_lr_bounds(step, total_steps, pct_start, start, middle, end):
+    """``(a, b, sure)``: :func:`one_cycle_lr`'s value lies between ``a`` and ``b`` (in either order).
+
+    The same operations as :func:`one_cycle_lr`, with its ``cos`` replaced by :func:`cos_near` minus
+    and plus :data:`COS_SLACK`: each later operation is monotone in the cosine, so the exact value
+    lies between the two results. ``sure`` is False where the argument is outside ``cos_near``'s range
+    (or not a number)."""
+    pos = float(step) / max(total_steps, 1)
+    if pos < pct_start:
+        s0, s1 = start, middle
+        term = pos / pct_start
     else:
-        first, total, pct = lrs.first_step, lrs.total_steps, lrs.pct_start
+        s0, s1 = middle, end
+        term = (pos - pct_start) / (1.0 - pct_start)
+    x = math.pi * (1.0 - term)
+    sure = x >= 0.0 and x <= COS_NEAR_MAX
+    c = cos_near(x if sure else 0.0)
+    a = s0 + (1.0 + (c - COS_SLACK)) * (s1 - s0) / 2.0
+    b = s0 + (1.0 + (c + COS_SLACK)) * (s1 - s0) / 2.0
+    return a, b, sure
+
+
+@njit(inline="always", error_model="numpy")
+def fill_lrs(lrs, wd, c0, c1, steps, shrinks):
+    """``steps[s - c0] = T(lr)`` and ``shrinks[s - c0] = T(1 - lr wd)`` for the learning rate ``lr`` of step
+    ``s`` of the epoch, ``s`` in ``c0..c1-1`` (``lrs``: a ``StepLrs``; ``T``: the outputs' dtype, the
+    tables'): the two numbers a step takes from its rate. Made a chunk at a time rather than in the step
+    loop: the chunk's rates do not wait on each other or on the step's memory loads.
+
+    ``fit_one_cycle``'s rates (no per-step array) go in two passes. The first, vectorised, takes each
+    rate's bounds (:func:`one_cycle_lr_bounds`) and rounds both: where ``T`` is float32 both bounds
+    almost always round to the same two numbers, and these are then those of the exact rate, since
+    rounding is monotone. The second pass makes the few others from the exact rate
+    (:func:`one_cycle_lr`, the C library's ``cos``): the same numbers as the per-step array gives, bit
+    for bit, at about a third of the time of a ``cos`` call a step (docs/speed.md).
+    """
+    T = steps.dtype.type
+    n = lrs.lrs.shape[0]
+    if n > 0:
         for s in range(c0, c1):
-            out[s - c0] = one_cycle_lr(first + s, total, pct, lrs.lr_start, lrs.lr_max, lrs.lr_end)
+            lr = lrs.lrs[np.uint64(s)] if n > 1 else lrs.lrs[0]
+            steps[s - c0] = T(lr)
+            shrinks[s - c0] = T(1.0 - lr * wd)
+        return
+    first, total, pct = lrs.first_step, lrs.total_steps, lrs.pct_start
+    lr_start, lr_max, lr_end = lrs.lr_start, lrs.lr_max, lrs.lr_end
+    unsure = 0
+    for s in range(c0, c1):
+        a, b, sure = one_cycle_lr_bounds(first + s, total, pct, lr_start, lr_max, lr_end)
+        step_a, shrink_a = T(a), T(1.0 - a * wd)
+        steps[s - c0] = step_a
+        shrinks[s - c0] = shrink_a
+        unsure += not (sure and step_a == T(b) and shrink_a == T(1.0 - b * wd))
+    if unsure == 0:
+        return
+    for s in range(c0, c1):
+        a, b, sure = one_cycle_lr_bounds(first + s, total, pct, lr_start, lr_max, lr_end)
+        if not (sure and T(a) == T(b) and T(1.0 - a * wd) == T(1.0 - b * wd)):
+            lr = one_cycle_lr(first + s, total, pct, lr_start, lr_max, lr_end)
+            steps[s - c0] = T(lr)
+            shrinks[s - c0] = T(1.0 - lr * wd)
 
 
 @njit(inline="always")
@@ -191,11 +267,12 @@ def _train_block(params, i_start, u_bias, i_bias, users, items, ratings, order, 
     one, two = T(1.0), T(2.0)
     i_sample = np.searchsorted(sample_steps, first)  # the block's first step of the sample
     total = 0.0
-    chunk_lrs = np.empty(STEP_CHUNK, dtype=np.float64)
+    chunk_steps = np.empty(STEP_CHUNK, dtype=params.dtype)  # T(lr) of the chunk's steps
+    chunk_shrinks = np.empty(STEP_CHUNK, dtype=params.dtype)  # T(1 - lr wd)
     chunk_losses = np.empty(STEP_CHUNK, dtype=np.float64)
     for c0 in range(first, last, STEP_CHUNK):
         c1 = min(c0 + STEP_CHUNK, last)
-        fill_lrs(lrs, c0, c1, chunk_lrs)
+        fill_lrs(lrs, wd, c0, c1, chunk_steps, chunk_shrinks)
         # Loads index with unsigned integers (steps, rows and codes are never negative): no code for
         # negative (wrap-around) indexing; the same values.
         row = np.uint64(c0) if in_order else np.uint64(order[np.uint64(c0 - offset)])
@@ -229,9 +306,8 @@ def _train_block(params, i_start, u_bias, i_bias, users, items, ratings, order, 
                 if bad_losses.shape[0] > 0:
                     bad_losses[block] = loss
                 return s  # diverged: stop before this rating's update
-            lr = chunk_lrs[np.uint64(s - c0)]
-            shrink = T(1.0 - lr * wd)
-            step = T(lr) * dx
+            shrink = chunk_shrinks[np.uint64(s - c0)]
+            step = chunk_steps[np.uint64(s - c0)] * dx
             update_rows(params, u * k, i_start + i * k, k, shrink, step)  # P[u], Q[i]
             u_bias[uu] = u_bias[uu] * shrink - step
             i_bias[ii] = i_bias[ii] * shrink - step
