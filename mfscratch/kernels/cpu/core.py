@@ -8,6 +8,8 @@ Batches are :class:`~mfscratch.kernels.records.Ratings` records, the output rang
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -28,8 +30,16 @@ __all__ = [
 ]
 
 
-#: ``s = 1 / (1 + exp(-x))`` without overflow (``records.sigmoid``, the one copy both packages compile).
-sigmoid = njit(cache=True, inline="always")(records.sigmoid)
+@njit(cache=True, inline="always", error_model="numpy")
+def sigmoid(x):
+    """``s = 1 / (1 + exp(-x))`` as compiled code computes it, with no branch: below about -709 (float64)
+    ``exp(-x)`` is inf and ``s`` exactly 0, the limit (compiled, ``exp`` does not raise on overflow).
+
+    ``records.sigmoid`` (what the CUDA kernels compile, and what runs as Python under the CUDA
+    simulator) branches on the sign of ``x`` instead, so that ``exp`` never overflows. On the CPU the
+    branch costs more than it saves: in a validation pass, where the signs come in no order, the
+    mispredicted branches took about a sixth of the time (docs/speed.md)."""
+    return 1.0 / (1.0 + math.exp(-x))
 
 
 @njit(cache=True, fastmath={"reassoc"})
