@@ -312,6 +312,9 @@ class CollabDataLoaders:
         self.n_items = len(classes[item_name])
         #: Seconds ``from_df`` spent on each phase (``check``, ``encode``, ``split``); empty when not made by it.
         self.phase_seconds: dict[str, float] = {}
+        #: rows that repeat an earlier (user, item) pair, where the loaders counted them (``from_df``):
+        #: 0 means no validation pair is also a training pair; ``None``: not counted
+        self.repeated_pairs: int | None = None
 
     @classmethod
     def _split(
@@ -404,7 +407,7 @@ class CollabDataLoaders:
             del ratings[rating_name]
         encode += time.perf_counter() - t0
         t0 = time.perf_counter()
-        validate.warn_repeated_pairs(ratings, users, items, len(user_vocab), len(item_vocab), names)
+        repeats = validate.warn_repeated_pairs(ratings, users, items, len(user_vocab), len(item_vocab), names)
         check += time.perf_counter() - t0
         t2 = time.perf_counter()
         n = len(y)
@@ -417,6 +420,7 @@ class CollabDataLoaders:
         if consume:  # the table's columns are gone: what the C heap kept of them goes back to the system
             _give_back_freed_memory()
         dls.phase_seconds = {"check": check, "encode": encode, "split": time.perf_counter() - t2}
+        dls.repeated_pairs = repeats
         return dls
 
     @classmethod

@@ -191,6 +191,7 @@ class LearnerAPI:
             first_item(t.item_vocab),
             users=users,
             seed=seed,
+            valid_pairs_unseen=getattr(d, "repeated_pairs", None) == 0,
         )
 
     # --- saving and loading (export.py), the learning-rate finder (lr_find.py) ----------------------

@@ -50,28 +50,36 @@ RANKING_SCORES_PER_RATING = 3
 RANKING_MIN_SAMPLE = 1_000
 
 
+def _check_codes(users, items, n_users: int, n_items: int) -> None:
+    if len(users) and not (0 <= users.min() and users.max() < n_users and 0 <= items.min() and items.max() < n_items):
+        raise ConfigError(f"user codes must lie in [0, {n_users}) and item codes in [0, {n_items})")
+
+
 class SeenItems:
     """The items each user rated in training, as a CSR matrix: user ``u``'s items are
     ``indices[indptr[u]:indptr[u + 1]]`` (sorted, unique). ``item_counts[i]``: training ratings of item ``i``.
 
     ``indices`` are int32 where every item code fits (half the bytes: 80 MB at ML-25M's 20M training
     pairs), else int64; ``indptr`` is int64.
+
+    :meth:`from_loaders` makes the matrix on first use (a sort of every training pair: 0.2 s at 20M):
+    until then it holds the pairs, the item counts come from one count, and :meth:`restricted_to`
+    makes the rows of a few users from one pass over the pairs (a ranking of a sample of users).
     """
 
     def __init__(self, indptr, indices, item_counts=None):
-        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self._indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         indices = np.asarray(indices)
-        self.indices = np.ascontiguousarray(indices, dtype=np.int32 if indices.dtype == np.int32 else np.int64)
-        self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.int64)
+        self._indices = np.ascontiguousarray(indices, dtype=np.int32 if indices.dtype == np.int32 else np.int64)
+        self._item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.int64)
+        self._pairs: tuple | None = None  # (users, items, n_users, n_items) until the matrix is made
+        self._distinct = True
 
     @classmethod
     def from_pairs(cls, users, items, n_users: int, n_items: int) -> SeenItems:
         users = np.ascontiguousarray(users)
         items = np.ascontiguousarray(items)
-        if len(users) and not (
-            0 <= users.min() and users.max() < n_users and 0 <= items.min() and items.max() < n_items
-        ):
-            raise ConfigError(f"user codes must lie in [0, {n_users}) and item codes in [0, {n_items})")
+        _check_codes(users, items, n_users, n_items)
         counts = np.empty(n_items, dtype=np.int64)
         indptr = np.empty(n_users + 1, dtype=np.int64)
         indices = np.empty(len(users), dtype=np.int32 if n_items <= np.iinfo(np.int32).max else np.int64)
@@ -81,8 +89,84 @@ class SeenItems:
         return cls(indptr, indices[:used], counts)  # a view: the few repeats' slots are not worth a copy
 
     @classmethod
+    def later_from_pairs(cls, users, items, n_users: int, n_items: int, distinct: bool = False) -> SeenItems:
+        """:meth:`from_pairs`, made on first use of ``indptr`` or ``indices`` (the codes are checked now).
+        ``distinct``: no pair repeats (the loaders counted none), so :attr:`n_pairs` needs no matrix."""
+        users = np.ascontiguousarray(users)
+        items = np.ascontiguousarray(items)
+        _check_codes(users, items, n_users, n_items)
+        seen = cls.__new__(cls)
+        seen._indptr = seen._indices = seen._item_counts = None
+        seen._pairs = (users, items, int(n_users), int(n_items))
+        seen._distinct = distinct
+        return seen
+
+    @property
+    def made(self) -> bool:
+        """Whether the matrix exists (``False`` until first use after :meth:`later_from_pairs`)."""
+        return self._pairs is None
+
+    def _make(self) -> None:
+        if self._pairs is not None:
+            made = SeenItems.from_pairs(*self._pairs)
+            self._indptr, self._indices, self._item_counts, self._pairs = (
+                made._indptr,
+                made._indices,
+                made._item_counts,
+                None,
+            )
+
+    @property
+    def indptr(self) -> np.ndarray:
+        self._make()
+        return self._indptr
+
+    @property
+    def indices(self) -> np.ndarray:
+        self._make()
+        return self._indices
+
+    @property
+    def n_users(self) -> int:
+        return len(self._indptr) - 1 if self._pairs is None else self._pairs[2]
+
+    @property
+    def n_pairs(self) -> int:
+        """The distinct (user, item) pairs (the matrix's entries)."""
+        if self._pairs is not None and self._distinct:
+            return len(self._pairs[0])
+        return len(self.indices)
+
+    @property
+    def item_counts(self):
+        if self._item_counts is None and self._pairs is not None:
+            _, items, _, n_items = self._pairs
+            self._item_counts = np.bincount(items, minlength=n_items).astype(np.int64)
+        return self._item_counts
+
+    def restricted_to(self, users) -> SeenItems:
+        """The same matrix with only ``users``' rows (every other row empty; no item counts): before the
+        whole matrix is made, from one pass over the pairs that keeps these users' pairs."""
+        users = np.asarray(users)
+        n_users = self.n_users
+        chosen = np.zeros(n_users, dtype=np.bool_)
+        chosen[users] = True
+        if self._pairs is None:
+            rows = np.zeros(n_users + 1, dtype=np.int64)
+            lengths = np.where(chosen, np.diff(self._indptr), 0)
+            np.cumsum(lengths, out=rows[1:])
+            take = np.repeat(chosen, np.diff(self._indptr))
+            return SeenItems(rows, self._indices[take])
+        pair_users, pair_items, n_users, n_items = self._pairs
+        keep = np.flatnonzero(chosen[pair_users])
+        part = SeenItems.from_pairs(pair_users[keep], pair_items[keep], n_users, n_items)
+        return SeenItems(part._indptr, part._indices)
+
+    @classmethod
     def from_loaders(cls, dls) -> SeenItems:
-        return cls.from_pairs(dls.train_users, dls.train_items, dls.n_users, dls.n_items)
+        """The loaders' training pairs, the matrix made on first use (:meth:`later_from_pairs`)."""
+        distinct = getattr(dls, "repeated_pairs", None) == 0
+        return cls.later_from_pairs(dls.train_users, dls.train_items, dls.n_users, dls.n_items, distinct)
 
     def items_of(self, user: int) -> np.ndarray:
         return self.indices[self.indptr[user] : self.indptr[user + 1]]
@@ -198,10 +282,14 @@ def ranking_metrics(
     first_item: int = 1,
     users="auto",
     seed: int = 0,
+    valid_pairs_unseen: bool = False,
 ) -> dict:
     """Precision@k, recall@k and NDCG@k over the validation rows (protocol in the module docstring).
 
     ``users``: which users are scored (:func:`ranking_users`); a sample is drawn with ``seed``.
+    ``valid_pairs_unseen``: no validation pair is a training pair (no pair repeats in the data), so
+    none is looked up in ``seen``; with a sample, only the sampled users' rows of ``seen`` are then
+    made (:meth:`SeenItems.restricted_to`) when the whole matrix does not exist yet.
     Returns ``{"k", "threshold", "precision", "recall", "ndcg", "n_users", "n_users_eligible",
     "sampled", "sample_seed", "seconds"}``; ``n_users`` is the number of users scored (0, with NaN
     metrics, when nobody has a relevant item), ``n_users_eligible`` the users with a relevant item,
@@ -213,14 +301,14 @@ def ranking_metrics(
     vi = np.asarray(valid_items)
     keep = (np.asarray(valid_ratings) >= threshold) & (vi >= first_item)
     vu, vi = vu[keep], vi[keep]
-    if len(vu):
+    if len(vu) and not valid_pairs_unseen:
         # A validation item the user also rated in training can never be recommended: not relevant.
         seen_before = np.empty(len(vu), dtype=np.bool_)
         pairs_in_rows(seen.indptr, seen.indices, np.ascontiguousarray(vu), np.ascontiguousarray(vi), seen_before)
         vu, vi = vu[~seen_before], vi[~seen_before]
-    n_users = len(seen.indptr) - 1
+    n_users = seen.n_users
     eligible = np.flatnonzero(np.bincount(vu, minlength=n_users)) if len(vu) else np.empty(0, dtype=np.int64)
-    n_scored = ranking_users(len(eligible), n_items, users, n_train=len(seen.indices))  # distinct training pairs
+    n_scored = ranking_users(len(eligible), n_items, users, n_train=seen.n_pairs)
     sampled = n_scored < len(eligible)
     chosen = np.sort(np.random.default_rng(seed).choice(eligible, n_scored, replace=False)) if sampled else eligible
     result: dict[str, Any] = {"k": int(k), "threshold": float(threshold)}
@@ -232,6 +320,8 @@ def ranking_metrics(
             is_chosen[chosen] = True
             rows = is_chosen[vu]
             vu, vi = vu[rows], vi[rows]
+            if valid_pairs_unseen and not seen.made:
+                seen = seen.restricted_to(chosen)
         top_items, _ = topk(model, chosen, seen, k, first_item)
         result.update(ranking_from_topk(top_items, chosen, vu, vi, n_items), n_users=int(len(chosen)))
     result.update(

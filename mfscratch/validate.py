@@ -378,9 +378,10 @@ def ratings_float32(y: np.ndarray) -> np.ndarray:
 
 def warn_repeated_pairs(
     df: pd.DataFrame, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, names: tuple
-) -> None:
+) -> int:
     """Warn when rows repeat a (user, item) pair, counted on the encoded codes (one compiled pass:
-    ``kernels.pairs.count_repeated_pairs``); ``names``: the user, item and rating columns."""
+    ``kernels.pairs.count_repeated_pairs``); ``names``: the user, item and rating columns. Returns the
+    number of rows that repeat an earlier pair."""
     from .kernels.pairs import count_repeated_pairs
 
     user_name, item_name, rating_name = names
@@ -392,6 +393,7 @@ def warn_repeated_pairs(
             f"df.groupby([{user_name!r}, {item_name!r}], as_index=False)[{rating_name!r}].mean()",
             DataWarning,
         )
+    return dup
 
 
 def check_ratings(df: pd.DataFrame, user_name, item_name, rating_name) -> np.ndarray:

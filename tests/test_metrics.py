@@ -26,6 +26,63 @@ def test_seen_items_csr_drops_duplicates_and_counts_ratings():
     assert seen.item_counts.tolist() == [0, 2, 0, 2, 0]  # ratings, duplicates included
 
 
+def _seen_pairs(n_users=40, n_items=30, n=600, seed=2):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_users, n), rng.integers(0, n_items, n), n_users, n_items  # with repeats
+
+
+def test_seen_items_made_on_first_use_equal_those_made_at_once():
+    users, items, n_users, n_items = _seen_pairs()
+    now = SeenItems.from_pairs(users, items, n_users, n_items)
+    later = SeenItems.later_from_pairs(users, items, n_users, n_items)
+    assert now.made and not later.made
+    np.testing.assert_array_equal(later.item_counts, now.item_counts)  # counted without the matrix
+    assert not later.made and later.n_users == n_users
+    np.testing.assert_array_equal(later.indptr, now.indptr)
+    assert later.made
+    np.testing.assert_array_equal(later.indices, now.indices)
+    np.testing.assert_array_equal(later.item_counts, now.item_counts)
+    assert later.n_pairs == now.n_pairs == len(now.indices) < len(users)
+    # pairs said to be distinct: their number needs no matrix
+    unique = np.unique(users * n_items + items)
+    distinct = SeenItems.later_from_pairs(unique // n_items, unique % n_items, n_users, n_items, distinct=True)
+    assert distinct.n_pairs == len(unique) and not distinct.made
+    with pytest.raises(ConfigError, match="codes must lie"):
+        SeenItems.later_from_pairs([0, n_users], [0, 0], n_users, n_items)
+
+
+@pytest.mark.parametrize("made", [True, False])
+def test_seen_items_restricted_to_some_users_keep_their_rows_only(made):
+    users, items, n_users, n_items = _seen_pairs()
+    whole = SeenItems.from_pairs(users, items, n_users, n_items)
+    seen = whole if made else SeenItems.later_from_pairs(users, items, n_users, n_items)
+    chosen = np.array([0, 3, 17, 39])
+    part = seen.restricted_to(chosen)
+    assert seen.made == made  # restricting does not make the whole matrix
+    for u in range(n_users):
+        want = whole.items_of(u) if u in chosen else []
+        np.testing.assert_array_equal(part.items_of(u), want)
+    assert part.n_users == n_users
+
+
+@pytest.mark.parametrize("users", ["all", 9])
+def test_ranking_without_the_seen_lookup_when_no_pair_repeats(users):
+    """Data in which no pair repeats: ``valid_pairs_unseen`` skips the lookup of validation pairs in
+    ``seen`` and (for a sample) makes only the sampled users' rows, with the same metrics."""
+    n_users, n_items = 30, 25
+    rng = np.random.default_rng(5)
+    pairs = rng.permutation(n_users * n_items)[:400]
+    u, i = pairs // n_items, pairs % n_items
+    r = rng.integers(1, 6, 400).astype(float)
+    tu, ti, vu, vi, vr = u[:300], i[:300], u[300:], i[300:], r[300:]
+    m = random_model(n_users, n_items, seed=4)
+    want = ranking_metrics(m, SeenItems.from_pairs(tu, ti, n_users, n_items), vu, vi, vr, k=4, users=users, seed=1)
+    later = SeenItems.later_from_pairs(tu, ti, n_users, n_items, distinct=True)
+    got = ranking_metrics(m, later, vu, vi, vr, k=4, users=users, seed=1, valid_pairs_unseen=True)
+    assert got | {"seconds": 0} == want | {"seconds": 0} and want["n_users"] > 5
+    assert later.made == (users == "all")  # a sample makes only its users' rows
+
+
 @pytest.mark.parametrize("chunks", [1, 2, 3, 7])
 def test_seen_rows_and_repeats_on_any_number_of_chunks(monkeypatch, chunks):
     """The counting sorts split the rows into chunks on the threads; any split gives the same CSR

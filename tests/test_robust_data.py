@@ -100,12 +100,14 @@ def test_duplicate_pairs_are_kept_and_counted():
         dls = CollabDataLoaders.from_df(dup, valid_pct=0.2, seed=0)
     assert len(rec) == 1 and "\n" not in str(rec[0].message)
     assert dls.n_train + dls.n_valid == len(dup)  # nothing dropped, nothing averaged
+    assert dls.repeated_pairs == 7  # the ranking then looks validation pairs up among the training ones
 
 
 def test_no_warning_without_duplicates():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        CollabDataLoaders.from_df(small_df(), seed=0)
+        dls = CollabDataLoaders.from_df(small_df(), seed=0)
+    assert dls.repeated_pairs == 0
 
 
 @pytest.mark.parametrize("col", ["user", "item"])
