@@ -66,6 +66,26 @@ def test_seen_items_restricted_to_some_users_keep_their_rows_only(made):
 
 
 @pytest.mark.parametrize("users", ["all", 9])
+def test_ranking_with_the_matrix_not_made_equals_the_ranking_with_it(users):
+    """Training pairs that repeat, some validation pairs among them: a ranking given the seen items
+    before their matrix exists (it is made then) equals the ranking given the matrix."""
+    n_users, n_items = 30, 25
+    rng = np.random.default_rng(6)
+    tu, ti = rng.integers(0, n_users, 400), rng.integers(0, n_items, 400)
+    vu, vi = (
+        np.concatenate([tu[:40], rng.integers(0, n_users, 160)]),
+        np.concatenate([ti[:40], rng.integers(0, n_items, 160)]),
+    )
+    vr = rng.integers(1, 6, 200).astype(float)
+    m = random_model(n_users, n_items, seed=4)
+    want = ranking_metrics(m, SeenItems.from_pairs(tu, ti, n_users, n_items), vu, vi, vr, k=4, users=users, seed=1)
+    later = SeenItems.later_from_pairs(tu, ti, n_users, n_items)
+    got = ranking_metrics(m, later, vu, vi, vr, k=4, users=users, seed=1)
+    assert got | {"seconds": 0} == want | {"seconds": 0} and want["n_users_eligible"] > 9
+    assert later.made
+
+
+@pytest.mark.parametrize("users", ["all", 9])
 def test_ranking_without_the_seen_lookup_when_no_pair_repeats(users):
     """Data in which no pair repeats: ``valid_pairs_unseen`` skips the lookup of validation pairs in
     ``seen`` and (for a sample) makes only the sampled users' rows, with the same metrics."""
