@@ -203,7 +203,8 @@ def step_scalars(lr, mom, t, hyper):
 def sigmoid(x):
     """``s = 1 / (1 + exp(-x))``, branching on the sign so that ``exp`` never overflows.
 
-    Plain Python; compiled by both kernel packages as well."""
+    Plain Python; the CUDA kernels compile it (under the simulator it runs as Python, where ``exp``
+    raises on overflow). The CPU kernels use the branch-free form, ``kernels.cpu.core.sigmoid``."""
     if x >= 0.0:
         return 1.0 / (1.0 + math.exp(-x))
     ex = math.exp(x)

@@ -16,7 +16,7 @@ from ._compile import THREADS, cuda, device, float64, kernel
 __all__ = ["split_flat", "forward_backward", "evaluate_mse"]
 
 
-#: ``s = 1 / (1 + exp(-x))`` without overflow (``records.sigmoid``, the one copy both packages compile).
+#: ``s = 1 / (1 + exp(-x))`` without overflow (``records.sigmoid``; the CPU twin drops its branch).
 sigmoid = device(records.sigmoid)
 
 
