@@ -28,6 +28,7 @@ from .learner import Learner, collab_learner
 from .model import Embedding, EmbeddingDotBias
 from .optim import SGD, Adam
 from .readers import read_movielens, read_ratings
+from .seeding import set_seed
 from .validate import DataWarning
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "CancelFitException",
     "save_model",
     "load_model",
+    "set_seed",
     "MfscratchError",
     "DataError",
     "ConfigError",

@@ -16,6 +16,7 @@ from . import reference
 from .errors import ConfigError
 from .kernels import cpu
 from .kernels.records import Ratings, Shape, Tables, YRange, y_range_of
+from .seeding import seed_or_drawn
 
 __all__ = ["Embedding", "EmbeddingDotBias", "table_shapes", "init_params", "aligned_empty"]
 
@@ -135,7 +136,9 @@ class EmbeddingDotBias:
         self.y_range = y_range
         size = self.n_params_for(self.n_users, self.n_items, self.n_factors)
         if params is None:
-            params = init_params(self.n_users, self.n_items, self.n_factors, np.random.default_rng(seed), dtype)
+            params = init_params(
+                self.n_users, self.n_items, self.n_factors, np.random.default_rng(seed_or_drawn(seed)), dtype
+            )
         elif params.shape != (size,):
             raise ConfigError(f"params has shape {params.shape}, expected ({size},)")
         self.params = np.ascontiguousarray(params)

@@ -34,6 +34,7 @@ import pandas as pd
 
 from . import notices
 from .errors import ConfigError, DataError
+from .seeding import seed_or_drawn
 
 __all__ = [
     "DataWarning",
@@ -157,10 +158,12 @@ def one_cycle_fit_args(n_epoch, lr_max, div, div_final, pct_start, wd, moms) -> 
 def check_seed(seed) -> int | None:
     """``None`` or an integer >= 0: NumPy's generators take non-negative seeds (of any size).
 
-    The command line's ``--seed`` and every ``seed=`` of the API refuse the same values.
+    The command line's ``--seed`` and every ``seed=`` of the API refuse the same values. ``None``
+    stays ``None`` (fresh entropy) unless ``set_seed`` was called: then it is the next integer of
+    that generator.
     """
     if seed is None:
-        return None
+        return seed_or_drawn(None)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0 (or None), got {seed!r}; NumPy's seeds are non-negative")
     return int(seed)

@@ -36,13 +36,24 @@ SEED_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.realdata
-def test_seed_script_runs_verbatim(ml100k, tmp_path):
-    out = subprocess.run([sys.executable, "-c", SEED_SCRIPT], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+def run_seed_script(tmp_path, seed: int | None) -> str:
+    """The book's script, verbatim, in a process of its own; ``seed``: a ``set_seed`` line run before it."""
+    prefix = "" if seed is None else f"from mfscratch import set_seed; set_seed({seed})\n"
+    out = subprocess.run([sys.executable, "-c", prefix + SEED_SCRIPT], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "Embedding(944, 50)" in out.stdout and "Embedding(1665, 1)" in out.stdout
-    valid = float(out.stdout.split("VALID")[-1])
-    assert valid <= 0.83
+    return out.stdout
+
+
+@pytest.mark.realdata
+def test_seed_script_runs_verbatim(ml100k, tmp_path):
+    # The script seeds nothing, so each run draws its own split and initial weights: its valid loss
+    # spreads over about 0.795-0.835. The loss is judged on five seeded runs of the same script
+    # (set_seed before it, as fastai users write), which give the same numbers on every machine run.
+    run_seed_script(tmp_path, None)
+    valids = [float(run_seed_script(tmp_path, seed).split("VALID")[-1]) for seed in range(5)]
+    assert np.median(valids) <= 0.82 and max(valids) <= 0.84, valids
+    assert run_seed_script(tmp_path, 3) == run_seed_script(tmp_path, 3)  # set_seed makes the script repeatable
 
 
 @pytest.mark.realdata
@@ -88,3 +99,28 @@ def test_learn_fit_constant_rate_and_bias_lookup(ratings_df):
     names = dls.classes["item"][1:4]
     np.testing.assert_array_equal(learn.bias(names), learn.model.i_bias.weight[1:4, 0])
     assert learn.weight(names).shape == (3, 4)
+
+
+def test_set_seed_repeats_unseeded_runs(ratings_df, monkeypatch):
+    from mfscratch import ConfigError, seeding, set_seed
+
+    monkeypatch.setattr(seeding, "_unseeded", None)  # restored after the test: other tests draw fresh entropy
+
+    def run():
+        dls = CollabDataLoaders.from_df(ratings_df, bs=16)
+        learn = collab_learner(dls, n_factors=6, y_range=(0, 5.5), log=None)
+        learn.fit_one_cycle(2, 5e-3, wd=0.1)
+        return dls.valid_users.copy(), learn.model.params.copy(), np.random.random()
+
+    set_seed(7)
+    first = run()
+    set_seed(7)
+    again = run()
+    set_seed(8)
+    other = run()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[1], other[1])
+    with pytest.raises(ConfigError):
+        set_seed(None)
+    with pytest.raises(ConfigError):
+        set_seed(-1)
