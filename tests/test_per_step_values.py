@@ -48,28 +48,45 @@ def test_one_cycle_lr_is_one_cycle_bit_for_bit(total, pct):
     np.testing.assert_array_equal(got, sched(total // 3, total // 3 + total // 2)[0])
 
 
-def test_cos_near_is_within_its_slack_of_the_c_library():
-    """The vectorised cosine behind the kernels' learning rates stays well inside ``COS_SLACK`` of
-    ``math.cos`` on its whole range, quadrant edges and ends included."""
-    per_rating = cpu.per_rating
-    xs = np.concatenate(
-        [
-            np.linspace(0.0, per_rating.COS_NEAR_MAX, 2_000_001),
-            np.random.default_rng(0).uniform(0.0, per_rating.COS_NEAR_MAX, 1_000_000),
-            np.pi * (1.0 - np.linspace(0.0, 1.0, 100_003)),
-            [np.nextafter(q * np.pi / 4, s) for q in range(6) for s in (0.0, 9.0)],
-        ]
-    )
-    got = _cos_near_all(xs)
-    assert np.abs(got - np.cos(xs)).max() < per_rating.COS_SLACK / 16
+@pytest.mark.parametrize(
+    "total, pct, first_steps",
+    [
+        (240_000_000, 0.25, [0, 1_000_000, 59_998_976, 60_000_000, 150_000_000, 239_998_976, 240_100_000]),
+        (1_000_000, 0.25, [0, 100_000, 249_000, 250_000, 600_000, 998_976]),  # ML-100k's size: larger turns
+        (10_000_000, 0.01, [0, 50_000, 98_976, 100_000, 5_000_000]),  # a short warm-up: roundings grow with 1 / pct
+        (50_000, 1.7, [0, 20_000, 48_976]),
+    ],
+)
+def test_rotation_stays_well_inside_its_slack(total, pct, first_steps):
+    """The rotated cosine behind the kernels' learning rates (:func:`per_rating.rotation_rates`) stays
+    within an eighth of its ``slack`` of the C library's ``cos`` of the exact rate's own angle, step by
+    step, in chunks across a fit (its ends, the phase boundary, past the end)."""
+    per_rating, chunk = cpu.per_rating, cpu.per_rating.STEP_CHUNK
+    checked = 0
+    for first in first_steps:
+        got = _rotated_cosines(first, chunk, total, pct)
+        if got is None:  # a chunk across pct_start: the exact rates
+            continue
+        cosines, slack = got
+        pos = (first + np.arange(chunk)) / total
+        warm = pos < pct
+        assert warm.all() or not warm.any()
+        term = pos / pct if warm[0] else (pos - pct) / (1.0 - pct)
+        want = np.cos(np.pi * (1.0 - term))  # the exact rate's operations, in NumPy
+        assert np.abs(cosines - want).max() < slack / 8
+        assert slack < 1e-12
+        checked += 1
+    assert checked >= len(first_steps) - 1
+    assert not per_rating.rotation_rates(0, chunk, 1_000, 0.25, 0.1, 1.0, 0.0)[0]  # a short fit: turns too far
 
 
-@numba.njit
-def _cos_near_all(xs):
-    out = np.empty_like(xs)
-    for j in range(xs.shape[0]):
-        out[j] = cpu.per_rating.cos_near(xs[j])
-    return out
+def _rotated_cosines(first, n, total, pct):
+    ok, s0, s1, cos_a, sin_a, beta, slack = cpu.per_rating.rotation_rates(first, n, total, pct, 0.1, 1.0, 0.0)
+    if not ok:
+        return None
+    # the cosine back from the bounds' midpoint: a = s0 + (1 + (c - slack)) (s1 - s0) / 2
+    a_b = np.array([cpu.per_rating.rotated_bounds(j, s0, s1, cos_a, sin_a, beta, slack) for j in range(n)])
+    return (a_b.mean(axis=1) - s0) * 2.0 / (s1 - s0) - 1.0, slack
 
 
 @numba.njit
@@ -89,7 +106,7 @@ def _fill_chunks(lrs, wd, n, steps, shrinks):
         (100_003, 0, 0.0, 0.1, 0.0),
         (5_000, 0, 0.999, 0.02, 0.08),  # and steps past the end (positions above 1)
         (300_000, 7, 0.3, 3.0, 1.5),  # a rate times wd near 1: shrinks near 0
-        (50_000, 0, 1.7, 0.02, 0.01),  # pct_start above 1: cosines of arguments outside cos_near's range
+        (50_000, 0, 1.7, 0.02, 0.01),  # pct_start above 1
         (50_000, 0, 0.25, 0.02, -0.05),  # a negative wd
     ],
 )
@@ -98,7 +115,7 @@ def test_fill_lrs_gives_the_exact_rates_roundings(total, first, pct, lr_max, wd,
     two-pass fill equal those of :func:`schedule.one_cycle_lr`'s exact rate, bit for bit, chunk by
     chunk, for float32 and float64 tables."""
     ends = (lr_max / 25.0, lr_max, lr_max / 1e5)
-    n = 100_000  # past the schedule's end where total - first is less: cosines outside cos_near's range
+    n = 100_000  # past the schedule's end where total - first is less
     lrs = StepLrs(np.empty(0), total, first, pct, *ends)
     steps, shrinks = np.empty(n, dtype), np.empty(n, dtype)
     _fill_chunks(lrs, wd, n, steps, shrinks)

@@ -39,7 +39,8 @@ SEED_SCRIPT = textwrap.dedent("""
 def run_seed_script(tmp_path, seed: int | None) -> str:
     """The book's script, verbatim, in a process of its own; ``seed``: a ``set_seed`` line run before it."""
     prefix = "" if seed is None else f"from mfscratch import set_seed; set_seed({seed})\n"
-    out = subprocess.run([sys.executable, "-c", prefix + SEED_SCRIPT], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    script = [sys.executable, "-c", prefix + SEED_SCRIPT]
+    out = subprocess.run(script, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "Embedding(944, 50)" in out.stdout and "Embedding(1665, 1)" in out.stdout
     return out.stdout

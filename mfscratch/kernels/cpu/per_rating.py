@@ -108,56 +108,62 @@ def _as_loss_summary(losses, n_steps):
 STEP_CHUNK = 1024
 
 
-# fdlibm's polynomials for sin and cos on [-pi/4, pi/4] (each under 1 ulp there).
-_S1, _S2, _S3 = -1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04
-_S4, _S5, _S6 = 2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10
-_C1, _C2, _C3 = 4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.48015872894767294178e-05
-_C4, _C5, _C6 = -2.75573143513906633035e-07, 2.08757232129817482790e-09, -1.13596475577881948265e-11
-_INV_PIO2 = 6.36619772367581382433e-01
-#: pi/2 in two parts (fdlibm's ``pio2_1``, ``pio2_1t``): the first holds 33 bits, so ``n`` times it is exact.
-_PIO2_HI, _PIO2_LO = 1.57079632673412561417e00, 6.07710050650619224932e-11
-#: Where :func:`cos_near` is used: arguments outside are left to the C library.
-COS_NEAR_MAX = 4.0
-#: A bound on ``|cos_near(x) - cos(x)|`` for ``0 <= x <= COS_NEAR_MAX`` with room to spare, the C
-#: library's own error (under 1 ulp) included: the two differ by 1.1e-16 at most (tested: under 9e-16); this is 1.4e-14.
-COS_SLACK = 2.0**-46
+#: The angle that one chunk's steps turn the one-cycle cosine through, at most, for :func:`fill_lrs`'s
+#: rotation (above it, in fits of under about 1,000 x STEP_CHUNK steps, the chunk takes the exact rate
+#: a step): the polynomials of :func:`rotation_rates` stay within a few 1e-16 of cos and sin there.
+ROTATION_MAX_TURN = 0.05
+_U = 2.0**-53  # the unit roundoff of float64
 
 
 @njit(inline="always", error_model="numpy")
-def cos_near(x):
-    """``cos(x)`` for ``0 <= x <= COS_NEAR_MAX`` within :data:`COS_SLACK`, in code that vectorises (no call):
-    ``x = n pi/2 + y`` with ``|y| <= pi/4``, then fdlibm's polynomial for ``cos(y)`` or ``sin(y)``."""
-    n = np.float64(np.int64(x * _INV_PIO2 + 0.5))  # the nearest quadrant: 0, 1, 2 or 3 (x >= 0)
-    y = (x - n * _PIO2_HI) - n * _PIO2_LO
-    z = y * y
-    sin_y = y + y * z * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
-    cos_y = (1.0 - 0.5 * z) + z * z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6)))))
-    # cos(x) is cos(y), -sin(y), -cos(y), sin(y) in quadrants 0 to 3 (selects, not branches: it vectorises)
-    v = sin_y if (n == 1.0 or n == 3.0) else cos_y
-    return -v if (n == 1.0 or n == 2.0) else v
+def rotation_rates(step, n, total_steps, pct_start, start, middle, end):
+    """What :func:`fill_lrs` needs to bound :func:`one_cycle_lr`'s rates of steps ``step..step+n-1``
+    without a ``cos`` call a step: ``(ok, s0, s1, cos_a, sin_a, beta, slack)``.
+
+    On one side of ``pct_start`` the rate is ``s0 + (1 + cos x) (s1 - s0) / 2`` with an angle ``x`` that
+    falls by the same ``-beta`` every step: ``x = x_a + beta j`` at step ``step + j``, ``x_a`` the first
+    step's angle, computed as :func:`one_cycle_lr` does. So ``cos x = cos_a cos(beta j) - sin_a
+    sin(beta j)`` (``cos_a``, ``sin_a``: the C library's, once a chunk), with ``cos(beta j)`` and
+    ``sin(beta j)`` from their Taylor polynomials (``|beta j|`` is tiny). ``slack`` bounds, four times
+    over, that cosine's distance from the C library's ``cos`` of the exact rate's own angle: the exact
+    rate's float roundings (under ``pi u (2 / m + 5)`` in the angle, ``m``: ``pct_start`` or ``1 -
+    pct_start``, at either end), the slope's, the polynomials' remainders and the C library's error.
+
+    ``ok`` is False where the steps straddle ``pct_start``, or the turn exceeds
+    :data:`ROTATION_MAX_TURN`, or the schedule is degenerate: those steps take the exact rate.
+    """
+    n_total = max(total_steps, 1)
+    warm = float(step) / n_total < pct_start
+    if warm != (float(step + n - 1) / n_total < pct_start):
+        return False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    m = pct_start if warm else 1.0 - pct_start
+    s0, s1 = (start, middle) if warm else (middle, end)
+    beta = -math.pi / (n_total * m)
+    turn = abs(beta) * max(n - 1, 1) * (1.0 + 4 * _U)
+    if not (m > 0.0 and turn <= ROTATION_MAX_TURN):
+        return False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    pos = float(step) / n_total
+    term = pos / pct_start if warm else (pos - pct_start) / (1.0 - pct_start)
+    x_a = math.pi * (1.0 - term)
+    angle = 2.0 * math.pi * _U * (2.0 / m + 5.0) + 4.0 * _U * turn  # the two angles' roundings, the slope's
+    series = turn**9 / 362880.0 + turn**10 / 3628800.0  # the polynomials' remainders (alternating series)
+    slack = 4.0 * (angle + series + 16.0 * _U)  # 16 u: the C library's cos and sin, the products and sums
+    return True, s0, s1, math.cos(x_a), math.sin(x_a), beta, slack
 
 
 @njit(inline="always", error_model="numpy")
-def one_cycle_lr_bounds(step, total_steps, pct_start, start, middle, end):
-    """``(a, b, sure)``: :func:`one_cycle_lr`'s value lies between ``a`` and ``b`` (in either order).
-
-    The same operations as :func:`one_cycle_lr`, with its ``cos`` replaced by :func:`cos_near` minus
-    and plus :data:`COS_SLACK`: each later operation is monotone in the cosine, so the exact value
-    lies between the two results. ``sure`` is False where the argument is outside ``cos_near``'s range
-    (or not a number)."""
-    pos = float(step) / max(total_steps, 1)
-    if pos < pct_start:
-        s0, s1 = start, middle
-        term = pos / pct_start
-    else:
-        s0, s1 = middle, end
-        term = (pos - pct_start) / (1.0 - pct_start)
-    x = math.pi * (1.0 - term)
-    sure = x >= 0.0 and x <= COS_NEAR_MAX
-    c = cos_near(x if sure else 0.0)
-    a = s0 + (1.0 + (c - COS_SLACK)) * (s1 - s0) / 2.0
-    b = s0 + (1.0 + (c + COS_SLACK)) * (s1 - s0) / 2.0
-    return a, b, sure
+def rotated_bounds(j, s0, s1, cos_a, sin_a, beta, slack):
+    """``(a, b)``: the rate of the chunk's ``j``-th step lies between the two (:func:`rotation_rates`).
+    The same operations as :func:`one_cycle_lr` from the cosine minus and plus ``slack``: each is
+    monotone in the cosine, so the exact rate lies between the two results."""
+    t = beta * j
+    z = t * t
+    cos_t = 1.0 - 0.5 * z + z * z * (1.0 / 24.0 - z * (1.0 / 720.0 - z * (1.0 / 40320.0)))
+    sin_t = t - t * z * (1.0 / 6.0 - z * (1.0 / 120.0 - z * (1.0 / 5040.0)))
+    c = cos_a * cos_t - sin_a * sin_t
+    a = s0 + (1.0 + (c - slack)) * (s1 - s0) / 2.0
+    b = s0 + (1.0 + (c + slack)) * (s1 - s0) / 2.0
+    return a, b
 
 
 @njit(inline="always", error_model="numpy")
@@ -168,11 +174,12 @@ def fill_lrs(lrs, wd, c0, c1, steps, shrinks):
     loop: the chunk's rates do not wait on each other or on the step's memory loads.
 
     ``fit_one_cycle``'s rates (no per-step array) go in two passes. The first, vectorised, takes each
-    rate's bounds (:func:`one_cycle_lr_bounds`) and rounds both: where ``T`` is float32 both bounds
-    almost always round to the same two numbers, and these are then those of the exact rate, since
-    rounding is monotone. The second pass makes the few others from the exact rate
-    (:func:`one_cycle_lr`, the C library's ``cos``): the same numbers as the per-step array gives, bit
-    for bit, in about half the time of a ``cos`` call a step (docs/speed.md).
+    rate's bounds (:func:`rotated_bounds`: a rotation of the chunk's first cosine, no ``cos`` call) and
+    rounds both: where ``T`` is float32 both bounds almost always round to the same two numbers, and
+    these are then those of the exact rate, since rounding is monotone. The second pass makes the few
+    others from the exact rate (:func:`one_cycle_lr`, the C library's ``cos``), as do chunks that
+    straddle ``pct_start``: the same numbers as the per-step array gives, bit for bit, at a small
+    fraction of the cost of a ``cos`` call a step (docs/speed.md).
     """
     T = steps.dtype.type
     n = lrs.lrs.shape[0]
@@ -184,21 +191,25 @@ def fill_lrs(lrs, wd, c0, c1, steps, shrinks):
         return
     first, total, pct = lrs.first_step, lrs.total_steps, lrs.pct_start
     lr_start, lr_max, lr_end = lrs.lr_start, lrs.lr_max, lrs.lr_end
+    ok, s0, s1, cos_a, sin_a, beta, slack = rotation_rates(first + c0, c1 - c0, total, pct, lr_start, lr_max, lr_end)
     unsure = 0
-    for s in range(c0, c1):
-        a, b, sure = one_cycle_lr_bounds(first + s, total, pct, lr_start, lr_max, lr_end)
-        step_a, shrink_a = T(a), T(1.0 - a * wd)
-        steps[s - c0] = step_a
-        shrinks[s - c0] = shrink_a
-        unsure += not (sure and step_a == T(b) and shrink_a == T(1.0 - b * wd))
-    if unsure == 0:
-        return
-    for s in range(c0, c1):
-        a, b, sure = one_cycle_lr_bounds(first + s, total, pct, lr_start, lr_max, lr_end)
-        if not (sure and T(a) == T(b) and T(1.0 - a * wd) == T(1.0 - b * wd)):
-            lr = one_cycle_lr(first + s, total, pct, lr_start, lr_max, lr_end)
-            steps[s - c0] = T(lr)
-            shrinks[s - c0] = T(1.0 - lr * wd)
+    if ok:
+        for j in range(c1 - c0):
+            a, b = rotated_bounds(j, s0, s1, cos_a, sin_a, beta, slack)
+            step_a, shrink_a = T(a), T(1.0 - a * wd)
+            steps[j] = step_a
+            shrinks[j] = shrink_a
+            unsure += (step_a != T(b)) | (shrink_a != T(1.0 - b * wd))
+        if unsure == 0:
+            return
+    for j in range(c1 - c0):
+        if ok:
+            a, b = rotated_bounds(j, s0, s1, cos_a, sin_a, beta, slack)
+            if T(a) == T(b) and T(1.0 - a * wd) == T(1.0 - b * wd):
+                continue
+        lr = one_cycle_lr(first + c0 + j, total, pct, lr_start, lr_max, lr_end)
+        steps[j] = T(lr)
+        shrinks[j] = T(1.0 - lr * wd)
 
 
 @njit(inline="always")
