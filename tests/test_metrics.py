@@ -68,7 +68,8 @@ def test_seen_items_restricted_to_some_users_keep_their_rows_only(made):
 @pytest.mark.parametrize("users", ["all", 9])
 def test_ranking_with_the_matrix_not_made_equals_the_ranking_with_it(users):
     """Training pairs that repeat, some validation pairs among them: a ranking given the seen items
-    before their matrix exists (it is made then) equals the ranking given the matrix."""
+    before their matrix exists equals the ranking given the matrix. The validation pairs are looked up
+    by a hash join; the matrix is made only when every user is scored (a sample takes its users' rows)."""
     n_users, n_items = 30, 25
     rng = np.random.default_rng(6)
     tu, ti = rng.integers(0, n_users, 400), rng.integers(0, n_items, 400)
@@ -82,7 +83,26 @@ def test_ranking_with_the_matrix_not_made_equals_the_ranking_with_it(users):
     later = SeenItems.later_from_pairs(tu, ti, n_users, n_items)
     got = ranking_metrics(m, later, vu, vi, vr, k=4, users=users, seed=1)
     assert got | {"seconds": 0} == want | {"seconds": 0} and want["n_users_eligible"] > 9
-    assert later.made
+    assert later.made == (users == "all")
+
+
+@pytest.mark.parametrize("n_pairs, n_queries", [(0, 5), (5, 0), (1, 1), (400, 200), (50_000, 30_000)])
+def test_contains_by_hash_join_equals_the_search_in_rows(n_pairs, n_queries):
+    """``SeenItems.contains`` before the matrix is made (a hash join over the pairs) answers as the
+    search in the made matrix's rows: repeated pairs, repeated queries, codes at both ends."""
+    rng = np.random.default_rng(n_pairs)
+    n_users, n_items = 40, 1 + n_pairs // 200
+    tu, ti = rng.integers(0, n_users, n_pairs).astype(np.int32), rng.integers(0, n_items, n_pairs).astype(np.int32)
+    qu = np.concatenate([tu[: n_queries // 2], rng.integers(0, n_users, n_queries - n_queries // 2)]).astype(np.int32)
+    qi = np.concatenate([ti[: n_queries // 2], rng.integers(0, n_items, n_queries - n_queries // 2)]).astype(np.int32)
+    later = SeenItems.later_from_pairs(tu, ti, n_users, n_items)
+    got = later.contains(qu, qi)
+    assert not later.made
+    want = SeenItems.from_pairs(tu, ti, n_users, n_items).contains(qu, qi)
+    np.testing.assert_array_equal(got, want)
+    keys = set(zip(tu.tolist(), ti.tolist()))
+    np.testing.assert_array_equal(got, [(u, i) in keys for u, i in zip(qu.tolist(), qi.tolist())])
+    assert later.n_ratings == n_pairs == SeenItems.from_pairs(tu, ti, n_users, n_items).n_ratings
 
 
 @pytest.mark.parametrize("users", ["all", 9])

@@ -17,6 +17,7 @@ __all__ = [
     "group_rows",
     "seen_rows",
     "pairs_in_rows",
+    "pairs_in_pairs",
     "count_repeated_pairs",
     "split_column",
 ]
@@ -219,6 +220,59 @@ def pairs_in_rows(indptr, indices, users, items, out):
             else:
                 hi = mid
         out[r] = lo < indptr[users[r] + 1] and indices[lo] == target
+
+
+#: Fibonacci hashing's multiplier (2^64 / the golden ratio, odd): a key's slot is the top bits of the product.
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+#: A second odd multiplier for the join's filter (independent of the table's slots).
+_FILTER_MULTIPLIER = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+@njit(cache=True, inline="always")
+def _slot_of(key, table, shift):
+    """The slot of ``key`` in the open-addressing ``table`` (0: empty), or of the empty slot where it goes."""
+    mask = np.uint64(table.shape[0] - 1)
+    slot = (np.uint64(key) * _HASH_MULTIPLIER) >> shift
+    while table[slot] != 0 and table[slot] != key:
+        slot = (slot + np.uint64(1)) & mask
+    return slot
+
+
+@njit(cache=True, parallel=True)
+def pairs_in_pairs(users, items, pair_users, pair_items, n_items, out):
+    """``out[r]``: whether ``(users[r], items[r])`` is one of the pairs ``(pair_users[t], pair_items[t])``,
+    by a hash join: the queries' keys ``user * n_items + item + 1`` go into a table of at least twice
+    as many slots, each pair looks its key up (on the threads), and a query is found when a pair met its
+    slot. ``O(queries + pairs)``, without grouping the pairs by user first (:func:`seen_rows`).
+    """
+    n = users.shape[0]
+    bits = 1
+    while (1 << bits) < 2 * n:
+        bits += 1
+    shift = np.uint64(64 - bits)
+    table = np.zeros(1 << bits, dtype=np.int64)
+    met = np.zeros(1 << bits, dtype=np.bool_)
+    slots = np.empty(n, dtype=np.uint64)
+    # A filter of 16 bits a query (in cache where the table is not): most pairs stop there.
+    filter_bits = bits + 3
+    filter_shift = np.uint64(64 - filter_bits)
+    words = np.zeros((1 << filter_bits) >> 6, dtype=np.uint64)
+    for r in range(n):
+        key = np.int64(users[r]) * n_items + items[r] + 1
+        slot = _slot_of(key, table, shift)
+        table[slot] = key
+        slots[r] = slot
+        bit = (np.uint64(key) * _FILTER_MULTIPLIER) >> filter_shift
+        words[bit >> np.uint64(6)] |= np.uint64(1) << (bit & np.uint64(63))
+    for t in prange(pair_users.shape[0]):
+        key = np.int64(pair_users[t]) * n_items + pair_items[t] + 1
+        bit = (np.uint64(key) * _FILTER_MULTIPLIER) >> filter_shift
+        if words[bit >> np.uint64(6)] & (np.uint64(1) << (bit & np.uint64(63))):
+            slot = _slot_of(key, table, shift)
+            if table[slot] == key:
+                met[slot] = True  # every thread that writes here writes True
+    for r in prange(n):
+        out[r] = met[slots[r]]
 
 
 @njit(cache=True, parallel=True)
