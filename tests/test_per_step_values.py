@@ -74,7 +74,7 @@ def test_rotation_stays_well_inside_its_slack(total, pct, first_steps):
         term = pos / pct if warm[0] else (pos - pct) / (1.0 - pct)
         want = np.cos(np.pi * (1.0 - term))  # the exact rate's operations, in NumPy
         assert np.abs(cosines - want).max() < slack / 8
-        assert slack < 1e-12
+        assert slack < 1e-11  # far below a float32 rate's spacing (6e-8 of it)
         checked += 1
     assert checked >= len(first_steps) - 1
     assert not per_rating.rotation_rates(0, chunk, 1_000, 0.25, 0.1, 1.0, 0.0)[0]  # a short fit: turns too far

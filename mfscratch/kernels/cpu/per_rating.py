@@ -126,8 +126,9 @@ def rotation_rates(step, n, total_steps, pct_start, start, middle, end):
     sin(beta j)`` (``cos_a``, ``sin_a``: the C library's, once a chunk), with ``cos(beta j)`` and
     ``sin(beta j)`` from their Taylor polynomials (``|beta j|`` is tiny). ``slack`` bounds, four times
     over, that cosine's distance from the C library's ``cos`` of the exact rate's own angle: the exact
-    rate's float roundings (under ``pi u (2 / m + 5)`` in the angle, ``m``: ``pct_start`` or ``1 -
-    pct_start``, at either end), the slope's, the polynomials' remainders and the C library's error.
+    rate's float roundings (under ``pi u (6 P / m + 2)`` in the angle, ``m``: ``pct_start`` or ``1 -
+    pct_start``, ``P``: 1 or the largest position past the end, at either end), the slope's, the
+    polynomials' remainders and the C library's error.
 
     ``ok`` is False where the steps straddle ``pct_start``, or the turn exceeds
     :data:`ROTATION_MAX_TURN`, or the schedule is degenerate: those steps take the exact rate.
@@ -145,7 +146,10 @@ def rotation_rates(step, n, total_steps, pct_start, start, middle, end):
     pos = float(step) / n_total
     term = pos / pct_start if warm else (pos - pct_start) / (1.0 - pct_start)
     x_a = math.pi * (1.0 - term)
-    angle = 2.0 * math.pi * _U * (2.0 / m + 5.0) + 4.0 * _U * turn  # the two angles' roundings, the slope's
+    # An angle's roundings: pi u (6 P / m + 2), P the larger of 1 and the positions (past the end of the
+    # schedule they exceed 1); twice, for the step's angle and the first step's; then the slope's.
+    scale = max(1.0, abs(pos), abs(float(step + n - 1) / n_total)) / m
+    angle = 2.0 * math.pi * _U * (6.0 * scale + 2.0) + 4.0 * _U * turn
     series = turn**9 / 362880.0 + turn**10 / 3628800.0  # the polynomials' remainders (alternating series)
     slack = 4.0 * (angle + series + 16.0 * _U)  # 16 u: the C library's cos and sin, the products and sums
     return True, s0, s1, math.cos(x_a), math.sin(x_a), beta, slack
