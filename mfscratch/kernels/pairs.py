@@ -256,7 +256,7 @@ def pairs_in_pairs(users, items, pair_users, pair_items, n_items, out):
     # A filter of 16 bits a query (in cache where the table is not): most pairs stop there.
     filter_bits = bits + 3
     filter_shift = np.uint64(64 - filter_bits)
-    words = np.zeros((1 << filter_bits) >> 6, dtype=np.uint64)
+    words = np.zeros(((1 << filter_bits) + 63) >> 6, dtype=np.uint64)  # at least one word
     for r in range(n):
         key = np.int64(users[r]) * n_items + items[r] + 1
         slot = _slot_of(key, table, shift)
