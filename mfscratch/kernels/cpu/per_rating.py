@@ -134,8 +134,9 @@ def rotation_rates(step, n, total_steps, pct_start, start, middle, end):
     :data:`ROTATION_MAX_TURN`, or the schedule is degenerate: those steps take the exact rate.
     """
     n_total = max(total_steps, 1)
-    warm = float(step) / n_total < pct_start
-    if warm != (float(step + n - 1) / n_total < pct_start):
+    pos, pos_last = float(step) / n_total, float(step + n - 1) / n_total  # one_cycle_lr's positions
+    warm = pos < pct_start
+    if warm != (pos_last < pct_start):
         return False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     m = pct_start if warm else 1.0 - pct_start
     s0, s1 = (start, middle) if warm else (middle, end)
@@ -143,12 +144,11 @@ def rotation_rates(step, n, total_steps, pct_start, start, middle, end):
     turn = abs(beta) * max(n - 1, 1) * (1.0 + 4 * _U)
     if not (m > 0.0 and turn <= ROTATION_MAX_TURN):
         return False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-    pos = float(step) / n_total
     term = pos / pct_start if warm else (pos - pct_start) / (1.0 - pct_start)
     x_a = math.pi * (1.0 - term)
     # An angle's roundings: pi u (6 P / m + 2), P the larger of 1 and the positions (past the end of the
     # schedule they exceed 1); twice, for the step's angle and the first step's; then the slope's.
-    scale = max(1.0, abs(pos), abs(float(step + n - 1) / n_total)) / m
+    scale = max(1.0, abs(pos), abs(pos_last)) / m
     angle = 2.0 * math.pi * _U * (6.0 * scale + 2.0) + 4.0 * _U * turn
     series = turn**9 / 362880.0 + turn**10 / 3628800.0  # the polynomials' remainders (alternating series)
     slack = 4.0 * (angle + series + 16.0 * _U)  # 16 u: the C library's cos and sin, the products and sums
