@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .kernels.pairs import pairs_in_pairs, pairs_in_rows, seen_rows
+from .kernels.pairs import pairs_in_pairs, pairs_in_rows, seen_rows, take_pairs
 from .kernels.ranking import topk_items
 
 __all__ = [
@@ -182,8 +182,8 @@ class SeenItems:
             take = np.repeat(chosen, np.diff(self._indptr))
             return SeenItems(rows, self._indices[take])
         pair_users, pair_items, n_users, n_items = self._pairs
-        keep = np.flatnonzero(chosen[pair_users])
-        part = SeenItems.from_pairs(pair_users[keep], pair_items[keep], n_users, n_items)
+        kept_users, kept_items = take_pairs(pair_users, pair_items, chosen, by_user=True)
+        part = SeenItems.from_pairs(kept_users, kept_items, n_users, n_items)
         return SeenItems(part._indptr, part._indices)
 
     @classmethod
@@ -324,12 +324,10 @@ def ranking_metrics(
     n_items = model.n_items
     vu = np.asarray(valid_users)
     vi = np.asarray(valid_items)
-    keep = (np.asarray(valid_ratings) >= threshold) & (vi >= first_item)
-    vu, vi = vu[keep], vi[keep]
+    vu, vi = take_pairs(vu, vi, (np.asarray(valid_ratings) >= threshold) & (vi >= first_item))
     if len(vu) and not valid_pairs_unseen:
         # A validation item the user also rated in training can never be recommended: not relevant.
-        seen_before = seen.contains(vu, vi)
-        vu, vi = vu[~seen_before], vi[~seen_before]
+        vu, vi = take_pairs(vu, vi, ~seen.contains(vu, vi))
     n_users = seen.n_users
     eligible = np.flatnonzero(np.bincount(vu, minlength=n_users)) if len(vu) else np.empty(0, dtype=np.int64)
     n_scored = ranking_users(len(eligible), n_items, users, n_train=seen.n_ratings)
@@ -342,8 +340,7 @@ def ranking_metrics(
         if sampled:
             is_chosen = np.zeros(max(n_users, int(chosen.max()) + 1), dtype=np.bool_)
             is_chosen[chosen] = True
-            rows = is_chosen[vu]
-            vu, vi = vu[rows], vi[rows]
+            vu, vi = take_pairs(vu, vi, is_chosen, by_user=True)
             if not seen.made:
                 seen = seen.restricted_to(chosen)
         top_items, _ = topk(model, chosen, seen, k, first_item)

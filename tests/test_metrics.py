@@ -112,6 +112,25 @@ def test_contains_by_hash_join_equals_the_search_in_rows(n_pairs, n_queries):
     assert later.n_ratings == n_pairs == SeenItems.from_pairs(tu, ti, n_users, n_items).n_ratings
 
 
+@pytest.mark.parametrize("n", [0, 1, 1000, 300_000])
+def test_take_pairs_equals_boolean_indexing(n):
+    """``take_pairs``: the kept rows' pairs in row order, by a row mask or by a user mask, as NumPy's
+    boolean indexing gives them (with several chunks on the threads from 131,072 rows)."""
+    from mfscratch.kernels.pairs import take_pairs
+
+    rng = np.random.default_rng(n)
+    users, items = rng.integers(0, 50, n).astype(np.int32), rng.integers(0, 9, n).astype(np.int64)
+    rows = rng.random(n) < 0.4
+    got_users, got_items = take_pairs(users, items, rows)
+    np.testing.assert_array_equal(got_users, users[rows])
+    np.testing.assert_array_equal(got_items, items[rows])
+    assert got_users.dtype == np.int32 and got_items.dtype == np.int64
+    chosen = rng.random(50) < 0.2
+    got_users, got_items = take_pairs(users, items, chosen, by_user=True)
+    np.testing.assert_array_equal(got_users, users[chosen[users]])
+    np.testing.assert_array_equal(got_items, items[chosen[users]])
+
+
 @pytest.mark.parametrize("users", ["all", 9])
 def test_ranking_without_the_seen_lookup_when_no_pair_repeats(users):
     """Data in which no pair repeats: ``valid_pairs_unseen`` skips the lookup of validation pairs in
@@ -209,6 +228,31 @@ def test_topk_kernel_matches_numpy(k):
         assert got_items[u, :n].tolist() == want_items.tolist()
         np.testing.assert_allclose(got_scores[u, :n], want_scores, rtol=1e-6)
         assert (got_items[u, n:] == -1).all() and np.isneginf(got_scores[u, n:]).all()
+
+
+def test_topk_kernel_matches_numpy_across_tiles_and_blocks():
+    # More users than a tile, items over several blocks, factors not a multiple of 4, long seen rows.
+    from mfscratch.kernels.ranking import ITEM_BLOCK, USER_TILE
+
+    n_users, n_items = 2 * USER_TILE + 5, 2 * ITEM_BLOCK + 37
+    m = random_model(n_users=n_users, n_items=n_items, k=7, seed=3)
+    rng = np.random.default_rng(4)
+    users, items = rng.integers(0, n_users, 6000), rng.integers(0, n_items, 6000)
+    seen = SeenItems.from_pairs(users, items, n_users, n_items)
+    chosen = np.array([0, 5, 3, n_users - 1] + list(range(6, n_users - 1)))
+    got_items, got_scores = topk(m, chosen, seen, 20, first_item=1)
+    for r, u in enumerate(chosen):
+        want_items, want_scores = numpy_topk(m, u, set(seen.items_of(u)), 20, 1)
+        assert got_items[r].tolist() == want_items.tolist()
+        np.testing.assert_allclose(got_scores[r], want_scores, rtol=1e-12, atol=1e-12)
+
+
+def test_topk_never_chooses_a_nan_score():
+    m = random_model(n_users=2, n_items=6)
+    m.i_bias.weight[3, 0] = np.nan
+    items, scores = topk(m, [0, 1], None, 5, first_item=1)  # five candidates, item 3 scores NaN
+    assert (np.sort(items[:, :4], axis=1) == [1, 2, 4, 5]).all()
+    assert (items[:, 4] == -1).all() and np.isneginf(scores[:, 4]).all()
 
 
 def test_topk_ties_go_to_the_lower_item():

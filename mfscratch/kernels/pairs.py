@@ -18,6 +18,7 @@ __all__ = [
     "seen_rows",
     "pairs_in_rows",
     "pairs_in_pairs",
+    "take_pairs",
     "count_repeated_pairs",
     "split_column",
 ]
@@ -238,6 +239,16 @@ def _slot_of(key, table, shift):
     return slot
 
 
+@njit(cache=True, inline="always")
+def _filter_word_and_mask(key, word_shift):
+    """The join filter's word for ``key`` (the top bits of a second multiplicative hash) and the two
+    bits it sets there (two 6-bit fields from the hash's middle, independent of the word's bits)."""
+    h = np.uint64(key) * _FILTER_MULTIPLIER
+    one = np.uint64(1)
+    mask = (one << ((h >> np.uint64(20)) & np.uint64(63))) | (one << ((h >> np.uint64(26)) & np.uint64(63)))
+    return h >> word_shift, mask
+
+
 @njit(cache=True, parallel=True)
 def pairs_in_pairs(users, items, pair_users, pair_items, n_items, out):
     """``out[r]``: whether ``(users[r], items[r])`` is one of the pairs ``(pair_users[t], pair_items[t])``,
@@ -253,26 +264,71 @@ def pairs_in_pairs(users, items, pair_users, pair_items, n_items, out):
     table = np.zeros(1 << bits, dtype=np.int64)
     met = np.zeros(1 << bits, dtype=np.bool_)
     slots = np.empty(n, dtype=np.uint64)
-    # A filter of 16 bits a query (in cache where the table is not): most pairs stop there.
-    filter_bits = bits + 3
-    filter_shift = np.uint64(64 - filter_bits)
-    words = np.zeros(((1 << filter_bits) + 63) >> 6, dtype=np.uint64)  # at least one word
+    # A filter of 16 bits a query (in cache where the table is not): most pairs stop there. Blocked:
+    # each key sets two bits of one 64-bit word, so a test is one load and a pair that is no query
+    # passes with a chance of about 1.4% (6% with one bit).
+    word_bits = max(1, bits - 3)
+    word_shift = np.uint64(64 - word_bits)
+    words = np.zeros(1 << word_bits, dtype=np.uint64)
     for r in range(n):
         key = np.int64(users[r]) * n_items + items[r] + 1
         slot = _slot_of(key, table, shift)
         table[slot] = key
         slots[r] = slot
-        bit = (np.uint64(key) * _FILTER_MULTIPLIER) >> filter_shift
-        words[bit >> np.uint64(6)] |= np.uint64(1) << (bit & np.uint64(63))
+        word, mask = _filter_word_and_mask(key, word_shift)
+        words[word] |= mask
     for t in prange(pair_users.shape[0]):
         key = np.int64(pair_users[t]) * n_items + pair_items[t] + 1
-        bit = (np.uint64(key) * _FILTER_MULTIPLIER) >> filter_shift
-        if words[bit >> np.uint64(6)] & (np.uint64(1) << (bit & np.uint64(63))):
+        word, mask = _filter_word_and_mask(key, word_shift)
+        if words[word] & mask == mask:
             slot = _slot_of(key, table, shift)
             if table[slot] == key:
                 met[slot] = True  # every thread that writes here writes True
     for r in prange(n):
         out[r] = met[slots[r]]
+
+
+def take_pairs(users, items, keep, by_user: bool = False):
+    """The pairs ``(users[r], items[r])`` of the kept rows, in row order: the rows with ``keep[r]``, or,
+    with ``by_user``, the rows with ``keep[users[r]]`` (``keep``: a mask of users).
+
+    As ``users[mask], items[mask]``, in two passes on the threads: each chunk of rows counts its kept
+    rows, then writes them from its place. NumPy's boolean indexing runs on one thread, a column at a
+    time (on 5M rows, half of them kept: 59-70 ms for the two columns, against 19-27 ms here).
+    """
+    import numba
+
+    n_chunks = max(1, min(4 * numba.get_num_threads(), len(users) // 65536))
+    return _take_pairs(users, items, keep, bool(by_user), n_chunks)
+
+
+@njit(cache=True, parallel=True)
+def _take_pairs(users, items, keep, by_user, n_chunks):
+    n = users.shape[0]
+    place = np.zeros(n_chunks + 1, dtype=np.int64)
+    for c in prange(n_chunks):
+        first, last = chunk_range(c, n_chunks, n)
+        m = 0
+        if by_user:
+            for r in range(first, last):
+                m += keep[users[r]]
+        else:
+            for r in range(first, last):
+                m += keep[r]
+        place[c + 1] = m
+    for c in range(n_chunks):
+        place[c + 1] += place[c]
+    out_users = np.empty(place[n_chunks], dtype=users.dtype)
+    out_items = np.empty(place[n_chunks], dtype=items.dtype)
+    for c in prange(n_chunks):
+        first, last = chunk_range(c, n_chunks, n)
+        p = place[c]
+        for r in range(first, last):
+            if keep[users[r]] if by_user else keep[r]:
+                out_users[p] = users[r]
+                out_items[p] = items[r]
+                p += 1
+    return out_users, out_items
 
 
 @njit(cache=True, parallel=True)

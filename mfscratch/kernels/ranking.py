@@ -3,12 +3,17 @@
 For user ``u`` every item ``i`` gets the score ``x[i] = u_weight[u] . i_weight[i] + u_bias[u] + i_bias[i]``.
 The prediction is ``lo + (hi - lo) * sigmoid(x)``, a monotone function of ``x``, so ranking by ``x``
 ranks by predicted rating; the caller turns the chosen scores into ratings. Items the user rated in
-training (``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``, a CSR row) and codes below
+training (``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``, a sorted CSR row) and codes below
 ``first_item`` (``#na#``) are never chosen.
 
-Selection keeps a min-heap of the ``k`` best so far: ``O(n_items log k)`` per user, one scratch vector
-per user, tiles of users in parallel. Ties go to the lower item code, so results do not depend on threads.
-Users with fewer than ``k`` candidates get ``-1`` items and ``-inf`` scores in the unused slots.
+Scoring is a small matrix product done in blocks: a tile of :data:`USER_TILE` users against a block
+of :data:`ITEM_BLOCK` items, the block's factors stored factor by factor (``cols[j]``: factor ``j`` of
+the block's items), so that the innermost loop runs over items and vectorises without a horizontal
+sum; four users and four factors a pass keep sixteen products per four loads. Selection keeps a
+min-heap of the ``k`` best so far per user; a run of 16 scores is read twice only when one of them
+beats the heap's worst. Ties go to the lower item code, so results do not depend on threads. Users
+with fewer than ``k`` candidates get ``-1`` items and ``-inf`` scores in the unused slots; a NaN
+score (a diverged model) is never chosen.
 """
 
 from __future__ import annotations
@@ -45,40 +50,39 @@ def _sift_down(heap_scores, heap_items, start, size):
             return
 
 
+@njit(cache=True, inline="always")
+def _push(heap_scores, heap_items, size, k, score, item):
+    """Offer candidate ``(score, item)`` to the min-heap of ``size`` entries (at most ``k``); returns the new size."""
+    if size < k:
+        # Grow the heap: place at the end and sift up.
+        pos = size
+        heap_scores[pos] = score
+        heap_items[pos] = item
+        size += 1
+        while pos > 0:
+            parent = (pos - 1) // 2
+            if _worse(heap_scores[pos], heap_items[pos], heap_scores[parent], heap_items[parent]):
+                heap_scores[pos], heap_scores[parent] = heap_scores[parent], heap_scores[pos]
+                heap_items[pos], heap_items[parent] = heap_items[parent], heap_items[pos]
+                pos = parent
+            else:
+                break
+    elif _worse(heap_scores[0], heap_items[0], score, item):
+        heap_scores[0] = score
+        heap_items[0] = item
+        _sift_down(heap_scores, heap_items, 0, size)
+    return size
+
+
 @njit(cache=True)
-def _select_topk(scores, k, out_items, out_scores):
-    """The ``k`` best finite scores in descending order (ties: lower index first) into the outputs."""
-    heap_scores = np.empty(k, dtype=np.float64)
-    heap_items = np.empty(k, dtype=np.int64)
-    size = 0
-    for i in range(scores.shape[0]):
-        s = scores[i]
-        if s == -np.inf:
-            continue
-        if size < k:
-            # Grow the heap: place at the end and sift up.
-            pos = size
-            heap_scores[pos] = s
-            heap_items[pos] = i
-            size += 1
-            while pos > 0:
-                parent = (pos - 1) // 2
-                if _worse(heap_scores[pos], heap_items[pos], heap_scores[parent], heap_items[parent]):
-                    heap_scores[pos], heap_scores[parent] = heap_scores[parent], heap_scores[pos]
-                    heap_items[pos], heap_items[parent] = heap_items[parent], heap_items[pos]
-                    pos = parent
-                else:
-                    break
-        elif _worse(heap_scores[0], heap_items[0], s, i):
-            heap_scores[0] = s
-            heap_items[0] = i
-            _sift_down(heap_scores, heap_items, 0, size)
-    # Pop the worst repeatedly: it goes to the last free output slot.
-    for j in range(k):
+def _pop_sorted(heap_scores, heap_items, size, out_items, out_scores):
+    """Empty the heap into the outputs, best first; the slots past ``size`` get ``-1`` and ``-inf``."""
+    for j in range(out_items.shape[0]):
         out_items[j] = -1
         out_scores[j] = -np.inf
     n = size
     while n > 0:
+        # The worst goes to the last free slot.
         out_items[n - 1] = heap_items[0]
         out_scores[n - 1] = heap_scores[0]
         n -= 1
@@ -87,8 +91,32 @@ def _select_topk(scores, k, out_items, out_scores):
         _sift_down(heap_scores, heap_items, 0, n)
 
 
-#: Users scored together: each item's row is read once for the tile (from cache) instead of once per user.
-USER_TILE = 8
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _add_four_by_four(x0, x1, x2, x3, c0, c1, c2, c3, user_rows, a, j):
+    """``x_b[t] += sum_{f<4} user_rows[a + b, j + f] * c_f[t]`` for the four users ``a..a+3`` and the
+    four factors ``j..j+3`` (``c_f``: factor ``j + f`` of a block's items)."""
+    w00, w01, w02, w03 = user_rows[a, j], user_rows[a, j + 1], user_rows[a, j + 2], user_rows[a, j + 3]
+    w10, w11, w12, w13 = user_rows[a + 1, j], user_rows[a + 1, j + 1], user_rows[a + 1, j + 2], user_rows[a + 1, j + 3]
+    w20, w21, w22, w23 = user_rows[a + 2, j], user_rows[a + 2, j + 1], user_rows[a + 2, j + 2], user_rows[a + 2, j + 3]
+    w30, w31, w32, w33 = user_rows[a + 3, j], user_rows[a + 3, j + 1], user_rows[a + 3, j + 2], user_rows[a + 3, j + 3]
+    for t in range(x0.shape[0]):
+        f0 = c0[t]
+        f1 = c1[t]
+        f2 = c2[t]
+        f3 = c3[t]
+        x0[t] += (w00 * f0 + w01 * f1) + (w02 * f2 + w03 * f3)
+        x1[t] += (w10 * f0 + w11 * f1) + (w12 * f2 + w13 * f3)
+        x2[t] += (w20 * f0 + w21 * f1) + (w22 * f2 + w23 * f3)
+        x3[t] += (w30 * f0 + w31 * f1) + (w32 * f2 + w33 * f3)
+
+
+#: Users scored together (a multiple of 4): each block of item factors is read once for the tile.
+USER_TILE = 16
+#: Items scored together: the block's factors (64 x 256 float64, 128 KB) stay in L2, the tile's scores
+#: (16 x 256, 32 KB) in L1.
+ITEM_BLOCK = 256
+#: Scores tested together against the heap's worst before any is offered to the heap.
+_RUN = 16
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -98,40 +126,81 @@ def topk_items(
     """For each ``users[r]``: the ``k`` unseen items with the highest scores ``x`` (see the module docstring).
 
     ``out_items`` (int64) and ``out_scores`` (float64) are ``(len(users), k)``; row ``r`` is sorted
-    best first. Parallel over tiles of :data:`USER_TILE` users: the tile's users are scored item by
-    item, so that the item table (15 MB at ML-25M's shape) streams through the cache once a tile, not
-    once a user. Both tables' rows are widened to float64 once (exact), not at every product (a third
-    less time). ``fastmath`` reassociation lets the dot product vectorise (about twice as fast); it
-    may change a score's last bits, never the order of distinct scores.
+    best first. Parallel over tiles of :data:`USER_TILE` users. The factors are widened to float64
+    once (exact, and each product of two widened float32 is exact), so a score rounds only in its
+    sums; ``fastmath`` reassociation may change a score's last bits, never the order of distinct scores.
     """
     n_items = i_weight.shape[0]
     n_factors = i_weight.shape[1]
     n_users = users.shape[0]
-    # The factors in float64 once (exact), not at every product.
-    item_rows = np.empty((n_items, n_factors), dtype=np.float64)
-    for i in prange(n_items):
-        for j in range(n_factors):
-            item_rows[i, j] = i_weight[i, j]
+    n_factors4 = (n_factors + 3) // 4 * 4  # zero factors pad to a multiple of 4
+    n_blocks = (n_items + ITEM_BLOCK - 1) // ITEM_BLOCK
+    # cols[b, j, t]: factor j of item b * ITEM_BLOCK + t, float64.
+    cols = np.zeros((n_blocks, n_factors4, ITEM_BLOCK), dtype=np.float64)
+    for b in prange(n_blocks):
+        for i in range(b * ITEM_BLOCK, min(n_items, (b + 1) * ITEM_BLOCK)):
+            for j in range(n_factors):
+                cols[b, j, i - b * ITEM_BLOCK] = i_weight[i, j]
+    item_bias = np.empty(n_items, dtype=np.float64)
+    for i in range(n_items):
+        item_bias[i] = i_bias[i]
     for tile in prange((n_users + USER_TILE - 1) // USER_TILE):
         r0 = tile * USER_TILE
         m = min(n_users, r0 + USER_TILE) - r0
-        scores = np.empty((m, n_items), dtype=np.float64)
-        user_rows = np.empty((m, n_factors), dtype=np.float64)
-        for a in range(m):
-            for j in range(n_factors):
-                user_rows[a, j] = u_weight[users[r0 + a], j]
-        for i in range(n_items):
-            item_bias = np.float64(i_bias[i])
-            for a in range(m):
-                acc = 0.0
-                for j in range(n_factors):
-                    acc += user_rows[a, j] * item_rows[i, j]
-                scores[a, i] = acc + np.float64(u_bias[users[r0 + a]]) + item_bias
+        user_rows = np.zeros((USER_TILE, n_factors4), dtype=np.float64)  # the rows past m stay zero
+        user_bias = np.zeros(USER_TILE, dtype=np.float64)
+        next_seen = np.zeros(USER_TILE, dtype=np.int64)  # each user's first seen item not yet masked
         for a in range(m):
             u = users[r0 + a]
-            row = scores[a]
-            for i in range(min(first_item, n_items)):
-                row[i] = -np.inf
-            for p in range(seen_indptr[u], seen_indptr[u + 1]):
-                row[seen_indices[p]] = -np.inf
-            _select_topk(row, k, out_items[r0 + a], out_scores[r0 + a])
+            user_bias[a] = u_bias[u]
+            next_seen[a] = seen_indptr[u]
+            for j in range(n_factors):
+                user_rows[a, j] = u_weight[u, j]
+        x = np.empty((USER_TILE, ITEM_BLOCK), dtype=np.float64)
+        heap_scores = np.empty((USER_TILE, k), dtype=np.float64)
+        heap_items = np.empty((USER_TILE, k), dtype=np.int64)
+        sizes = np.zeros(USER_TILE, dtype=np.int64)
+        for b in range(n_blocks):
+            i0 = b * ITEM_BLOCK
+            nb = min(n_items, i0 + ITEM_BLOCK) - i0
+            # x = u_bias + i_bias + u . i over the block, four users by four factors a pass.
+            for a in range(USER_TILE):
+                row = x[a, :nb]
+                for t in range(nb):
+                    row[t] = user_bias[a] + item_bias[i0 + t]
+            c = cols[b]
+            for j in range(0, n_factors4, 4):
+                for a in range(0, USER_TILE, 4):
+                    _add_four_by_four(
+                        x[a, :nb], x[a + 1, :nb], x[a + 2, :nb], x[a + 3, :nb], c[j], c[j + 1], c[j + 2], c[j + 3],
+                        user_rows, a, j,
+                    )  # fmt: skip
+            for a in range(m):
+                u = users[r0 + a]
+                row = x[a, :nb]
+                # The excluded items of this block score -inf: never above the heap's worst.
+                for t in range(min(max(first_item - i0, 0), nb)):
+                    row[t] = -np.inf
+                p = next_seen[a]
+                while p < seen_indptr[u + 1] and seen_indices[p] < i0 + nb:
+                    row[seen_indices[p] - i0] = -np.inf
+                    p += 1
+                next_seen[a] = p
+                size = sizes[a]
+                hs = heap_scores[a]
+                hi = heap_items[a]
+                # Items come in increasing code, so a later item must score strictly above the worst.
+                worst = hs[0] if size == k else -np.inf
+                for t0 in range(0, nb, _RUN):
+                    t1 = min(nb, t0 + _RUN)
+                    above = False
+                    for t in range(t0, t1):
+                        above |= row[t] > worst
+                    if above:
+                        for t in range(t0, t1):
+                            if row[t] > worst:
+                                size = _push(hs, hi, size, k, row[t], i0 + t)
+                                worst = hs[0] if size == k else -np.inf
+                sizes[a] = size
+        for a in range(m):
+            _pop_sorted(heap_scores[a], heap_items[a], sizes[a], out_items[r0 + a], out_scores[r0 + a])
