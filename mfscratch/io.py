@@ -12,8 +12,9 @@ File format (``FORMAT_VERSION`` 1), all plain arrays:
   ``user_name``, ``item_name``: the column names;
 * ``item_counts``: training ratings per item code (for popularity floors), optional.
 * ``seen_indptr``, ``seen_indices``: the items each user rated in training as CSR rows (user ``u``'s
-  are ``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``), so recommendations skip them; optional
-  (``metrics.SeenItems`` writes and reads these three).
+  are ``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``, increasing), so recommendations skip them;
+  optional (``metrics.SeenItems`` writes and reads these three; ``load_model`` refuses rows that do
+  not fit the tables or are out of order).
 """
 
 from __future__ import annotations
@@ -373,6 +374,37 @@ def load_model(path):
         "user_vocab_kind",
         "item_vocab_kind",
     }
+    problem = _seen_items_problem(data, n_users, n_items)
+    if problem:
+        raise _damaged(path, problem)
     meta = {k: v for k, v in data.items() if k not in known}
     meta.update(user_name=user_name, item_name=item_name)
     return model, classes, meta
+
+
+def _seen_items_problem(data: dict, n_users: int, n_items: int) -> str | None:
+    """What is wrong with the file's seen items (``seen_indptr``, ``seen_indices``, ``item_counts``),
+    or ``None``: CSR rows of ``n_users`` users, each row's items in ``[0, n_items)`` and strictly
+    increasing (the ranking's kernel reads them in order), the counts one a non-negative item."""
+    if "item_counts" in data:
+        counts = data["item_counts"]
+        if counts.ndim != 1 or counts.dtype.kind not in "iu" or len(counts) != n_items or (counts < 0).any():
+            return f"has item_counts that are not {n_items} non-negative integers"
+    if "seen_indptr" not in data and "seen_indices" not in data:
+        return None
+    if "seen_indptr" not in data or "seen_indices" not in data:
+        return "has one of seen_indptr and seen_indices without the other"
+    indptr, indices = data["seen_indptr"], data["seen_indices"]
+    if indptr.ndim != 1 or indices.ndim != 1 or indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        return "has seen items that are not 1-D integer arrays"
+    if len(indptr) != n_users + 1 or indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        return f"has seen-item rows (seen_indptr) that do not fit {n_users} users and {len(indices)} entries"
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
+        return f"has seen items outside the {n_items} items"
+    ascending = indices[1:] > indices[:-1]
+    row_starts = indptr[1:-1]
+    row_starts = row_starts[(row_starts > 0) & (row_starts < len(indices))]
+    ascending[row_starts - 1] = True  # a row may start below where the previous one ended
+    if not ascending.all():
+        return "has a user's seen items out of order or repeated"
+    return None

@@ -148,6 +148,37 @@ def test_wrong_contents(model_file, changes, fragment):
     expect_refused(path, fragment)
 
 
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"seen_indptr": np.array([0, 1, 1, 1, 2, 2, 2]), "seen_indices": np.array([3, 9])}, "outside the 7 items"),
+        ({"seen_indptr": np.array([0, 2, 2, 2, 2, 2, 2]), "seen_indices": np.array([4, 2])}, "out of order"),
+        ({"seen_indptr": np.array([0, 2, 2, 2, 2, 2, 2]), "seen_indices": np.array([4, 4])}, "out of order"),
+        ({"seen_indptr": np.array([0, 1, 2]), "seen_indices": np.array([1, 2])}, "do not fit 6 users"),
+        ({"seen_indptr": np.array([0, 2, 1, 2, 2, 2, 2]), "seen_indices": np.array([1, 2])}, "do not fit"),
+        ({"seen_indptr": np.array([0, 1, 1, 1, 1, 1, 3]), "seen_indices": np.array([1, 2])}, "do not fit"),
+        ({"seen_indptr": np.array([0, 1, 1, 1, 1, 1, 1]), "seen_indices": np.array([1.0])}, "not 1-D integer"),
+        ({"seen_indptr": np.array([0, 1, 1, 1, 1, 1, 1])}, "without the other"),
+        ({"item_counts": np.array([1, 2, 3])}, "item_counts"),
+        ({"item_counts": np.array([0, 0, 0, -1, 0, 0, 0])}, "item_counts"),
+    ],
+)
+def test_bad_seen_items_are_refused(model_file, changes, fragment):
+    """The ranking's kernel reads each user's seen items in increasing order and writes at their
+    codes, so a file's rows must fit the tables and be sorted, or the file is refused."""
+    path, _ = model_file
+    rewrite(path, **changes)
+    expect_refused(path, fragment)
+
+
+def test_good_seen_items_load(model_file):
+    path, _ = model_file
+    # rows that end above where the next one starts, empty rows in between and at both ends
+    rewrite(path, seen_indptr=np.array([0, 0, 3, 3, 4, 5, 5]), seen_indices=np.array([2, 5, 6, 1, 0]))
+    _, _, meta = load_model(path)
+    assert meta["seen_indices"].tolist() == [2, 5, 6, 1, 0]
+
+
 # --- atomic saves ---------------------------------------------------------------------------------
 def test_failed_save_leaves_the_old_file_intact(model_file, monkeypatch):
     path, model = model_file
