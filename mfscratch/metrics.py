@@ -324,7 +324,11 @@ def ranking_metrics(
     n_items = model.n_items
     vu = np.asarray(valid_users)
     vi = np.asarray(valid_items)
-    vu, vi = take_pairs(vu, vi, (np.asarray(valid_ratings) >= threshold) & (vi >= first_item))
+    vr = np.asarray(valid_ratings)
+    if not len(vu) == len(vi) == len(vr):
+        raise ConfigError(f"{len(vu)} validation users, {len(vi)} items and {len(vr)} ratings: one each a row")
+    vu, vi = take_pairs(vu, vi, (vr >= threshold) & (vi >= first_item))
+    _check_codes(vu, vi, seen.n_users, n_items)
     if len(vu) and not valid_pairs_unseen:
         # A validation item the user also rated in training can never be recommended: not relevant.
         vu, vi = take_pairs(vu, vi, ~seen.contains(vu, vi))

@@ -198,6 +198,18 @@ def test_hand_checked_metrics_two_users_and_empty_slots():
     assert r["ndcg"] == pytest.approx((1.0 + 0.0) / 2)
 
 
+def test_ranking_refuses_validation_rows_that_do_not_fit():
+    """Codes outside the tables or columns of different lengths are refused before any compiled pass."""
+    m = random_model(n_users=7, n_items=12)
+    seen = SeenItems.from_pairs([1, 2], [3, 4], 7, 12)
+    with pytest.raises(ConfigError, match="user codes"):
+        ranking_metrics(m, seen, [1, 7], [2, 3], [5.0, 5.0])
+    with pytest.raises(ConfigError, match="item codes"):
+        ranking_metrics(m, seen, [1, 2], [2, 12], [5.0, 5.0])
+    with pytest.raises(ConfigError, match="one each a row"):
+        ranking_metrics(m, seen, [1, 2], [2], [5.0, 5.0])
+
+
 def test_users_without_relevant_items_are_refused():
     with pytest.raises(ConfigError):
         ranking_from_topk([[1]], [0], [1], [1], n_items=3)

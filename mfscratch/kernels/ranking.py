@@ -135,18 +135,25 @@ def topk_items(
     n_users = users.shape[0]
     n_factors4 = (n_factors + 3) // 4 * 4  # zero factors pad to a multiple of 4
     n_blocks = (n_items + ITEM_BLOCK - 1) // ITEM_BLOCK
-    # cols[b, j, t]: factor j of item b * ITEM_BLOCK + t, float64.
-    cols = np.zeros((n_blocks, n_factors4, ITEM_BLOCK), dtype=np.float64)
+    # cols[b, j, t]: factor j of item b * ITEM_BLOCK + t, float64 (the last block's slots past the
+    # last item are never read; the padding factors are zeros).
+    cols = np.empty((n_blocks, n_factors4, ITEM_BLOCK), dtype=np.float64)
     for b in prange(n_blocks):
-        for i in range(b * ITEM_BLOCK, min(n_items, (b + 1) * ITEM_BLOCK)):
-            for j in range(n_factors):
-                cols[b, j, i - b * ITEM_BLOCK] = i_weight[i, j]
+        i0 = b * ITEM_BLOCK
+        block = i_weight[i0 : min(n_items, i0 + ITEM_BLOCK)]
+        for j in range(n_factors):
+            col = cols[b, j]
+            for t in range(block.shape[0]):
+                col[t] = block[t, j]
+        for j in range(n_factors, n_factors4):
+            cols[b, j, :] = 0.0
     item_bias = np.empty(n_items, dtype=np.float64)
     for i in range(n_items):
         item_bias[i] = i_bias[i]
     for tile in prange((n_users + USER_TILE - 1) // USER_TILE):
         r0 = tile * USER_TILE
         m = min(n_users, r0 + USER_TILE) - r0
+        m4 = (m + 3) // 4 * 4  # the tile's users in whole groups of four (a last tile may be short)
         user_rows = np.zeros((USER_TILE, n_factors4), dtype=np.float64)  # the rows past m stay zero
         user_bias = np.zeros(USER_TILE, dtype=np.float64)
         next_seen = np.zeros(USER_TILE, dtype=np.int64)  # each user's first seen item not yet masked
@@ -164,13 +171,13 @@ def topk_items(
             i0 = b * ITEM_BLOCK
             nb = min(n_items, i0 + ITEM_BLOCK) - i0
             # x = u_bias + i_bias + u . i over the block, four users by four factors a pass.
-            for a in range(USER_TILE):
+            for a in range(m4):
                 row = x[a, :nb]
                 for t in range(nb):
                     row[t] = user_bias[a] + item_bias[i0 + t]
             c = cols[b]
             for j in range(0, n_factors4, 4):
-                for a in range(0, USER_TILE, 4):
+                for a in range(0, m4, 4):
                     _add_four_by_four(
                         x[a, :nb], x[a + 1, :nb], x[a + 2, :nb], x[a + 3, :nb], c[j], c[j + 1], c[j + 2], c[j + 3],
                         user_rows, a, j,
