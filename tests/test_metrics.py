@@ -259,6 +259,24 @@ def test_topk_kernel_matches_numpy_across_tiles_and_blocks():
         np.testing.assert_allclose(got_scores[r], want_scores, rtol=1e-12, atol=1e-12)
 
 
+def test_topk_orders_by_float64_where_float32_scores_tie():
+    """Scores that differ only below float32's resolution (1 + d 2^-40) are ranked as float64 ranks
+    them: the float32 screen lets every near tie through to the float64 scores."""
+    n_items = 3000
+    m = random_model(n_users=2, n_items=n_items, k=2)
+    m.u_weight.weight[:] = 1.0
+    m.u_bias.weight[:] = 0.0
+    m.i_bias.weight[:] = 0.0
+    d = np.random.default_rng(7).permutation(n_items).astype(np.float32)
+    m.i_weight.weight[:, 0] = 1.0
+    m.i_weight.weight[:, 1] = d * np.float32(2.0**-40)
+    items, scores = topk(m, [0, 1], None, 25, first_item=1)
+    want_items, want_scores = numpy_topk(m, 0, set(), 25, 1)
+    assert items[0].tolist() == items[1].tolist() == want_items.tolist()
+    assert (np.diff(scores[0]) < 0).all()  # distinct in float64
+    np.testing.assert_array_equal(scores[0], want_scores)
+
+
 def test_topk_never_chooses_a_nan_score():
     m = random_model(n_users=2, n_items=6)
     m.i_bias.weight[3, 0] = np.nan

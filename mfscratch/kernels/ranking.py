@@ -9,11 +9,13 @@ training (``seen_indices[seen_indptr[u]:seen_indptr[u + 1]]``, a sorted CSR row)
 Scoring is a small matrix product done in blocks: a tile of :data:`USER_TILE` users against a block
 of :data:`ITEM_BLOCK` items, the block's factors stored factor by factor (``cols[j]``: factor ``j`` of
 the block's items), so that the innermost loop runs over items and vectorises without a horizontal
-sum; four users and four factors a pass keep sixteen products per four loads. Selection keeps a
-min-heap of the ``k`` best so far per user; a run of 16 scores is read twice only when one of them
-beats the heap's worst. Ties go to the lower item code, so results do not depend on threads. Users
-with fewer than ``k`` candidates get ``-1`` items and ``-inf`` scores in the unused slots; a NaN
-score (a diverged model) is never chosen.
+sum; four users and four factors a pass keep sixteen products per four loads. The blocks are scored
+in float32, to screen: an item whose float32 score, plus a bound on its rounding error, could beat
+the user's k-th best so far is scored again in float64 and offered to a min-heap of the ``k`` best
+(:func:`topk_items` gives the bound), so the result is the float64 scores' top-k. A run of 16
+screening scores is read twice only when one of them passes. Ties go to the lower item code, so
+results do not depend on threads. Users with fewer than ``k`` candidates get ``-1`` items and
+``-inf`` scores in the unused slots; an item whose score is NaN (a diverged model) is never chosen.
 """
 
 from __future__ import annotations
@@ -111,12 +113,23 @@ def _add_four_by_four(x0, x1, x2, x3, c0, c1, c2, c3, user_rows, a, j):
 
 
 #: Users scored together (a multiple of 4): each block of item factors is read once for the tile.
-USER_TILE = 16
-#: Items scored together: the block's factors (64 x 256 float64, 128 KB) stay in L2, the tile's scores
-#: (16 x 256, 32 KB) in L1.
-ITEM_BLOCK = 256
-#: Scores tested together against the heap's worst before any is offered to the heap.
+USER_TILE = 32
+#: Items scored together: the block's factors (64 x 512 float32, 128 KB) and the tile's screening
+#: scores (32 x 512 float32, 64 KB) stay in L2.
+ITEM_BLOCK = 512
+#: Scores tested together against the heap's threshold before any is looked at alone.
 _RUN = 16
+#: The float32 unit roundoff: the screening scores' rounding unit.
+_U32 = 2.0**-24
+
+
+@njit(cache=True, inline="always")
+def _exact_score(u_weight, i_weight, u_bias, i_bias, u, i):
+    """``x = (u_bias[u] + i_bias[i]) + u_weight[u] . i_weight[i]`` in float64 (each product exact)."""
+    acc = 0.0
+    for j in range(u_weight.shape[1]):
+        acc += np.float64(u_weight[u, j]) * np.float64(i_weight[i, j])
+    return (np.float64(u_bias[u]) + np.float64(i_bias[i])) + acc
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -126,18 +139,34 @@ def topk_items(
     """For each ``users[r]``: the ``k`` unseen items with the highest scores ``x`` (see the module docstring).
 
     ``out_items`` (int64) and ``out_scores`` (float64) are ``(len(users), k)``; row ``r`` is sorted
-    best first. Parallel over tiles of :data:`USER_TILE` users. The factors are widened to float64
-    once (exact, and each product of two widened float32 is exact), so a score rounds only in its
-    sums; ``fastmath`` reassociation may change a score's last bits, never the order of distinct scores.
+    best first. Parallel over tiles of :data:`USER_TILE` users.
+
+    The blocks are scored in float32 (twice the lanes of float64) to *screen* the items; only an item
+    whose screening score ``y`` could beat the heap's worst is scored again in float64
+    (:func:`_exact_score`, products exact) and offered. The screen cannot drop an item the float64
+    scores would keep: ``|y - x| <= eps``, with ``eps = g (|u_bias| + |i_bias| + |P[u]| |Q[i]|)``
+    (the rounding error bound of a sum of ``n + 2`` terms, ``g = gamma_{n+6}`` of float32 plus that of
+    float64, ``|.|`` Euclidean norms: ``sum |P[u, j] Q[i, j]| <= |P[u]| |Q[i]|``), taken at the block's
+    largest item norm and bias; an item is looked at when ``y >= worst - eps``. The result is the
+    top-k of the float64 scores, as scoring every item in float64 gives it; ``fastmath``
+    reassociation may change a float64 score's last bits, never the order of distinct scores.
     """
     n_items = i_weight.shape[0]
     n_factors = i_weight.shape[1]
     n_users = users.shape[0]
     n_factors4 = (n_factors + 3) // 4 * 4  # zero factors pad to a multiple of 4
     n_blocks = (n_items + ITEM_BLOCK - 1) // ITEM_BLOCK
-    # cols[b, j, t]: factor j of item b * ITEM_BLOCK + t, float64 (the last block's slots past the
-    # last item are never read; the padding factors are zeros).
-    cols = np.empty((n_blocks, n_factors4, ITEM_BLOCK), dtype=np.float64)
+    n_terms = n_factors4 + 6
+    if n_terms * _U32 < 0.5:
+        g = 1.01 * (n_terms * _U32 / (1.0 - n_terms * _U32) + n_terms * 2.0**-53 / (1.0 - n_terms * 2.0**-53))
+    else:
+        g = np.inf  # every item is looked at
+    # cols[b, j, t]: factor j of item b * ITEM_BLOCK + t, float32 (the last block's slots past the
+    # last item are never read; the padding factors are zeros). Per block: the largest item norm
+    # and the largest |i_bias|.
+    cols = np.empty((n_blocks, n_factors4, ITEM_BLOCK), dtype=np.float32)
+    block_norm = np.zeros(n_blocks, dtype=np.float64)
+    block_bias = np.zeros(n_blocks, dtype=np.float64)
     for b in prange(n_blocks):
         i0 = b * ITEM_BLOCK
         block = i_weight[i0 : min(n_items, i0 + ITEM_BLOCK)]
@@ -147,67 +176,82 @@ def topk_items(
                 col[t] = block[t, j]
         for j in range(n_factors, n_factors4):
             cols[b, j, :] = 0.0
-    item_bias = np.empty(n_items, dtype=np.float64)
+        for t in range(block.shape[0]):
+            sq = 0.0
+            for j in range(n_factors):
+                sq += np.float64(block[t, j]) * np.float64(block[t, j])
+            block_norm[b] = max(block_norm[b], np.sqrt(sq))
+            block_bias[b] = max(block_bias[b], abs(np.float64(i_bias[i0 + t])))
+    item_bias = np.empty(n_items, dtype=np.float32)
     for i in range(n_items):
         item_bias[i] = i_bias[i]
     for tile in prange((n_users + USER_TILE - 1) // USER_TILE):
         r0 = tile * USER_TILE
         m = min(n_users, r0 + USER_TILE) - r0
         m4 = (m + 3) // 4 * 4  # the tile's users in whole groups of four (a last tile may be short)
-        user_rows = np.zeros((USER_TILE, n_factors4), dtype=np.float64)  # the rows past m stay zero
-        user_bias = np.zeros(USER_TILE, dtype=np.float64)
+        user_rows = np.zeros((USER_TILE, n_factors4), dtype=np.float32)  # the rows past m stay zero
+        user_bias = np.zeros(USER_TILE, dtype=np.float32)
+        user_norm = np.zeros(USER_TILE, dtype=np.float64)
         next_seen = np.zeros(USER_TILE, dtype=np.int64)  # each user's first seen item not yet masked
         for a in range(m):
             u = users[r0 + a]
             user_bias[a] = u_bias[u]
             next_seen[a] = seen_indptr[u]
+            sq = 0.0
             for j in range(n_factors):
                 user_rows[a, j] = u_weight[u, j]
-        x = np.empty((USER_TILE, ITEM_BLOCK), dtype=np.float64)
+                sq += np.float64(u_weight[u, j]) * np.float64(u_weight[u, j])
+            user_norm[a] = np.sqrt(sq)
+        y = np.empty((USER_TILE, ITEM_BLOCK), dtype=np.float32)
         heap_scores = np.empty((USER_TILE, k), dtype=np.float64)
         heap_items = np.empty((USER_TILE, k), dtype=np.int64)
         sizes = np.zeros(USER_TILE, dtype=np.int64)
         for b in range(n_blocks):
             i0 = b * ITEM_BLOCK
             nb = min(n_items, i0 + ITEM_BLOCK) - i0
-            # x = u_bias + i_bias + u . i over the block, four users by four factors a pass.
+            # y = u_bias + i_bias + u . i over the block in float32, four users by four factors a pass.
             for a in range(m4):
-                row = x[a, :nb]
+                row = y[a, :nb]
                 for t in range(nb):
                     row[t] = user_bias[a] + item_bias[i0 + t]
             c = cols[b]
             for j in range(0, n_factors4, 4):
                 for a in range(0, m4, 4):
                     _add_four_by_four(
-                        x[a, :nb], x[a + 1, :nb], x[a + 2, :nb], x[a + 3, :nb], c[j], c[j + 1], c[j + 2], c[j + 3],
+                        y[a, :nb], y[a + 1, :nb], y[a + 2, :nb], y[a + 3, :nb], c[j], c[j + 1], c[j + 2], c[j + 3],
                         user_rows, a, j,
                     )  # fmt: skip
             for a in range(m):
                 u = users[r0 + a]
-                row = x[a, :nb]
-                # The excluded items of this block score -inf: never above the heap's worst.
+                row = y[a, :nb]
+                # The excluded items of this block: NaN, never at or above a threshold.
                 for t in range(min(max(first_item - i0, 0), nb)):
-                    row[t] = -np.inf
+                    row[t] = np.nan
                 p = next_seen[a]
                 while p < seen_indptr[u + 1] and seen_indices[p] < i0 + nb:
-                    row[seen_indices[p] - i0] = -np.inf
+                    row[seen_indices[p] - i0] = np.nan
                     p += 1
                 next_seen[a] = p
+                eps = g * (abs(np.float64(user_bias[a])) + block_bias[b] + user_norm[a] * block_norm[b])
                 size = sizes[a]
                 hs = heap_scores[a]
                 hi = heap_items[a]
                 # Items come in increasing code, so a later item must score strictly above the worst.
                 worst = hs[0] if size == k else -np.inf
+                threshold = worst - eps
                 for t0 in range(0, nb, _RUN):
                     t1 = min(nb, t0 + _RUN)
-                    above = False
+                    near = False
                     for t in range(t0, t1):
-                        above |= row[t] > worst
-                    if above:
+                        near |= np.float64(row[t]) >= threshold
+                    if near:
                         for t in range(t0, t1):
-                            if row[t] > worst:
-                                size = _push(hs, hi, size, k, row[t], i0 + t)
-                                worst = hs[0] if size == k else -np.inf
+                            if np.float64(row[t]) >= threshold:
+                                x = _exact_score(u_weight, i_weight, u_bias, i_bias, u, i0 + t)
+                                if size < k or x > worst:
+                                    size = _push(hs, hi, size, k, x, i0 + t)
+                                    worst = hs[0] if size == k else -np.inf
+                                    threshold = worst - eps
                 sizes[a] = size
         for a in range(m):
             _pop_sorted(heap_scores[a], heap_items[a], sizes[a], out_items[r0 + a], out_scores[r0 + a])
