@@ -32,6 +32,13 @@ def _worse(score_a, item_a, score_b, item_b):
     return score_a < score_b or (score_a == score_b and item_a > item_b)
 
 
+@njit(cache=True, inline="always")
+def _swap(heap_scores, heap_items, a, b):
+    """Exchange the heap's entries ``a`` and ``b``."""
+    heap_scores[a], heap_scores[b] = heap_scores[b], heap_scores[a]
+    heap_items[a], heap_items[b] = heap_items[b], heap_items[a]
+
+
 @njit(cache=True)
 def _sift_down(heap_scores, heap_items, start, size):
     """Restore the min-heap (the worst candidate at the root) below ``start``."""
@@ -45,8 +52,7 @@ def _sift_down(heap_scores, heap_items, start, size):
         ):
             child += 1
         if _worse(heap_scores[child], heap_items[child], heap_scores[pos], heap_items[pos]):
-            heap_scores[pos], heap_scores[child] = heap_scores[child], heap_scores[pos]
-            heap_items[pos], heap_items[child] = heap_items[child], heap_items[pos]
+            _swap(heap_scores, heap_items, pos, child)
             pos = child
         else:
             return
@@ -64,8 +70,7 @@ def _push(heap_scores, heap_items, size, k, score, item):
         while pos > 0:
             parent = (pos - 1) // 2
             if _worse(heap_scores[pos], heap_items[pos], heap_scores[parent], heap_items[parent]):
-                heap_scores[pos], heap_scores[parent] = heap_scores[parent], heap_scores[pos]
-                heap_items[pos], heap_items[parent] = heap_items[parent], heap_items[pos]
+                _swap(heap_scores, heap_items, pos, parent)
                 pos = parent
             else:
                 break
