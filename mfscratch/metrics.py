@@ -326,7 +326,9 @@ def ranking_metrics(
     vi = np.asarray(valid_items)
     vr = np.asarray(valid_ratings)
     if not len(vu) == len(vi) == len(vr):
-        raise ConfigError(f"{len(vu)} validation users, {len(vi)} items and {len(vr)} ratings: one each a row")
+        raise ConfigError(
+            f"the validation users, items and ratings must be one a row: got {len(vu)}, {len(vi)} and {len(vr)}"
+        )
     vu, vi = take_pairs(vu, vi, (vr >= threshold) & (vi >= first_item))
     _check_codes(vu, vi, seen.n_users, n_items)
     if len(vu) and not valid_pairs_unseen:

@@ -206,7 +206,7 @@ def test_ranking_refuses_validation_rows_that_do_not_fit():
         ranking_metrics(m, seen, [1, 7], [2, 3], [5.0, 5.0])
     with pytest.raises(ConfigError, match="item codes"):
         ranking_metrics(m, seen, [1, 2], [2, 12], [5.0, 5.0])
-    with pytest.raises(ConfigError, match="one each a row"):
+    with pytest.raises(ConfigError, match="must be one a row: got 2, 1 and 2"):
         ranking_metrics(m, seen, [1, 2], [2], [5.0, 5.0])
 
 
