@@ -344,7 +344,7 @@ def ranking_metrics(
         result.update(precision=float("nan"), recall=float("nan"), ndcg=float("nan"), n_users=0)
     else:
         if sampled:
-            is_chosen = np.zeros(max(n_users, int(chosen.max()) + 1), dtype=np.bool_)
+            is_chosen = np.zeros(n_users, dtype=np.bool_)  # every code is below n_users (checked above)
             is_chosen[chosen] = True
             vu, vi = take_pairs(vu, vi, is_chosen, by_user=True)
             if not seen.made:
