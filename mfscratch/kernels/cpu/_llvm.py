@@ -166,7 +166,8 @@ def update_rows(typingctx, flat, a, b, k, shrink, step):
     """``p, q = p shrink - step q, q shrink - step p`` for the rows ``p = flat[a:a+k]``, ``q = flat[b:b+k]``
     (``a + k <= b`` or ``b + k <= a``: two different rows), both from their old values.
 
-    The per-rating step's update, 16 lanes at a time, the last chunk masked to the ``k % 16`` lanes left.
+    The per-rating step's update, 16 lanes at a time: the full chunks with plain vector loads and stores,
+    then, where ``k % 16`` lanes are left, one chunk masked to them (the mask is made once, not a chunk).
     Each element rounds as the scalar loop rounds it (two products and a difference, no fused
     multiply-add), so the result is the loop's bit for bit. Written in LLVM IR because the two rows are
     views of one buffer: LLVM's vectoriser guards its loop with a run-time overlap check and adds a scalar
@@ -184,20 +185,37 @@ def update_rows(typingctx, flat, a, b, k, shrink, step):
         a, b, k = (context.cast(builder, v, t, nbtypes.int64) for v, t in zip(args[1:4], signature.args[1:4]))
         shrink, step = (context.cast(builder, v, t, dtype) for v, t in zip(args[4:6], signature.args[4:6]))
         vec_type = ir.VectorType(context.get_value_type(dtype), DOT_LANES)
-        masked_load, masked_store = _masked_access(builder, vec_type, dtype.bitwidth // 8)
+        align = dtype.bitwidth // 8
+        masked_load, masked_store = _masked_access(builder, vec_type, align)
         shrinks, steps = _splat(builder, shrink, DOT_LANES), _splat(builder, step, DOT_LANES)
-        lanes = ir.Constant(ir.VectorType(i64, DOT_LANES), list(range(DOT_LANES)))
-        last = _splat(builder, k, DOT_LANES)
-        with cgutils.for_range_slice(builder, i64(0), k, i64(DOT_LANES)) as (j, _):
-            mask = builder.icmp_signed("<", builder.add(lanes, _splat(builder, j, DOT_LANES)), last)
-            rows = []
+
+        def row_pointers(j):
+            pointers = []
             for start in (a, b):
                 index = builder.add(start, j)
                 ptr = cgutils.get_item_pointer(context, builder, flat_type, array, [index], wraparound=False)
-                rows.append(builder.bitcast(ptr, vec_type.as_pointer()))
+                pointers.append(builder.bitcast(ptr, vec_type.as_pointer()))
+            return pointers
+
+        def updated(p, q):
+            return (
+                builder.fsub(builder.fmul(p, shrinks), builder.fmul(steps, q)),
+                builder.fsub(builder.fmul(q, shrinks), builder.fmul(steps, p)),
+            )
+
+        full = builder.sub(k, builder.srem(k, i64(DOT_LANES)))
+        with cgutils.for_range_slice(builder, i64(0), full, i64(DOT_LANES)) as (j, _):
+            rows = row_pointers(j)
+            p, q = (builder.load(ptr, align=align) for ptr in rows)
+            for value, ptr in zip(updated(p, q), rows):
+                builder.store(value, ptr, align=align)
+        with builder.if_then(builder.icmp_signed("<", full, k)):
+            lanes = ir.Constant(ir.VectorType(i64, DOT_LANES), list(range(DOT_LANES)))
+            mask = builder.icmp_signed("<", lanes, _splat(builder, builder.sub(k, full), DOT_LANES))
+            rows = row_pointers(full)
             p, q = (masked_load(ptr, mask) for ptr in rows)
-            masked_store(builder.fsub(builder.fmul(p, shrinks), builder.fmul(steps, q)), rows[0], mask)
-            masked_store(builder.fsub(builder.fmul(q, shrinks), builder.fmul(steps, p)), rows[1], mask)
+            for value, ptr in zip(updated(p, q), rows):
+                masked_store(value, ptr, mask)
         return context.get_dummy_value()
 
     return sig, codegen
