@@ -145,14 +145,26 @@ def block_layout(order, block, n_blocks, blocked):
     return block_start
 
 
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's step
+
+
+@njit(cache=True, inline="always")
+def _mix64(z):
+    """splitmix64's output function: 64 random bits from the state ``z``."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 @njit(cache=True, inline="always")
 def _splitmix64(state):
     """One step of splitmix64 (Steele, Lea, Flood 2014): ``(new_state, 64 random bits)``."""
-    state = state + np.uint64(0x9E3779B97F4A7C15)
-    z = state
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return state, z ^ (z >> np.uint64(31))
+    state = state + np.uint64(_GOLDEN_GAMMA)
+    return state, _mix64(state)
+
+
+#: Draws :func:`shuffle_block` makes at a time before their swaps (a vectorised loop; 512 bytes).
+SHUFFLE_DRAWS = 64
 
 
 @njit(cache=True, inline="always")
@@ -162,12 +174,24 @@ def shuffle_block(blocked, first, last, p, seed):
     Block ``p`` draws from its own splitmix64 stream, started from ``seed`` and ``p``, so the result
     depends on ``seed`` and ``p`` only. Each draw is a 53-bit uniform scaled to the range (a bias
     below 2^-30 at 80k ratings a block, and no division).
+
+    The ``n``-th draw of a splitmix64 stream is a function of ``state + n gamma`` alone, so the draws are
+    made :data:`SHUFFLE_DRAWS` at a time in a loop that LLVM vectorises, and the swaps then take them in
+    turn: the same draws, the same swaps, as one draw a swap.
     """
     state, _ = _splitmix64(np.uint64(seed) ^ (np.uint64(p) * np.uint64(0xD1B54A32D192ED03)))
-    for s in range(last - 1, first, -1):
-        state, bits = _splitmix64(state)
-        j = first + np.int64((bits >> np.uint64(11)) * (1.0 / 9007199254740992.0) * (s - first + 1))
-        blocked[s], blocked[j] = blocked[j], blocked[s]
+    draws = np.empty(SHUFFLE_DRAWS, dtype=np.int64)
+    n_swaps = last - 1 - first  # positions last-1 down to first+1
+    for c in range(0, n_swaps, SHUFFLE_DRAWS):
+        m = min(SHUFFLE_DRAWS, n_swaps - c)
+        for t in range(m):
+            bits = _mix64(state + np.uint64(c + t + 1) * np.uint64(_GOLDEN_GAMMA))
+            size = last - c - t - first  # s - first + 1 for s = last - 1 - (c + t)
+            draws[t] = first + np.int64((bits >> np.uint64(11)) * (1.0 / 9007199254740992.0) * size)
+        for t in range(m):
+            s = last - 1 - (c + t)
+            j = draws[t]
+            blocked[s], blocked[j] = blocked[j], blocked[s]
 
 
 def _shuffle_blocks_body(blocked, block_start, seed):
