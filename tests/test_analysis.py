@@ -126,6 +126,14 @@ def test_learner_ranking(learn):
     assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["ndcg"] <= 1
 
 
+def test_warm_ranking_changes_nothing(learn):
+    before, params = learn.ranking(k=5, threshold=4), learn.model.params.copy()
+    learn.warm_ranking(5, 4)
+    after = learn.ranking(k=5, threshold=4)
+    assert np.array_equal(learn.model.params, params)
+    assert {k: v for k, v in before.items() if k != "seconds"} == {k: v for k, v in after.items() if k != "seconds"}
+
+
 def test_item_pca_shapes(learn):
     names, coords = item_pca(
         learn.model, learn.dls.classes["item"], SeenItems.from_loaders(learn.dls).item_counts, n_top=20

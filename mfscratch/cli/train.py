@@ -169,6 +169,8 @@ def cmd_train(args) -> int:
     init_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     learn.warmup()
+    if args.ranking_k or args.json:  # the ranking's kernels too: its seconds are then its work
+        learn.warm_ranking(args.ranking_k or 10, 4.0 if args.ranking_threshold is None else args.ranking_threshold)
     compile_seconds = time.perf_counter() - t0
     start_epoch = _checkpointing(args, learn, say)
     t0 = time.perf_counter()
