@@ -197,8 +197,8 @@ class LearnerAPI:
     def warm_ranking(self, k: int = 10, threshold: float = 4.0) -> None:
         """Load (or compile) the kernels :meth:`ranking` runs, on a slice of 64 training and 64
         validation rows of this learner's loaders (the same dtypes, so the same compiled code), scored
-        against the model: a sample of one user and every user, each with and without the lookup of
-        validation pairs among the training pairs. Nothing of the learner changes. The command line
+        against the model: the lookup of validation pairs among the training pairs, a sample of one
+        user, that user's training items and top-k. Nothing of the learner changes. The command line
         counts this in its ``compile`` phase, as it counts the epochs' kernels, so that a ranking's
         seconds are its work."""
         from .analysis import first_item
@@ -208,23 +208,19 @@ class LearnerAPI:
         n_train, n_valid = min(64, len(d.train_users)), min(64, len(d.valid_users))
         if t.seen is None or n_train == 0 or n_valid == 0:
             return
+        seen = SeenItems.later_from_pairs(d.train_users[:n_train], d.train_items[:n_train], d.n_users, d.n_items)
         relevant = np.full(n_valid, threshold, dtype=np.asarray(d.valid_ratings).dtype)
-        pairs = (d.train_users[:n_train], d.train_items[:n_train], d.n_users, d.n_items)
-        for users in (1, "all"):
-            for unseen in (False, True):
-                seen = SeenItems.later_from_pairs(*pairs)
-                ranking_metrics(
-                    self.model,
-                    seen,
-                    d.valid_users[:n_valid],
-                    d.valid_items[:n_valid],
-                    relevant,
-                    k,
-                    threshold,
-                    first_item(t.item_vocab),
-                    users=users,
-                    valid_pairs_unseen=unseen,
-                )
+        ranking_metrics(
+            self.model,
+            seen,
+            d.valid_users[:n_valid],
+            d.valid_items[:n_valid],
+            relevant,
+            k,
+            threshold,
+            first_item(t.item_vocab),
+            users=1,
+        )
 
     # --- saving and loading (export.py), the learning-rate finder (lr_find.py) ----------------------
     #: fastai's ``export``: the model, vocabularies, training pairs and settings, for ``load_learner``.
