@@ -5,6 +5,7 @@
 * ``dense``, ``deferred``: exact mode (every row every step; untouched rows replayed when next read);
 * ``sparse``: only the batch's rows (Hogwild! on threads); ``per_rating``: per-rating SGD, fused;
 * ``blocks``: per-rating SGD's groups, strata, layout, shuffles and in-place sort;
+* ``exp``: the C library's ``exp`` in operations that vectorise (the validation pass's sigmoid);
 * ``_llvm``, ``_compile``: the LLVM intrinsics and the compile options, out of the reader's way.
 
 Every kernel is a pure function of arrays and records (``kernels/records.py``; no Python objects,

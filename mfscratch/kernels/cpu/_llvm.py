@@ -1,5 +1,6 @@
 """LLVM intrinsics the kernels use: a prefetch hint, a 16-lane dot-product chunk, the per-rating update
-of two rows, atomics, and the word loads of the file reader's fast path.
+of two rows, a fused multiply-add and float64 bit casts (``exp.py``), atomics, and the word loads of
+the file reader's fast path.
 
 The first three do not change what is computed: the prefetch is a hint, the chunked dot product sums
 in a fixed order (deterministic; it differs from a left-to-right sum by float rounding only), and the
@@ -32,6 +33,9 @@ __all__ = [
     "prefetch_row",
     "dot_rows",
     "update_rows",
+    "fused_multiply_add",
+    "bits_of",
+    "float_of",
     "atomic_load",
     "atomic_store",
     "atomic_cas",
@@ -133,6 +137,39 @@ def dot_rows(flat, a, b, k):
     for j in range(tail, k):  # unsigned indices: no code for negative (wrap-around) indexing
         x += flat[np.uint64(a + j)] * flat[np.uint64(b + j)]
     return x
+
+
+@intrinsic
+def fused_multiply_add(typingctx, a, b, c):
+    """``a * b + c`` for float64 values, rounded once (``llvm.fma``: one instruction where the CPU has FMA)."""
+    sig = nbtypes.float64(nbtypes.float64, nbtypes.float64, nbtypes.float64)
+
+    def codegen(context, builder, signature, args):
+        f64 = ir.DoubleType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f64, [f64, f64, f64]), "llvm.fma.f64")
+        return builder.call(fn, [context.cast(builder, v, t, nbtypes.float64) for v, t in zip(args, signature.args)])
+
+    return sig, codegen
+
+
+@intrinsic
+def bits_of(typingctx, x):
+    """The 64 bits of the float64 ``x``, as a uint64."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return nbtypes.uint64(nbtypes.float64), codegen
+
+
+@intrinsic
+def float_of(typingctx, bits):
+    """The float64 whose 64 bits are ``bits`` (a uint64)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return nbtypes.float64(nbtypes.uint64), codegen
 
 
 def _splat(builder, value, lanes):

@@ -16,6 +16,7 @@ from numba import njit, prange
 from .. import records
 from ._compile import twin
 from ._llvm import PREFETCH_MIN_BYTES, prefetch
+from .exp import exp_fast, exp_in_range
 
 __all__ = [
     "sigmoid",
@@ -157,8 +158,33 @@ def _tables_bytes(tables):
     ) * tables.i_weight.itemsize
 
 
+#: Rows whose logits ``evaluate_mse`` computes before their errors: the errors of a window are then one
+#: loop that LLVM vectorises (:func:`exp.exp_fast`), instead of a call to the C library's ``exp`` a row.
+EVAL_WINDOW = 16
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _squared_errors(xs, ratings, first, m, lo, hi, has_range, out):
+    """``out[j] = (pred_j - ratings[first + j])^2`` for the window's logits ``xs[:m]``: a vectorised loop,
+    then :func:`sigmoid` (the C library's ``exp``) for the rare rows whose ``|x|`` lies outside
+    :func:`exp.exp_in_range`. The same floats as :func:`sigmoid` a row."""
+    far = 0
+    for j in range(m):
+        x = xs[j]
+        pred = lo + (hi - lo) * (1.0 / (1.0 + exp_fast(-x))) if has_range else x
+        err = pred - ratings[first + j]
+        out[j] = err * err
+        far += not exp_in_range(x)
+    if has_range and far > 0:
+        for j in range(m):
+            if not exp_in_range(xs[j]):
+                err = lo + (hi - lo) * sigmoid(xs[j]) - ratings[first + j]
+                out[j] = err * err
+
+
 def _evaluate_mse_body(tables, data, y_range):
-    """Exact mean squared error over all rows of ``data`` (accumulated in float64, run by run)."""
+    """Exact mean squared error over all rows of ``data`` (accumulated in float64, run by run, row by
+    row; the rows' errors made :data:`EVAL_WINDOW` at a time)."""
     lo, hi, has_range = y_range
     users, items, ratings = data
     n = users.shape[0]
@@ -166,15 +192,20 @@ def _evaluate_mse_body(tables, data, y_range):
     run_sums = np.zeros(n_runs, dtype=np.float64)
     fetch = _tables_bytes(tables) > PREFETCH_MIN_BYTES
     for run in prange(n_runs):
+        xs = np.empty(EVAL_WINDOW, dtype=np.float64)
+        squares = np.empty(EVAL_WINDOW, dtype=np.float64)
         total = 0.0
         end = min(n, (run + 1) * EVAL_RUN)
-        for r in range(run * EVAL_RUN, end):
-            if fetch and r + EVAL_PREFETCH_AHEAD < end:
-                prefetch_rows(tables, users[r + EVAL_PREFETCH_AHEAD], items[r + EVAL_PREFETCH_AHEAD])
-            x = logit(tables, users[r], items[r])
-            pred = lo + (hi - lo) * sigmoid(x) if has_range else x
-            err = pred - ratings[r]
-            total += err * err
+        for first in range(run * EVAL_RUN, end, EVAL_WINDOW):
+            m = min(EVAL_WINDOW, end - first)
+            for j in range(m):
+                r = first + j
+                if fetch and r + EVAL_PREFETCH_AHEAD < end:
+                    prefetch_rows(tables, users[r + EVAL_PREFETCH_AHEAD], items[r + EVAL_PREFETCH_AHEAD])
+                xs[j] = logit(tables, users[r], items[r])
+            _squared_errors(xs, ratings, first, m, lo, hi, has_range, squares)
+            for j in range(m):
+                total += squares[j]
         run_sums[run] = total
     total = 0.0
     for run in range(n_runs):
