@@ -195,32 +195,23 @@ class LearnerAPI:
         )
 
     def warm_ranking(self, k: int = 10, threshold: float = 4.0) -> None:
-        """Load (or compile) the kernels :meth:`ranking` runs, on a slice of 64 training and 64
-        validation rows of this learner's loaders (the same dtypes, so the same compiled code), scored
-        against the model: the lookup of validation pairs among the training pairs, a sample of one
-        user, that user's training items and top-k. Nothing of the learner changes. The command line
-        counts this in its ``compile`` phase, as it counts the epochs' kernels, so that a ranking's
-        seconds are its work."""
-        from .analysis import first_item
+        """Load (or compile) the kernels :meth:`ranking` runs, on a model of 4 users, 4 items and 2
+        factors and codes of this learner's dtypes (so the same compiled code): the lookup of
+        validation pairs among the training pairs, a sample of one user, that user's training items
+        and top-k. Nothing of the learner changes. The command line counts this in its ``compile``
+        phase, as it counts the epochs' kernels, so that a ranking's seconds are its work."""
         from .metrics import SeenItems, ranking_metrics
+        from .model import EmbeddingDotBias
 
-        d, t = self.dls, self.trained()
-        n_train, n_valid = min(64, len(d.train_users)), min(64, len(d.valid_users))
-        if t.seen is None or n_train == 0 or n_valid == 0:
-            return
-        seen = SeenItems.later_from_pairs(d.train_users[:n_train], d.train_items[:n_train], d.n_users, d.n_items)
-        relevant = np.full(n_valid, threshold, dtype=np.asarray(d.valid_ratings).dtype)
-        ranking_metrics(
-            self.model,
-            seen,
-            d.valid_users[:n_valid],
-            d.valid_items[:n_valid],
-            relevant,
-            k,
-            threshold,
-            first_item(t.item_vocab),
-            users=1,
-        )
+        d, m = self.dls, self.model
+        tiny = EmbeddingDotBias(2, 4, 4, y_range=m.y_range, seed=0, dtype=m.dtype)
+        users = np.array([0, 0, 1, 2, 3], dtype=np.asarray(d.train_users).dtype)
+        items = np.array([1, 2, 3, 1, 2], dtype=np.asarray(d.train_items).dtype)
+        seen = SeenItems.later_from_pairs(users, items, 4, 4)
+        valid_users = np.array([0, 1, 2, 3], dtype=np.asarray(d.valid_users).dtype)
+        valid_items = np.array([3, 1, 2, 3], dtype=np.asarray(d.valid_items).dtype)
+        relevant = np.full(4, threshold, dtype=np.asarray(d.valid_ratings).dtype)
+        ranking_metrics(tiny, seen, valid_users, valid_items, relevant, k, threshold, 1, users=1)
 
     # --- saving and loading (export.py), the learning-rate finder (lr_find.py) ----------------------
     #: fastai's ``export``: the model, vocabularies, training pairs and settings, for ``load_learner``.
