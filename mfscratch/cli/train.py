@@ -169,8 +169,10 @@ def cmd_train(args) -> int:
     init_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     learn.warmup()
-    if args.ranking_k or args.json:  # the ranking's kernels too: its seconds are then its work
-        learn.warm_ranking(args.ranking_k or 10, 4.0 if args.ranking_threshold is None else args.ranking_threshold)
+    ranks = bool(args.ranking_k or args.json)
+    threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
+    if ranks:  # the ranking's kernels too: its seconds are then its work
+        learn.warm_ranking(args.ranking_k or 10, threshold)
     compile_seconds = time.perf_counter() - t0
     start_epoch = _checkpointing(args, learn, say)
     t0 = time.perf_counter()
@@ -198,8 +200,7 @@ def cmd_train(args) -> int:
             )
 
     ranking = None
-    threshold = 4.0 if args.ranking_threshold is None else args.ranking_threshold
-    if args.ranking_k or args.json:
+    if ranks:
         users = "auto" if args.ranking_users is None else args.ranking_users
         ranking = learn.ranking(args.ranking_k or 10, threshold, users=users, seed=args.seed or 0)
     if args.ranking_k and ranking is not None:

@@ -5,7 +5,8 @@ window of rows in vector registers. The algorithm is the C library's (glibc sinc
 optimized-routines): with ``N = 128``,
 
 * ``x = k ln2 / N + r``, ``k`` the nearest integer to ``x N / ln2`` (added to ``1.5 * 2^52`` and read
-  back from the low bits), ``r`` from ``ln2 / N`` split in two parts (``ln2_hi`` exact in 35 bits);
+  back from the low bits), ``r`` from ``ln2 / N`` split in two parts (the first ends in zero bits, so
+  that ``k`` times it is exact);
 * ``2^(k/N) = 2^(k div N) 2^(j/N)``, ``j = k mod N``: a table holds each ``2^(j/N)`` rounded to a double
   (``scale``) and the relative error of that rounding (``tail``), and ``k div N`` goes into the exponent
   bits;
@@ -13,7 +14,7 @@ optimized-routines): with ``N = 128``,
 
 The table is made here from ``2^(j/128)`` to 60 digits (:func:`_exp_table`); the coefficients are the
 library's. For ``2^-54 <= |x| < 512`` (:func:`exp_in_range`) the result equals the library's on
-x86-64 Linux, bit for bit (its FMA build fuses the same operations; tests/test_kernels.py compares the
+x86-64 Linux, bit for bit (its FMA build fuses the same operations; tests/test_evaluate.py compares the
 two on random inputs), and is within about half an ulp of ``exp(x)`` anywhere. Outside that range
 the caller uses ``math.exp`` (tiny ``|x|``, overflow, underflow, NaN).
 """
@@ -33,9 +34,9 @@ __all__ = ["EXP_MIN", "EXP_MAX", "exp_in_range", "exp_fast"]
 EXP_MIN, EXP_MAX = 2.0**-54, 512.0
 _N = 128
 _INV_LN2_N = float.fromhex("0x1.71547652b82fep+7")  # N / ln2
-_NEG_LN2_HI_N = float.fromhex("-0x1.62e42fefa0000p-8")  # -ln2 / N, its first 35 bits
+_NEG_LN2_HI_N = float.fromhex("-0x1.62e42fefa0000p-8")  # -ln2 / N, its leading bits
 _NEG_LN2_LO_N = float.fromhex("-0x1.cf79abc9e3b3ap-47")  # the rest
-_SHIFT = float.fromhex("0x1.8p52")  # x + SHIFT rounds x to an integer, held in the low bits
+_SHIFT = float.fromhex("0x1.8p52")  # z + SHIFT rounds z to an integer, held in the low bits
 _C2, _C3, _C4, _C5 = (  # the library's polynomial for exp(r) - 1 - r, from r^2 on
     float.fromhex(c)
     for c in ("0x1.ffffffffffdbdp-2", "0x1.555555555543cp-3", "0x1.55555cf172b91p-5", "0x1.1111167a4d017p-7")
