@@ -13,7 +13,7 @@ optimized-routines): with ``N = 128``,
 * ``exp(x) ~= scale + scale (tail + r + r^2 (C2 + C3 r) + r^4 (C4 + C5 r))``, every multiply-add fused.
 
 The table is made here from ``2^(j/128)`` to 60 digits (:func:`_exp_table`); the coefficients are the
-library's. For ``2^-54 <= |x| < 512`` (:func:`exp_in_range`) the result equals the library's on
+library's. For ``2^-54 <= |x| < 512`` (:func:`exp_in_range`) the result equals glibc's on
 x86-64 Linux, bit for bit (its FMA build fuses the same operations; tests/test_evaluate.py compares the
 two on random inputs), and is within about half an ulp of ``exp(x)`` anywhere. Outside that range
 the caller uses ``math.exp`` (tiny ``|x|``, overflow, underflow, NaN).
@@ -73,7 +73,7 @@ def exp_in_range(x):
 @njit(cache=True, inline="always", error_model="numpy")
 def exp_fast(x):
     """``exp(x)`` for a float64 ``x`` with ``EXP_MIN <= |x| < EXP_MAX`` (the module docstring); for other
-    ``x`` a finite number to be replaced. No branch, no call: a loop of it vectorises."""
+    ``x`` (NaN included) a number the caller replaces. No branch, no call: a loop of it vectorises."""
     x = min(max(x, -EXP_MAX), EXP_MAX)  # keeps k's bits in range for any x
     shifted = fused_multiply_add(x, _INV_LN2_N, _SHIFT)
     k = bits_of(shifted)
